@@ -1,0 +1,80 @@
+// Package repository defines the object store that backups are kept in: a
+// flat namespace of named, immutable objects with atomic put. The repository
+// format (chunks, manifests) is built above it; the backends (posix directory,
+// S3) only store bytes under names.
+package repository
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+)
+
+// Sentinel errors every backend returns (wrapped) for the same condition.
+var (
+	// ErrNotFound: no object of that name.
+	ErrNotFound = errors.New("repository: object not found")
+	// ErrInvalidName: the name is empty, absolute, or escapes the repository.
+	ErrInvalidName = errors.New("repository: invalid object name")
+	// ErrNoSpace: the store is full or over quota; not worth retrying at once.
+	ErrNoSpace = errors.New("repository: no space left")
+	// ErrUnavailable: a transient failure (network, 5xx, throttling); worth retrying.
+	ErrUnavailable = errors.New("repository: temporarily unavailable")
+)
+
+// ObjectInfo describes a stored object.
+type ObjectInfo struct {
+	Name    string
+	Size    int64
+	ModTime time.Time
+}
+
+// Repository is the contract every backend implements. All methods are safe
+// for concurrent use.
+type Repository interface {
+	// Put stores data under name atomically: a reader sees either the whole
+	// object or none, never a part, also after a crash. Put replaces an
+	// existing object. It returns only once the object is durable (fsync on
+	// posix, a completed PUT on S3).
+	Put(ctx context.Context, name string, data []byte) error
+	// Get returns the whole object, or ErrNotFound.
+	Get(ctx context.Context, name string) ([]byte, error)
+	// Stat describes the object, or returns ErrNotFound.
+	Stat(ctx context.Context, name string) (ObjectInfo, error)
+	// List calls fn for every object whose name starts with prefix, in
+	// lexical order of name. An error from fn stops the listing and is returned.
+	List(ctx context.Context, prefix string, fn func(ObjectInfo) error) error
+	// Delete removes the object. Deleting an absent object is not an error.
+	Delete(ctx context.Context, name string) error
+	// Close releases the backend's resources.
+	Close() error
+	// Location describes where the repository is, for logs and export
+	// records (a path or an s3:// URL, never credentials).
+	Location() string
+}
+
+// ValidateName checks an object name: slash-separated segments of letters,
+// digits, '-', '_' and '.', none of them empty, "." or "..". It is what keeps a
+// container name or an id from escaping the repository root.
+func ValidateName(name string) error {
+	if name == "" {
+		return fmt.Errorf("%w: empty name", ErrInvalidName)
+	}
+	if len(name) > 512 {
+		return fmt.Errorf("%w: name longer than 512 bytes", ErrInvalidName)
+	}
+	for _, seg := range strings.Split(name, "/") {
+		if seg == "" || seg == "." || seg == ".." {
+			return fmt.Errorf("%w: %q has an empty, \".\" or \"..\" segment", ErrInvalidName, name)
+		}
+		for _, r := range seg {
+			ok := r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_' || r == '.'
+			if !ok {
+				return fmt.Errorf("%w: %q contains %q (allowed: letters, digits, '-', '_', '.', '/')", ErrInvalidName, name, r)
+			}
+		}
+	}
+	return nil
+}
