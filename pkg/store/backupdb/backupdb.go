@@ -1,0 +1,198 @@
+// Package backupdb is the backup service's own table (backups) and the
+// queries on it. temp_volume_id and temp_snapshot_id are the blueprint's
+// columns: the temporary resources of a running backup, recorded before they
+// are created and cleared after they are gone, so a restart can remove them.
+package backupdb
+
+import (
+	"context"
+	"fmt"
+	"time"
+
+	"github.com/blockvault/blockvault/pkg/lifecycle"
+	"github.com/blockvault/blockvault/pkg/store"
+	"gorm.io/gorm"
+)
+
+// Backup is a row of backups.
+type Backup struct {
+	ID               string `gorm:"primaryKey;size:36"`
+	ProjectID        string `gorm:"size:64;not null;index"`
+	VolumeID         string `gorm:"size:36;not null;index"`
+	SnapshotID       string `gorm:"size:36"`
+	Name             string `gorm:"size:255"`
+	Description      string `gorm:"size:255"`
+	Container        string `gorm:"size:255"`
+	Status           string `gorm:"size:32;not null;index"`
+	FailReason       string `gorm:"size:1024"`
+	SizeBytes        int64  `gorm:"not null"`
+	ObjectCount      int64
+	IsIncremental    bool
+	ParentID         string `gorm:"size:36;index"`
+	AvailabilityZone string `gorm:"size:255"`
+	TempVolumeID     string `gorm:"size:36"`
+	TempSnapshotID   string `gorm:"size:36"`
+	Strategy         string `gorm:"size:32"`
+	RestoreVolumeID  string `gorm:"size:36"`
+	ProgressOp       string `gorm:"size:16"`
+	BytesDone        int64
+	BytesTotal       int64
+	BytesRead        int64
+	BytesStored      int64
+	StartedAt        *time.Time
+	DataTimestamp    *time.Time
+	Metadata         string `gorm:"type:text"`
+	CreatedAt        time.Time
+	UpdatedAt        time.Time
+}
+
+// Owner names the backup service's migration table.
+const Owner = "backup_service"
+
+// Migrations are the backup service's schema versions, oldest first.
+var Migrations = []store.Migration{
+	{Version: 1, Name: "backups", Up: func(tx *gorm.DB) error {
+		type backup struct {
+			ID               string `gorm:"primaryKey;size:36"`
+			ProjectID        string `gorm:"size:64;not null;index:idx_backups_project_id"`
+			VolumeID         string `gorm:"size:36;not null;index:idx_backups_volume_id"`
+			SnapshotID       string `gorm:"size:36"`
+			Name             string `gorm:"size:255"`
+			Description      string `gorm:"size:255"`
+			Container        string `gorm:"size:255"`
+			Status           string `gorm:"size:32;not null;index:idx_backups_status"`
+			FailReason       string `gorm:"size:1024"`
+			SizeBytes        int64  `gorm:"not null"`
+			ObjectCount      int64
+			IsIncremental    bool
+			ParentID         string `gorm:"size:36;index:idx_backups_parent_id"`
+			AvailabilityZone string `gorm:"size:255"`
+			TempVolumeID     string `gorm:"size:36"`
+			TempSnapshotID   string `gorm:"size:36"`
+			Strategy         string `gorm:"size:32"`
+			RestoreVolumeID  string `gorm:"size:36"`
+			ProgressOp       string `gorm:"size:16"`
+			BytesDone        int64
+			BytesTotal       int64
+			BytesRead        int64
+			BytesStored      int64
+			StartedAt        *time.Time
+			DataTimestamp    *time.Time
+			Metadata         string `gorm:"type:text"`
+			CreatedAt        time.Time
+			UpdatedAt        time.Time
+		}
+		return tx.Table("backups").Migrator().CreateTable(&backup{})
+	}},
+}
+
+// Store is the backup service's access to its table.
+type Store struct {
+	db *gorm.DB
+}
+
+// New returns a Store on db, migrated to the latest schema.
+func New(ctx context.Context, db *gorm.DB) (*Store, error) {
+	if _, err := store.Migrate(ctx, db, Owner, Migrations); err != nil {
+		return nil, err
+	}
+	return &Store{db: db}, nil
+}
+
+// DB is the underlying connection.
+func (s *Store) DB() *gorm.DB { return s.db }
+
+// Create inserts b.
+func (s *Store) Create(ctx context.Context, b *Backup) error {
+	return store.Translate(s.db.WithContext(ctx).Create(b).Error, "create backup "+b.ID)
+}
+
+// Get returns backup id of project ("" for any project).
+func (s *Store) Get(ctx context.Context, project, id string) (*Backup, error) {
+	var b Backup
+	q := s.db.WithContext(ctx)
+	if project != "" {
+		q = q.Where("project_id = ?", project)
+	}
+	if err := q.Where("id = ?", id).Take(&b).Error; err != nil {
+		return nil, store.Translate(err, "backup "+id)
+	}
+	return &b, nil
+}
+
+// Filter selects backups to list.
+type Filter struct {
+	Project                string
+	Name, Status, VolumeID string
+	Statuses               []string
+	Page                   store.Page
+}
+
+// List lists backups newest first.
+func (s *Store) List(ctx context.Context, f Filter) ([]Backup, error) {
+	q := s.db.WithContext(ctx).Model(&Backup{})
+	if f.Project != "" {
+		q = q.Where("project_id = ?", f.Project)
+	}
+	if f.Name != "" {
+		q = q.Where("name = ?", f.Name)
+	}
+	if f.Status != "" {
+		q = q.Where("status = ?", f.Status)
+	}
+	if len(f.Statuses) > 0 {
+		q = q.Where("status IN ?", f.Statuses)
+	}
+	if f.VolumeID != "" {
+		q = q.Where("volume_id = ?", f.VolumeID)
+	}
+	q, err := store.Paginate(ctx, s.db, q, &Backup{}, f.Page)
+	if err != nil {
+		return nil, err
+	}
+	var out []Backup
+	return out, store.Translate(q.Find(&out).Error, "list backups")
+}
+
+// Transition moves backup id to status to from the statuses the backup
+// machine allows (or from, when given), setting extra columns.
+func (s *Store) Transition(ctx context.Context, id string, from []string, to string, extra map[string]any) (string, error) {
+	if from == nil {
+		from = lifecycle.Backups.Sources(to)
+	}
+	return store.Transition(ctx, s.db, &Backup{}, "backup", id, from, to, extra)
+}
+
+// Update sets columns of backup id without a status check.
+func (s *Store) Update(ctx context.Context, id string, cols map[string]any) error {
+	cols["updated_at"] = time.Now().UTC()
+	res := s.db.WithContext(ctx).Model(&Backup{}).Where("id = ?", id).Updates(cols)
+	if res.Error == nil && res.RowsAffected == 0 {
+		return fmt.Errorf("backup %s: %w", id, store.ErrNotFound)
+	}
+	return store.Translate(res.Error, "update backup "+id)
+}
+
+// Delete removes the backup row.
+func (s *Store) Delete(ctx context.Context, id string) error {
+	return store.Translate(s.db.WithContext(ctx).Where("id = ?", id).Delete(&Backup{}).Error, "delete backup "+id)
+}
+
+// CountDependents counts the backups whose parent is id.
+func (s *Store) CountDependents(ctx context.Context, id string) (int64, error) {
+	var n int64
+	err := s.db.WithContext(ctx).Model(&Backup{}).Where("parent_id = ?", id).Count(&n).Error
+	return n, store.Translate(err, "count dependent backups")
+}
+
+// LatestAvailable returns the newest available backup of a volume, or
+// ErrNotFound: the parent of an incremental backup.
+func (s *Store) LatestAvailable(ctx context.Context, project, volumeID string) (*Backup, error) {
+	var b Backup
+	err := s.db.WithContext(ctx).Where("project_id = ? AND volume_id = ? AND status = ?", project, volumeID, lifecycle.BackupAvailable).
+		Order("created_at DESC").Take(&b).Error
+	if err != nil {
+		return nil, store.Translate(err, "latest available backup of volume "+volumeID)
+	}
+	return &b, nil
+}
