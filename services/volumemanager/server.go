@@ -1,0 +1,169 @@
+// Package volumemanager is the volume manager's gRPC service: it validates
+// requests, keeps the volume manager's tables, drives the storage backend
+// (a volume.Driver) and publishes volumes and snapshots as NBD exports.
+package volumemanager
+
+import (
+	"context"
+	"crypto/rand"
+	"encoding/hex"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"log/slog"
+	"sync"
+
+	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/blockdev"
+	"github.com/blockvault/blockvault/pkg/store/volumedb"
+	"github.com/blockvault/blockvault/pkg/volume"
+)
+
+// Exporter publishes block devices to the network (the NBD server).
+type Exporter interface {
+	AddExport(name string, dev blockdev.Device, readOnly bool) error
+	RemoveExport(name string) error
+}
+
+// Config is what the service needs to know about where it runs.
+type Config struct {
+	// NodeID names this node; a consumer on the same node may get a local path.
+	NodeID string
+	// ExportHost and ExportPort are what consumers dial to reach NBD exports.
+	ExportHost string
+	ExportPort int
+	// ExportTLS says exports require TLS.
+	ExportTLS bool
+}
+
+// Server implements VolumeManagerService.
+type Server struct {
+	volumev1.UnimplementedVolumeManagerServiceServer
+
+	cfg      Config
+	db       *volumedb.Store
+	driver   volume.Driver
+	exporter Exporter
+	log      *slog.Logger
+
+	mu      sync.Mutex
+	devices map[string]blockdev.Device // open devices by export name
+}
+
+// New returns a Server. Call Restore before serving to publish the exports
+// recorded in the database again.
+func New(cfg Config, db *volumedb.Store, driver volume.Driver, exporter Exporter, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{cfg: cfg, db: db, driver: driver, exporter: exporter, log: log, devices: map[string]blockdev.Device{}}
+}
+
+// Restore publishes again every export recorded in the database (after a
+// restart), and drops those whose data is gone.
+func (s *Server) Restore(ctx context.Context) error {
+	exports, err := s.db.ListExports(ctx)
+	if err != nil {
+		return err
+	}
+	for _, e := range exports {
+		dev, err := s.openForExport(ctx, e.VolumeID, e.SnapshotID, e.ReadOnly)
+		if err == nil {
+			err = s.publish(e.Name, dev, e.ReadOnly)
+		}
+		if err != nil {
+			s.log.Warn("dropping export that cannot be served again", "volume_id", e.VolumeID, "snapshot_id", e.SnapshotID, "err", err)
+			s.db.DeleteExport(ctx, e.Name)
+			continue
+		}
+		s.log.Info("export served again", "volume_id", e.VolumeID, "snapshot_id", e.SnapshotID, "read_only", e.ReadOnly)
+	}
+	return nil
+}
+
+// Close removes every export this process serves (the rows stay, so the
+// next start serves them again).
+func (s *Server) Close() {
+	s.mu.Lock()
+	names := make([]string, 0, len(s.devices))
+	for n := range s.devices {
+		names = append(names, n)
+	}
+	s.mu.Unlock()
+	for _, n := range names {
+		s.unpublish(n)
+	}
+}
+
+// ExportCount is the number of exports served now (for metrics).
+func (s *Server) ExportCount() int {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return len(s.devices)
+}
+
+func (s *Server) openForExport(ctx context.Context, volumeID, snapshotID string, readOnly bool) (blockdev.Device, error) {
+	if snapshotID == "" {
+		return s.driver.OpenVolume(ctx, volumeID, readOnly)
+	}
+	op, ok := s.driver.(volume.SnapshotOpener)
+	if !ok || !s.driver.Capabilities().SnapshotExport {
+		return nil, fmt.Errorf("driver %s cannot attach snapshots: %w", s.driver.Name(), volume.ErrUnsupported)
+	}
+	return op.OpenSnapshot(ctx, volumeID, snapshotID)
+}
+
+func (s *Server) publish(name string, dev blockdev.Device, readOnly bool) error {
+	if err := s.exporter.AddExport(name, dev, readOnly); err != nil {
+		dev.Close()
+		return fmt.Errorf("publish export: %w", err)
+	}
+	s.mu.Lock()
+	s.devices[name] = dev
+	s.mu.Unlock()
+	return nil
+}
+
+func (s *Server) unpublish(name string) {
+	if err := s.exporter.RemoveExport(name); err != nil {
+		s.log.Warn("remove export", "err", err)
+	}
+	s.mu.Lock()
+	dev := s.devices[name]
+	delete(s.devices, name)
+	s.mu.Unlock()
+	if dev != nil {
+		dev.Close()
+	}
+}
+
+// newExportName returns an unguessable export name (128 random bits): the
+// name is the credential of an export.
+func newExportName() string {
+	var b [16]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	return hex.EncodeToString(b[:])
+}
+
+func metadataJSON(m map[string]string) string {
+	if len(m) == 0 {
+		return ""
+	}
+	b, _ := json.Marshal(m)
+	return string(b)
+}
+
+func metadataMap(s string) map[string]string {
+	if s == "" {
+		return nil
+	}
+	var m map[string]string
+	if err := json.Unmarshal([]byte(s), &m); err != nil {
+		return nil
+	}
+	return m
+}
+
+func isNotFound(err error) bool { return errors.Is(err, volume.ErrNotFound) || volumedb.IsNotFound(err) }

@@ -1,0 +1,372 @@
+package volumemanager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/lifecycle"
+	"github.com/blockvault/blockvault/pkg/rpcerr"
+	"github.com/blockvault/blockvault/pkg/store"
+	"github.com/blockvault/blockvault/pkg/store/volumedb"
+	"github.com/blockvault/blockvault/pkg/validate"
+	"github.com/blockvault/blockvault/pkg/volume"
+	"github.com/google/uuid"
+)
+
+const (
+	gib = int64(1) << 30
+	mib = int64(1) << 20
+	// maxVolumeBytes caps a volume at 64 TiB.
+	maxVolumeBytes = 64 << 40
+)
+
+// sizeBytes turns a size given in GiB or in bytes into bytes.
+func sizeBytes(field string, gibs, bytes int64) (int64, error) {
+	switch {
+	case gibs != 0 && bytes != 0:
+		return 0, rpcerr.Invalid("give %s in GiB or %s_bytes, not both", field, field)
+	case gibs < 0 || bytes < 0:
+		return 0, rpcerr.Invalid("%s must be positive", field)
+	case gibs > 0:
+		if gibs > maxVolumeBytes/gib {
+			return 0, rpcerr.Invalid("%s %d GiB is larger than the maximum of %d GiB", field, gibs, maxVolumeBytes/gib)
+		}
+		return gibs * gib, nil
+	case bytes > 0:
+		if bytes%mib != 0 {
+			return 0, rpcerr.Invalid("%s_bytes %d is not a multiple of 1 MiB", field, bytes)
+		}
+		if bytes > maxVolumeBytes {
+			return 0, rpcerr.Invalid("%s_bytes %d is larger than the maximum of %d", field, bytes, int64(maxVolumeBytes))
+		}
+		return bytes, nil
+	}
+	return 0, rpcerr.Invalid("%s is required and must be a positive number of GiB", field)
+}
+
+// CreateVolume implements VolumeManagerService.
+func (s *Server) CreateVolume(ctx context.Context, req *volumev1.CreateVolumeRequest) (*volumev1.CreateVolumeResponse, error) {
+	if err := validate.Project(req.GetProjectId()); err != nil {
+		return nil, err
+	}
+	in := req.GetVolume()
+	if in == nil {
+		return nil, rpcerr.Invalid("the request has no volume object")
+	}
+	for _, c := range []error{
+		validate.Text("name", in.GetName()), validate.Text("description", in.GetDescription()),
+		validate.OptionalUUID("snapshot_id", in.GetSnapshotId()), validate.OptionalUUID("source_volid", in.GetSourceVolid()),
+		validate.OptionalUUID("backup_id", in.GetBackupId()), validate.Metadata(in.GetMetadata()),
+	} {
+		if c != nil {
+			return nil, c
+		}
+	}
+	if in.GetBackupId() != "" {
+		return nil, rpcerr.Invalid("backup_id: create the volume by restoring the backup (POST /v3/{project_id}/backups/{backup_id}/restore)")
+	}
+	if in.GetSnapshotId() != "" && in.GetSourceVolid() != "" {
+		return nil, rpcerr.Invalid("give snapshot_id or source_volid, not both")
+	}
+
+	var (
+		size       int64
+		err        error
+		fromSnap   *volumedb.Snapshot
+		fromVolume *volumedb.Volume
+	)
+	if in.GetSize() != 0 || in.GetSizeBytes() != 0 {
+		if size, err = sizeBytes("size", in.GetSize(), in.GetSizeBytes()); err != nil {
+			return nil, err
+		}
+	}
+	cloner, canClone := s.driver.(volume.Cloner)
+	switch {
+	case in.GetSnapshotId() != "":
+		if fromSnap, err = s.db.GetSnapshot(ctx, req.GetProjectId(), in.GetSnapshotId()); err != nil {
+			return nil, err
+		}
+		if fromSnap.Status != lifecycle.SnapshotAvailable && fromSnap.Status != lifecycle.SnapshotBackingUp {
+			return nil, rpcerr.Precondition("snapshot %s is %s; a volume can be made only from an available snapshot", fromSnap.ID, fromSnap.Status)
+		}
+		if size == 0 {
+			size = fromSnap.SizeBytes
+		}
+		if size < fromSnap.SizeBytes {
+			return nil, rpcerr.Invalid("size %d bytes is smaller than the snapshot's %d bytes", size, fromSnap.SizeBytes)
+		}
+	case in.GetSourceVolid() != "":
+		if fromVolume, err = s.db.GetVolume(ctx, req.GetProjectId(), in.GetSourceVolid()); err != nil {
+			return nil, err
+		}
+		switch fromVolume.Status {
+		case lifecycle.VolumeAvailable, lifecycle.VolumeInUse, lifecycle.VolumeBackingUp:
+		default:
+			return nil, rpcerr.Precondition("source volume %s is %s; it must be available, in-use or backing-up to be cloned", fromVolume.ID, fromVolume.Status)
+		}
+		if size == 0 {
+			size = fromVolume.SizeBytes
+		}
+		if size != fromVolume.SizeBytes {
+			return nil, rpcerr.Invalid("a clone has the size of its source (%d bytes)", fromVolume.SizeBytes)
+		}
+	}
+	if size == 0 {
+		return nil, rpcerr.Invalid("size is required and must be a positive number of GiB")
+	}
+	if (fromSnap != nil || fromVolume != nil) && !canClone {
+		return nil, fmt.Errorf("driver %s cannot make volumes from snapshots or clones: %w", s.driver.Name(), volume.ErrUnsupported)
+	}
+
+	v := &volumedb.Volume{
+		ID: uuid.NewString(), ProjectID: req.GetProjectId(), Name: in.GetName(), Description: in.GetDescription(),
+		SizeBytes: size, Status: lifecycle.VolumeCreating, AvailabilityZone: zoneOr(in.GetAvailabilityZone()),
+		VolumeType: in.GetVolumeType(), Multiattach: in.GetMultiattach(), Temporary: in.GetTemporary(),
+		Metadata: metadataJSON(in.GetMetadata()), SnapshotID: in.GetSnapshotId(), SourceVolID: in.GetSourceVolid(),
+	}
+	if err := s.db.CreateVolume(ctx, v); err != nil {
+		return nil, err
+	}
+	switch {
+	case fromSnap != nil:
+		err = cloner.VolumeFromSnapshot(ctx, fromSnap.VolumeID, fromSnap.ID, v.ID, size)
+	case fromVolume != nil:
+		err = cloner.CloneVolume(ctx, fromVolume.ID, v.ID)
+	default:
+		err = s.driver.CreateVolume(ctx, v.ID, size)
+	}
+	if err != nil {
+		// Nothing is left behind for a request that failed: the row goes too.
+		s.driver.DeleteVolume(context.WithoutCancel(ctx), v.ID)
+		s.db.DeleteVolume(context.WithoutCancel(ctx), v.ID)
+		return nil, fmt.Errorf("create volume of %d bytes: %w", size, err)
+	}
+	if _, err := s.db.TransitionVolume(ctx, v.ID, nil, lifecycle.VolumeAvailable, nil); err != nil {
+		return nil, err
+	}
+	s.log.InfoContext(ctx, "volume created", "volume_id", v.ID, "project_id", v.ProjectID, "size_bytes", size)
+	out, err := s.volumeView(ctx, v.ID)
+	if err != nil {
+		return nil, err
+	}
+	return &volumev1.CreateVolumeResponse{Volume: out}, nil
+}
+
+func zoneOr(z string) string {
+	if z == "" {
+		return "nova"
+	}
+	return z
+}
+
+// GetVolume implements VolumeManagerService.
+func (s *Server) GetVolume(ctx context.Context, req *volumev1.GetVolumeRequest) (*volumev1.GetVolumeResponse, error) {
+	if err := s.checkVolumeRef(req.GetProjectId(), req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	v, err := s.db.GetVolume(ctx, req.GetProjectId(), req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	out, err := s.toVolume(ctx, v)
+	if err != nil {
+		return nil, err
+	}
+	return &volumev1.GetVolumeResponse{Volume: out}, nil
+}
+
+func (s *Server) checkVolumeRef(project, id string) error {
+	if err := validate.Project(project); err != nil {
+		return err
+	}
+	return validate.UUID("volume_id", id)
+}
+
+// ListVolumes implements VolumeManagerService.
+func (s *Server) ListVolumes(ctx context.Context, req *volumev1.ListVolumesRequest) (*volumev1.ListVolumesResponse, error) {
+	if err := validate.Project(req.GetProjectId()); err != nil {
+		return nil, err
+	}
+	if err := validate.OptionalUUID("marker", req.GetMarker()); err != nil {
+		return nil, err
+	}
+	if req.GetLimit() < 0 {
+		return nil, rpcerr.Invalid("limit must not be negative")
+	}
+	rows, err := s.db.ListVolumes(ctx, volumedb.VolumeFilter{
+		Project: req.GetProjectId(), Name: req.GetName(), Status: req.GetStatus(),
+		IncludeTemporary: req.GetIncludeTemporary(),
+		Page:             store.Page{Limit: int(req.GetLimit()), Marker: req.GetMarker()},
+	})
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, rpcerr.Invalid("marker %s names no volume", req.GetMarker())
+		}
+		return nil, err
+	}
+	resp := &volumev1.ListVolumesResponse{}
+	for i := range rows {
+		v, err := s.toVolume(ctx, &rows[i])
+		if err != nil {
+			return nil, err
+		}
+		resp.Volumes = append(resp.Volumes, v)
+	}
+	if req.GetLimit() > 0 && len(rows) == int(req.GetLimit()) {
+		resp.VolumesLinks = []*volumev1.Link{{Rel: "next", Href: fmt.Sprintf("/v3/%s/volumes?limit=%d&marker=%s", req.GetProjectId(), req.GetLimit(), rows[len(rows)-1].ID)}}
+	}
+	return resp, nil
+}
+
+// DeleteVolume implements VolumeManagerService.
+func (s *Server) DeleteVolume(ctx context.Context, req *volumev1.DeleteVolumeRequest) (*volumev1.DeleteVolumeResponse, error) {
+	if err := s.checkVolumeRef(req.GetProjectId(), req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	v, err := s.db.GetVolume(ctx, req.GetProjectId(), req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	snaps, atts, err := s.db.CountVolumeDependents(ctx, v.ID)
+	if err != nil {
+		return nil, err
+	}
+	if atts > 0 {
+		return nil, rpcerr.Precondition("volume %s has %d attachment(s); detach it before deleting it", v.ID, atts)
+	}
+	if snaps > 0 {
+		return nil, rpcerr.Precondition("volume %s has %d snapshot(s); delete them before deleting the volume", v.ID, snaps)
+	}
+	if cur, err := s.db.TransitionVolume(ctx, v.ID, nil, lifecycle.VolumeDeleting, nil); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return nil, rpcerr.Precondition("volume %s is %s; only an available or failed volume can be deleted", v.ID, cur)
+		}
+		return nil, err
+	}
+	if err := s.driver.DeleteVolume(ctx, v.ID); err != nil {
+		s.db.TransitionVolume(context.WithoutCancel(ctx), v.ID, nil, lifecycle.VolumeErrorDeleting, map[string]any{"fail_reason": err.Error()})
+		return nil, fmt.Errorf("delete volume %s: %w", v.ID, err)
+	}
+	if err := s.db.DeleteVolume(ctx, v.ID); err != nil {
+		return nil, err
+	}
+	s.log.InfoContext(ctx, "volume deleted", "volume_id", v.ID, "project_id", v.ProjectID)
+	return &volumev1.DeleteVolumeResponse{}, nil
+}
+
+// ExtendVolume implements VolumeManagerService.
+func (s *Server) ExtendVolume(ctx context.Context, req *volumev1.ExtendVolumeRequest) (*volumev1.ExtendVolumeResponse, error) {
+	if err := s.checkVolumeRef(req.GetProjectId(), req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	size, err := sizeBytes("new_size", req.GetNewSize(), req.GetNewSizeBytes())
+	if err != nil {
+		return nil, err
+	}
+	ext, ok := s.driver.(volume.Extender)
+	if !ok {
+		return nil, fmt.Errorf("driver %s cannot extend volumes: %w", s.driver.Name(), volume.ErrUnsupported)
+	}
+	v, err := s.db.GetVolume(ctx, req.GetProjectId(), req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	if size <= v.SizeBytes {
+		return nil, rpcerr.Invalid("new size %d bytes must be larger than the current %d bytes", size, v.SizeBytes)
+	}
+	if cur, err := s.db.TransitionVolume(ctx, v.ID, nil, lifecycle.VolumeExtending, nil); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return nil, rpcerr.Precondition("volume %s is %s; only an available volume can be extended", v.ID, cur)
+		}
+		return nil, err
+	}
+	if err := ext.ExtendVolume(ctx, v.ID, size); err != nil {
+		// The data is as it was: back to available, and say why.
+		s.db.TransitionVolume(context.WithoutCancel(ctx), v.ID, []string{lifecycle.VolumeExtending}, lifecycle.VolumeAvailable, nil)
+		return nil, fmt.Errorf("extend volume %s to %d bytes: %w", v.ID, size, err)
+	}
+	if _, err := s.db.TransitionVolume(ctx, v.ID, []string{lifecycle.VolumeExtending}, lifecycle.VolumeAvailable, map[string]any{"size_bytes": size}); err != nil {
+		return nil, err
+	}
+	out, err := s.volumeView(ctx, v.ID)
+	if err != nil {
+		return nil, err
+	}
+	return &volumev1.ExtendVolumeResponse{Volume: out}, nil
+}
+
+// VolumeAction implements VolumeManagerService (the REST action endpoint).
+func (s *Server) VolumeAction(ctx context.Context, req *volumev1.VolumeActionRequest) (*volumev1.VolumeActionResponse, error) {
+	switch a := req.GetAction().(type) {
+	case *volumev1.VolumeActionRequest_OsExtend:
+		_, err := s.ExtendVolume(ctx, &volumev1.ExtendVolumeRequest{ProjectId: req.GetProjectId(), VolumeId: req.GetVolumeId(),
+			NewSize: a.OsExtend.GetNewSize(), NewSizeBytes: a.OsExtend.GetNewSizeBytes()})
+		if err != nil {
+			return nil, err
+		}
+	case *volumev1.VolumeActionRequest_OsResetStatus:
+		_, err := s.ResetVolumeStatus(ctx, &volumev1.ResetVolumeStatusRequest{ProjectId: req.GetProjectId(), VolumeId: req.GetVolumeId(), Status: a.OsResetStatus.GetStatus()})
+		if err != nil {
+			return nil, err
+		}
+	default:
+		return nil, rpcerr.Invalid("the action body must hold one of os-extend, os-reset_status")
+	}
+	return &volumev1.VolumeActionResponse{}, nil
+}
+
+// ResetVolumeStatus implements VolumeManagerService: an operator's repair
+// of a volume whose status no longer matches reality.
+func (s *Server) ResetVolumeStatus(ctx context.Context, req *volumev1.ResetVolumeStatusRequest) (*volumev1.ResetVolumeStatusResponse, error) {
+	if err := s.checkVolumeRef(req.GetProjectId(), req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	if !lifecycle.Volumes.Known(req.GetStatus()) {
+		return nil, rpcerr.Invalid("status %q is not a volume status", req.GetStatus())
+	}
+	if _, err := s.db.GetVolume(ctx, req.GetProjectId(), req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	if err := s.db.UpdateVolume(ctx, req.GetVolumeId(), map[string]any{"status": req.GetStatus(), "updated_at": time.Now().UTC()}); err != nil {
+		return nil, err
+	}
+	out, err := s.volumeView(ctx, req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	return &volumev1.ResetVolumeStatusResponse{Volume: out}, nil
+}
+
+func (s *Server) volumeView(ctx context.Context, id string) (*volumev1.Volume, error) {
+	v, err := s.db.GetVolume(ctx, "", id)
+	if err != nil {
+		return nil, err
+	}
+	return s.toVolume(ctx, v)
+}
+
+func (s *Server) toVolume(ctx context.Context, v *volumedb.Volume) (*volumev1.Volume, error) {
+	atts, err := s.db.ListAttachments(ctx, v.ID)
+	if err != nil {
+		return nil, err
+	}
+	out := &volumev1.Volume{
+		Id: v.ID, ProjectId: v.ProjectID, Name: v.Name, Description: v.Description,
+		Size: (v.SizeBytes + gib - 1) / gib, SizeBytes: v.SizeBytes, Status: v.Status, PreviousStatus: v.PreviousStatus,
+		SnapshotId: v.SnapshotID, SourceVolid: v.SourceVolID, AvailabilityZone: v.AvailabilityZone,
+		VolumeType: v.VolumeType, Bootable: "false", Multiattach: v.Multiattach, Metadata: metadataMap(v.Metadata),
+		CreatedAt: store.Timestamp(v.CreatedAt), UpdatedAt: store.Timestamp(v.UpdatedAt), FailReason: v.FailReason,
+		Temporary: v.Temporary,
+		Links: []*volumev1.Link{
+			{Rel: "self", Href: fmt.Sprintf("/v3/%s/volumes/%s", v.ProjectID, v.ID)},
+			{Rel: "bookmark", Href: fmt.Sprintf("/%s/volumes/%s", v.ProjectID, v.ID)},
+		},
+	}
+	for i := range atts {
+		out.Attachments = append(out.Attachments, s.toAttachment(&atts[i], nil))
+	}
+	return out, nil
+}
