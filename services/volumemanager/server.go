@@ -166,4 +166,6 @@ func metadataMap(s string) map[string]string {
 	return m
 }
 
-func isNotFound(err error) bool { return errors.Is(err, volume.ErrNotFound) || volumedb.IsNotFound(err) }
+func isNotFound(err error) bool {
+	return errors.Is(err, volume.ErrNotFound) || volumedb.IsNotFound(err)
+}
