@@ -15,6 +15,7 @@ build:
 generate:
 	rm -rf gen
 	buf generate
+	cp gen/openapiv2/blockvault.swagger.json services/gateway/openapi.json
 
 lint:
 	buf lint

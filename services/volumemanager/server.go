@@ -7,8 +7,6 @@ import (
 	"context"
 	"crypto/rand"
 	"encoding/hex"
-	"encoding/json"
-	"errors"
 	"fmt"
 	"log/slog"
 	"sync"
@@ -145,27 +143,4 @@ func newExportName() string {
 		panic(err)
 	}
 	return hex.EncodeToString(b[:])
-}
-
-func metadataJSON(m map[string]string) string {
-	if len(m) == 0 {
-		return ""
-	}
-	b, _ := json.Marshal(m)
-	return string(b)
-}
-
-func metadataMap(s string) map[string]string {
-	if s == "" {
-		return nil
-	}
-	var m map[string]string
-	if err := json.Unmarshal([]byte(s), &m); err != nil {
-		return nil
-	}
-	return m
-}
-
-func isNotFound(err error) bool {
-	return errors.Is(err, volume.ErrNotFound) || volumedb.IsNotFound(err)
 }

@@ -58,7 +58,7 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *volumev1.CreateSnapsho
 	}
 	sn := &volumedb.Snapshot{ID: uuid.NewString(), ProjectID: v.ProjectID, VolumeID: v.ID, Name: in.GetName(),
 		Description: in.GetDescription(), SizeBytes: v.SizeBytes, Status: lifecycle.SnapshotCreating,
-		Temporary: in.GetTemporary(), Metadata: metadataJSON(in.GetMetadata())}
+		Temporary: in.GetTemporary(), Metadata: store.EncodeMap(in.GetMetadata())}
 	if err := s.db.CreateSnapshot(ctx, sn); err != nil {
 		return nil, err
 	}
@@ -176,7 +176,7 @@ func toSnapshot(sn *volumedb.Snapshot) *volumev1.Snapshot {
 		Id: sn.ID, ProjectId: sn.ProjectID, VolumeId: sn.VolumeID, Name: sn.Name, Description: sn.Description,
 		Size: (sn.SizeBytes + gib - 1) / gib, SizeBytes: sn.SizeBytes, Status: sn.Status, PreviousStatus: sn.PreviousStatus,
 		ProviderId: sn.ProviderID, ProviderLocation: sn.ProviderLocation, CreatedAt: store.Timestamp(sn.CreatedAt),
-		UpdatedAt: store.Timestamp(sn.UpdatedAt), Metadata: metadataMap(sn.Metadata), FailReason: sn.FailReason,
+		UpdatedAt: store.Timestamp(sn.UpdatedAt), Metadata: store.DecodeMap(sn.Metadata), FailReason: sn.FailReason,
 		Temporary: sn.Temporary,
 	}
 }

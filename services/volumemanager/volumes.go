@@ -125,7 +125,7 @@ func (s *Server) CreateVolume(ctx context.Context, req *volumev1.CreateVolumeReq
 		ID: uuid.NewString(), ProjectID: req.GetProjectId(), Name: in.GetName(), Description: in.GetDescription(),
 		SizeBytes: size, Status: lifecycle.VolumeCreating, AvailabilityZone: zoneOr(in.GetAvailabilityZone()),
 		VolumeType: in.GetVolumeType(), Multiattach: in.GetMultiattach(), Temporary: in.GetTemporary(),
-		Metadata: metadataJSON(in.GetMetadata()), SnapshotID: in.GetSnapshotId(), SourceVolID: in.GetSourceVolid(),
+		Metadata: store.EncodeMap(in.GetMetadata()), SnapshotID: in.GetSnapshotId(), SourceVolID: in.GetSourceVolid(),
 	}
 	if err := s.db.CreateVolume(ctx, v); err != nil {
 		return nil, err
@@ -357,7 +357,7 @@ func (s *Server) toVolume(ctx context.Context, v *volumedb.Volume) (*volumev1.Vo
 		Id: v.ID, ProjectId: v.ProjectID, Name: v.Name, Description: v.Description,
 		Size: (v.SizeBytes + gib - 1) / gib, SizeBytes: v.SizeBytes, Status: v.Status, PreviousStatus: v.PreviousStatus,
 		SnapshotId: v.SnapshotID, SourceVolid: v.SourceVolID, AvailabilityZone: v.AvailabilityZone,
-		VolumeType: v.VolumeType, Bootable: "false", Multiattach: v.Multiattach, Metadata: metadataMap(v.Metadata),
+		VolumeType: v.VolumeType, Bootable: "false", Multiattach: v.Multiattach, Metadata: store.DecodeMap(v.Metadata),
 		CreatedAt: store.Timestamp(v.CreatedAt), UpdatedAt: store.Timestamp(v.UpdatedAt), FailReason: v.FailReason,
 		Temporary: v.Temporary,
 		Links: []*volumev1.Link{

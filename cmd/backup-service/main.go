@@ -1,0 +1,51 @@
+// Command backup-service runs the backup service daemon: backups of volumes,
+// attached or not, into a backup repository, and restores.
+package main
+
+import (
+	"context"
+	"flag"
+	"fmt"
+	"os"
+	"os/signal"
+	"syscall"
+
+	"github.com/blockvault/blockvault/pkg/config"
+	"github.com/blockvault/blockvault/pkg/daemon"
+	"github.com/blockvault/blockvault/services/backup"
+)
+
+func main() {
+	if err := run(); err != nil {
+		fmt.Fprintln(os.Stderr, "backup-service:", err)
+		os.Exit(1)
+	}
+}
+
+func run() error {
+	cfg := backup.DefaultDaemonConfig()
+	fs := flag.NewFlagSet("backup-service", flag.ContinueOnError)
+	fs.String("config", "", "config file of \"key: value\" lines (keys are the flag names)")
+	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "gRPC listen address")
+	fs.StringVar(&cfg.VolumeManager, "volume-manager", cfg.VolumeManager, "volume manager gRPC address")
+	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the SQLite database and the default repository")
+	fs.StringVar(&cfg.DatabaseURL, "database-url", cfg.DatabaseURL, "database URL (postgres://...); default: SQLite in data-dir")
+	fs.StringVar(&cfg.NodeID, "node-id", cfg.NodeID, "name of this node")
+	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
+	logFormat := fs.String("log-format", "text", "log format: text or json")
+	version := fs.Bool("version", false, "print the version and exit")
+	if err := config.Parse(fs, os.Args[1:]); err != nil {
+		return err
+	}
+	if *version {
+		fmt.Println("backup-service", daemon.Version)
+		return nil
+	}
+	log, err := daemon.NewLogger(os.Stderr, *logLevel, *logFormat)
+	if err != nil {
+		return err
+	}
+	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
+	defer stop()
+	return backup.RunDaemon(ctx, cfg, log)
+}

@@ -1,0 +1,115 @@
+// Package backup is the backup service's gRPC service: it validates
+// requests, keeps the backups table, and runs backups and restores in the
+// background, calling the volume manager over gRPC for everything that
+// touches storage (the blueprint's step 3).
+package backup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+
+	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
+	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/rpcerr"
+	"github.com/blockvault/blockvault/pkg/store"
+	"github.com/blockvault/blockvault/pkg/store/backupdb"
+	"github.com/blockvault/blockvault/pkg/validate"
+)
+
+// Config is what the service needs to know about where it runs.
+type Config struct {
+	// NodeID names this node: the same as the volume manager's makes a
+	// local-path read possible (the blueprint's step 1).
+	NodeID string
+}
+
+// Server implements BackupService.
+type Server struct {
+	backupv1.UnimplementedBackupServiceServer
+
+	cfg     Config
+	db      *backupdb.Store
+	volumes volumev1.VolumeManagerServiceClient
+	log     *slog.Logger
+}
+
+// New returns a Server.
+func New(cfg Config, db *backupdb.Store, volumes volumev1.VolumeManagerServiceClient, log *slog.Logger) *Server {
+	if log == nil {
+		log = slog.New(slog.DiscardHandler)
+	}
+	return &Server{cfg: cfg, db: db, volumes: volumes, log: log}
+}
+
+func checkRef(project, id string) error {
+	if err := validate.Project(project); err != nil {
+		return err
+	}
+	return validate.UUID("backup_id", id)
+}
+
+// GetBackup implements BackupService.
+func (s *Server) GetBackup(ctx context.Context, req *backupv1.GetBackupRequest) (*backupv1.GetBackupResponse, error) {
+	if err := checkRef(req.GetProjectId(), req.GetBackupId()); err != nil {
+		return nil, err
+	}
+	out, err := s.view(ctx, req.GetProjectId(), req.GetBackupId())
+	if err != nil {
+		return nil, err
+	}
+	return &backupv1.GetBackupResponse{Backup: out}, nil
+}
+
+func (s *Server) view(ctx context.Context, project, id string) (*backupv1.Backup, error) {
+	b, err := s.db.Get(ctx, project, id)
+	if err != nil {
+		return nil, err
+	}
+	n, err := s.db.CountDependents(ctx, b.ID)
+	if err != nil {
+		return nil, err
+	}
+	return toBackup(b, n), nil
+}
+
+// ListBackups implements BackupService.
+func (s *Server) ListBackups(ctx context.Context, req *backupv1.ListBackupsRequest) (*backupv1.ListBackupsResponse, error) {
+	if err := validate.Project(req.GetProjectId()); err != nil {
+		return nil, err
+	}
+	for _, c := range []error{validate.OptionalUUID("marker", req.GetMarker()), validate.OptionalUUID("volume_id", req.GetVolumeId())} {
+		if c != nil {
+			return nil, c
+		}
+	}
+	if req.GetLimit() < 0 {
+		return nil, rpcerr.Invalid("limit must not be negative")
+	}
+	rows, err := s.db.List(ctx, backupdb.Filter{Project: req.GetProjectId(), Name: req.GetName(), Status: req.GetStatus(),
+		VolumeID: req.GetVolumeId(), Page: store.Page{Limit: int(req.GetLimit()), Marker: req.GetMarker()}})
+	if err != nil {
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, rpcerr.Invalid("marker %s names no backup", req.GetMarker())
+		}
+		return nil, err
+	}
+	resp := &backupv1.ListBackupsResponse{}
+	for i := range rows {
+		n, err := s.db.CountDependents(ctx, rows[i].ID)
+		if err != nil {
+			return nil, err
+		}
+		resp.Backups = append(resp.Backups, toBackup(&rows[i], n))
+	}
+	if req.GetLimit() > 0 && len(rows) == int(req.GetLimit()) {
+		resp.BackupsLinks = []*backupv1.Link{{Rel: "next", Href: fmt.Sprintf("/v3/%s/backups?limit=%d&marker=%s", req.GetProjectId(), req.GetLimit(), rows[len(rows)-1].ID)}}
+	}
+	return resp, nil
+}
+
+// CreateBackup implements BackupService.
+func (s *Server) CreateBackup(ctx context.Context, req *backupv1.CreateBackupRequest) (*backupv1.CreateBackupResponse, error) {
+	return nil, rpcerr.Unimplemented("CreateBackup", "the backup engine lands with the backup engine issue")
+}
