@@ -33,7 +33,7 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *volumev1.CreateSnapsho
 		return nil, rpcerr.Invalid("the request has no snapshot object")
 	}
 	for _, c := range []error{validate.UUID("volume_id", in.GetVolumeId()), validate.Text("name", in.GetName()),
-		validate.Text("description", in.GetDescription()), validate.Metadata(in.GetMetadata())} {
+		validate.Text("description", in.GetDescription()), validate.Metadata(in.GetMetadata()), validate.OptionalUUID("id", in.GetId())} {
 		if c != nil {
 			return nil, c
 		}
@@ -56,7 +56,11 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *volumev1.CreateSnapsho
 	default:
 		return nil, rpcerr.Precondition("volume %s is %s; it must be available or in-use to be snapshotted", v.ID, v.Status)
 	}
-	sn := &volumedb.Snapshot{ID: uuid.NewString(), ProjectID: v.ProjectID, VolumeID: v.ID, Name: in.GetName(),
+	id := in.GetId()
+	if id == "" {
+		id = uuid.NewString()
+	}
+	sn := &volumedb.Snapshot{ID: id, ProjectID: v.ProjectID, VolumeID: v.ID, Name: in.GetName(),
 		Description: in.GetDescription(), SizeBytes: v.SizeBytes, Status: lifecycle.SnapshotCreating,
 		Temporary: in.GetTemporary(), Metadata: store.EncodeMap(in.GetMetadata())}
 	if err := s.db.CreateSnapshot(ctx, sn); err != nil {

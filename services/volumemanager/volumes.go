@@ -60,6 +60,7 @@ func (s *Server) CreateVolume(ctx context.Context, req *volumev1.CreateVolumeReq
 		validate.Text("name", in.GetName()), validate.Text("description", in.GetDescription()),
 		validate.OptionalUUID("snapshot_id", in.GetSnapshotId()), validate.OptionalUUID("source_volid", in.GetSourceVolid()),
 		validate.OptionalUUID("backup_id", in.GetBackupId()), validate.Metadata(in.GetMetadata()),
+		validate.OptionalUUID("id", in.GetId()),
 	} {
 		if c != nil {
 			return nil, c
@@ -121,8 +122,12 @@ func (s *Server) CreateVolume(ctx context.Context, req *volumev1.CreateVolumeReq
 		return nil, fmt.Errorf("driver %s cannot make volumes from snapshots or clones: %w", s.driver.Name(), volume.ErrUnsupported)
 	}
 
+	id := in.GetId()
+	if id == "" {
+		id = uuid.NewString()
+	}
 	v := &volumedb.Volume{
-		ID: uuid.NewString(), ProjectID: req.GetProjectId(), Name: in.GetName(), Description: in.GetDescription(),
+		ID: id, ProjectID: req.GetProjectId(), Name: in.GetName(), Description: in.GetDescription(),
 		SizeBytes: size, Status: lifecycle.VolumeCreating, AvailabilityZone: zoneOr(in.GetAvailabilityZone()),
 		VolumeType: in.GetVolumeType(), Multiattach: in.GetMultiattach(), Temporary: in.GetTemporary(),
 		Metadata: store.EncodeMap(in.GetMetadata()), SnapshotID: in.GetSnapshotId(), SourceVolID: in.GetSourceVolid(),

@@ -42,8 +42,10 @@ type Backup struct {
 	StartedAt        *time.Time
 	DataTimestamp    *time.Time
 	Metadata         string `gorm:"type:text"`
-	CreatedAt        time.Time
-	UpdatedAt        time.Time
+	// OwnerNode is the backup-service node running the backup's current job.
+	OwnerNode string `gorm:"size:255;index"`
+	CreatedAt time.Time
+	UpdatedAt time.Time
 }
 
 // Owner names the backup service's migration table.
@@ -79,6 +81,7 @@ var Migrations = []store.Migration{
 			StartedAt        *time.Time
 			DataTimestamp    *time.Time
 			Metadata         string `gorm:"type:text"`
+			OwnerNode        string `gorm:"size:255;index:idx_backups_owner_node"`
 			CreatedAt        time.Time
 			UpdatedAt        time.Time
 		}

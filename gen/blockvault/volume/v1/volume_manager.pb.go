@@ -931,7 +931,10 @@ type VolumeInput struct {
 	Metadata         map[string]string `protobuf:"bytes,10,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Multiattach      bool              `protobuf:"varint,11,opt,name=multiattach,proto3" json:"multiattach,omitempty"`
 	// Internal: the backup service marks its temporary clones.
-	Temporary     bool `protobuf:"varint,12,opt,name=temporary,proto3" json:"temporary,omitempty"`
+	Temporary bool `protobuf:"varint,12,opt,name=temporary,proto3" json:"temporary,omitempty"`
+	// Internal: the id to create the volume with (a UUID). The backup service
+	// records the id of a temporary volume before the volume exists.
+	Id            string `protobuf:"bytes,13,opt,name=id,proto3" json:"id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1048,6 +1051,13 @@ func (x *VolumeInput) GetTemporary() bool {
 		return x.Temporary
 	}
 	return false
+}
+
+func (x *VolumeInput) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
 }
 
 // CreateVolumeRequest is the request of CreateVolume.
@@ -2213,7 +2223,10 @@ type SnapshotInput struct {
 	Force    bool              `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
 	Metadata map[string]string `protobuf:"bytes,5,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// Internal: the backup service marks its temporary snapshots.
-	Temporary     bool `protobuf:"varint,6,opt,name=temporary,proto3" json:"temporary,omitempty"`
+	Temporary bool `protobuf:"varint,6,opt,name=temporary,proto3" json:"temporary,omitempty"`
+	// Internal: the id to create the snapshot with (a UUID), recorded by the
+	// backup service before the snapshot exists.
+	Id            string `protobuf:"bytes,7,opt,name=id,proto3" json:"id,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2288,6 +2301,13 @@ func (x *SnapshotInput) GetTemporary() bool {
 		return x.Temporary
 	}
 	return false
+}
+
+func (x *SnapshotInput) GetId() string {
+	if x != nil {
+		return x.Id
+	}
+	return ""
 }
 
 // CreateSnapshotRequest is the request of CreateSnapshot.
@@ -3743,7 +3763,7 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	" \x01(\x03R\n" +
 	"totalBytes\x12\x1d\n" +
 	"\n" +
-	"free_bytes\x18\v \x01(\x03R\tfreeBytes\"\xef\x03\n" +
+	"free_bytes\x18\v \x01(\x03R\tfreeBytes\"\xff\x03\n" +
 	"\vVolumeInput\x12\x12\n" +
 	"\x04size\x18\x01 \x01(\x03R\x04size\x12\x1d\n" +
 	"\n" +
@@ -3760,7 +3780,8 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\bmetadata\x18\n" +
 	" \x03(\v2/.blockvault.volume.v1.VolumeInput.MetadataEntryR\bmetadata\x12 \n" +
 	"\vmultiattach\x18\v \x01(\bR\vmultiattach\x12\x1c\n" +
-	"\ttemporary\x18\f \x01(\bR\ttemporary\x1a;\n" +
+	"\ttemporary\x18\f \x01(\bR\ttemporary\x12\x0e\n" +
+	"\x02id\x18\r \x01(\tR\x02id\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"o\n" +
@@ -3842,14 +3863,15 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\n" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x12#\n" +
 	"\rattachment_id\x18\x02 \x01(\tR\fattachmentId\"\x16\n" +
-	"\x14DetachVolumeResponse\"\xa2\x02\n" +
+	"\x14DetachVolumeResponse\"\xb2\x02\n" +
 	"\rSnapshotInput\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x03 \x01(\tR\vdescription\x12\x14\n" +
 	"\x05force\x18\x04 \x01(\bR\x05force\x12M\n" +
 	"\bmetadata\x18\x05 \x03(\v21.blockvault.volume.v1.SnapshotInput.MetadataEntryR\bmetadata\x12\x1c\n" +
-	"\ttemporary\x18\x06 \x01(\bR\ttemporary\x1a;\n" +
+	"\ttemporary\x18\x06 \x01(\bR\ttemporary\x12\x0e\n" +
+	"\x02id\x18\a \x01(\tR\x02id\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"w\n" +
