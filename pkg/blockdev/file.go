@@ -89,20 +89,26 @@ func (d *File) Zero(off, length int64) error {
 	if err := CheckRange(d.size, off, length); err != nil {
 		return err
 	}
+	return PunchHole(d.f, off, length)
+}
+
+// PunchHole deallocates [off, off+length) of f, keeping its size; where the
+// filesystem cannot, it writes zeros instead.
+func PunchHole(f *os.File, off, length int64) error {
 	if length == 0 {
 		return nil
 	}
-	err := unix.Fallocate(int(d.f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
+	err := unix.Fallocate(int(f.Fd()), unix.FALLOC_FL_PUNCH_HOLE|unix.FALLOC_FL_KEEP_SIZE, off, length)
 	if err == nil {
 		return nil
 	}
 	if !errors.Is(err, unix.EOPNOTSUPP) && !errors.Is(err, unix.ENOSYS) {
-		return fmt.Errorf("blockdev: punch hole in %s: %w", d.f.Name(), err)
+		return fmt.Errorf("blockdev: punch hole in %s: %w", f.Name(), err)
 	}
 	zeros := make([]byte, min(length, 1<<20))
 	for length > 0 {
 		n := min(length, int64(len(zeros)))
-		if _, err := d.f.WriteAt(zeros[:n], off); err != nil {
+		if _, err := f.WriteAt(zeros[:n], off); err != nil {
 			return err
 		}
 		off += n
@@ -111,12 +117,18 @@ func (d *File) Zero(off, length int64) error {
 	return nil
 }
 
-// Extents implements Device with SEEK_DATA and SEEK_HOLE. Where the
-// filesystem cannot tell, the whole range is reported as data.
+// Extents implements Device with SEEK_DATA and SEEK_HOLE.
 func (d *File) Extents(off, length int64) ([]Extent, error) {
 	if err := CheckRange(d.size, off, length); err != nil {
 		return nil, err
 	}
+	return SeekExtents(d.f, off, length)
+}
+
+// SeekExtents describes the allocation of [off, off+length) of f with
+// SEEK_DATA and SEEK_HOLE. Where the filesystem cannot tell, the range is
+// reported as data.
+func SeekExtents(f *os.File, off, length int64) ([]Extent, error) {
 	end := off + length
 	var out []Extent
 	add := func(o, l int64, hole bool) {
@@ -129,7 +141,7 @@ func (d *File) Extents(off, length int64) ([]Extent, error) {
 		}
 		out = append(out, Extent{Offset: o, Length: l, Hole: hole, Zero: hole})
 	}
-	fd := int(d.f.Fd())
+	fd := int(f.Fd())
 	pos := off
 	for pos < end {
 		data, err := unix.Seek(fd, pos, unix.SEEK_DATA)
