@@ -61,4 +61,3 @@ func XFSDir(t testing.TB, size int64) string {
 	})
 	return mnt
 }
-

@@ -127,7 +127,6 @@ func (st *volState) addSnapshot(d *Driver, id string) error {
 	return nil
 }
 
-
 func syncDir(dir string) error {
 	f, err := os.Open(dir)
 	if err != nil {

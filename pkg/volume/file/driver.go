@@ -193,7 +193,7 @@ func checkID(id string) error {
 }
 
 func (d *Driver) volumePath(id string) string { return filepath.Join(d.cfg.Dir, "volumes", id+".img") }
-func (d *Driver) snapDir(volID string) string  { return filepath.Join(d.cfg.Dir, "snapshots", volID) }
+func (d *Driver) snapDir(volID string) string { return filepath.Join(d.cfg.Dir, "snapshots", volID) }
 func (d *Driver) snapPath(volID, snapID, ext string) string {
 	return filepath.Join(d.snapDir(volID), snapID+ext)
 }
