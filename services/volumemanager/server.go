@@ -13,6 +13,7 @@ import (
 
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/blockdev"
+	"github.com/blockvault/blockvault/pkg/metrics"
 	"github.com/blockvault/blockvault/pkg/store/volumedb"
 	"github.com/blockvault/blockvault/pkg/volume"
 )
@@ -118,6 +119,7 @@ func (s *Server) publish(name string, dev blockdev.Device, readOnly bool) error 
 	}
 	s.mu.Lock()
 	s.devices[name] = dev
+	metrics.Exports.Set(float64(len(s.devices)))
 	s.mu.Unlock()
 	return nil
 }
@@ -129,6 +131,7 @@ func (s *Server) unpublish(name string) {
 	s.mu.Lock()
 	dev := s.devices[name]
 	delete(s.devices, name)
+	metrics.Exports.Set(float64(len(s.devices)))
 	s.mu.Unlock()
 	if dev != nil {
 		dev.Close()

@@ -1,0 +1,140 @@
+package volumemanager
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+
+	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/daemon"
+	"github.com/blockvault/blockvault/pkg/nbd"
+	"github.com/blockvault/blockvault/pkg/store"
+	"github.com/blockvault/blockvault/pkg/store/volumedb"
+	"github.com/blockvault/blockvault/pkg/volume/file"
+	healthpb "google.golang.org/grpc/health/grpc_health_v1"
+)
+
+// DaemonConfig is the volume-manager daemon's configuration.
+type DaemonConfig struct {
+	// Listen is the gRPC address.
+	Listen string
+	// NBDListen is the address of the NBD server (the data plane).
+	NBDListen string
+	// NBDAdvertise is the host consumers dial for exports (default: the
+	// host of NBDListen).
+	NBDAdvertise string
+	// DataDir holds the pool and the SQLite database.
+	DataDir string
+	// DatabaseURL overrides the SQLite file (postgres://...).
+	DatabaseURL string
+	// NodeID names this node (default: the host name).
+	NodeID string
+	// FileMode is the file driver's point-in-time mode: auto, reflink,
+	// copy-before-write.
+	FileMode string
+	// DisableSnapshotExport makes the driver refuse to attach snapshots, so
+	// backups of in-use volumes take the temporary-clone path.
+	DisableSnapshotExport bool
+}
+
+// DefaultDaemonConfig returns the embedded defaults.
+func DefaultDaemonConfig() DaemonConfig {
+	host, _ := os.Hostname()
+	return DaemonConfig{Listen: "127.0.0.1:7100", NBDListen: "127.0.0.1:10809", DataDir: "data/volume-manager",
+		NodeID: host, FileMode: "auto"}
+}
+
+// Validate checks the configuration.
+func (c DaemonConfig) Validate() error {
+	var errs []error
+	if _, _, err := net.SplitHostPort(c.Listen); err != nil {
+		errs = append(errs, fmt.Errorf("listen %q: %w", c.Listen, err))
+	}
+	if _, _, err := net.SplitHostPort(c.NBDListen); err != nil {
+		errs = append(errs, fmt.Errorf("nbd-listen %q: %w", c.NBDListen, err))
+	}
+	if c.DataDir == "" {
+		errs = append(errs, errors.New("data-dir is required"))
+	}
+	if c.NodeID == "" {
+		errs = append(errs, errors.New("node-id is required"))
+	}
+	switch c.FileMode {
+	case "auto", "reflink", "copy-before-write":
+	default:
+		errs = append(errs, fmt.Errorf("file-mode %q: want auto, reflink or copy-before-write", c.FileMode))
+	}
+	return errors.Join(errs...)
+}
+
+func (c DaemonConfig) databaseURL() string {
+	if c.DatabaseURL != "" {
+		return c.DatabaseURL
+	}
+	return "sqlite://" + filepath.Join(c.DataDir, "volume-manager.db")
+}
+
+// RunDaemon runs the volume manager until ctx is done.
+func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
+	if err := cfg.Validate(); err != nil {
+		return err
+	}
+	db, err := store.Open(ctx, cfg.databaseURL(), log)
+	if err != nil {
+		return err
+	}
+	defer store.Close(db)
+	vdb, err := volumedb.New(ctx, db)
+	if err != nil {
+		return err
+	}
+	driver, err := file.New(file.Config{Dir: filepath.Join(cfg.DataDir, "pool"), Mode: cfg.FileMode,
+		DisableSnapshotOpen: cfg.DisableSnapshotExport, Logger: log})
+	if err != nil {
+		return err
+	}
+
+	nbdLn, err := net.Listen("tcp", cfg.NBDListen)
+	if err != nil {
+		return fmt.Errorf("nbd listen: %w", err)
+	}
+	host, portStr, _ := net.SplitHostPort(nbdLn.Addr().String())
+	if cfg.NBDAdvertise != "" {
+		host = cfg.NBDAdvertise
+	}
+	port, _ := strconv.Atoi(portStr)
+	nbdSrv := nbd.NewServer(nbd.ServerOptions{Logger: log})
+
+	srv := New(Config{NodeID: cfg.NodeID, ExportHost: host, ExportPort: port}, vdb, driver, nbdSrv, log)
+	if err := srv.Restore(ctx); err != nil {
+		return err
+	}
+	defer srv.Close()
+
+	ln, err := net.Listen("tcp", cfg.Listen)
+	if err != nil {
+		nbdLn.Close()
+		return err
+	}
+	gs := daemon.NewGRPCServer(log)
+	volumev1.RegisterVolumeManagerServiceServer(gs, srv)
+	gs.Health.SetServingStatus(volumev1.VolumeManagerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	caps := driver.Capabilities()
+	log.Info("volume-manager serving", "grpc", ln.Addr().String(), "nbd", nbdLn.Addr().String(),
+		"driver", driver.Name(), "mode", caps.Mode, "database", store.Dialect(db), "node_id", cfg.NodeID, "version", daemon.Version)
+	return daemon.Run(ctx, daemon.ServeGRPC(gs, ln), func(ctx context.Context) error {
+		errc := make(chan error, 1)
+		go func() { errc <- nbdSrv.Serve(nbdLn) }()
+		select {
+		case err := <-errc:
+			return err
+		case <-ctx.Done():
+		}
+		return nbdSrv.Shutdown(context.WithoutCancel(ctx))
+	})
+}

@@ -1,0 +1,236 @@
+package volumemanager_test
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"testing"
+
+	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/blockdev"
+	"github.com/blockvault/blockvault/pkg/daemon"
+	"github.com/blockvault/blockvault/pkg/nbd"
+	"github.com/blockvault/blockvault/pkg/store"
+	"github.com/blockvault/blockvault/pkg/store/storetest"
+	"github.com/blockvault/blockvault/pkg/store/volumedb"
+	"github.com/blockvault/blockvault/pkg/volume/file"
+	"github.com/blockvault/blockvault/services/volumemanager"
+	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/credentials/insecure"
+	"google.golang.org/grpc/status"
+	"google.golang.org/grpc/test/bufconn"
+)
+
+func TestMain(m *testing.M) { os.Exit(storetest.Main(m)) }
+
+type env struct {
+	client volumev1.VolumeManagerServiceClient
+	server *volumemanager.Server
+	pool   string
+	nbd    string
+}
+
+// newEnv runs the service in process on a real SQLite store, the real file
+// driver and a real NBD server, with a gRPC client over bufconn.
+func newEnv(t *testing.T, driverCfg file.Config) *env {
+	t.Helper()
+	ctx := context.Background()
+	db, err := store.Open(ctx, storetest.SQLiteURL(t), nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close(db) })
+	vdb, err := volumedb.New(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if driverCfg.Dir == "" {
+		driverCfg.Dir = filepath.Join(t.TempDir(), "pool")
+	}
+	drv, err := file.New(driverCfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	nbdLn, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	ns := nbd.NewServer(nbd.ServerOptions{Logger: slog.New(slog.DiscardHandler)})
+	go ns.Serve(nbdLn)
+	t.Cleanup(func() { ns.Shutdown(context.Background()) })
+	host, port, _ := net.SplitHostPort(nbdLn.Addr().String())
+	p, _ := strconv.Atoi(port)
+	srv := volumemanager.New(volumemanager.Config{NodeID: "node-a", ExportHost: host, ExportPort: p}, vdb, drv, ns, nil)
+	t.Cleanup(srv.Close)
+
+	ln := bufconn.Listen(1 << 20)
+	gs := daemon.NewGRPCServer(slog.New(slog.DiscardHandler))
+	volumev1.RegisterVolumeManagerServiceServer(gs, srv)
+	go gs.Serve(ln)
+	t.Cleanup(gs.Stop)
+	conn, err := grpc.NewClient("passthrough:///bufnet", grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
+		return ln.DialContext(ctx)
+	}), grpc.WithTransportCredentials(insecure.NewCredentials()))
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { conn.Close() })
+	return &env{client: volumev1.NewVolumeManagerServiceClient(conn), server: srv, pool: driverCfg.Dir, nbd: nbdLn.Addr().String()}
+}
+
+const proj = "p1"
+
+func (e *env) create(t *testing.T, size int64) *volumev1.Volume {
+	t.Helper()
+	r, err := e.client.CreateVolume(context.Background(), &volumev1.CreateVolumeRequest{ProjectId: proj, Volume: &volumev1.VolumeInput{SizeBytes: size}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	return r.GetVolume()
+}
+
+func dialExport(t *testing.T, ci *volumev1.ConnectionInfo) *nbd.Client {
+	t.Helper()
+	d := ci.GetData()
+	c, err := nbd.Dial(context.Background(), "tcp", net.JoinHostPort(d.GetHost(), strconv.Itoa(int(d.GetPort()))), nbd.DialOptions{ExportName: d.GetExportName()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { c.Close() })
+	return c
+}
+
+// TestAttachWriteSnapshotDetach walks a volume through attach (NBD, rw),
+// writes, a forced snapshot while attached, a read-only snapshot export
+// that refuses writes, and detach.
+func TestAttachWriteSnapshotDetach(t *testing.T) {
+	e := newEnv(t, file.Config{Mode: "copy-before-write"})
+	ctx := context.Background()
+	v := e.create(t, 8<<20)
+
+	at, err := e.client.AttachVolume(ctx, &volumev1.AttachVolumeRequest{ProjectId: proj, Attachment: &volumev1.AttachmentInput{VolumeUuid: v.GetId(), InstanceUuid: "vm-1"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	ci := at.GetAttachment().GetConnectionInfo()
+	if ci.GetDriverVolumeType() != "nbd" || len(ci.GetData().GetExportName()) < 32 {
+		t.Fatalf("connection info: %v", ci)
+	}
+	got, _ := e.client.GetVolume(ctx, &volumev1.GetVolumeRequest{ProjectId: proj, VolumeId: v.GetId()})
+	if got.GetVolume().GetStatus() != "in-use" {
+		t.Fatalf("attached volume is %s", got.GetVolume().GetStatus())
+	}
+	c := dialExport(t, ci)
+	before := bytes.Repeat([]byte{1}, 1<<20)
+	if _, err := c.WriteAt(before, 0); err != nil {
+		t.Fatal(err)
+	}
+
+	// Snapshot of an in-use volume needs force.
+	if _, err := e.client.CreateSnapshot(ctx, &volumev1.CreateSnapshotRequest{ProjectId: proj, Snapshot: &volumev1.SnapshotInput{VolumeId: v.GetId()}}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("snapshot without force: %v", err)
+	}
+	sr, err := e.client.CreateSnapshot(ctx, &volumev1.CreateSnapshotRequest{ProjectId: proj, Snapshot: &volumev1.SnapshotInput{VolumeId: v.GetId(), Force: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	snap := sr.GetSnapshot()
+	if _, err := c.WriteAt(bytes.Repeat([]byte{2}, 1<<20), 0); err != nil {
+		t.Fatal(err)
+	}
+
+	// Attach the snapshot (the blueprint's step 2): a read-only export
+	// with its credential in provider_auth, showing the old data.
+	as, err := e.client.AttachSnapshot(ctx, &volumev1.AttachSnapshotRequest{ProjectId: proj, SnapshotId: snap.GetId(), Connector: &volumev1.Connector{Host: "node-b"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if !as.GetConnectionInfo().GetData().GetReadOnly() {
+		t.Fatal("snapshot export is not read-only")
+	}
+	sc := dialExport(t, as.GetConnectionInfo())
+	buf := make([]byte, 1<<20)
+	if _, err := sc.ReadAt(buf, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(buf, before) {
+		t.Fatal("the snapshot does not show the data of its point in time")
+	}
+	if _, err := sc.WriteAt(buf[:4096], 0); !errors.Is(err, blockdev.ErrReadOnly) {
+		t.Fatalf("write to the snapshot export: %v, want ErrReadOnly", err)
+	}
+	// A snapshot attached cannot be deleted; a volume with snapshots and
+	// attachments cannot be deleted.
+	if _, err := e.client.DeleteSnapshot(ctx, &volumev1.DeleteSnapshotRequest{ProjectId: proj, SnapshotId: snap.GetId()}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("delete attached snapshot: %v", err)
+	}
+	if _, err := e.client.DeleteVolume(ctx, &volumev1.DeleteVolumeRequest{ProjectId: proj, VolumeId: v.GetId()}); status.Code(err) != codes.FailedPrecondition {
+		t.Fatalf("delete attached volume: %v", err)
+	}
+	// A wrong export name is refused.
+	d := as.GetConnectionInfo().GetData()
+	if _, err := nbd.Dial(ctx, "tcp", e.nbd, nbd.DialOptions{ExportName: d.GetExportName() + "x"}); err == nil {
+		t.Fatal("a wrong export name was accepted")
+	}
+
+	if _, err := e.client.DetachSnapshot(ctx, &volumev1.DetachSnapshotRequest{ProjectId: proj, SnapshotId: snap.GetId()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := nbd.Dial(ctx, "tcp", e.nbd, nbd.DialOptions{ExportName: d.GetExportName()}); err == nil {
+		t.Fatal("a detached snapshot's export still answers")
+	}
+	if _, err := e.client.DeleteSnapshot(ctx, &volumev1.DeleteSnapshotRequest{ProjectId: proj, SnapshotId: snap.GetId()}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := e.client.DetachVolume(ctx, &volumev1.DetachVolumeRequest{ProjectId: proj, AttachmentId: at.GetAttachment().GetId()}); err != nil {
+		t.Fatal(err)
+	}
+	got, _ = e.client.GetVolume(ctx, &volumev1.GetVolumeRequest{ProjectId: proj, VolumeId: v.GetId()})
+	if got.GetVolume().GetStatus() != "available" || len(got.GetVolume().GetAttachments()) != 0 {
+		t.Fatalf("after detach: %v", got.GetVolume())
+	}
+	if e.server.ExportCount() != 0 {
+		t.Fatalf("%d exports left", e.server.ExportCount())
+	}
+}
+
+// TestBeginBackupStatusSwap: in-use needs force, the status swap keeps the
+// previous status, a second begin is refused, and end restores it.
+func TestBeginBackupStatusSwap(t *testing.T) {
+	e := newEnv(t, file.Config{})
+	ctx := context.Background()
+	v := e.create(t, 4<<20)
+	at, err := e.client.AttachVolume(ctx, &volumev1.AttachVolumeRequest{ProjectId: proj, Attachment: &volumev1.AttachmentInput{VolumeUuid: v.GetId()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	_, err = e.client.BeginBackup(ctx, &volumev1.BeginBackupRequest{ProjectId: proj, VolumeId: v.GetId()})
+	if status.Code(err) != codes.InvalidArgument || status.Convert(err).Message() != volumemanager.MsgForceRequired {
+		t.Fatalf("begin without force: %v", err)
+	}
+	b, err := e.client.BeginBackup(ctx, &volumev1.BeginBackupRequest{ProjectId: proj, VolumeId: v.GetId(), Force: true})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.GetVolume().GetStatus() != "backing-up" || b.GetVolume().GetPreviousStatus() != "in-use" {
+		t.Fatalf("after begin: %v", b.GetVolume())
+	}
+	if _, err := e.client.BeginBackup(ctx, &volumev1.BeginBackupRequest{ProjectId: proj, VolumeId: v.GetId(), Force: true}); status.Code(err) != codes.InvalidArgument {
+		t.Fatalf("second begin: %v", err)
+	}
+	end, err := e.client.EndBackup(ctx, &volumev1.EndBackupRequest{ProjectId: proj, VolumeId: v.GetId()})
+	if err != nil || end.GetVolume().GetStatus() != "in-use" {
+		t.Fatalf("end: %v %v", end, err)
+	}
+	e.client.DetachVolume(ctx, &volumev1.DetachVolumeRequest{ProjectId: proj, AttachmentId: at.GetAttachment().GetId()})
+	// Another project sees nothing.
+	if _, err := e.client.GetVolume(ctx, &volumev1.GetVolumeRequest{ProjectId: "other", VolumeId: v.GetId()}); status.Code(err) != codes.NotFound {
+		t.Fatalf("other project: %v", err)
+	}
+}
