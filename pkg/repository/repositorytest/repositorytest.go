@@ -1,0 +1,130 @@
+// Package repositorytest is the conformance suite every repository backend
+// runs.
+package repositorytest
+
+import (
+	"bytes"
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"sync"
+	"testing"
+
+	"github.com/blockvault/blockvault/pkg/repository"
+)
+
+// Run runs the suite; newRepo returns an empty repository.
+func Run(t *testing.T, newRepo func(t *testing.T) repository.Repository) {
+	ctx := context.Background()
+	t.Run("RoundTrip", func(t *testing.T) {
+		r := newRepo(t)
+		big := make([]byte, 5<<20)
+		rand.Read(big)
+		for name, data := range map[string][]byte{"empty": {}, "one": {7}, "c/big": big} {
+			if err := r.Put(ctx, name, data); err != nil {
+				t.Fatalf("put %s: %v", name, err)
+			}
+			got, err := r.Get(ctx, name)
+			if err != nil || !bytes.Equal(got, data) {
+				t.Fatalf("get %s: %d bytes, %v", name, len(got), err)
+			}
+			info, err := r.Stat(ctx, name)
+			if err != nil || info.Size != int64(len(data)) || info.Name != name {
+				t.Fatalf("stat %s: %+v %v", name, info, err)
+			}
+		}
+		r.Put(ctx, "one", []byte("replaced"))
+		if got, _ := r.Get(ctx, "one"); string(got) != "replaced" {
+			t.Fatalf("overwrite: %q", got)
+		}
+	})
+	t.Run("Missing", func(t *testing.T) {
+		r := newRepo(t)
+		if _, err := r.Get(ctx, "absent"); !errors.Is(err, repository.ErrNotFound) {
+			t.Errorf("get: %v", err)
+		}
+		if _, err := r.Stat(ctx, "absent/x"); !errors.Is(err, repository.ErrNotFound) {
+			t.Errorf("stat: %v", err)
+		}
+		if err := r.Delete(ctx, "absent"); err != nil {
+			t.Errorf("delete absent: %v", err)
+		}
+		r.Put(ctx, "gone", []byte("x"))
+		if err := r.Delete(ctx, "gone"); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := r.Get(ctx, "gone"); !errors.Is(err, repository.ErrNotFound) {
+			t.Errorf("get deleted: %v", err)
+		}
+	})
+	t.Run("ListOrderAndPrefix", func(t *testing.T) {
+		r := newRepo(t)
+		names := []string{"chunks/abc/1", "chunks/ab/2", "chunks/ab/1", "manifests/x", "chunks/abd"}
+		for _, n := range names {
+			if err := r.Put(ctx, n, []byte(n)); err != nil {
+				t.Fatal(err)
+			}
+		}
+		var got []string
+		if err := r.List(ctx, "chunks/ab/", func(o repository.ObjectInfo) error { got = append(got, o.Name); return nil }); err != nil {
+			t.Fatal(err)
+		}
+		if fmt.Sprint(got) != "[chunks/ab/1 chunks/ab/2]" {
+			t.Fatalf("list chunks/ab/: %v", got)
+		}
+		got = nil
+		r.List(ctx, "chunks/ab", func(o repository.ObjectInfo) error { got = append(got, o.Name); return nil })
+		if fmt.Sprint(got) != "[chunks/ab/1 chunks/ab/2 chunks/abc/1 chunks/abd]" {
+			t.Fatalf("list chunks/ab: %v", got)
+		}
+		stop := errors.New("stop")
+		n := 0
+		if err := r.List(ctx, "", func(repository.ObjectInfo) error { n++; return stop }); !errors.Is(err, stop) || n != 1 {
+			t.Fatalf("callback error: %v after %d", err, n)
+		}
+	})
+	t.Run("InvalidNames", func(t *testing.T) {
+		r := newRepo(t)
+		for _, n := range []string{"../etc/passwd", "/abs", "a/../b", "", "a//b", "x\x00y", "a/./b"} {
+			if err := r.Put(ctx, n, []byte("x")); !errors.Is(err, repository.ErrInvalidName) {
+				t.Errorf("put %q: %v", n, err)
+			}
+			if _, err := r.Get(ctx, n); !errors.Is(err, repository.ErrInvalidName) {
+				t.Errorf("get %q: %v", n, err)
+			}
+			if err := r.Delete(ctx, n); !errors.Is(err, repository.ErrInvalidName) {
+				t.Errorf("delete %q: %v", n, err)
+			}
+		}
+	})
+	t.Run("ConcurrentPuts", func(t *testing.T) {
+		r := newRepo(t)
+		var wg sync.WaitGroup
+		for g := 0; g < 16; g++ {
+			wg.Add(1)
+			go func() {
+				defer wg.Done()
+				for i := 0; i < 8; i++ {
+					if err := r.Put(ctx, fmt.Sprintf("p/%02d-%d", g, i), bytes.Repeat([]byte{byte(g)}, 1000)); err != nil {
+						t.Error(err)
+					}
+				}
+			}()
+		}
+		wg.Wait()
+		n := 0
+		r.List(ctx, "p/", func(repository.ObjectInfo) error { n++; return nil })
+		if n != 128 {
+			t.Fatalf("listed %d objects, want 128", n)
+		}
+	})
+	t.Run("Cancelled", func(t *testing.T) {
+		r := newRepo(t)
+		cctx, cancel := context.WithCancel(ctx)
+		cancel()
+		if err := r.Put(cctx, "c", []byte("x")); err == nil {
+			t.Error("put with a cancelled context succeeded")
+		}
+	})
+}
