@@ -1,0 +1,398 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"runtime"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/blockvault/blockvault/pkg/blockdev"
+	"github.com/blockvault/blockvault/pkg/repository"
+	"github.com/klauspost/compress/zstd"
+	"golang.org/x/sync/errgroup"
+)
+
+// Options configure an Engine.
+type Options struct {
+	// Key is the repository key (32 bytes or more); nil leaves new
+	// containers unencrypted and opens only unencrypted ones.
+	Key []byte
+	// ChunkSize of new containers (default DefaultChunkSize).
+	ChunkSize int
+	// Workers per backup or restore (default GOMAXPROCS, at least 2).
+	Workers int
+	// Retries of a transient repository error (default 4).
+	Retries int
+}
+
+// Engine runs backups and restores against one repository.
+type Engine struct {
+	repo repository.Repository
+	opts Options
+	dec  *zstd.Decoder
+
+	mu         sync.Mutex
+	containers map[string]*container
+}
+
+type container struct {
+	name string
+	cfg  *config
+	keys *keys
+}
+
+// New returns an Engine on repo.
+func New(repo repository.Repository, opts Options) (*Engine, error) {
+	if opts.Key != nil && len(opts.Key) < 32 {
+		return nil, fmt.Errorf("engine: the repository key must be at least 32 bytes, got %d", len(opts.Key))
+	}
+	if opts.ChunkSize == 0 {
+		opts.ChunkSize = DefaultChunkSize
+	}
+	if opts.Workers <= 0 {
+		opts.Workers = max(runtime.GOMAXPROCS(0), 2)
+	}
+	if opts.Retries <= 0 {
+		opts.Retries = 4
+	}
+	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(128<<20))
+	if err != nil {
+		return nil, err
+	}
+	return &Engine{repo: repo, opts: opts, dec: dec, containers: map[string]*container{}}, nil
+}
+
+// Repository is the engine's repository.
+func (e *Engine) Repository() repository.Repository { return e.repo }
+
+// retry runs op, retrying transient repository errors with capped
+// exponential backoff.
+func (e *Engine) retry(ctx context.Context, op func() error) error {
+	delay := 100 * time.Millisecond
+	for attempt := 0; ; attempt++ {
+		err := op()
+		if err == nil || !errors.Is(err, repository.ErrUnavailable) || attempt >= e.opts.Retries {
+			return err
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(delay):
+		}
+		delay = min(delay*2, 2*time.Second)
+	}
+}
+
+func (e *Engine) get(ctx context.Context, name string) ([]byte, error) {
+	var b []byte
+	err := e.retry(ctx, func() error {
+		var err error
+		b, err = e.repo.Get(ctx, name)
+		return err
+	})
+	return b, err
+}
+
+func (e *Engine) put(ctx context.Context, name string, data []byte) error {
+	return e.retry(ctx, func() error { return e.repo.Put(ctx, name, data) })
+}
+
+// container opens (creating on first use) a container's config.
+func (e *Engine) container(ctx context.Context, name string) (*container, error) {
+	if err := repository.ValidateName(name); err != nil || strings.Contains(name, "/") {
+		return nil, fmt.Errorf("%w: container %q must be one name segment", repository.ErrInvalidName, name)
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	if c := e.containers[name]; c != nil {
+		return c, nil
+	}
+	data, err := e.get(ctx, name+"/config")
+	var cfg *config
+	var k *keys
+	switch {
+	case errors.Is(err, repository.ErrNotFound):
+		cfg, k, err = newConfig(e.opts.Key, e.opts.ChunkSize)
+		if err != nil {
+			return nil, err
+		}
+		b, _ := json.MarshalIndent(cfg, "", "  ")
+		if err := e.put(ctx, name+"/config", b); err != nil {
+			return nil, fmt.Errorf("engine: create container %s: %w", name, err)
+		}
+	case err != nil:
+		return nil, fmt.Errorf("engine: read container %s: %w", name, err)
+	default:
+		if cfg, k, err = openConfig(data, e.opts.Key); err != nil {
+			return nil, fmt.Errorf("container %s: %w", name, err)
+		}
+	}
+	c := &container{name: name, cfg: cfg, keys: k}
+	e.containers[name] = c
+	return c, nil
+}
+
+func chunkName(c *container, id string) string { return c.name + "/chunks/" + id[:2] + "/" + id }
+func manifestName(c *container, id string) string {
+	return c.name + "/manifests/" + id
+}
+func lockName(c *container, id string) string { return c.name + "/locks/" + id }
+
+func checkBackupID(id string) error {
+	if err := repository.ValidateName(id); err != nil || strings.Contains(id, "/") {
+		return fmt.Errorf("%w: backup id %q", repository.ErrInvalidName, id)
+	}
+	return nil
+}
+
+// Progress of a backup or restore.
+type Progress struct {
+	Done, Total, Read, Stored int64
+}
+
+// Range is a byte range of a volume.
+type Range struct{ Offset, Length int64 }
+
+// BackupSpec is one backup to make.
+type BackupSpec struct {
+	BackupID, VolumeID, ParentID string
+	// Changed lists the ranges that may differ from the parent; nil means
+	// unknown (everything is read). Only used with a parent.
+	Changed  []Range
+	Progress func(Progress)
+}
+
+// LoadManifest reads and checks a backup's manifest.
+func (e *Engine) LoadManifest(ctx context.Context, containerName, backupID string) (*Manifest, error) {
+	if err := checkBackupID(backupID); err != nil {
+		return nil, err
+	}
+	c, err := e.container(ctx, containerName)
+	if err != nil {
+		return nil, err
+	}
+	return e.loadManifest(ctx, c, backupID)
+}
+
+func (e *Engine) loadManifest(ctx context.Context, c *container, id string) (*Manifest, error) {
+	data, err := e.get(ctx, manifestName(c, id))
+	if errors.Is(err, repository.ErrNotFound) {
+		return nil, fmt.Errorf("%w: %s", ErrNoBackup, id)
+	}
+	if err != nil {
+		return nil, err
+	}
+	m, err := c.keys.decodeManifest(e.dec, data)
+	if err != nil {
+		return nil, fmt.Errorf("manifest of backup %s: %w", id, err)
+	}
+	return m, nil
+}
+
+// throttle calls fn at most every 200 ms, and always with final=true.
+func throttle(fn func(Progress)) func(p Progress, final bool) {
+	if fn == nil {
+		return func(Progress, bool) {}
+	}
+	var mu sync.Mutex
+	var last time.Time
+	return func(p Progress, final bool) {
+		mu.Lock()
+		defer mu.Unlock()
+		if final || time.Since(last) >= 200*time.Millisecond {
+			last = time.Now()
+			fn(p)
+		}
+	}
+}
+
+// Backup reads src into the container and writes the manifest last, once
+// every chunk is durable. A failure leaves no manifest (the chunks already
+// written are garbage for the next collection).
+func (e *Engine) Backup(ctx context.Context, containerName string, src blockdev.Device, spec BackupSpec) (*Manifest, error) {
+	if err := checkBackupID(spec.BackupID); err != nil {
+		return nil, err
+	}
+	c, err := e.container(ctx, containerName)
+	if err != nil {
+		return nil, err
+	}
+	// The lock tells garbage collection a backup is running.
+	if err := e.put(ctx, lockName(c, spec.BackupID), []byte(time.Now().UTC().Format(time.RFC3339))); err != nil {
+		return nil, fmt.Errorf("engine: lock: %w", err)
+	}
+	defer e.repo.Delete(context.WithoutCancel(ctx), lockName(c, spec.BackupID))
+
+	size := src.Size()
+	cs := int64(c.cfg.ChunkSize)
+	n := int((size + cs - 1) / cs)
+	m := &Manifest{Version: FormatVersion, BackupID: spec.BackupID, VolumeID: spec.VolumeID, ParentID: spec.ParentID,
+		Size: size, ChunkSize: c.cfg.ChunkSize, Started: time.Now().UTC(), Chunks: make([]string, n)}
+
+	var parent *Manifest
+	known := map[string]bool{}
+	if spec.ParentID != "" {
+		if parent, err = e.loadManifest(ctx, c, spec.ParentID); err != nil {
+			return nil, fmt.Errorf("engine: parent: %w", err)
+		}
+		for _, id := range parent.Chunks {
+			if id != "" {
+				known[id] = true
+			}
+		}
+	}
+	// Chunks to read: where the source has data, and (with a parent and
+	// changed ranges) where something changed.
+	holes, err := holeChunks(src, size, cs, n)
+	if err != nil {
+		return nil, fmt.Errorf("engine: source allocation: %w", err)
+	}
+	var reuse []bool
+	if parent != nil && spec.Changed != nil && parent.ChunkSize == c.cfg.ChunkSize && parent.Size == size {
+		reuse = make([]bool, n)
+		for i := range reuse {
+			reuse[i] = true
+		}
+		for _, r := range spec.Changed {
+			for i := r.Offset / cs; i < int64(n) && i*cs < r.Offset+r.Length; i++ {
+				reuse[i] = false
+			}
+		}
+	}
+
+	var done, read, stored, newChunks, dataChunks atomic.Int64
+	report := throttle(spec.Progress)
+	progress := func(final bool) {
+		report(Progress{Done: done.Load(), Total: size, Read: read.Load(), Stored: stored.Load()}, final)
+	}
+	jobs := make(chan int)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		defer close(jobs)
+		for i := 0; i < n; i++ {
+			length := min(cs, size-int64(i)*cs)
+			switch {
+			case holes[i]:
+				done.Add(length)
+			case reuse != nil && reuse[i]:
+				m.Chunks[i] = parent.Chunks[i]
+				if m.Chunks[i] != "" {
+					dataChunks.Add(1)
+				}
+				done.Add(length)
+			default:
+				select {
+				case jobs <- i:
+				case <-gctx.Done():
+					return gctx.Err()
+				}
+				continue
+			}
+			progress(false)
+		}
+		return nil
+	})
+	var knownMu sync.Mutex
+	for w := 0; w < e.opts.Workers; w++ {
+		g.Go(func() error {
+			enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+			if err != nil {
+				return err
+			}
+			defer enc.Close()
+			h := c.keys.hasher()
+			buf := make([]byte, cs)
+			var scratch []byte
+			for i := range jobs {
+				off := int64(i) * cs
+				length := min(cs, size-off)
+				b := buf[:length]
+				if _, err := src.ReadAt(b, off); err != nil {
+					return fmt.Errorf("engine: read the source at %d: %w", off, err)
+				}
+				read.Add(length)
+				if isZero(b) {
+					done.Add(length)
+					progress(false)
+					continue
+				}
+				id := c.keys.chunkID(h, b)
+				m.Chunks[i] = id
+				dataChunks.Add(1)
+				knownMu.Lock()
+				dup := known[id]
+				known[id] = true
+				knownMu.Unlock()
+				if !dup {
+					var obj []byte
+					obj, scratch = c.keys.sealObject(enc, scratch, b)
+					if err := e.put(gctx, chunkName(c, id), obj); err != nil {
+						return fmt.Errorf("engine: store chunk %s: %w", id, err)
+					}
+					stored.Add(int64(len(obj)))
+					newChunks.Add(1)
+				}
+				done.Add(length)
+				progress(false)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	m.Finished = time.Now().UTC()
+	m.DataChunks, m.NewChunks, m.NewBytes = dataChunks.Load(), newChunks.Load(), stored.Load()
+	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest))
+	obj, err := c.keys.encodeManifest(enc, m)
+	enc.Close()
+	if err != nil {
+		return nil, err
+	}
+	if err := e.put(ctx, manifestName(c, m.BackupID), obj); err != nil {
+		return nil, fmt.Errorf("engine: write the manifest: %w", err)
+	}
+	progress(true)
+	return m, nil
+}
+
+// holeChunks marks the chunks that lie wholly in holes of the source.
+func holeChunks(src blockdev.Device, size, cs int64, n int) ([]bool, error) {
+	holes := make([]bool, n)
+	if size == 0 {
+		return holes, nil
+	}
+	exts, err := src.Extents(0, size)
+	if err != nil {
+		return nil, err
+	}
+	for _, x := range exts {
+		if !x.Hole && !x.Zero {
+			continue
+		}
+		for i := (x.Offset + cs - 1) / cs; i < int64(n) && min((i+1)*cs, size) <= x.End(); i++ {
+			holes[i] = true
+		}
+	}
+	return holes, nil
+}
+
+func isZero(b []byte) bool {
+	for len(b) >= 8 {
+		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
+			return false
+		}
+		b = b[8:]
+	}
+	for _, c := range b {
+		if c != 0 {
+			return false
+		}
+	}
+	return true
+}

@@ -1,0 +1,331 @@
+package engine
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"sort"
+	"strings"
+	"sync/atomic"
+	"time"
+
+	"github.com/blockvault/blockvault/pkg/blockdev"
+	"github.com/blockvault/blockvault/pkg/repository"
+	"golang.org/x/sync/errgroup"
+)
+
+// ChunkError names a chunk that is missing or damaged.
+type ChunkError struct {
+	ChunkID string
+	Offset  int64
+	Err     error
+}
+
+func (e *ChunkError) Error() string {
+	return fmt.Sprintf("chunk %s at offset %d: %v", e.ChunkID, e.Offset, e.Err)
+}
+
+func (e *ChunkError) Unwrap() error { return e.Err }
+
+// readChunk fetches and checks a chunk: its plaintext must hash to its id.
+func (e *Engine) readChunk(ctx context.Context, c *container, id string, off int64) ([]byte, error) {
+	obj, err := e.get(ctx, chunkName(c, id))
+	if errors.Is(err, repository.ErrNotFound) {
+		return nil, &ChunkError{ChunkID: id, Offset: off, Err: fmt.Errorf("missing from the repository")}
+	}
+	if err != nil {
+		return nil, err
+	}
+	plain, err := c.keys.openObject(e.dec, obj)
+	if err != nil {
+		return nil, &ChunkError{ChunkID: id, Offset: off, Err: err}
+	}
+	if got := c.keys.chunkID(c.keys.hasher(), plain); got != id {
+		return nil, &ChunkError{ChunkID: id, Offset: off, Err: fmt.Errorf("%w: content does not match its hash", ErrCorrupt)}
+	}
+	return plain, nil
+}
+
+// Restore writes a backup onto dst (at least the backup's size). All-zero
+// chunks are written as zeros (punched holes where dst can), so holes stay
+// holes. A missing or damaged chunk ends the restore with a *ChunkError.
+func (e *Engine) Restore(ctx context.Context, containerName, backupID string, dst blockdev.Device, progress func(Progress)) error {
+	m, err := e.LoadManifest(ctx, containerName, backupID)
+	if err != nil {
+		return err
+	}
+	c, _ := e.container(ctx, containerName)
+	if dst.Size() < m.Size {
+		return fmt.Errorf("engine: the target has %d bytes, the backup %d", dst.Size(), m.Size)
+	}
+	cs := int64(m.ChunkSize)
+	var done atomic.Int64
+	report := throttle(progress)
+	jobs := make(chan int)
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		defer close(jobs)
+		for i := range m.Chunks {
+			select {
+			case jobs <- i:
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+		}
+		return nil
+	})
+	for w := 0; w < e.opts.Workers; w++ {
+		g.Go(func() error {
+			for i := range jobs {
+				off := int64(i) * cs
+				length := min(cs, m.Size-off)
+				if id := m.Chunks[i]; id == "" {
+					if err := dst.Zero(off, length); err != nil {
+						return fmt.Errorf("engine: zero the target at %d: %w", off, err)
+					}
+				} else {
+					plain, err := e.readChunk(gctx, c, id, off)
+					if err != nil {
+						return err
+					}
+					if int64(len(plain)) != length {
+						return &ChunkError{ChunkID: id, Offset: off, Err: fmt.Errorf("%w: %d bytes, want %d", ErrCorrupt, len(plain), length)}
+					}
+					if _, err := dst.WriteAt(plain, off); err != nil {
+						return fmt.Errorf("engine: write the target at %d: %w", off, err)
+					}
+				}
+				report(Progress{Done: done.Add(length), Total: m.Size}, false)
+			}
+			return nil
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return err
+	}
+	if err := dst.Flush(); err != nil {
+		return fmt.Errorf("engine: flush the target: %w", err)
+	}
+	report(Progress{Done: m.Size, Total: m.Size}, true)
+	return nil
+}
+
+// VerifyReport is what Verify found.
+type VerifyReport struct {
+	ChunksChecked int64
+	Damaged       []ChunkError
+}
+
+// Verify re-reads every chunk of a backup and checks it.
+func (e *Engine) Verify(ctx context.Context, containerName, backupID string) (*VerifyReport, error) {
+	m, err := e.LoadManifest(ctx, containerName, backupID)
+	if err != nil {
+		return nil, err
+	}
+	c, _ := e.container(ctx, containerName)
+	seen := map[string]bool{}
+	type item struct {
+		id  string
+		off int64
+	}
+	var items []item
+	for i, id := range m.Chunks {
+		if id != "" && !seen[id] {
+			seen[id] = true
+			items = append(items, item{id, int64(i) * int64(m.ChunkSize)})
+		}
+	}
+	rep := &VerifyReport{}
+	results := make([]*ChunkError, len(items))
+	g, gctx := errgroup.WithContext(ctx)
+	g.SetLimit(e.opts.Workers)
+	for k, it := range items {
+		g.Go(func() error {
+			_, err := e.readChunk(gctx, c, it.id, it.off)
+			var ce *ChunkError
+			if errors.As(err, &ce) {
+				results[k] = ce
+				return nil
+			}
+			return err
+		})
+	}
+	if err := g.Wait(); err != nil {
+		return nil, err
+	}
+	rep.ChunksChecked = int64(len(items))
+	for _, r := range results {
+		if r != nil {
+			rep.Damaged = append(rep.Damaged, *r)
+		}
+	}
+	return rep, nil
+}
+
+// Delete removes a backup's manifest (and a lock a crashed backup left),
+// then collects garbage. Other backups never depend on it: each manifest
+// lists every chunk it needs. Deleting an absent backup is not an error.
+func (e *Engine) Delete(ctx context.Context, containerName, backupID string) error {
+	if err := checkBackupID(backupID); err != nil {
+		return err
+	}
+	c, err := e.container(ctx, containerName)
+	if err != nil {
+		return err
+	}
+	if err := e.repo.Delete(ctx, manifestName(c, backupID)); err != nil {
+		return fmt.Errorf("engine: delete the manifest: %w", err)
+	}
+	if err := e.repo.Delete(ctx, lockName(c, backupID)); err != nil {
+		return err
+	}
+	_, err = e.GC(ctx, containerName)
+	return err
+}
+
+// GCStats is what a collection did.
+type GCStats struct {
+	Skipped         bool // a backup was running: nothing was collected
+	Referenced      int
+	Deleted         int
+	DeletedBytes    int64
+	RunningBackups  int
+	ManifestsListed int
+}
+
+// lockTTL is how old a backup lock may be before it is taken for a crash's
+// leftover and ignored.
+const lockTTL = 24 * time.Hour
+
+// GC deletes the chunks no manifest references. While any backup is
+// running (a fresh lock exists) it does nothing: a running backup may be
+// reusing chunks that no finished manifest references any more.
+func (e *Engine) GC(ctx context.Context, containerName string) (GCStats, error) {
+	var st GCStats
+	c, err := e.container(ctx, containerName)
+	if err != nil {
+		return st, err
+	}
+	err = e.repo.List(ctx, c.name+"/locks/", func(o repository.ObjectInfo) error {
+		if time.Since(o.ModTime) < lockTTL {
+			st.RunningBackups++
+		}
+		return nil
+	})
+	if err != nil {
+		return st, err
+	}
+	if st.RunningBackups > 0 {
+		st.Skipped = true
+		return st, nil
+	}
+	ref := map[string]bool{}
+	var names []string
+	if err := e.repo.List(ctx, c.name+"/manifests/", func(o repository.ObjectInfo) error {
+		names = append(names, strings.TrimPrefix(o.Name, c.name+"/manifests/"))
+		return nil
+	}); err != nil {
+		return st, err
+	}
+	for _, id := range names {
+		m, err := e.loadManifest(ctx, c, id)
+		if err != nil {
+			return st, fmt.Errorf("engine: gc cannot read manifest %s, so collects nothing: %w", id, err)
+		}
+		for _, ch := range m.Chunks {
+			if ch != "" {
+				ref[ch] = true
+			}
+		}
+	}
+	st.ManifestsListed = len(names)
+	st.Referenced = len(ref)
+	var garbage []repository.ObjectInfo
+	if err := e.repo.List(ctx, c.name+"/chunks/", func(o repository.ObjectInfo) error {
+		id := o.Name[strings.LastIndex(o.Name, "/")+1:]
+		if !ref[id] {
+			garbage = append(garbage, o)
+		}
+		return nil
+	}); err != nil {
+		return st, err
+	}
+	for _, o := range garbage {
+		if err := e.repo.Delete(ctx, o.Name); err != nil {
+			return st, err
+		}
+		st.Deleted++
+		st.DeletedBytes += o.Size
+	}
+	return st, nil
+}
+
+// Summary is a backup as its manifest tells it.
+type Summary struct {
+	BackupID, VolumeID, ParentID string
+	Size                         int64
+	DataChunks                   int64
+	Finished                     time.Time
+}
+
+// ListBackups lists a container's backups from their manifests alone.
+func (e *Engine) ListBackups(ctx context.Context, containerName string) ([]Summary, error) {
+	c, err := e.container(ctx, containerName)
+	if err != nil {
+		return nil, err
+	}
+	var out []Summary
+	err = e.repo.List(ctx, c.name+"/manifests/", func(o repository.ObjectInfo) error {
+		m, err := e.loadManifest(ctx, c, strings.TrimPrefix(o.Name, c.name+"/manifests/"))
+		if err != nil {
+			return err
+		}
+		out = append(out, Summary{BackupID: m.BackupID, VolumeID: m.VolumeID, ParentID: m.ParentID, Size: m.Size, DataChunks: m.DataChunks, Finished: m.Finished})
+		return nil
+	})
+	sort.Slice(out, func(i, j int) bool { return out[i].Finished.After(out[j].Finished) })
+	return out, err
+}
+
+// Record is an exported backup record.
+type Record struct {
+	Format     string `json:"format"`
+	Repository string `json:"repository"`
+	Container  string `json:"container"`
+	BackupID   string `json:"backup_id"`
+	VolumeID   string `json:"volume_id"`
+	ParentID   string `json:"parent_id,omitempty"`
+	Size       int64  `json:"size"`
+	DataChunks int64  `json:"data_chunks"`
+}
+
+const recordFormat = "blockvault-backup-record/1"
+
+// ExportRecord returns a record another deployment on the same repository
+// can import.
+func (e *Engine) ExportRecord(ctx context.Context, containerName, backupID string) ([]byte, error) {
+	m, err := e.LoadManifest(ctx, containerName, backupID)
+	if err != nil {
+		return nil, err
+	}
+	return json.Marshal(Record{Format: recordFormat, Repository: e.repo.Location(), Container: containerName,
+		BackupID: m.BackupID, VolumeID: m.VolumeID, ParentID: m.ParentID, Size: m.Size, DataChunks: m.DataChunks})
+}
+
+// ImportRecord checks a record against this repository (its manifest must
+// be here and readable with this engine's key) and returns it.
+func (e *Engine) ImportRecord(ctx context.Context, data []byte) (*Record, error) {
+	var r Record
+	if err := json.Unmarshal(data, &r); err != nil || r.Format != recordFormat {
+		return nil, fmt.Errorf("%w: not a blockvault backup record", repository.ErrInvalidName)
+	}
+	m, err := e.LoadManifest(ctx, r.Container, r.BackupID)
+	if err != nil {
+		return nil, fmt.Errorf("engine: the record's backup is not readable in this repository: %w", err)
+	}
+	if m.VolumeID != r.VolumeID || m.Size != r.Size {
+		return nil, fmt.Errorf("%w: the record does not match the manifest", ErrCorrupt)
+	}
+	return &r, nil
+}
