@@ -34,6 +34,7 @@ func run() error {
 	fs.StringVar(&cfg.NodeID, "node-id", cfg.NodeID, "name of this node")
 	fs.StringVar(&cfg.FileMode, "file-mode", cfg.FileMode, "file driver point-in-time mode: auto, reflink, copy-before-write")
 	fs.BoolVar(&cfg.DisableSnapshotExport, "disable-snapshot-export", cfg.DisableSnapshotExport, "refuse to attach snapshots (backups of in-use volumes then use a temporary clone)")
+	fs.StringVar(&cfg.HTTPListen, "http-listen", cfg.HTTPListen, "address of /metrics, /healthz and /readyz (empty: off)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	version := fs.Bool("version", false, "print the version and exit")

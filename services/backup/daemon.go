@@ -1,6 +1,7 @@
 package backup
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
@@ -12,6 +13,9 @@ import (
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/daemon"
+	"github.com/blockvault/blockvault/pkg/engine"
+	"github.com/blockvault/blockvault/pkg/metrics"
+	"github.com/blockvault/blockvault/pkg/repository/posix"
 	"github.com/blockvault/blockvault/pkg/requestid"
 	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/store/backupdb"
@@ -32,12 +36,29 @@ type DaemonConfig struct {
 	DatabaseURL string
 	// NodeID names this node (default: the host name).
 	NodeID string
+	// Repository is where backups go: a directory path (posix, the
+	// default: <data-dir>/repository).
+	Repository string
+	// KeyFile holds the repository key (32 bytes or more) that encrypts new
+	// containers; empty leaves them unencrypted.
+	KeyFile string
+	// MaxConcurrent caps the jobs running at once.
+	MaxConcurrent int
+	// Strategy forces how in-use volumes are read ("" = auto).
+	Strategy string
+	// Container is the default repository container.
+	Container string
+	// NoLocalReads disables local-path reads on the volume manager's node.
+	NoLocalReads bool
+	// HTTPListen serves /metrics, /healthz and /readyz ("" = off).
+	HTTPListen string
 }
 
 // DefaultDaemonConfig returns the embedded defaults.
 func DefaultDaemonConfig() DaemonConfig {
 	host, _ := os.Hostname()
-	return DaemonConfig{Listen: "127.0.0.1:7200", VolumeManager: "127.0.0.1:7100", DataDir: "data/backup-service", NodeID: host}
+	return DaemonConfig{Listen: "127.0.0.1:7200", VolumeManager: "127.0.0.1:7100", DataDir: "data/backup-service", NodeID: host,
+		MaxConcurrent: 4, Container: DefaultContainer, HTTPListen: "127.0.0.1:7201"}
 }
 
 // Validate checks the configuration.
@@ -54,6 +75,15 @@ func (c DaemonConfig) Validate() error {
 	}
 	if c.NodeID == "" {
 		errs = append(errs, errors.New("node-id is required"))
+	}
+	if c.MaxConcurrent < 1 {
+		errs = append(errs, fmt.Errorf("max-concurrent %d must be at least 1", c.MaxConcurrent))
+	}
+	if err := ValidateStrategy(c.Strategy); err != nil {
+		errs = append(errs, err)
+	}
+	if err := checkContainer(c.Container); err != nil || c.Container == "" {
+		errs = append(errs, fmt.Errorf("container %q: letters, digits, '-' and '_' only", c.Container))
 	}
 	return errors.Join(errs...)
 }
@@ -86,7 +116,32 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 		return fmt.Errorf("volume manager client: %w", err)
 	}
 	defer conn.Close()
-	srv := New(Config{NodeID: cfg.NodeID}, bdb, volumev1.NewVolumeManagerServiceClient(conn), log)
+	repoDir := cfg.Repository
+	if repoDir == "" {
+		repoDir = filepath.Join(cfg.DataDir, "repository")
+	}
+	repo, err := posix.New(repoDir)
+	if err != nil {
+		return err
+	}
+	var key []byte
+	if cfg.KeyFile != "" {
+		if key, err = os.ReadFile(cfg.KeyFile); err != nil {
+			return fmt.Errorf("repository key: %w", err)
+		}
+		key = bytes.TrimSpace(key)
+	}
+	eng, err := engine.New(repo, engine.Options{Key: key})
+	if err != nil {
+		return err
+	}
+	srv := New(Config{NodeID: cfg.NodeID, LocalReads: !cfg.NoLocalReads, Strategy: cfg.Strategy, MaxConcurrent: cfg.MaxConcurrent,
+		Container: cfg.Container}, bdb, volumev1.NewVolumeManagerServiceClient(conn), EngineAdapter{E: eng}, log)
+	defer srv.Close()
+	if err := srv.Recover(ctx); err != nil {
+		// Recovery is retried at the next start; new work is still accepted.
+		log.Error("recovery after restart left work undone", "err", err)
+	}
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -95,7 +150,17 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	gs := daemon.NewGRPCServer(log)
 	backupv1.RegisterBackupServiceServer(gs, srv)
 	gs.Health.SetServingStatus(backupv1.BackupService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	tasks := []daemon.Task{daemon.ServeGRPC(gs, ln)}
+	if cfg.HTTPListen != "" {
+		hl, err := net.Listen("tcp", cfg.HTTPListen)
+		if err != nil {
+			return fmt.Errorf("http listen: %w", err)
+		}
+		ready := &metrics.Ready{}
+		ready.Set(true)
+		tasks = append(tasks, daemon.ServeHTTP(metrics.Handler(metrics.Registry(metrics.BackupSeries()...), ready), hl))
+	}
 	log.Info("backup-service serving", "grpc", ln.Addr().String(), "volume_manager", cfg.VolumeManager,
-		"database", store.Dialect(db), "node_id", cfg.NodeID, "version", daemon.Version)
-	return daemon.Run(ctx, daemon.ServeGRPC(gs, ln))
+		"database", store.Dialect(db), "node_id", cfg.NodeID, "repository", repo.Location(), "encrypted", key != nil, "version", daemon.Version)
+	return daemon.Run(ctx, tasks...)
 }

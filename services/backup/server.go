@@ -9,6 +9,7 @@ import (
 	"errors"
 	"fmt"
 	"log/slog"
+	"sync"
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
@@ -23,6 +24,33 @@ type Config struct {
 	// NodeID names this node: the same as the volume manager's makes a
 	// local-path read possible (the blueprint's step 1).
 	NodeID string
+	// LocalReads allows reading through local paths when on the volume
+	// manager's node (default true in the daemon).
+	LocalReads bool
+	// Strategy forces how in-use volumes are read: "" (choose from the
+	// backend's capabilities), local-snapshot, attached-snapshot or
+	// temporary-volume.
+	Strategy string
+	// MaxConcurrent caps the backups and restores running at once; more wait.
+	MaxConcurrent int
+	// Container is the default repository container.
+	Container string
+}
+
+func (c Config) container() string {
+	if c.Container == "" {
+		return DefaultContainer
+	}
+	return c.Container
+}
+
+// ValidateStrategy checks a Strategy value.
+func ValidateStrategy(s string) error {
+	switch s {
+	case "", StrategyLocalSnapshot, StrategyAttachedSnapshot, StrategyTemporaryVolume:
+		return nil
+	}
+	return fmt.Errorf("strategy %q: want empty (auto), %s, %s or %s", s, StrategyLocalSnapshot, StrategyAttachedSnapshot, StrategyTemporaryVolume)
 }
 
 // Server implements BackupService.
@@ -32,15 +60,35 @@ type Server struct {
 	cfg     Config
 	db      *backupdb.Store
 	volumes volumev1.VolumeManagerServiceClient
+	engine  Engine
 	log     *slog.Logger
+
+	baseCtx context.Context
+	stop    context.CancelFunc
+	slots   chan struct{}
+	wg      sync.WaitGroup
+	mu      sync.Mutex
+	jobs    map[string]context.CancelFunc
 }
 
-// New returns a Server.
-func New(cfg Config, db *backupdb.Store, volumes volumev1.VolumeManagerServiceClient, log *slog.Logger) *Server {
+// New returns a Server. Call Recover before serving, and Close to stop
+// the running jobs.
+func New(cfg Config, db *backupdb.Store, volumes volumev1.VolumeManagerServiceClient, engine Engine, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, db: db, volumes: volumes, log: log}
+	if cfg.MaxConcurrent <= 0 {
+		cfg.MaxConcurrent = 4
+	}
+	ctx, stop := context.WithCancel(context.Background())
+	return &Server{cfg: cfg, db: db, volumes: volumes, engine: engine, log: log, baseCtx: ctx, stop: stop,
+		slots: make(chan struct{}, cfg.MaxConcurrent), jobs: map[string]context.CancelFunc{}}
+}
+
+// Close cancels the running jobs and waits for their cleanup.
+func (s *Server) Close() {
+	s.stop()
+	s.wg.Wait()
 }
 
 func checkRef(project, id string) error {
@@ -107,9 +155,4 @@ func (s *Server) ListBackups(ctx context.Context, req *backupv1.ListBackupsReque
 		resp.BackupsLinks = []*backupv1.Link{{Rel: "next", Href: fmt.Sprintf("/v3/%s/backups?limit=%d&marker=%s", req.GetProjectId(), req.GetLimit(), rows[len(rows)-1].ID)}}
 	}
 	return resp, nil
-}
-
-// CreateBackup implements BackupService.
-func (s *Server) CreateBackup(ctx context.Context, req *backupv1.CreateBackupRequest) (*backupv1.CreateBackupResponse, error) {
-	return nil, rpcerr.Unimplemented("CreateBackup", "the backup engine lands with the backup engine issue")
 }

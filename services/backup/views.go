@@ -15,7 +15,7 @@ func toBackup(b *backupdb.Backup, dependents int64) *backupv1.Backup {
 	out := &backupv1.Backup{
 		Id: b.ID, ProjectId: b.ProjectID, Name: b.Name, Description: b.Description, VolumeId: b.VolumeID,
 		SnapshotId: b.SnapshotID, Container: b.Container, Status: b.Status, FailReason: b.FailReason,
-		Size: (b.SizeBytes + gib - 1) / gib, SizeBytes: b.SizeBytes, ObjectCount: b.ObjectCount,
+		Size: int32((b.SizeBytes + gib - 1) / gib), SizeBytes: b.SizeBytes, ObjectCount: int32(b.ObjectCount),
 		IsIncremental: b.IsIncremental, HasDependentBackups: dependents > 0, ParentId: b.ParentID,
 		AvailabilityZone: b.AvailabilityZone, CreatedAt: store.Timestamp(b.CreatedAt), UpdatedAt: store.Timestamp(b.UpdatedAt),
 		TempVolumeId: b.TempVolumeID, TempSnapshotId: b.TempSnapshotID, Strategy: b.Strategy,

@@ -150,15 +150,9 @@ func (s *Server) DetachVolume(ctx context.Context, req *volumev1.DetachVolumeReq
 	if err != nil {
 		return nil, err
 	}
-	rw := 0
-	for _, r := range rest {
-		if r.Mode == "rw" {
-			rw++
-		}
-	}
-	if rw == 0 && a.Mode == "rw" {
-		// No writer left: in-use becomes available (also as the status a
-		// running backup will return the volume to).
+	if len(rest) == 0 {
+		// Nobody attached any more: in-use becomes available (also as the
+		// status a running backup will return the volume to).
 		s.db.TransitionVolume(ctx, a.VolumeID, []string{lifecycle.VolumeInUse}, lifecycle.VolumeAvailable, nil)
 		if v, err := s.db.GetVolume(ctx, "", a.VolumeID); err == nil && v.Status == lifecycle.VolumeBackingUp && v.PreviousStatus == lifecycle.VolumeInUse {
 			s.db.UpdateVolume(ctx, v.ID, map[string]any{"previous_status": lifecycle.VolumeAvailable})

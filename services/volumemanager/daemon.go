@@ -12,6 +12,7 @@ import (
 
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/daemon"
+	"github.com/blockvault/blockvault/pkg/metrics"
 	"github.com/blockvault/blockvault/pkg/nbd"
 	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/store/volumedb"
@@ -40,13 +41,15 @@ type DaemonConfig struct {
 	// DisableSnapshotExport makes the driver refuse to attach snapshots, so
 	// backups of in-use volumes take the temporary-clone path.
 	DisableSnapshotExport bool
+	// HTTPListen serves /metrics, /healthz and /readyz ("" = off).
+	HTTPListen string
 }
 
 // DefaultDaemonConfig returns the embedded defaults.
 func DefaultDaemonConfig() DaemonConfig {
 	host, _ := os.Hostname()
 	return DaemonConfig{Listen: "127.0.0.1:7100", NBDListen: "127.0.0.1:10809", DataDir: "data/volume-manager",
-		NodeID: host, FileMode: "auto"}
+		NodeID: host, FileMode: "auto", HTTPListen: "127.0.0.1:7101"}
 }
 
 // Validate checks the configuration.
@@ -127,7 +130,17 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	caps := driver.Capabilities()
 	log.Info("volume-manager serving", "grpc", ln.Addr().String(), "nbd", nbdLn.Addr().String(),
 		"driver", driver.Name(), "mode", caps.Mode, "database", store.Dialect(db), "node_id", cfg.NodeID, "version", daemon.Version)
-	return daemon.Run(ctx, daemon.ServeGRPC(gs, ln), func(ctx context.Context) error {
+	tasks := []daemon.Task{daemon.ServeGRPC(gs, ln)}
+	if cfg.HTTPListen != "" {
+		hl, err := net.Listen("tcp", cfg.HTTPListen)
+		if err != nil {
+			return fmt.Errorf("http listen: %w", err)
+		}
+		ready := &metrics.Ready{}
+		ready.Set(true)
+		tasks = append(tasks, daemon.ServeHTTP(metrics.Handler(metrics.Registry(metrics.VolumeSeries()...), ready), hl))
+	}
+	return daemon.Run(ctx, append(tasks, func(ctx context.Context) error {
 		errc := make(chan error, 1)
 		go func() { errc <- nbdSrv.Serve(nbdLn) }()
 		select {
@@ -136,5 +149,5 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 		case <-ctx.Done():
 		}
 		return nbdSrv.Shutdown(context.WithoutCancel(ctx))
-	})
+	})...)
 }

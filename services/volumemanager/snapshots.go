@@ -178,7 +178,7 @@ func (s *Server) snapshotView(ctx context.Context, id string) (*volumev1.Snapsho
 func toSnapshot(sn *volumedb.Snapshot) *volumev1.Snapshot {
 	return &volumev1.Snapshot{
 		Id: sn.ID, ProjectId: sn.ProjectID, VolumeId: sn.VolumeID, Name: sn.Name, Description: sn.Description,
-		Size: (sn.SizeBytes + gib - 1) / gib, SizeBytes: sn.SizeBytes, Status: sn.Status, PreviousStatus: sn.PreviousStatus,
+		Size: int32((sn.SizeBytes + gib - 1) / gib), SizeBytes: sn.SizeBytes, Status: sn.Status, PreviousStatus: sn.PreviousStatus,
 		ProviderId: sn.ProviderID, ProviderLocation: sn.ProviderLocation, CreatedAt: store.Timestamp(sn.CreatedAt),
 		UpdatedAt: store.Timestamp(sn.UpdatedAt), Metadata: store.DecodeMap(sn.Metadata), FailReason: sn.FailReason,
 		Temporary: sn.Temporary,

@@ -80,7 +80,7 @@ func (s *Server) CreateVolume(ctx context.Context, req *volumev1.CreateVolumeReq
 		fromVolume *volumedb.Volume
 	)
 	if in.GetSize() != 0 || in.GetSizeBytes() != 0 {
-		if size, err = sizeBytes("size", in.GetSize(), in.GetSizeBytes()); err != nil {
+		if size, err = sizeBytes("size", int64(in.GetSize()), in.GetSizeBytes()); err != nil {
 			return nil, err
 		}
 	}
@@ -267,7 +267,7 @@ func (s *Server) ExtendVolume(ctx context.Context, req *volumev1.ExtendVolumeReq
 	if err := s.checkVolumeRef(req.GetProjectId(), req.GetVolumeId()); err != nil {
 		return nil, err
 	}
-	size, err := sizeBytes("new_size", req.GetNewSize(), req.GetNewSizeBytes())
+	size, err := sizeBytes("new_size", int64(req.GetNewSize()), req.GetNewSizeBytes())
 	if err != nil {
 		return nil, err
 	}
@@ -360,7 +360,7 @@ func (s *Server) toVolume(ctx context.Context, v *volumedb.Volume) (*volumev1.Vo
 	}
 	out := &volumev1.Volume{
 		Id: v.ID, ProjectId: v.ProjectID, Name: v.Name, Description: v.Description,
-		Size: (v.SizeBytes + gib - 1) / gib, SizeBytes: v.SizeBytes, Status: v.Status, PreviousStatus: v.PreviousStatus,
+		Size: int32((v.SizeBytes + gib - 1) / gib), SizeBytes: v.SizeBytes, Status: v.Status, PreviousStatus: v.PreviousStatus,
 		SnapshotId: v.SnapshotID, SourceVolid: v.SourceVolID, AvailabilityZone: v.AvailabilityZone,
 		VolumeType: v.VolumeType, Bootable: "false", Multiattach: v.Multiattach, Metadata: store.DecodeMap(v.Metadata),
 		CreatedAt: store.Timestamp(v.CreatedAt), UpdatedAt: store.Timestamp(v.UpdatedAt), FailReason: v.FailReason,

@@ -38,10 +38,11 @@ type Backup struct {
 	Container   string                 `protobuf:"bytes,7,opt,name=container,proto3" json:"container,omitempty"`
 	Status      string                 `protobuf:"bytes,8,opt,name=status,proto3" json:"status,omitempty"`
 	FailReason  string                 `protobuf:"bytes,9,opt,name=fail_reason,json=failReason,proto3" json:"fail_reason,omitempty"`
-	// Size of the source volume in GiB (the Block Storage API's unit).
-	Size                int64     `protobuf:"varint,10,opt,name=size,proto3" json:"size,omitempty"`
+	// Size of the source volume in GiB (the Block Storage API's unit; int32
+	// so JSON carries a number).
+	Size                int32     `protobuf:"varint,10,opt,name=size,proto3" json:"size,omitempty"`
 	SizeBytes           int64     `protobuf:"varint,11,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
-	ObjectCount         int64     `protobuf:"varint,12,opt,name=object_count,json=objectCount,proto3" json:"object_count,omitempty"`
+	ObjectCount         int32     `protobuf:"varint,12,opt,name=object_count,json=objectCount,proto3" json:"object_count,omitempty"`
 	IsIncremental       bool      `protobuf:"varint,13,opt,name=is_incremental,json=isIncremental,proto3" json:"is_incremental,omitempty"`
 	HasDependentBackups bool      `protobuf:"varint,14,opt,name=has_dependent_backups,json=hasDependentBackups,proto3" json:"has_dependent_backups,omitempty"`
 	ParentId            string    `protobuf:"bytes,15,opt,name=parent_id,json=parentId,proto3" json:"parent_id,omitempty"`
@@ -157,7 +158,7 @@ func (x *Backup) GetFailReason() string {
 	return ""
 }
 
-func (x *Backup) GetSize() int64 {
+func (x *Backup) GetSize() int32 {
 	if x != nil {
 		return x.Size
 	}
@@ -171,7 +172,7 @@ func (x *Backup) GetSizeBytes() int64 {
 	return 0
 }
 
-func (x *Backup) GetObjectCount() int64 {
+func (x *Backup) GetObjectCount() int32 {
 	if x != nil {
 		return x.ObjectCount
 	}
@@ -1956,10 +1957,10 @@ const file_blockvault_backup_v1_backup_service_proto_rawDesc = "" +
 	"\vfail_reason\x18\t \x01(\tR\n" +
 	"failReason\x12\x12\n" +
 	"\x04size\x18\n" +
-	" \x01(\x03R\x04size\x12\x1d\n" +
+	" \x01(\x05R\x04size\x12\x1d\n" +
 	"\n" +
 	"size_bytes\x18\v \x01(\x03R\tsizeBytes\x12!\n" +
-	"\fobject_count\x18\f \x01(\x03R\vobjectCount\x12%\n" +
+	"\fobject_count\x18\f \x01(\x05R\vobjectCount\x12%\n" +
 	"\x0eis_incremental\x18\r \x01(\bR\risIncremental\x122\n" +
 	"\x15has_dependent_backups\x18\x0e \x01(\bR\x13hasDependentBackups\x12\x1b\n" +
 	"\tparent_id\x18\x0f \x01(\tR\bparentId\x12+\n" +

@@ -34,8 +34,9 @@ type Volume struct {
 	ProjectId   string                 `protobuf:"bytes,2,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
 	Name        string                 `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
 	Description string                 `protobuf:"bytes,4,opt,name=description,proto3" json:"description,omitempty"`
-	// Size in GiB, rounded up (the Block Storage API's unit).
-	Size int64 `protobuf:"varint,5,opt,name=size,proto3" json:"size,omitempty"`
+	// Size in GiB, rounded up (the Block Storage API's unit; int32 so JSON
+	// carries a number).
+	Size int32 `protobuf:"varint,5,opt,name=size,proto3" json:"size,omitempty"`
 	// Size in bytes (a blockvault extension; exact).
 	SizeBytes int64  `protobuf:"varint,6,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	Status    string `protobuf:"bytes,7,opt,name=status,proto3" json:"status,omitempty"`
@@ -119,7 +120,7 @@ func (x *Volume) GetDescription() string {
 	return ""
 }
 
-func (x *Volume) GetSize() int64 {
+func (x *Volume) GetSize() int32 {
 	if x != nil {
 		return x.Size
 	}
@@ -630,7 +631,7 @@ type Snapshot struct {
 	VolumeId         string                 `protobuf:"bytes,3,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
 	Name             string                 `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
 	Description      string                 `protobuf:"bytes,5,opt,name=description,proto3" json:"description,omitempty"`
-	Size             int64                  `protobuf:"varint,6,opt,name=size,proto3" json:"size,omitempty"`
+	Size             int32                  `protobuf:"varint,6,opt,name=size,proto3" json:"size,omitempty"`
 	SizeBytes        int64                  `protobuf:"varint,7,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	Status           string                 `protobuf:"bytes,8,opt,name=status,proto3" json:"status,omitempty"`
 	PreviousStatus   string                 `protobuf:"bytes,9,opt,name=previous_status,json=previousStatus,proto3" json:"previous_status,omitempty"`
@@ -710,7 +711,7 @@ func (x *Snapshot) GetDescription() string {
 	return ""
 }
 
-func (x *Snapshot) GetSize() int64 {
+func (x *Snapshot) GetSize() int32 {
 	if x != nil {
 		return x.Size
 	}
@@ -918,7 +919,7 @@ func (x *Capabilities) GetFreeBytes() int64 {
 type VolumeInput struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// Size in GiB. Either size or size_bytes.
-	Size int64 `protobuf:"varint,1,opt,name=size,proto3" json:"size,omitempty"`
+	Size int32 `protobuf:"varint,1,opt,name=size,proto3" json:"size,omitempty"`
 	// Size in bytes, a multiple of 1 MiB (a blockvault extension).
 	SizeBytes        int64             `protobuf:"varint,2,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
 	Name             string            `protobuf:"bytes,3,opt,name=name,proto3" json:"name,omitempty"`
@@ -969,7 +970,7 @@ func (*VolumeInput) Descriptor() ([]byte, []int) {
 	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{8}
 }
 
-func (x *VolumeInput) GetSize() int64 {
+func (x *VolumeInput) GetSize() int32 {
 	if x != nil {
 		return x.Size
 	}
@@ -1491,7 +1492,7 @@ type ExtendVolumeRequest struct {
 	ProjectId string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
 	VolumeId  string                 `protobuf:"bytes,2,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
 	// New size in GiB. Either new_size or new_size_bytes.
-	NewSize       int64 `protobuf:"varint,3,opt,name=new_size,json=newSize,proto3" json:"new_size,omitempty"`
+	NewSize       int32 `protobuf:"varint,3,opt,name=new_size,json=newSize,proto3" json:"new_size,omitempty"`
 	NewSizeBytes  int64 `protobuf:"varint,4,opt,name=new_size_bytes,json=newSizeBytes,proto3" json:"new_size_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1541,7 +1542,7 @@ func (x *ExtendVolumeRequest) GetVolumeId() string {
 	return ""
 }
 
-func (x *ExtendVolumeRequest) GetNewSize() int64 {
+func (x *ExtendVolumeRequest) GetNewSize() int32 {
 	if x != nil {
 		return x.NewSize
 	}
@@ -1603,7 +1604,7 @@ func (x *ExtendVolumeResponse) GetVolume() *Volume {
 // ExtendAction is the body of os-extend.
 type ExtendAction struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
-	NewSize       int64                  `protobuf:"varint,1,opt,name=new_size,json=newSize,proto3" json:"new_size,omitempty"`
+	NewSize       int32                  `protobuf:"varint,1,opt,name=new_size,json=newSize,proto3" json:"new_size,omitempty"`
 	NewSizeBytes  int64                  `protobuf:"varint,2,opt,name=new_size_bytes,json=newSizeBytes,proto3" json:"new_size_bytes,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1639,7 +1640,7 @@ func (*ExtendAction) Descriptor() ([]byte, []int) {
 	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{19}
 }
 
-func (x *ExtendAction) GetNewSize() int64 {
+func (x *ExtendAction) GetNewSize() int32 {
 	if x != nil {
 		return x.NewSize
 	}
@@ -3659,7 +3660,7 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"project_id\x18\x02 \x01(\tR\tprojectId\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x04 \x01(\tR\vdescription\x12\x12\n" +
-	"\x04size\x18\x05 \x01(\x03R\x04size\x12\x1d\n" +
+	"\x04size\x18\x05 \x01(\x05R\x04size\x12\x1d\n" +
 	"\n" +
 	"size_bytes\x18\x06 \x01(\x03R\tsizeBytes\x12\x16\n" +
 	"\x06status\x18\a \x01(\tR\x06status\x12'\n" +
@@ -3728,7 +3729,7 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\tvolume_id\x18\x03 \x01(\tR\bvolumeId\x12\x12\n" +
 	"\x04name\x18\x04 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x05 \x01(\tR\vdescription\x12\x12\n" +
-	"\x04size\x18\x06 \x01(\x03R\x04size\x12\x1d\n" +
+	"\x04size\x18\x06 \x01(\x05R\x04size\x12\x1d\n" +
 	"\n" +
 	"size_bytes\x18\a \x01(\x03R\tsizeBytes\x12\x16\n" +
 	"\x06status\x18\b \x01(\tR\x06status\x12'\n" +
@@ -3765,7 +3766,7 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\n" +
 	"free_bytes\x18\v \x01(\x03R\tfreeBytes\"\xff\x03\n" +
 	"\vVolumeInput\x12\x12\n" +
-	"\x04size\x18\x01 \x01(\x03R\x04size\x12\x1d\n" +
+	"\x04size\x18\x01 \x01(\x05R\x04size\x12\x1d\n" +
 	"\n" +
 	"size_bytes\x18\x02 \x01(\x03R\tsizeBytes\x12\x12\n" +
 	"\x04name\x18\x03 \x01(\tR\x04name\x12 \n" +
@@ -3817,12 +3818,12 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\n" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1b\n" +
 	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12\x19\n" +
-	"\bnew_size\x18\x03 \x01(\x03R\anewSize\x12$\n" +
+	"\bnew_size\x18\x03 \x01(\x05R\anewSize\x12$\n" +
 	"\x0enew_size_bytes\x18\x04 \x01(\x03R\fnewSizeBytes\"L\n" +
 	"\x14ExtendVolumeResponse\x124\n" +
 	"\x06volume\x18\x01 \x01(\v2\x1c.blockvault.volume.v1.VolumeR\x06volume\"O\n" +
 	"\fExtendAction\x12\x19\n" +
-	"\bnew_size\x18\x01 \x01(\x03R\anewSize\x12$\n" +
+	"\bnew_size\x18\x01 \x01(\x05R\anewSize\x12$\n" +
 	"\x0enew_size_bytes\x18\x02 \x01(\x03R\fnewSizeBytes\"{\n" +
 	"\x11ResetStatusAction\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\tR\x06status\x12#\n" +

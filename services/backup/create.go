@@ -1,0 +1,209 @@
+package backup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
+	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/lifecycle"
+	"github.com/blockvault/blockvault/pkg/metrics"
+	"github.com/blockvault/blockvault/pkg/repository"
+	"github.com/blockvault/blockvault/pkg/rpcerr"
+	"github.com/blockvault/blockvault/pkg/store"
+	"github.com/blockvault/blockvault/pkg/store/backupdb"
+	"github.com/blockvault/blockvault/pkg/validate"
+	"github.com/google/uuid"
+)
+
+// Strategies: how the source of a backup is read.
+const (
+	// StrategyVolume reads an available volume itself, attached read-only.
+	StrategyVolume = "volume"
+	// StrategySnapshot reads a user's snapshot (a snapshot backup).
+	StrategySnapshot = "snapshot"
+	// StrategyLocalSnapshot reads a temporary snapshot through its local
+	// path (the blueprint's step 1: same node).
+	StrategyLocalSnapshot = "local-snapshot"
+	// StrategyAttachedSnapshot reads a temporary snapshot attached over NBD
+	// (steps 2 and 3).
+	StrategyAttachedSnapshot = "attached-snapshot"
+	// StrategyTemporaryVolume reads a temporary clone of the volume (the
+	// fallback for backends that cannot attach snapshots).
+	StrategyTemporaryVolume = "temporary-volume"
+)
+
+// DefaultContainer is the repository container of backups that name none.
+const DefaultContainer = "backups"
+
+// CreateBackup implements BackupService: checks, the status swap on the
+// volume, a backup row creating, and the work started in the background.
+func (s *Server) CreateBackup(ctx context.Context, req *backupv1.CreateBackupRequest) (*backupv1.CreateBackupResponse, error) {
+	if err := validate.Project(req.GetProjectId()); err != nil {
+		return nil, err
+	}
+	in := req.GetBackup()
+	if in == nil {
+		return nil, rpcerr.Invalid("the request has no backup object")
+	}
+	name, description := in.GetName(), in.GetDescription()
+	if name == "" {
+		name = in.GetDisplayName()
+	}
+	if description == "" {
+		description = in.GetDisplayDescription()
+	}
+	container := in.GetContainer()
+	if container == "" {
+		container = s.cfg.container()
+	}
+	for _, c := range []error{
+		validate.UUID("volume_id", in.GetVolumeId()), validate.OptionalUUID("snapshot_id", in.GetSnapshotId()),
+		validate.Text("name", name), validate.Text("description", description), validate.Metadata(in.GetMetadata()),
+		checkContainer(container),
+	} {
+		if c != nil {
+			return nil, c
+		}
+	}
+
+	var parent *backupdb.Backup
+	if in.GetIncremental() {
+		p, err := s.db.LatestAvailable(ctx, req.GetProjectId(), in.GetVolumeId())
+		if errors.Is(err, store.ErrNotFound) {
+			return nil, rpcerr.Invalid("Invalid backup: no available backup of volume %s to base an incremental backup on.", in.GetVolumeId())
+		}
+		if err != nil {
+			return nil, err
+		}
+		if p.Container != container {
+			return nil, rpcerr.Invalid("Invalid backup: the parent backup %s is in container %q, not %q.", p.ID, p.Container, container)
+		}
+		parent = p
+	}
+
+	// The status swap: the volume manager moves the volume (or snapshot)
+	// to backing-up in one conditional update, or says why not.
+	begin, err := s.volumes.BeginBackup(ctx, &volumev1.BeginBackupRequest{ProjectId: req.GetProjectId(),
+		VolumeId: in.GetVolumeId(), SnapshotId: in.GetSnapshotId(), Force: in.GetForce()})
+	if err != nil {
+		return nil, err
+	}
+	vol := begin.GetVolume()
+	now := time.Now().UTC()
+	b := &backupdb.Backup{
+		ID: uuid.NewString(), ProjectID: req.GetProjectId(), VolumeID: vol.GetId(), SnapshotID: in.GetSnapshotId(),
+		Name: name, Description: description, Container: container, Status: lifecycle.BackupCreating,
+		SizeBytes: vol.GetSizeBytes(), IsIncremental: parent != nil, AvailabilityZone: vol.GetAvailabilityZone(),
+		Metadata: store.EncodeMap(in.GetMetadata()), OwnerNode: s.cfg.NodeID, ProgressOp: "backup",
+		BytesTotal: vol.GetSizeBytes(), StartedAt: &now, DataTimestamp: &now,
+	}
+	if parent != nil {
+		b.ParentID = parent.ID
+	}
+	if err := s.db.Create(ctx, b); err != nil {
+		s.endBackup(context.WithoutCancel(ctx), b)
+		return nil, err
+	}
+	s.log.InfoContext(ctx, "backup accepted", "backup_id", b.ID, "volume_id", b.VolumeID, "previous_status", vol.GetPreviousStatus(),
+		"incremental", b.IsIncremental, "snapshot_id", b.SnapshotID)
+	s.start(b.ID, func(ctx context.Context) { s.runBackup(ctx, b.ID, vol.GetPreviousStatus()) })
+	out, err := s.view(ctx, b.ProjectID, b.ID)
+	if err != nil {
+		return nil, err
+	}
+	return &backupv1.CreateBackupResponse{Backup: out}, nil
+}
+
+// checkContainer keeps container names to one safe path segment, so a
+// container cannot escape the repository root.
+func checkContainer(c string) error {
+	if len(c) > 64 {
+		return rpcerr.Invalid("container %q is longer than 64 characters", c)
+	}
+	for _, r := range c {
+		if !(r >= 'a' && r <= 'z' || r >= 'A' && r <= 'Z' || r >= '0' && r <= '9' || r == '-' || r == '_') {
+			return rpcerr.Invalid("container %q may contain only letters, digits, '-' and '_'", c)
+		}
+	}
+	if err := repository.ValidateName(c); err != nil {
+		return rpcerr.Invalid("container %q: %v", c, err)
+	}
+	return nil
+}
+
+// endBackup returns the volume (or snapshot) to its previous status.
+func (s *Server) endBackup(ctx context.Context, b *backupdb.Backup) error {
+	_, err := s.volumes.EndBackup(ctx, &volumev1.EndBackupRequest{ProjectId: b.ProjectID, VolumeId: b.VolumeID, SnapshotId: b.SnapshotID})
+	if err != nil {
+		s.log.Error("end backup: the volume may stay backing-up until the next recovery", "backup_id", b.ID, "volume_id", b.VolumeID, "err", err)
+	}
+	return err
+}
+
+// start runs job in the background, at most MaxConcurrent at once; the job
+// can be cancelled through cancel(id).
+func (s *Server) start(id string, job func(ctx context.Context)) {
+	ctx, cancel := context.WithCancel(s.baseCtx)
+	s.mu.Lock()
+	s.jobs[id] = cancel
+	s.mu.Unlock()
+	s.wg.Add(1)
+	go func() {
+		defer s.wg.Done()
+		defer func() {
+			s.mu.Lock()
+			delete(s.jobs, id)
+			s.mu.Unlock()
+			cancel()
+		}()
+		metrics.Queued.Inc()
+		select {
+		case s.slots <- struct{}{}:
+			metrics.Queued.Dec()
+			defer func() { <-s.slots }()
+		case <-ctx.Done():
+			metrics.Queued.Dec()
+			job(ctx) // the job sees the cancellation and cleans up
+			return
+		}
+		metrics.Running.Inc()
+		defer metrics.Running.Dec()
+		job(ctx)
+	}()
+}
+
+// cancel stops the job of backup id, if one runs here.
+func (s *Server) cancel(id string) bool {
+	s.mu.Lock()
+	c, ok := s.jobs[id]
+	s.mu.Unlock()
+	if ok {
+		c()
+	}
+	return ok
+}
+
+func failReason(op string, err error) string {
+	msg := fmt.Sprintf("%s failed: %v", op, err)
+	if len(msg) > 1000 {
+		msg = msg[:1000]
+	}
+	return msg
+}
+
+// finished records a finished job in the metrics.
+func finished(op string, started time.Time, err error) {
+	result := "ok"
+	switch {
+	case errors.Is(err, context.Canceled):
+		result = "cancelled"
+	case err != nil:
+		result = "error"
+	}
+	metrics.Jobs.WithLabelValues(op, result).Inc()
+	metrics.JobSeconds.WithLabelValues(op).Observe(time.Since(started).Seconds())
+	metrics.Throughput.WithLabelValues(op).Set(0)
+}

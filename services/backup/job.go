@@ -1,0 +1,317 @@
+package backup
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"time"
+
+	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/blockdev"
+	"github.com/blockvault/blockvault/pkg/lifecycle"
+	"github.com/blockvault/blockvault/pkg/metrics"
+	"github.com/blockvault/blockvault/pkg/store/backupdb"
+	"github.com/google/uuid"
+)
+
+// source is what a backup reads, and how to give it back.
+type source struct {
+	strategy string
+	dev      blockdev.Device
+	// cleanup steps, run in reverse order of their registration.
+	undo []func(ctx context.Context) error
+}
+
+func (src *source) defer_(f func(ctx context.Context) error) { src.undo = append(src.undo, f) }
+
+// release closes the device and undoes every step (detach, delete the
+// temporary resource), in reverse order, on a context that is not cancelled.
+func (src *source) release(ctx context.Context) error {
+	var errs []error
+	if src.dev != nil {
+		if err := src.dev.Close(); err != nil {
+			errs = append(errs, err)
+		}
+		src.dev = nil
+	}
+	for i := len(src.undo) - 1; i >= 0; i-- {
+		if err := src.undo[i](ctx); err != nil {
+			errs = append(errs, err)
+		}
+	}
+	src.undo = nil
+	return errors.Join(errs...)
+}
+
+// runBackup is the background part of a backup: choose and open the source,
+// stream it into the repository, and on every path release the source and
+// end the backup on the volume.
+func (s *Server) runBackup(ctx context.Context, id, previousStatus string) {
+	b, err := s.db.Get(ctx, "", id)
+	if err != nil {
+		s.log.Error("backup vanished before it ran", "backup_id", id, "err", err)
+		return
+	}
+	log := s.log.With("backup_id", id, "volume_id", b.VolumeID)
+	cleanupCtx := context.WithoutCancel(ctx)
+	started := time.Now()
+	defer func() { finished("backup", started, err) }()
+
+	src, err := s.openBackupSource(ctx, b, previousStatus)
+	var res BackupResult
+	if err == nil {
+		log.Info("backup reading", "strategy", src.strategy)
+		res, err = s.engine.Backup(ctx, b.Container, src.dev, BackupSpec{
+			BackupID: b.ID, VolumeID: b.VolumeID, ParentID: b.ParentID, Progress: s.progressRecorder(b.ID, "backup"),
+		})
+	}
+	if src != nil {
+		if rerr := src.release(cleanupCtx); rerr != nil {
+			log.Error("releasing the backup source", "err", rerr)
+			if err == nil {
+				err = fmt.Errorf("release the source: %w", rerr)
+			}
+		}
+	}
+	endErr := s.endBackup(cleanupCtx, b)
+
+	if err == nil && ctx.Err() != nil {
+		err = ctx.Err()
+	}
+	if err != nil {
+		if ctx.Err() != nil {
+			// Cancelled (force-delete or shutdown): whatever was written goes.
+			s.engine.Delete(cleanupCtx, b.Container, b.ID)
+		}
+		reason := failReason("backup", err)
+		if errors.Is(err, context.Canceled) {
+			reason = "backup cancelled"
+		}
+		if _, terr := s.db.Transition(cleanupCtx, b.ID, []string{lifecycle.BackupCreating}, lifecycle.BackupError,
+			map[string]any{"fail_reason": reason}); terr != nil {
+			log.Info("backup ended in another status", "err", terr)
+		}
+		log.Warn("backup failed", "err", err)
+		return
+	}
+	extra := map[string]any{"object_count": res.ObjectCount, "fail_reason": "", "bytes_done": b.SizeBytes}
+	if endErr != nil {
+		// The data is safe, but the volume may still say backing-up; the
+		// restart recovery ends it. Say so on the backup.
+		extra["fail_reason"] = "backup stored, but the volume's status could not be restored yet: " + endErr.Error()
+	}
+	if _, err := s.db.Transition(cleanupCtx, b.ID, []string{lifecycle.BackupCreating}, lifecycle.BackupAvailable, extra); err != nil {
+		// Force-deleted meanwhile: it must never flip back to available.
+		log.Info("backup finished after it was cancelled; removing its data", "err", err)
+		s.engine.Delete(cleanupCtx, b.Container, b.ID)
+		return
+	}
+	log.Info("backup available", "objects", res.ObjectCount)
+}
+
+// openBackupSource chooses the strategy and opens the data to read.
+func (s *Server) openBackupSource(ctx context.Context, b *backupdb.Backup, previousStatus string) (*source, error) {
+	caps, err := s.volumes.GetCapabilities(ctx, &volumev1.GetCapabilitiesRequest{})
+	if err != nil {
+		return nil, fmt.Errorf("ask the volume manager for its capabilities: %w", err)
+	}
+	c := caps.GetCapabilities()
+	local := s.cfg.LocalReads && c.GetLocalPath() && c.GetNodeId() == s.cfg.NodeID
+	src := &source{}
+	fail := func(err error) (*source, error) {
+		return src, err
+	}
+
+	switch {
+	case b.SnapshotID != "":
+		src.strategy = StrategySnapshot
+		if err := s.attachSnapshot(ctx, b, b.SnapshotID, local, src); err != nil {
+			return fail(err)
+		}
+		return src, nil
+	case previousStatus == lifecycle.VolumeAvailable:
+		src.strategy = StrategyVolume
+		return src, s.attachVolume(ctx, b, b.VolumeID, local, src)
+	}
+
+	strategy := s.cfg.Strategy
+	if strategy == "" {
+		switch {
+		case c.GetSnapshot() && local:
+			strategy = StrategyLocalSnapshot
+		case c.GetSnapshot() && c.GetSnapshotExport():
+			strategy = StrategyAttachedSnapshot
+		case c.GetClone():
+			strategy = StrategyTemporaryVolume
+		default:
+			return fail(fmt.Errorf("the storage backend %s can neither snapshot nor clone an in-use volume; detach it to back it up", c.GetDriver()))
+		}
+	}
+	src.strategy = strategy
+	if err := s.db.Update(ctx, b.ID, map[string]any{"strategy": strategy}); err != nil {
+		return fail(err)
+	}
+
+	switch strategy {
+	case StrategyLocalSnapshot, StrategyAttachedSnapshot:
+		snapID, err := s.temporarySnapshot(ctx, b, src)
+		if err != nil {
+			return fail(err)
+		}
+		return src, s.attachSnapshot(ctx, b, snapID, strategy == StrategyLocalSnapshot, src)
+	case StrategyTemporaryVolume:
+		volID, err := s.temporaryVolume(ctx, b, src)
+		if err != nil {
+			return fail(err)
+		}
+		return src, s.attachVolume(ctx, b, volID, local, src)
+	}
+	return fail(fmt.Errorf("unknown backup strategy %q", strategy))
+}
+
+// temporarySnapshot takes the temporary snapshot, its id recorded on the
+// backup first so a crash at any point leaves a trace to clean up.
+func (s *Server) temporarySnapshot(ctx context.Context, b *backupdb.Backup, src *source) (string, error) {
+	id := uuid.NewString()
+	if err := s.db.Update(ctx, b.ID, map[string]any{"temp_snapshot_id": id}); err != nil {
+		return "", err
+	}
+	metrics.TemporaryResources.WithLabelValues("snapshot").Inc()
+	src.defer_(func(ctx context.Context) error {
+		if err := s.deleteTemporarySnapshot(ctx, b.ProjectID, id); err != nil {
+			return err
+		}
+		metrics.TemporaryResources.WithLabelValues("snapshot").Dec()
+		return s.db.Update(ctx, b.ID, map[string]any{"temp_snapshot_id": ""})
+	})
+	_, err := s.volumes.CreateSnapshot(ctx, &volumev1.CreateSnapshotRequest{ProjectId: b.ProjectID, Snapshot: &volumev1.SnapshotInput{
+		Id: id, VolumeId: b.VolumeID, Name: "backup-" + b.ID, Description: "temporary snapshot of backup " + b.ID,
+		Force: true, Temporary: true}})
+	if err != nil {
+		return "", fmt.Errorf("take the temporary snapshot: %w", err)
+	}
+	return id, nil
+}
+
+// temporaryVolume clones the volume into a temporary one, id recorded first.
+func (s *Server) temporaryVolume(ctx context.Context, b *backupdb.Backup, src *source) (string, error) {
+	id := uuid.NewString()
+	if err := s.db.Update(ctx, b.ID, map[string]any{"temp_volume_id": id}); err != nil {
+		return "", err
+	}
+	metrics.TemporaryResources.WithLabelValues("volume").Inc()
+	src.defer_(func(ctx context.Context) error {
+		if err := s.deleteTemporaryVolume(ctx, b.ProjectID, id); err != nil {
+			return err
+		}
+		metrics.TemporaryResources.WithLabelValues("volume").Dec()
+		return s.db.Update(ctx, b.ID, map[string]any{"temp_volume_id": ""})
+	})
+	_, err := s.volumes.CreateVolume(ctx, &volumev1.CreateVolumeRequest{ProjectId: b.ProjectID, Volume: &volumev1.VolumeInput{
+		Id: id, SourceVolid: b.VolumeID, Name: "backup-" + b.ID, Description: "temporary volume of backup " + b.ID, Temporary: true}})
+	if err != nil {
+		return "", fmt.Errorf("clone the temporary volume: %w", err)
+	}
+	return id, nil
+}
+
+// attachSnapshot attaches a snapshot (the blueprint's attach snapshot) and
+// opens it; the detach is registered for release.
+func (s *Server) attachSnapshot(ctx context.Context, b *backupdb.Backup, snapID string, local bool, src *source) error {
+	src.defer_(func(ctx context.Context) error {
+		_, err := s.volumes.DetachSnapshot(ctx, &volumev1.DetachSnapshotRequest{ProjectId: b.ProjectID, SnapshotId: snapID})
+		if isNotFound(err) {
+			return nil
+		}
+		return err
+	})
+	r, err := s.volumes.AttachSnapshot(ctx, &volumev1.AttachSnapshotRequest{ProjectId: b.ProjectID, SnapshotId: snapID,
+		Connector: &volumev1.Connector{Host: s.cfg.NodeID, Local: local, Mode: "ro"}})
+	if err != nil {
+		return fmt.Errorf("attach snapshot %s: %w", snapID, err)
+	}
+	dev, err := openConnection(ctx, r.GetConnectionInfo(), true)
+	if err != nil {
+		return err
+	}
+	src.dev = dev
+	return nil
+}
+
+// attachVolume attaches a volume read-only and opens it.
+func (s *Server) attachVolume(ctx context.Context, b *backupdb.Backup, volID string, local bool, src *source) error {
+	r, err := s.volumes.AttachVolume(ctx, &volumev1.AttachVolumeRequest{ProjectId: b.ProjectID, Attachment: &volumev1.AttachmentInput{
+		VolumeUuid: volID, InstanceUuid: "backup-" + b.ID, Mode: "ro", Connector: &volumev1.Connector{Host: s.cfg.NodeID, Local: local, Mode: "ro"}}})
+	if err != nil {
+		return fmt.Errorf("attach volume %s: %w", volID, err)
+	}
+	attID := r.GetAttachment().GetId()
+	src.defer_(func(ctx context.Context) error {
+		_, err := s.volumes.DetachVolume(ctx, &volumev1.DetachVolumeRequest{ProjectId: b.ProjectID, AttachmentId: attID})
+		if isNotFound(err) {
+			return nil
+		}
+		return err
+	})
+	dev, err := openConnection(ctx, r.GetAttachment().GetConnectionInfo(), true)
+	if err != nil {
+		return err
+	}
+	src.dev = dev
+	return nil
+}
+
+func (s *Server) deleteTemporarySnapshot(ctx context.Context, project, id string) error {
+	s.volumes.DetachSnapshot(ctx, &volumev1.DetachSnapshotRequest{ProjectId: project, SnapshotId: id})
+	_, err := s.volumes.DeleteSnapshot(ctx, &volumev1.DeleteSnapshotRequest{ProjectId: project, SnapshotId: id})
+	if isNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("delete temporary snapshot %s: %w", id, err)
+	}
+	return nil
+}
+
+func (s *Server) deleteTemporaryVolume(ctx context.Context, project, id string) error {
+	// Detach whatever still holds it (an interrupted backup's attachment).
+	if v, err := s.volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{ProjectId: project, VolumeId: id}); err == nil {
+		for _, a := range v.GetVolume().GetAttachments() {
+			s.volumes.DetachVolume(ctx, &volumev1.DetachVolumeRequest{ProjectId: project, AttachmentId: a.GetId()})
+		}
+	}
+	_, err := s.volumes.DeleteVolume(ctx, &volumev1.DeleteVolumeRequest{ProjectId: project, VolumeId: id})
+	if isNotFound(err) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("delete temporary volume %s: %w", id, err)
+	}
+	return nil
+}
+
+// progressRecorder stores progress on the backup row, at most 4 times a
+// second (and always the last update), and counts bytes in the metrics.
+func (s *Server) progressRecorder(id, op string) ProgressFunc {
+	var last time.Time
+	var prev Progress
+	start := time.Now()
+	return func(p Progress) {
+		if op == "backup" {
+			metrics.Bytes.WithLabelValues("read").Add(float64(max(p.Read-prev.Read, 0)))
+			metrics.Bytes.WithLabelValues("stored").Add(float64(max(p.Stored-prev.Stored, 0)))
+		} else {
+			metrics.Bytes.WithLabelValues("written").Add(float64(max(p.Done-prev.Done, 0)))
+		}
+		prev = p
+		if el := time.Since(start).Seconds(); el > 0 {
+			metrics.Throughput.WithLabelValues(op).Set(float64(p.Done) / el)
+		}
+		if time.Since(last) < 250*time.Millisecond && p.Done < p.Total {
+			return
+		}
+		last = time.Now()
+		s.db.Update(context.Background(), id, map[string]any{"progress_op": op, "bytes_done": p.Done,
+			"bytes_total": p.Total, "bytes_read": p.Read, "bytes_stored": p.Stored})
+	}
+}

@@ -1,0 +1,226 @@
+package backup
+
+import (
+	"context"
+	"encoding/base64"
+	"errors"
+	"time"
+
+	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
+	"github.com/blockvault/blockvault/pkg/lifecycle"
+	"github.com/blockvault/blockvault/pkg/rpcerr"
+	"github.com/blockvault/blockvault/pkg/store"
+	"github.com/blockvault/blockvault/pkg/store/backupdb"
+	"github.com/blockvault/blockvault/pkg/validate"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+func isNotFound(err error) bool { return status.Code(err) == codes.NotFound }
+
+// DeleteBackup implements BackupService: only an available or failed
+// backup; its data goes in the background. Deleting a backup others were
+// made from is allowed: every backup in the repository stands on its own.
+func (s *Server) DeleteBackup(ctx context.Context, req *backupv1.DeleteBackupRequest) (*backupv1.DeleteBackupResponse, error) {
+	if err := checkRef(req.GetProjectId(), req.GetBackupId()); err != nil {
+		return nil, err
+	}
+	b, err := s.db.Get(ctx, req.GetProjectId(), req.GetBackupId())
+	if err != nil {
+		return nil, err
+	}
+	if cur, err := s.db.Transition(ctx, b.ID, nil, lifecycle.BackupDeleting, map[string]any{"owner_node": s.cfg.NodeID}); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			return nil, rpcerr.Invalid("Invalid backup: backup %s is %s; only an available or error backup can be deleted.", b.ID, cur)
+		}
+		return nil, err
+	}
+	s.start(b.ID, func(ctx context.Context) { s.runDelete(ctx, b) })
+	return &backupv1.DeleteBackupResponse{}, nil
+}
+
+func (s *Server) runDelete(ctx context.Context, b *backupdb.Backup) {
+	started := time.Now()
+	err := s.engine.Delete(ctx, b.Container, b.ID)
+	finished("delete", started, err)
+	if err != nil {
+		s.log.Warn("delete backup data", "backup_id", b.ID, "err", err)
+		s.db.Transition(context.WithoutCancel(ctx), b.ID, []string{lifecycle.BackupDeleting}, lifecycle.BackupErrorDeleting,
+			map[string]any{"fail_reason": failReason("delete", err)})
+		return
+	}
+	if err := s.db.Delete(context.WithoutCancel(ctx), b.ID); err != nil {
+		s.log.Error("delete backup row", "backup_id", b.ID, "err", err)
+		return
+	}
+	s.log.Info("backup deleted", "backup_id", b.ID)
+}
+
+// BackupAction implements BackupService: os-reset_status and
+// os-force_delete (admin). Force-delete of a creating backup stops it; the
+// job removes what it wrote and its temporary resources, and the backup
+// never becomes available.
+func (s *Server) BackupAction(ctx context.Context, req *backupv1.BackupActionRequest) (*backupv1.BackupActionResponse, error) {
+	if err := checkRef(req.GetProjectId(), req.GetBackupId()); err != nil {
+		return nil, err
+	}
+	b, err := s.db.Get(ctx, req.GetProjectId(), req.GetBackupId())
+	if err != nil {
+		return nil, err
+	}
+	switch a := req.GetAction().(type) {
+	case *backupv1.BackupActionRequest_OsResetStatus:
+		st := a.OsResetStatus.GetStatus()
+		if st != lifecycle.BackupAvailable && st != lifecycle.BackupError {
+			return nil, rpcerr.Invalid("os-reset_status: status %q must be available or error", st)
+		}
+		if b.Status == lifecycle.BackupCreating || b.Status == lifecycle.BackupRestoring {
+			s.cancel(b.ID)
+		}
+		if err := s.db.Update(ctx, b.ID, map[string]any{"status": st}); err != nil {
+			return nil, err
+		}
+	case *backupv1.BackupActionRequest_OsForceDelete:
+		if _, err := s.db.Transition(ctx, b.ID, []string{b.Status}, lifecycle.BackupDeleting, map[string]any{"owner_node": s.cfg.NodeID}); err != nil {
+			return nil, err
+		}
+		if s.cancel(b.ID) {
+			// Wait (briefly) for the job to release its resources.
+			deadline := time.Now().Add(30 * time.Second)
+			for s.running(b.ID) && time.Now().Before(deadline) {
+				time.Sleep(50 * time.Millisecond)
+			}
+		}
+		s.start(b.ID, func(ctx context.Context) { s.runDelete(ctx, b) })
+	default:
+		return nil, rpcerr.Invalid("the action body must hold one of os-reset_status, os-force_delete")
+	}
+	return &backupv1.BackupActionResponse{}, nil
+}
+
+func (s *Server) running(id string) bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	_, ok := s.jobs[id]
+	return ok
+}
+
+// steady reports whether no work runs on a backup in this status.
+func steady(status string) bool {
+	switch status {
+	case lifecycle.BackupCreating, lifecycle.BackupRestoring, lifecycle.BackupDeleting:
+		return false
+	}
+	return true
+}
+
+// WatchBackup implements BackupService: an update whenever the backup
+// changes, until it is steady (or gone).
+func (s *Server) WatchBackup(req *backupv1.WatchBackupRequest, stream backupv1.BackupService_WatchBackupServer) error {
+	if err := checkRef(req.GetProjectId(), req.GetBackupId()); err != nil {
+		return err
+	}
+	ctx := stream.Context()
+	var last string
+	for {
+		v, err := s.view(ctx, req.GetProjectId(), req.GetBackupId())
+		if err != nil {
+			if errors.Is(err, store.ErrNotFound) && last != "" {
+				return nil // deleted while watched
+			}
+			return err
+		}
+		key := v.GetStatus() + "/" + v.GetUpdatedAt()
+		if key != last {
+			if err := stream.Send(&backupv1.WatchBackupResponse{Backup: v}); err != nil {
+				return err
+			}
+			last = key
+		}
+		if steady(v.GetStatus()) {
+			return nil
+		}
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(200 * time.Millisecond):
+		}
+	}
+}
+
+// VerifyBackup implements BackupService.
+func (s *Server) VerifyBackup(ctx context.Context, req *backupv1.VerifyBackupRequest) (*backupv1.VerifyBackupResponse, error) {
+	if err := checkRef(req.GetProjectId(), req.GetBackupId()); err != nil {
+		return nil, err
+	}
+	b, err := s.db.Get(ctx, req.GetProjectId(), req.GetBackupId())
+	if err != nil {
+		return nil, err
+	}
+	if b.Status != lifecycle.BackupAvailable && b.Status != lifecycle.BackupRestoring {
+		return nil, rpcerr.Invalid("Invalid backup: backup %s is %s; only an available backup can be verified.", b.ID, b.Status)
+	}
+	res, err := s.engine.Verify(ctx, b.Container, b.ID)
+	if err != nil {
+		return nil, err
+	}
+	out := &backupv1.VerifyBackupResponse{Ok: len(res.Damaged) == 0, ChunksChecked: res.ChunksChecked}
+	for _, d := range res.Damaged {
+		out.Damaged = append(out.Damaged, &backupv1.DamagedChunk{ChunkId: d.ChunkID, Offset: d.Offset, Problem: d.Problem})
+	}
+	return out, nil
+}
+
+// ExportBackupRecord implements BackupService.
+func (s *Server) ExportBackupRecord(ctx context.Context, req *backupv1.ExportBackupRecordRequest) (*backupv1.ExportBackupRecordResponse, error) {
+	if err := checkRef(req.GetProjectId(), req.GetBackupId()); err != nil {
+		return nil, err
+	}
+	b, err := s.db.Get(ctx, req.GetProjectId(), req.GetBackupId())
+	if err != nil {
+		return nil, err
+	}
+	if b.Status != lifecycle.BackupAvailable {
+		return nil, rpcerr.Invalid("Invalid backup: backup %s is %s; only an available backup can be exported.", b.ID, b.Status)
+	}
+	rec, err := s.engine.ExportRecord(ctx, b.Container, b.ID)
+	if err != nil {
+		return nil, err
+	}
+	return &backupv1.ExportBackupRecordResponse{BackupRecord: &backupv1.BackupRecord{
+		BackupService: "blockvault", BackupUrl: base64.StdEncoding.EncodeToString(rec)}}, nil
+}
+
+// ImportBackupRecord implements BackupService.
+func (s *Server) ImportBackupRecord(ctx context.Context, req *backupv1.ImportBackupRecordRequest) (*backupv1.ImportBackupRecordResponse, error) {
+	if err := validate.Project(req.GetProjectId()); err != nil {
+		return nil, err
+	}
+	rec := req.GetBackupRecord()
+	if rec.GetBackupService() != "blockvault" {
+		return nil, rpcerr.Invalid("backup_service %q is not blockvault's", rec.GetBackupService())
+	}
+	data, err := base64.StdEncoding.DecodeString(rec.GetBackupUrl())
+	if err != nil {
+		return nil, rpcerr.Invalid("backup_url is not base64: %v", err)
+	}
+	r, err := s.engine.ImportRecord(ctx, data)
+	if err != nil {
+		return nil, err
+	}
+	if _, err := s.db.Get(ctx, "", r.BackupID); err == nil {
+		return nil, status.Errorf(codes.AlreadyExists, "backup %s is already registered here", r.BackupID)
+	}
+	now := time.Now().UTC()
+	b := &backupdb.Backup{ID: r.BackupID, ProjectID: req.GetProjectId(), VolumeID: r.VolumeID, ParentID: r.ParentID,
+		Container: r.Container, Status: lifecycle.BackupAvailable, SizeBytes: r.SizeBytes, ObjectCount: r.ObjectCount,
+		IsIncremental: r.ParentID != "", Name: "imported-" + r.BackupID, DataTimestamp: &now}
+	if err := s.db.Create(ctx, b); err != nil {
+		return nil, err
+	}
+	out, err := s.view(ctx, b.ProjectID, b.ID)
+	if err != nil {
+		return nil, err
+	}
+	return &backupv1.ImportBackupRecordResponse{Backup: out}, nil
+}

@@ -1,0 +1,88 @@
+package backup
+
+import (
+	"context"
+	"errors"
+
+	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/lifecycle"
+	"github.com/blockvault/blockvault/pkg/store/backupdb"
+)
+
+// MsgResetOnRestart is the fail_reason of a backup a restart found unfinished.
+const MsgResetOnRestart = "incomplete backup reset on restart"
+
+// Recover finishes what a crash of this node interrupted, before new work
+// is accepted: a backup left creating becomes error and its temporary
+// snapshot or volume is removed and the volume returns to its previous
+// status; a restore left restoring makes the backup available again and the
+// target volume error_restoring; a delete left deleting is resumed.
+func (s *Server) Recover(ctx context.Context) error {
+	rows, err := s.db.List(ctx, backupdb.Filter{Statuses: []string{lifecycle.BackupCreating, lifecycle.BackupRestoring, lifecycle.BackupDeleting}})
+	if err != nil {
+		return err
+	}
+	var errs []error
+	for i := range rows {
+		b := &rows[i]
+		if b.OwnerNode != "" && b.OwnerNode != s.cfg.NodeID {
+			continue // another node's job
+		}
+		log := s.log.With("backup_id", b.ID, "volume_id", b.VolumeID, "status", b.Status)
+		switch b.Status {
+		case lifecycle.BackupCreating:
+			if err := s.recoverBackup(ctx, b); err != nil {
+				log.Error("recovering an interrupted backup", "err", err)
+				errs = append(errs, err)
+				continue
+			}
+			log.Warn("interrupted backup reset to error")
+		case lifecycle.BackupRestoring:
+			if b.RestoreVolumeID != "" {
+				s.volumes.EndRestore(ctx, &volumev1.EndRestoreRequest{ProjectId: b.ProjectID, VolumeId: b.RestoreVolumeID,
+					FailReason: "restore interrupted by a restart of the backup service"})
+			}
+			s.db.Transition(ctx, b.ID, []string{lifecycle.BackupRestoring}, lifecycle.BackupAvailable, map[string]any{"restore_volume_id": ""})
+			log.Warn("interrupted restore: backup available again, target volume error_restoring", "target", b.RestoreVolumeID)
+		case lifecycle.BackupDeleting:
+			log.Info("resuming an interrupted delete")
+			s.start(b.ID, func(ctx context.Context) { s.runDelete(ctx, b) })
+		}
+	}
+	return errors.Join(errs...)
+}
+
+func (s *Server) recoverBackup(ctx context.Context, b *backupdb.Backup) error {
+	if b.TempSnapshotID != "" {
+		if err := s.deleteTemporarySnapshot(ctx, b.ProjectID, b.TempSnapshotID); err != nil {
+			return err
+		}
+		s.db.Update(ctx, b.ID, map[string]any{"temp_snapshot_id": ""})
+	}
+	if b.TempVolumeID != "" {
+		if err := s.deleteTemporaryVolume(ctx, b.ProjectID, b.TempVolumeID); err != nil {
+			return err
+		}
+		s.db.Update(ctx, b.ID, map[string]any{"temp_volume_id": ""})
+	}
+	// A read-only attachment of the volume (or of the user's snapshot) made
+	// for the backup is removed too.
+	if b.SnapshotID != "" {
+		s.volumes.DetachSnapshot(ctx, &volumev1.DetachSnapshotRequest{ProjectId: b.ProjectID, SnapshotId: b.SnapshotID})
+	}
+	if v, err := s.volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{ProjectId: b.ProjectID, VolumeId: b.VolumeID}); err == nil {
+		for _, a := range v.GetVolume().GetAttachments() {
+			if a.GetServerId() == "backup-"+b.ID {
+				s.volumes.DetachVolume(ctx, &volumev1.DetachVolumeRequest{ProjectId: b.ProjectID, AttachmentId: a.GetId()})
+			}
+		}
+	}
+	if err := s.endBackup(ctx, b); err != nil && !isNotFound(err) {
+		return err
+	}
+	// What the interrupted backup wrote is unreferenced: drop its manifest
+	// if any; the chunks go with the next garbage collection.
+	s.engine.Delete(ctx, b.Container, b.ID)
+	_, err := s.db.Transition(ctx, b.ID, []string{lifecycle.BackupCreating}, lifecycle.BackupError, map[string]any{"fail_reason": MsgResetOnRestart})
+	return err
+}

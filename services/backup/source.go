@@ -1,0 +1,37 @@
+package backup
+
+import (
+	"context"
+	"fmt"
+	"net"
+	"strconv"
+
+	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/blockdev"
+	"github.com/blockvault/blockvault/pkg/nbd"
+)
+
+// openConnection opens what the volume manager handed out: a local path
+// (same node) or an NBD export (any node).
+func openConnection(ctx context.Context, ci *volumev1.ConnectionInfo, readOnly bool) (blockdev.Device, error) {
+	d := ci.GetData()
+	switch ci.GetDriverVolumeType() {
+	case "local":
+		dev, err := blockdev.OpenFile(d.GetDevicePath(), readOnly)
+		if err != nil {
+			return nil, fmt.Errorf("open local path: %w", err)
+		}
+		return dev, nil
+	case "nbd":
+		if d.GetTls() {
+			return nil, fmt.Errorf("the export requires TLS, which this backup service is not configured for")
+		}
+		addr := net.JoinHostPort(d.GetHost(), strconv.Itoa(int(d.GetPort())))
+		c, err := nbd.Dial(ctx, "tcp", addr, nbd.DialOptions{ExportName: d.GetExportName()})
+		if err != nil {
+			return nil, fmt.Errorf("connect to the NBD export at %s: %w", addr, err)
+		}
+		return c, nil
+	}
+	return nil, fmt.Errorf("unknown connection type %q", ci.GetDriverVolumeType())
+}
