@@ -12,6 +12,8 @@ import (
 	"github.com/blockvault/blockvault/pkg/metrics"
 	"github.com/blockvault/blockvault/pkg/store/backupdb"
 	"github.com/google/uuid"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // source is what a backup reads, and how to give it back.
@@ -25,21 +27,26 @@ type source struct {
 func (src *source) defer_(f func(ctx context.Context) error) { src.undo = append(src.undo, f) }
 
 // release closes the device and undoes every step (detach, delete the
-// temporary resource), in reverse order, on a context that is not cancelled.
+// temporary resource), in reverse order. Steps that fail transiently (the
+// volume manager is unreachable) stay registered, so calling release again
+// retries just those; other failures are reported and dropped (the
+// temporary ids recorded on the backup let a restart finish the job).
 func (src *source) release(ctx context.Context) error {
 	var errs []error
 	if src.dev != nil {
-		if err := src.dev.Close(); err != nil {
-			errs = append(errs, err)
-		}
+		src.dev.Close()
 		src.dev = nil
 	}
+	var keep []func(ctx context.Context) error
 	for i := len(src.undo) - 1; i >= 0; i-- {
 		if err := src.undo[i](ctx); err != nil {
 			errs = append(errs, err)
+			if transient(err) {
+				keep = append([]func(ctx context.Context) error{src.undo[i]}, keep...)
+			}
 		}
 	}
-	src.undo = nil
+	src.undo = keep
 	return errors.Join(errs...)
 }
 
@@ -58,6 +65,9 @@ func (s *Server) runBackup(ctx context.Context, id, previousStatus string) {
 	defer func() { finished("backup", started, err) }()
 
 	src, err := s.openBackupSource(ctx, b, previousStatus)
+	if src != nil && src.strategy != "" {
+		s.db.Update(cleanupCtx, b.ID, map[string]any{"strategy": src.strategy})
+	}
 	var res BackupResult
 	if err == nil {
 		log.Info("backup reading", "strategy", src.strategy)
@@ -66,14 +76,14 @@ func (s *Server) runBackup(ctx context.Context, id, previousStatus string) {
 		})
 	}
 	if src != nil {
-		if rerr := src.release(cleanupCtx); rerr != nil {
+		if rerr := s.persist(cleanupCtx, src.release); rerr != nil {
 			log.Error("releasing the backup source", "err", rerr)
 			if err == nil {
 				err = fmt.Errorf("release the source: %w", rerr)
 			}
 		}
 	}
-	endErr := s.endBackup(cleanupCtx, b)
+	endErr := s.persist(cleanupCtx, func(ctx context.Context) error { return s.endBackup(ctx, b) })
 
 	if err == nil && ctx.Err() != nil {
 		err = ctx.Err()
@@ -107,6 +117,45 @@ func (s *Server) runBackup(ctx context.Context, id, previousStatus string) {
 		return
 	}
 	log.Info("backup available", "objects", res.ObjectCount)
+}
+
+// persist runs a cleanup step, retrying while the volume manager is
+// unreachable (for up to Config.CleanupTimeout), so a volume manager that
+// restarts during a backup still gets its temporary resources removed and
+// its volume's status restored.
+func (s *Server) persist(ctx context.Context, step func(ctx context.Context) error) error {
+	deadline := time.Now().Add(s.cfg.cleanupTimeout())
+	delay := 200 * time.Millisecond
+	for {
+		err := step(ctx)
+		if err == nil || !transient(err) || time.Now().After(deadline) {
+			return err
+		}
+		s.log.Warn("the volume manager is unreachable; retrying the cleanup", "err", err, "in", delay)
+		time.Sleep(delay)
+		delay = min(delay*2, 5*time.Second)
+	}
+}
+
+// transient reports whether err is worth retrying: the peer is down or slow.
+func transient(err error) bool {
+	for e := err; e != nil; e = errors.Unwrap(e) {
+		if st, ok := status.FromError(e); ok {
+			switch st.Code() {
+			case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted:
+				return true
+			}
+			return false
+		}
+	}
+	if u, ok := err.(interface{ Unwrap() []error }); ok {
+		for _, e := range u.Unwrap() {
+			if transient(e) {
+				return true
+			}
+		}
+	}
+	return false
 }
 
 // openBackupSource chooses the strategy and opens the data to read.
@@ -148,9 +197,6 @@ func (s *Server) openBackupSource(ctx context.Context, b *backupdb.Backup, previ
 		}
 	}
 	src.strategy = strategy
-	if err := s.db.Update(ctx, b.ID, map[string]any{"strategy": strategy}); err != nil {
-		return fail(err)
-	}
 
 	switch strategy {
 	case StrategyLocalSnapshot, StrategyAttachedSnapshot:

@@ -39,6 +39,7 @@ func (s *Server) Recover(ctx context.Context) error {
 			log.Warn("interrupted backup reset to error")
 		case lifecycle.BackupRestoring:
 			if b.RestoreVolumeID != "" {
+				s.detachOwn(ctx, b.ProjectID, b.RestoreVolumeID, "restore-"+b.ID)
 				s.volumes.EndRestore(ctx, &volumev1.EndRestoreRequest{ProjectId: b.ProjectID, VolumeId: b.RestoreVolumeID,
 					FailReason: "restore interrupted by a restart of the backup service"})
 			}
@@ -70,13 +71,7 @@ func (s *Server) recoverBackup(ctx context.Context, b *backupdb.Backup) error {
 	if b.SnapshotID != "" {
 		s.volumes.DetachSnapshot(ctx, &volumev1.DetachSnapshotRequest{ProjectId: b.ProjectID, SnapshotId: b.SnapshotID})
 	}
-	if v, err := s.volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{ProjectId: b.ProjectID, VolumeId: b.VolumeID}); err == nil {
-		for _, a := range v.GetVolume().GetAttachments() {
-			if a.GetServerId() == "backup-"+b.ID {
-				s.volumes.DetachVolume(ctx, &volumev1.DetachVolumeRequest{ProjectId: b.ProjectID, AttachmentId: a.GetId()})
-			}
-		}
-	}
+	s.detachOwn(ctx, b.ProjectID, b.VolumeID, "backup-"+b.ID)
 	if err := s.endBackup(ctx, b); err != nil && !isNotFound(err) {
 		return err
 	}
@@ -85,4 +80,18 @@ func (s *Server) recoverBackup(ctx context.Context, b *backupdb.Backup) error {
 	s.engine.Delete(ctx, b.Container, b.ID)
 	_, err := s.db.Transition(ctx, b.ID, []string{lifecycle.BackupCreating}, lifecycle.BackupError, map[string]any{"fail_reason": MsgResetOnRestart})
 	return err
+}
+
+// detachOwn removes the attachments of a volume that a job (named by
+// serverID) made.
+func (s *Server) detachOwn(ctx context.Context, project, volumeID, serverID string) {
+	v, err := s.volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{ProjectId: project, VolumeId: volumeID})
+	if err != nil {
+		return
+	}
+	for _, a := range v.GetVolume().GetAttachments() {
+		if a.GetServerId() == serverID {
+			s.volumes.DetachVolume(ctx, &volumev1.DetachVolumeRequest{ProjectId: project, AttachmentId: a.GetId()})
+		}
+	}
 }

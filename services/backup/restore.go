@@ -105,7 +105,7 @@ func (s *Server) runRestore(ctx context.Context, backupID, volID string) {
 	if err == nil {
 		err = src.dev.Flush()
 	}
-	if rerr := src.release(cleanupCtx); rerr != nil && err == nil {
+	if rerr := s.persist(cleanupCtx, src.release); rerr != nil && err == nil {
 		err = fmt.Errorf("detach the restored volume: %w", rerr)
 	}
 	if err == nil && ctx.Err() != nil {
@@ -115,7 +115,10 @@ func (s *Server) runRestore(ctx context.Context, backupID, volID string) {
 	if err != nil {
 		end.FailReason = failReason("restore of backup "+b.ID, err)
 	}
-	if _, eerr := s.volumes.EndRestore(cleanupCtx, end); eerr != nil {
+	if eerr := s.persist(cleanupCtx, func(ctx context.Context) error {
+		_, err := s.volumes.EndRestore(ctx, end)
+		return err
+	}); eerr != nil {
 		log.Error("end restore", "err", eerr)
 	}
 	// The backup itself is unharmed by a failed restore.

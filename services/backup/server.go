@@ -10,6 +10,7 @@ import (
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
@@ -35,6 +36,16 @@ type Config struct {
 	MaxConcurrent int
 	// Container is the default repository container.
 	Container string
+	// CleanupTimeout bounds the retries of cleanup steps while the volume
+	// manager is unreachable (default 2 minutes).
+	CleanupTimeout time.Duration
+}
+
+func (c Config) cleanupTimeout() time.Duration {
+	if c.CleanupTimeout <= 0 {
+		return 2 * time.Minute
+	}
+	return c.CleanupTimeout
 }
 
 func (c Config) container() string {

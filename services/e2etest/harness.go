@@ -137,30 +137,54 @@ type Options struct {
 	SameNode bool
 	// NoGateway skips the REST gateway.
 	NoGateway bool
+	// VolumeManagerDir is the volume manager's data directory (default: a
+	// temp dir; an XFS mount gives reflink mode).
+	VolumeManagerDir string
+	// RepositoryDir is the backup repository (default: in the backup
+	// service's data directory).
+	RepositoryDir string
 }
 
 // Stack is the three daemons with their clients.
 type Stack struct {
 	t             testing.TB
 	Dir           string
+	PoolDir       string
 	VolumeManager *Daemon
 	Backup        *Daemon
 	Gateway       *Daemon
 	NBDAddr       string
+	// MetricsAddr is the volume manager's /metrics address; BackupMetrics the
+	// backup service's.
+	MetricsAddr, BackupMetrics string
 	Volumes       volumev1.VolumeManagerServiceClient
 	Backups       backupv1.BackupServiceClient
 	conns         []*grpc.ClientConn
 }
 
-// FreeAddr returns a free 127.0.0.1 address.
+var (
+	portsMu sync.Mutex
+	ports   = map[string]bool{}
+)
+
+// FreeAddr returns a free 127.0.0.1 address, never the same twice in a
+// test binary.
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	for {
+		l, err := net.Listen("tcp", "127.0.0.1:0")
+		if err != nil {
+			t.Fatal(err)
+		}
+		addr := l.Addr().String()
+		l.Close()
+		if !ports[addr] {
+			ports[addr] = true
+			return addr
+		}
 	}
-	defer l.Close()
-	return l.Addr().String()
 }
 
 // Start brings a stack up: the volume manager and the backup service in
@@ -175,9 +199,17 @@ func Start(t testing.TB, o Options) *Stack {
 		bsNode = vmNode
 	}
 	vmAddr, bsAddr, nbdAddr := FreeAddr(t), FreeAddr(t), FreeAddr(t)
-	s.NBDAddr = nbdAddr
-	vmArgs := []string{"--listen", vmAddr, "--nbd-listen", nbdAddr, "--data-dir", filepath.Join(dir, "vm"), "--node-id", vmNode, "--log-level", "debug"}
-	bsArgs := []string{"--listen", bsAddr, "--volume-manager", vmAddr, "--data-dir", filepath.Join(dir, "bs"), "--node-id", bsNode, "--log-level", "debug"}
+	s.NBDAddr, s.MetricsAddr, s.BackupMetrics = nbdAddr, FreeAddr(t), FreeAddr(t)
+	vmDir := o.VolumeManagerDir
+	if vmDir == "" {
+		vmDir = filepath.Join(dir, "vm")
+	}
+	s.PoolDir = filepath.Join(vmDir, "pool")
+	vmArgs := []string{"--listen", vmAddr, "--nbd-listen", nbdAddr, "--data-dir", vmDir, "--node-id", vmNode, "--log-level", "debug", "--http-listen", s.MetricsAddr}
+	bsArgs := []string{"--listen", bsAddr, "--volume-manager", vmAddr, "--data-dir", filepath.Join(dir, "bs"), "--node-id", bsNode, "--log-level", "debug", "--http-listen", s.BackupMetrics}
+	if o.RepositoryDir != "" {
+		bsArgs = append(bsArgs, "--repository", o.RepositoryDir)
+	}
 	if o.DatabaseURL != "" {
 		vmArgs = append(vmArgs, "--database-url", o.DatabaseURL)
 		bsArgs = append(bsArgs, "--database-url", o.DatabaseURL)
@@ -310,4 +342,24 @@ func (s *Stack) REST(method, path string, body any) (int, map[string]any) {
 		}
 	}
 	return resp.StatusCode, out
+}
+
+// Metric returns the value of a Prometheus series (name with labels, as
+// printed on /metrics) from addr, or -1 when absent.
+func (s *Stack) Metric(addr, series string) float64 {
+	s.t.Helper()
+	resp, err := http.Get("http://" + addr + "/metrics")
+	if err != nil {
+		s.t.Fatalf("metrics: %v", err)
+	}
+	defer resp.Body.Close()
+	data, _ := io.ReadAll(resp.Body)
+	for _, line := range strings.Split(string(data), "\n") {
+		if strings.HasPrefix(line, series+" ") {
+			var v float64
+			fmt.Sscan(strings.TrimPrefix(line, series+" "), &v)
+			return v
+		}
+	}
+	return -1
 }

@@ -21,7 +21,7 @@ func TestMain(m *testing.M) { os.Exit(storetest.Main(m)) }
 const project = "e2e"
 
 func volumeFile(s *Stack, id string) string {
-	return filepath.Join(s.Dir, "vm", "pool", "volumes", id+".img")
+	return filepath.Join(s.PoolDir, "volumes", id+".img")
 }
 
 // allocated is the space a file really uses (sparse files use little).
@@ -184,7 +184,7 @@ func TestVolumeBadInput(t *testing.T) {
 	if err != nil || len(lr.GetVolumes()) != 0 {
 		t.Fatalf("bad input created volumes: %v %v", lr.GetVolumes(), err)
 	}
-	entries, _ := os.ReadDir(filepath.Join(s.Dir, "vm", "pool", "volumes"))
+	entries, _ := os.ReadDir(filepath.Join(s.PoolDir, "volumes"))
 	if len(entries) != 0 {
 		t.Fatalf("bad input left files in the pool: %v", entries)
 	}
