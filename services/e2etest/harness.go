@@ -157,9 +157,9 @@ type Stack struct {
 	// MetricsAddr is the volume manager's /metrics address; BackupMetrics the
 	// backup service's.
 	MetricsAddr, BackupMetrics string
-	Volumes       volumev1.VolumeManagerServiceClient
-	Backups       backupv1.BackupServiceClient
-	conns         []*grpc.ClientConn
+	Volumes                    volumev1.VolumeManagerServiceClient
+	Backups                    backupv1.BackupServiceClient
+	conns                      []*grpc.ClientConn
 }
 
 var (
