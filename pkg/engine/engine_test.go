@@ -22,6 +22,8 @@ import (
 	"github.com/blockvault/blockvault/pkg/nbd"
 	"github.com/blockvault/blockvault/pkg/repository"
 	"github.com/blockvault/blockvault/pkg/repository/posix"
+	"github.com/blockvault/blockvault/pkg/repository/s3"
+	"github.com/blockvault/blockvault/pkg/repository/s3/s3test"
 	"github.com/blockvault/blockvault/pkg/testenv"
 )
 
@@ -457,6 +459,43 @@ func BenchmarkRestoreMixed(b *testing.B) {
 	for i := 0; i < b.N; i++ {
 		if err := e.Restore(context.Background(), "backups", "b", dst, nil); err != nil {
 			b.Fatal(err)
+		}
+	}
+}
+
+// TestRoundTripOnS3: the same engine on a real S3 server (versitygw).
+func TestRoundTripOnS3(t *testing.T) {
+	srv := s3test.Start(t)
+	repo, err := s3.New(context.Background(), srv.Config)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, k := range [][]byte{nil, key} {
+		e, err := engine.New(repo, engine.Options{Key: k})
+		if err != nil {
+			t.Fatal(err)
+		}
+		size := 64 * mib
+		img := makeImage(t, "mixed", size)
+		c := "s3c" + fmt.Sprint(len(k))
+		if _, err := e.Backup(context.Background(), c, openFile(t, img, true), engine.BackupSpec{BackupID: "full", VolumeID: "v"}); err != nil {
+			t.Fatal(err)
+		}
+		rewrite(t, img, size, 0.02)
+		if _, err := e.Backup(context.Background(), c, openFile(t, img, true), engine.BackupSpec{BackupID: "incr", VolumeID: "v", ParentID: "full"}); err != nil {
+			t.Fatal(err)
+		}
+		target := emptyTarget(t, size)
+		if err := e.Restore(context.Background(), c, "incr", openFile(t, target, false), nil); err != nil {
+			t.Fatal(err)
+		}
+		sameFiles(t, img, target)
+		if err := e.Delete(context.Background(), c, "full"); err != nil {
+			t.Fatal(err)
+		}
+		rep, err := e.Verify(context.Background(), c, "incr")
+		if err != nil || len(rep.Damaged) != 0 {
+			t.Fatalf("verify after deleting the parent: %+v %v", rep, err)
 		}
 	}
 }

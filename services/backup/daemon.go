@@ -7,15 +7,19 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"path/filepath"
+	"strings"
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/daemon"
 	"github.com/blockvault/blockvault/pkg/engine"
 	"github.com/blockvault/blockvault/pkg/metrics"
+	"github.com/blockvault/blockvault/pkg/repository"
 	"github.com/blockvault/blockvault/pkg/repository/posix"
+	"github.com/blockvault/blockvault/pkg/repository/s3"
 	"github.com/blockvault/blockvault/pkg/requestid"
 	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/store/backupdb"
@@ -37,8 +41,11 @@ type DaemonConfig struct {
 	// NodeID names this node (default: the host name).
 	NodeID string
 	// Repository is where backups go: a directory path (posix, the
-	// default: <data-dir>/repository).
+	// default: <data-dir>/repository), or s3://host:port/bucket[/prefix]
+	// (s3s:// for TLS) for an S3-compatible store.
 	Repository string
+	// S3AccessKey, S3SecretKey and S3Region are the S3 credentials.
+	S3AccessKey, S3SecretKey, S3Region string
 	// KeyFile holds the repository key (32 bytes or more) that encrypts new
 	// containers; empty leaves them unencrypted.
 	KeyFile string
@@ -116,11 +123,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 		return fmt.Errorf("volume manager client: %w", err)
 	}
 	defer conn.Close()
-	repoDir := cfg.Repository
-	if repoDir == "" {
-		repoDir = filepath.Join(cfg.DataDir, "repository")
-	}
-	repo, err := posix.New(repoDir)
+	repo, err := openRepository(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -163,4 +166,25 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	log.Info("backup-service serving", "grpc", ln.Addr().String(), "volume_manager", cfg.VolumeManager,
 		"database", store.Dialect(db), "node_id", cfg.NodeID, "repository", repo.Location(), "encrypted", key != nil, "version", daemon.Version)
 	return daemon.Run(ctx, tasks...)
+}
+
+// openRepository opens the repository the configuration names.
+func openRepository(ctx context.Context, cfg DaemonConfig) (repository.Repository, error) {
+	loc := cfg.Repository
+	if loc == "" {
+		loc = filepath.Join(cfg.DataDir, "repository")
+	}
+	if !strings.HasPrefix(loc, "s3://") && !strings.HasPrefix(loc, "s3s://") {
+		return posix.New(loc)
+	}
+	u, err := url.Parse(loc)
+	if err != nil {
+		return nil, fmt.Errorf("repository %q: %w", loc, err)
+	}
+	bucket, prefix, _ := strings.Cut(strings.TrimPrefix(u.Path, "/"), "/")
+	if u.Host == "" || bucket == "" {
+		return nil, fmt.Errorf("repository %q: want s3://host:port/bucket[/prefix]", loc)
+	}
+	return s3.New(ctx, s3.Config{Endpoint: u.Host, Bucket: bucket, Prefix: prefix, AccessKey: cfg.S3AccessKey,
+		SecretKey: cfg.S3SecretKey, Region: cfg.S3Region, UseTLS: u.Scheme == "s3s", CreateBucket: true})
 }

@@ -8,6 +8,7 @@ import (
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/repository/s3/s3test"
 )
 
 // TestSnapshotBackupAndV2Path: a backup of an available snapshot needs no
@@ -190,4 +191,29 @@ func mustAttachment(t *testing.T, s *Stack, v *volumev1.Volume) *volumev1.Connec
 		t.Fatal(err)
 	}
 	return ar.GetAttachment().GetConnectionInfo()
+}
+
+// TestS3Repository: the backup service stores backups in a real S3 server
+// (versitygw) and restores from it.
+func TestS3Repository(t *testing.T) {
+	srv := s3test.Start(t)
+	c := srv.Config
+	t.Setenv("BLOCKVAULT_S3_SECRET_KEY", c.SecretKey)
+	s := Start(t, Options{NoGateway: true, BackupArgs: []string{
+		"--repository", "s3://" + c.Endpoint + "/" + c.Bucket + "/blockvault", "--s3-access-key", c.AccessKey, "--s3-region", c.Region}})
+	ctx := context.Background()
+	vol, _, dev := attached(t, s, 256<<20)
+	w := startWriter(dev)
+	time.Sleep(200 * time.Millisecond)
+	cr, err := s.Backups.CreateBackup(ctx, &backupv1.CreateBackupRequest{ProjectId: project, Backup: &backupv1.BackupInput{VolumeId: vol.GetId(), Force: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	b := waitBackup(t, s, cr.GetBackup().GetId(), 2*time.Minute)
+	w.halt()
+	if b.GetStatus() != "available" {
+		t.Fatalf("backup to S3: %s %s", b.GetStatus(), b.GetFailReason())
+	}
+	restoreAndCheck(t, s, b.GetId())
+	noLeftovers(t, s, 1)
 }

@@ -1,0 +1,197 @@
+// Package s3 is the S3 backup repository backend, through minio-go: any
+// S3-compatible store (AWS S3, Ceph RGW, MinIO, versitygw). Objects live
+// under an optional prefix in one bucket; a PUT is atomic by S3's semantics
+// and durable once it returns.
+package s3
+
+import (
+	"bytes"
+	"context"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"net/http"
+	"strings"
+
+	"github.com/blockvault/blockvault/pkg/repository"
+	"github.com/minio/minio-go/v7"
+	"github.com/minio/minio-go/v7/pkg/credentials"
+)
+
+// Config locates a bucket.
+type Config struct {
+	// Endpoint is host:port of the S3 service.
+	Endpoint string
+	Bucket   string
+	// Prefix is prepended to every object name ("" or ending in "/").
+	Prefix    string
+	AccessKey string
+	SecretKey string
+	Region    string
+	UseTLS    bool
+	// CreateBucket makes the bucket when it does not exist.
+	CreateBucket bool
+	// MaxRetries of one request inside minio-go (default 3; 1 = none).
+	MaxRetries int
+}
+
+// Repository is a bucket (and prefix) of objects.
+type Repository struct {
+	cfg    Config
+	client *minio.Client
+}
+
+var _ repository.Repository = (*Repository)(nil)
+
+// New connects to the bucket, creating it when asked.
+func New(ctx context.Context, cfg Config) (*Repository, error) {
+	if cfg.Endpoint == "" || cfg.Bucket == "" {
+		return nil, errors.New("s3 repository: endpoint and bucket are required")
+	}
+	if cfg.Prefix != "" && !strings.HasSuffix(cfg.Prefix, "/") {
+		cfg.Prefix += "/"
+	}
+	if cfg.MaxRetries == 0 {
+		cfg.MaxRetries = 3
+	}
+	c, err := minio.New(cfg.Endpoint, &minio.Options{
+		Creds:      credentials.NewStaticV4(cfg.AccessKey, cfg.SecretKey, ""),
+		Secure:     cfg.UseTLS,
+		Region:     cfg.Region,
+		MaxRetries: cfg.MaxRetries,
+	})
+	if err != nil {
+		return nil, fmt.Errorf("s3 repository: %w", err)
+	}
+	r := &Repository{cfg: cfg, client: c}
+	ok, err := c.BucketExists(ctx, cfg.Bucket)
+	if err != nil {
+		return nil, fmt.Errorf("s3 repository: bucket %s: %w", cfg.Bucket, translate(err))
+	}
+	if !ok {
+		if !cfg.CreateBucket {
+			return nil, fmt.Errorf("s3 repository: bucket %s does not exist", cfg.Bucket)
+		}
+		if err := c.MakeBucket(ctx, cfg.Bucket, minio.MakeBucketOptions{Region: cfg.Region}); err != nil {
+			return nil, fmt.Errorf("s3 repository: create bucket %s: %w", cfg.Bucket, translate(err))
+		}
+	}
+	return r, nil
+}
+
+// Location implements repository.Repository (no credentials).
+func (r *Repository) Location() string {
+	scheme := "s3"
+	if r.cfg.UseTLS {
+		scheme = "s3s"
+	}
+	return fmt.Sprintf("%s://%s/%s/%s", scheme, r.cfg.Endpoint, r.cfg.Bucket, r.cfg.Prefix)
+}
+
+// Close implements repository.Repository.
+func (r *Repository) Close() error { return nil }
+
+func (r *Repository) key(name string) (string, error) {
+	if err := repository.ValidateName(name); err != nil {
+		return "", err
+	}
+	return r.cfg.Prefix + name, nil
+}
+
+// translate maps S3 and network errors to the repository's sentinels, in
+// one place.
+func translate(err error) error {
+	if err == nil {
+		return nil
+	}
+	resp := minio.ToErrorResponse(err)
+	switch {
+	case resp.Code == "NoSuchKey" || resp.Code == "NoSuchBucket" || resp.StatusCode == http.StatusNotFound:
+		return fmt.Errorf("%w: %w", repository.ErrNotFound, err)
+	case resp.Code == "QuotaExceeded" || resp.Code == "EntityTooLarge" || resp.Code == "XMinioStorageFull" || resp.StatusCode == http.StatusInsufficientStorage:
+		return fmt.Errorf("%w: %w", repository.ErrNoSpace, err)
+	case resp.StatusCode >= 500 || resp.StatusCode == http.StatusTooManyRequests || resp.Code == "SlowDown" || resp.Code == "RequestTimeout":
+		return fmt.Errorf("%w: %w", repository.ErrUnavailable, err)
+	}
+	var ne net.Error
+	if errors.As(err, &ne) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, io.EOF) || strings.Contains(err.Error(), "connection refused") {
+		return fmt.Errorf("%w: %w", repository.ErrUnavailable, err)
+	}
+	return err
+}
+
+// Put implements repository.Repository.
+func (r *Repository) Put(ctx context.Context, name string, data []byte) error {
+	k, err := r.key(name)
+	if err != nil {
+		return err
+	}
+	_, err = r.client.PutObject(ctx, r.cfg.Bucket, k, bytes.NewReader(data), int64(len(data)),
+		minio.PutObjectOptions{ContentType: "application/octet-stream", DisableMultipart: true, SendContentMd5: true})
+	if err != nil {
+		return fmt.Errorf("put %s: %w", name, translate(err))
+	}
+	return nil
+}
+
+// Get implements repository.Repository.
+func (r *Repository) Get(ctx context.Context, name string) ([]byte, error) {
+	k, err := r.key(name)
+	if err != nil {
+		return nil, err
+	}
+	obj, err := r.client.GetObject(ctx, r.cfg.Bucket, k, minio.GetObjectOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", name, translate(err))
+	}
+	defer obj.Close()
+	b, err := io.ReadAll(obj)
+	if err != nil {
+		return nil, fmt.Errorf("get %s: %w", name, translate(err))
+	}
+	return b, nil
+}
+
+// Stat implements repository.Repository.
+func (r *Repository) Stat(ctx context.Context, name string) (repository.ObjectInfo, error) {
+	k, err := r.key(name)
+	if err != nil {
+		return repository.ObjectInfo{}, err
+	}
+	info, err := r.client.StatObject(ctx, r.cfg.Bucket, k, minio.StatObjectOptions{})
+	if err != nil {
+		return repository.ObjectInfo{}, fmt.Errorf("stat %s: %w", name, translate(err))
+	}
+	return repository.ObjectInfo{Name: name, Size: info.Size, ModTime: info.LastModified}, nil
+}
+
+// List implements repository.Repository (S3 lists in lexical order).
+func (r *Repository) List(ctx context.Context, prefix string, fn func(repository.ObjectInfo) error) error {
+	ctx, cancel := context.WithCancel(ctx)
+	defer cancel()
+	for o := range r.client.ListObjects(ctx, r.cfg.Bucket, minio.ListObjectsOptions{Prefix: r.cfg.Prefix + prefix, Recursive: true}) {
+		if o.Err != nil {
+			return fmt.Errorf("list %q: %w", prefix, translate(o.Err))
+		}
+		if err := fn(repository.ObjectInfo{Name: strings.TrimPrefix(o.Key, r.cfg.Prefix), Size: o.Size, ModTime: o.LastModified}); err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+// Delete implements repository.Repository.
+func (r *Repository) Delete(ctx context.Context, name string) error {
+	k, err := r.key(name)
+	if err != nil {
+		return err
+	}
+	if err := r.client.RemoveObject(ctx, r.cfg.Bucket, k, minio.RemoveObjectOptions{}); err != nil {
+		if errors.Is(translate(err), repository.ErrNotFound) {
+			return nil
+		}
+		return fmt.Errorf("delete %s: %w", name, translate(err))
+	}
+	return nil
+}
