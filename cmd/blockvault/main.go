@@ -29,6 +29,8 @@ type usageError struct{ error }
 
 type failedError struct{ error }
 
+type notFoundError struct{ error }
+
 func main() {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	err := newRoot().ExecuteContext(ctx)
@@ -42,7 +44,11 @@ func exitCode(err error) int {
 	}
 	var ue usageError
 	var fe failedError
+	var nf notFoundError
 	switch {
+	case errors.As(err, &nf):
+		fmt.Fprintln(os.Stderr, "blockvault:", err)
+		return exitNotFound
 	case errors.As(err, &ue):
 		fmt.Fprintln(os.Stderr, "blockvault:", err)
 		return exitUsage
@@ -89,7 +95,7 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.backupService, "backup-service", envOr("BLOCKVAULT_BACKUP_SERVICE", "127.0.0.1:7200"), "backup service gRPC address")
 	pf.StringVar(&g.project, "project", envOr("BLOCKVAULT_PROJECT", "demo"), "project id")
 	pf.StringVarP(&g.output, "output", "o", "table", "output: table or json")
-	root.AddCommand(volumeCmd(g), snapshotCmd(g), backupCmd(g), quickstartCmd(g), healthCmd())
+	root.AddCommand(volumeCmd(g), snapshotCmd(g), backupCmd(g), repositoryCmd(g), quickstartCmd(g), healthCmd())
 	return root
 }
 

@@ -142,10 +142,10 @@ func volumeCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
-			if g.output == "json" {
-				return printJSON(stdout, r)
-			}
 			a := r.GetAttachment()
+			if g.output == "json" {
+				return printJSON(stdout, a)
+			}
 			fields(stdout, "attachment_id", a.GetId(), "volume_id", a.GetVolumeId(), "mode", a.GetAttachMode(), "uri", connectionURI(a.GetConnectionInfo()))
 			return nil
 		},

@@ -123,21 +123,12 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 		return fmt.Errorf("volume manager client: %w", err)
 	}
 	defer conn.Close()
-	repo, err := openRepository(ctx, cfg)
+	eng, err := OpenEngine(ctx, cfg)
 	if err != nil {
 		return err
 	}
-	var key []byte
-	if cfg.KeyFile != "" {
-		if key, err = os.ReadFile(cfg.KeyFile); err != nil {
-			return fmt.Errorf("repository key: %w", err)
-		}
-		key = bytes.TrimSpace(key)
-	}
-	eng, err := engine.New(repo, engine.Options{Key: key})
-	if err != nil {
-		return err
-	}
+	repo := eng.Repository()
+
 	srv := New(Config{NodeID: cfg.NodeID, LocalReads: !cfg.NoLocalReads, Strategy: cfg.Strategy, MaxConcurrent: cfg.MaxConcurrent,
 		Container: cfg.Container}, bdb, volumev1.NewVolumeManagerServiceClient(conn), EngineAdapter{E: eng}, log)
 	defer srv.Close()
@@ -164,8 +155,26 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 		tasks = append(tasks, daemon.ServeHTTP(metrics.Handler(metrics.Registry(metrics.BackupSeries()...), ready), hl))
 	}
 	log.Info("backup-service serving", "grpc", ln.Addr().String(), "volume_manager", cfg.VolumeManager,
-		"database", store.Dialect(db), "node_id", cfg.NodeID, "repository", repo.Location(), "encrypted", key != nil, "version", daemon.Version)
+		"database", store.Dialect(db), "node_id", cfg.NodeID, "repository", repo.Location(), "encrypted", cfg.KeyFile != "", "version", daemon.Version)
 	return daemon.Run(ctx, tasks...)
+}
+
+// OpenEngine opens the repository the configuration names (Repository,
+// the S3 credentials, KeyFile) with the backup engine. The CLI uses it to
+// read a repository without any database.
+func OpenEngine(ctx context.Context, cfg DaemonConfig) (*engine.Engine, error) {
+	repo, err := openRepository(ctx, cfg)
+	if err != nil {
+		return nil, err
+	}
+	var key []byte
+	if cfg.KeyFile != "" {
+		if key, err = os.ReadFile(cfg.KeyFile); err != nil {
+			return nil, fmt.Errorf("repository key: %w", err)
+		}
+		key = bytes.TrimSpace(key)
+	}
+	return engine.New(repo, engine.Options{Key: key})
 }
 
 // openRepository opens the repository the configuration names.
