@@ -1,0 +1,229 @@
+package e2etest
+
+import (
+	"bufio"
+	"context"
+	"encoding/json"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/blockvault/blockvault/pkg/nbd"
+	"github.com/blockvault/blockvault/pkg/testenv"
+)
+
+// fillText writes text-like data (compressible, each 4 MiB chunk distinct)
+// over the whole device, so a backup of it takes a few seconds of zstd.
+func fillText(t *testing.T, dev *nbd.Client) {
+	t.Helper()
+	var tmpl strings.Builder
+	for i := 0; tmpl.Len() < 4<<20; i++ {
+		fmt.Fprintf(&tmpl, "%08d the quick brown fox jumps over the lazy dog; block storage with non-disruptive backup %x\n", i, i*7919)
+	}
+	buf := []byte(tmpl.String())[:4<<20]
+	for off := int64(0); off < dev.Size(); off += int64(len(buf)) {
+		copy(buf, fmt.Sprintf("chunk at offset %016d\n", off))
+		if _, err := dev.WriteAt(buf, off); err != nil {
+			t.Fatal(err)
+		}
+	}
+}
+
+var percentRe = regexp.MustCompile(`\[([#.]{30})\]\s+(\d+)%\s+(\S+ \S+) / (\S+ \S+)\s+(\S+ \S+)/s\s+ETA (\S+)`)
+
+// TestCLIProgressBarAndMetrics: `blockvault backup create --force --wait`
+// on a 2 GiB in-use volume draws a bar that moves in a terminal (a tmux
+// pane, captured while it runs), prints JSON lines when piped with
+// --output json and plain lines when piped without; and the daemons'
+// /metrics series move while the backup runs.
+func TestCLIProgressBarAndMetrics(t *testing.T) {
+	testenv.LookPath(t, "tmux")
+	s := Start(t, Options{NoGateway: true})
+	vol, _, dev := attached(t, s, 2<<30)
+	fillText(t, dev)
+	bin := filepath.Join(Binaries(t), "blockvault")
+	addrs := fmt.Sprintf("--volume-manager %s --backup-service %s --project %s", s.VolumeManager.Addr, s.Backup.Addr, project)
+
+	okBefore := s.Metric(s.BackupMetrics, `blockvault_jobs_total{operation="backup",result="ok"}`)
+	readBefore := s.Metric(s.BackupMetrics, `blockvault_bytes_total{direction="read"}`)
+
+	// In a terminal: a tmux pane 160 columns wide, captured every 100 ms.
+	session := fmt.Sprintf("bv%d", os.Getpid())
+	status := filepath.Join(t.TempDir(), "exit")
+	cmdline := fmt.Sprintf("%s %s backup create %s --force --wait; echo $? > %s; sleep 600", bin, addrs, vol.GetId(), status)
+	if out, err := exec.Command("tmux", "new-session", "-d", "-s", session, "-x", "160", "-y", "20", cmdline).CombinedOutput(); err != nil {
+		t.Fatalf("tmux: %v: %s", err, out)
+	}
+	t.Cleanup(func() { exec.Command("tmux", "kill-session", "-t", session).Run() })
+
+	var frames []string // distinct bar lines, in the order seen
+	var readSeen []float64
+	running, tempSnapshots, exports := false, false, false
+	deadline := time.Now().Add(3 * time.Minute)
+	for {
+		out, err := exec.Command("tmux", "capture-pane", "-p", "-t", session).Output()
+		if err != nil {
+			t.Fatalf("capture-pane: %v", err)
+		}
+		for _, line := range strings.Split(string(out), "\n") {
+			if percentRe.MatchString(line) && (len(frames) == 0 || frames[len(frames)-1] != strings.TrimSpace(line)) {
+				frames = append(frames, strings.TrimSpace(line))
+			}
+		}
+		// The metrics while it runs.
+		if s.Metric(s.BackupMetrics, "blockvault_jobs_running") == 1 {
+			running = true
+		}
+		if s.Metric(s.BackupMetrics, `blockvault_temporary_resources{kind="snapshot"}`) == 1 {
+			tempSnapshots = true
+		}
+		if s.Metric(s.MetricsAddr, "blockvault_exports") == 2 { // the user's and the temporary snapshot's
+			exports = true
+		}
+		if r := s.Metric(s.BackupMetrics, `blockvault_bytes_total{direction="read"}`); len(readSeen) == 0 || r != readSeen[len(readSeen)-1] {
+			readSeen = append(readSeen, r)
+		}
+		if _, err := os.Stat(status); err == nil {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("the CLI did not finish; pane:\n%s", out)
+		}
+		time.Sleep(100 * time.Millisecond)
+	}
+	code, _ := os.ReadFile(status)
+	pane, _ := exec.Command("tmux", "capture-pane", "-p", "-t", session).Output()
+	if strings.TrimSpace(string(code)) != "0" {
+		t.Fatalf("backup create --force --wait exited %s; pane:\n%s", code, pane)
+	}
+	t.Logf("%d distinct bar frames; first %q, last %q", len(frames), frames[0], frames[len(frames)-1])
+
+	// The bar moved: at least three different percentages, never going
+	// back, with bytes, rate and an ETA while it ran, ending at 100%.
+	var percents []int
+	sawETA := false
+	for _, f := range frames {
+		m := percentRe.FindStringSubmatch(f)
+		p, _ := strconv.Atoi(m[2])
+		if len(percents) > 0 && p < percents[len(percents)-1] {
+			t.Fatalf("the bar went back: %v then %d", percents, p)
+		}
+		if len(percents) == 0 || p != percents[len(percents)-1] {
+			percents = append(percents, p)
+		}
+		if m[4] != "2.0 GiB" {
+			t.Fatalf("bar total %q, want 2.0 GiB: %q", m[4], f)
+		}
+		if p > 0 && p < 100 && m[6] != "-" && strings.HasSuffix(m[6], "s") {
+			sawETA = true
+		}
+	}
+	if len(percents) < 3 || percents[len(percents)-1] != 100 {
+		t.Fatalf("the bar did not move through at least 3 values to 100%%: %v\nframes:\n%s", percents, strings.Join(frames, "\n"))
+	}
+	if !sawETA {
+		t.Fatalf("no frame showed an ETA while running:\n%s", strings.Join(frames, "\n"))
+	}
+	// Redrawn in place: one bar line on the screen, not one per update.
+	if n := strings.Count(string(pane), "] "); n != 1 {
+		t.Fatalf("the pane holds %d bar lines, want 1 redrawn in place:\n%s", n, pane)
+	}
+	if !strings.Contains(string(pane), "status:       available") {
+		t.Fatalf("the pane does not end with the backup available:\n%s", pane)
+	}
+
+	// The metrics moved.
+	if !running || !tempSnapshots || !exports {
+		t.Fatalf("during the backup: jobs_running=1 seen %v, temporary snapshot seen %v, 2 exports seen %v", running, tempSnapshots, exports)
+	}
+	if len(readSeen) < 3 {
+		t.Fatalf("blockvault_bytes_total{direction=\"read\"} took %d values during the backup, want it to climb: %v", len(readSeen), readSeen)
+	}
+	if got := s.Metric(s.BackupMetrics, `blockvault_bytes_total{direction="read"}`) - readBefore; got < 2<<30 {
+		t.Fatalf("bytes read grew by %.0f, want the 2 GiB volume", got)
+	}
+	if got := s.Metric(s.BackupMetrics, `blockvault_jobs_total{operation="backup",result="ok"}`); got != max(okBefore, 0)+1 {
+		t.Fatalf("jobs_total ok = %v, want %v", got, max(okBefore, 0)+1)
+	}
+	if s.Metric(s.BackupMetrics, `blockvault_job_duration_seconds_count{operation="backup"}`) < 1 {
+		t.Fatal("no backup duration observed")
+	}
+	if s.Metric(s.BackupMetrics, `blockvault_temporary_resources{kind="snapshot"}`) != 0 || s.Metric(s.MetricsAddr, "blockvault_exports") != 1 {
+		t.Fatal("temporary snapshot or its export still counted after the backup")
+	}
+
+	// Piped with --output json: one JSON object per line, progress climbing,
+	// the last one available. A smaller volume does here.
+	small, _, sdev := attached(t, s, 512<<20)
+	fillText(t, sdev)
+	lines := runPiped(t, bin, addrs+" --output json backup create "+small.GetId()+" --force --wait")
+	var done []int64
+	for i, l := range lines {
+		var b struct {
+			ID       string `json:"id"`
+			Status   string `json:"status"`
+			Progress struct {
+				BytesDone string `json:"bytes_done"`
+			} `json:"progress"`
+		}
+		if err := json.Unmarshal([]byte(l), &b); err != nil {
+			t.Fatalf("line %d is not JSON: %q", i+1, l)
+		}
+		n, _ := strconv.ParseInt(b.Progress.BytesDone, 10, 64)
+		done = append(done, n)
+		if i == len(lines)-1 && b.Status != "available" {
+			t.Fatalf("last JSON line has status %q, want available", b.Status)
+		}
+	}
+	if len(lines) < 3 || done[len(done)-1] != 512<<20 {
+		t.Fatalf("piped JSON: %d lines, bytes_done %v; want several, ending at 512 MiB", len(lines), done)
+	}
+
+	// Piped without --output: plain lines, no terminal escapes.
+	plain := runPiped(t, bin, addrs+" backup create "+small.GetId()+" --force --wait")
+	bars := 0
+	for _, l := range plain {
+		if strings.ContainsAny(l, "\r\033") {
+			t.Fatalf("terminal control characters in piped output: %q", l)
+		}
+		if percentRe.MatchString(l) {
+			bars++
+		}
+	}
+	if bars < 2 {
+		t.Fatalf("piped plain output has %d progress lines, want at least 2:\n%s", bars, strings.Join(plain, "\n"))
+	}
+}
+
+// runPiped runs the CLI with stdout on a pipe and returns its lines; it
+// fails the test when the command fails.
+func runPiped(t *testing.T, bin, args string) []string {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, bin, strings.Fields(args)...)
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	var stderr strings.Builder
+	cmd.Stderr = &stderr
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	var lines []string
+	sc := bufio.NewScanner(stdout)
+	for sc.Scan() {
+		lines = append(lines, sc.Text())
+	}
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("blockvault %s: %v\n%s", args, err, stderr.String())
+	}
+	return lines
+}
