@@ -27,6 +27,11 @@ type volState struct {
 	// writes in flight and the writes after it see the snapshot.
 	lock  sync.RWMutex
 	snaps []*cbwSnap
+	// staging, in reflink mode, holds the writes made while a snapshot or
+	// clone of the volume is taken (see stage.go); broken is set when they
+	// could not be applied afterwards.
+	staging *stage
+	broken  error
 }
 
 // cbwSnap is a copy-before-write snapshot: a sparse store of the blocks
@@ -218,16 +223,33 @@ func isZero(b []byte) bool {
 	return true
 }
 
-// modify runs a change of [off, off+length) of the live volume with the
-// copy-before-write it needs.
-func (st *volState) modify(off, length int64, change func() error) error {
-	st.lock.RLock()
-	if len(st.snaps) == 0 {
-		err := change()
+// modify runs a change of [off, off+length) of the live volume (data p, or
+// a zeroing when p is nil) with the copy-before-write it needs, or stages it
+// while a reflink snapshot is being taken.
+func (st *volState) modify(off, length int64, p []byte, change func() error) error {
+	for {
+		st.lock.RLock()
+		if st.broken != nil {
+			st.lock.RUnlock()
+			return st.broken
+		}
+		if st.staging != nil {
+			staged, wait := st.stageWrite(off, length, p)
+			st.lock.RUnlock()
+			if staged {
+				return nil
+			}
+			<-wait
+			continue
+		}
+		if len(st.snaps) == 0 {
+			err := change()
+			st.lock.RUnlock()
+			return err
+		}
 		st.lock.RUnlock()
-		return err
+		break
 	}
-	st.lock.RUnlock()
 	st.lock.Lock()
 	defer st.lock.Unlock()
 	if err := st.preserve(off, length); err != nil {
@@ -252,9 +274,14 @@ func (v *volumeDevice) ReadAt(p []byte, off int64) (int, error) {
 	if err := blockdev.CheckRange(v.size, off, int64(len(p))); err != nil {
 		return 0, err
 	}
+	v.st.lock.RLock()
+	defer v.st.lock.RUnlock()
 	n, err := v.st.f.ReadAt(p, off)
 	if errors.Is(err, io.EOF) && n == len(p) {
 		err = nil
+	}
+	if s := v.st.staging; s != nil && err == nil {
+		s.overlay(p, off)
 	}
 	return n, err
 }
@@ -266,13 +293,14 @@ func (v *volumeDevice) WriteAt(p []byte, off int64) (int, error) {
 	if err := blockdev.CheckRange(v.size, off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	var n int
-	err := v.st.modify(off, int64(len(p)), func() error {
-		var err error
-		n, err = v.st.f.WriteAt(p, off)
+	err := v.st.modify(off, int64(len(p)), p, func() error {
+		_, err := v.st.f.WriteAt(p, off)
 		return err
 	})
-	return n, err
+	if err != nil {
+		return 0, err
+	}
+	return len(p), nil
 }
 
 func (v *volumeDevice) Zero(off, length int64) error {
@@ -282,7 +310,7 @@ func (v *volumeDevice) Zero(off, length int64) error {
 	if err := blockdev.CheckRange(v.size, off, length); err != nil {
 		return err
 	}
-	return v.st.modify(off, length, func() error { return blockdev.PunchHole(v.st.f, off, length) })
+	return v.st.modify(off, length, nil, func() error { return blockdev.PunchHole(v.st.f, off, length) })
 }
 
 func (v *volumeDevice) Trim(off, length int64) error { return v.Zero(off, length) }
@@ -293,7 +321,16 @@ func (v *volumeDevice) Flush() error {
 		return nil
 	}
 	v.st.lock.RLock()
+	if s := v.st.staging; s != nil {
+		// Staged writes reach the file when the snapshot is taken.
+		v.st.lock.RUnlock()
+		<-s.done
+		v.st.lock.RLock()
+	}
 	defer v.st.lock.RUnlock()
+	if v.st.broken != nil {
+		return v.st.broken
+	}
 	for _, sn := range v.st.snaps {
 		if err := errors.Join(sn.store.Sync(), sn.mapf.Sync()); err != nil {
 			return err
@@ -305,6 +342,12 @@ func (v *volumeDevice) Flush() error {
 func (v *volumeDevice) Extents(off, length int64) ([]blockdev.Extent, error) {
 	if err := blockdev.CheckRange(v.size, off, length); err != nil {
 		return nil, err
+	}
+	v.st.lock.RLock()
+	defer v.st.lock.RUnlock()
+	if s := v.st.staging; s != nil && s.touches(off, length) {
+		// Staged writes may fill holes: call it all data for now.
+		return []blockdev.Extent{{Offset: off, Length: length}}, nil
 	}
 	return blockdev.SeekExtents(v.st.f, off, length)
 }

@@ -406,10 +406,11 @@ func (d *Driver) CreateSnapshot(ctx context.Context, volumeID, snapshotID string
 		return err
 	}
 	if d.mode == ModeReflink {
-		// FICLONE writes the source's dirty pages back while writers wait;
-		// flushing first, while they still run, leaves it little to do.
+		// FICLONE writes the source's dirty pages back and shares the
+		// extents holding the inode lock; flushing first leaves it less to
+		// do, and staging keeps the writers going meanwhile.
 		unix.Fdatasync(int(st.f.Fd()))
-		return d.reflink(st.f, d.snapPath(volumeID, snapshotID, ".img"), 0)
+		return st.withStaging(func() error { return d.reflink(st.f, d.snapPath(volumeID, snapshotID, ".img"), 0) })
 	}
 	return st.addSnapshot(d, snapshotID)
 }
@@ -505,7 +506,8 @@ func (d *Driver) CloneVolume(ctx context.Context, srcID, dstID string) error {
 		return err
 	}
 	if d.mode == ModeReflink {
-		return d.reflink(st.f, d.volumePath(dstID), 0)
+		unix.Fdatasync(int(st.f.Fd()))
+		return st.withStaging(func() error { return d.reflink(st.f, d.volumePath(dstID), 0) })
 	}
 	// Copy-before-write: a short-lived internal snapshot gives the point in
 	// time; its view is copied, holes skipped.
