@@ -406,8 +406,9 @@ func TestBackupServiceKilledMidBackup(t *testing.T) {
 }
 
 // TestFaults: the volume manager killed mid-backup (reads fail, then it
-// comes back) and a full repository both end the backup in error with a
-// useful reason, the volume back in its previous status, nothing leaked.
+// comes back), the source's export failing mid-read, and a full repository
+// each end the backup in error with a useful reason, the volume back in its
+// previous status, nothing leaked.
 func TestFaults(t *testing.T) {
 	t.Run("volume manager unreachable", func(t *testing.T) {
 		s := Start(t, Options{NoGateway: true})
@@ -436,6 +437,40 @@ func TestFaults(t *testing.T) {
 			t.Fatalf("the volume is %s", v.GetStatus())
 		}
 		noLeftovers(t, s, 1)
+	})
+	t.Run("source read failing", func(t *testing.T) {
+		// The temporary snapshot's export is pulled from under the reading
+		// backup service (the volume manager stays up): reads fail.
+		s := Start(t, Options{NoGateway: true, BackupArgs: []string{"--strategy", "attached-snapshot"}})
+		ctx := context.Background()
+		vol, _, dev := attached(t, s, 1<<30)
+		fill(t, dev)
+		cr, err := s.Backups.CreateBackup(ctx, &backupv1.CreateBackupRequest{ProjectId: project, Backup: &backupv1.BackupInput{VolumeId: vol.GetId(), Force: true}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		id := cr.GetBackup().GetId()
+		waitProgress(t, s, id, "backup")
+		gb, err := s.Backups.GetBackup(ctx, &backupv1.GetBackupRequest{ProjectId: project, BackupId: id})
+		if err != nil || gb.GetBackup().GetTempSnapshotId() == "" {
+			t.Fatalf("no temporary snapshot recorded: %v %v", err, gb)
+		}
+		if _, err := s.Volumes.DetachSnapshot(ctx, &volumev1.DetachSnapshotRequest{ProjectId: project, SnapshotId: gb.GetBackup().GetTempSnapshotId()}); err != nil {
+			t.Fatal(err)
+		}
+		b := waitBackup(t, s, id, 2*time.Minute)
+		if b.GetStatus() != "error" || !strings.Contains(b.GetFailReason(), "read") {
+			t.Fatalf("backup whose source fails: %s %q", b.GetStatus(), b.GetFailReason())
+		}
+		t.Logf("fail_reason: %s", b.GetFailReason())
+		if v := volumeStatus(t, s, vol.GetId()); v.GetStatus() != "in-use" {
+			t.Fatalf("the volume is %s", v.GetStatus())
+		}
+		noLeftovers(t, s, 1)
+		// The volume is still usable: the user's writes go on.
+		if _, err := dev.WriteAt(make([]byte, 4096), 0); err != nil {
+			t.Fatalf("the user's export after the failed backup: %v", err)
+		}
 	})
 	t.Run("repository full", func(t *testing.T) {
 		testenv.RequireRoot(t)
