@@ -11,6 +11,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/lifecycle"
 	"github.com/blockvault/blockvault/pkg/metrics"
 	"github.com/blockvault/blockvault/pkg/repository"
+	"github.com/blockvault/blockvault/pkg/requestid"
 	"github.com/blockvault/blockvault/pkg/rpcerr"
 	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/store/backupdb"
@@ -109,7 +110,7 @@ func (s *Server) CreateBackup(ctx context.Context, req *backupv1.CreateBackupReq
 	}
 	s.log.InfoContext(ctx, "backup accepted", "backup_id", b.ID, "volume_id", b.VolumeID, "previous_status", vol.GetPreviousStatus(),
 		"incremental", b.IsIncremental, "snapshot_id", b.SnapshotID)
-	s.start(b.ID, func(ctx context.Context) { s.runBackup(ctx, b.ID, vol.GetPreviousStatus()) })
+	s.start(ctx, b.ID, func(ctx context.Context) { s.runBackup(ctx, b.ID, vol.GetPreviousStatus()) })
 	out, err := s.view(ctx, b.ProjectID, b.ID)
 	if err != nil {
 		return nil, err
@@ -144,9 +145,14 @@ func (s *Server) endBackup(ctx context.Context, b *backupdb.Backup) error {
 }
 
 // start runs job in the background, at most MaxConcurrent at once; the job
-// can be cancelled through cancel(id).
-func (s *Server) start(id string, job func(ctx context.Context)) {
-	ctx, cancel := context.WithCancel(s.baseCtx)
+// can be cancelled through cancel(id). The job's calls and logs carry the
+// request id of reqCtx, the call that started it.
+func (s *Server) start(reqCtx context.Context, id string, job func(ctx context.Context)) {
+	rid := requestid.From(reqCtx)
+	if rid == "" {
+		rid = requestid.New()
+	}
+	ctx, cancel := context.WithCancel(requestid.With(s.baseCtx, rid))
 	s.mu.Lock()
 	s.jobs[id] = cancel
 	s.mu.Unlock()

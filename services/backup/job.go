@@ -10,6 +10,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/blockdev"
 	"github.com/blockvault/blockvault/pkg/lifecycle"
 	"github.com/blockvault/blockvault/pkg/metrics"
+	"github.com/blockvault/blockvault/pkg/requestid"
 	"github.com/blockvault/blockvault/pkg/store/backupdb"
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
@@ -59,7 +60,7 @@ func (s *Server) runBackup(ctx context.Context, id, previousStatus string) {
 		s.log.Error("backup vanished before it ran", "backup_id", id, "err", err)
 		return
 	}
-	log := s.log.With("backup_id", id, "volume_id", b.VolumeID)
+	log := s.log.With("backup_id", id, "volume_id", b.VolumeID, "request_id", requestid.From(ctx))
 	cleanupCtx := context.WithoutCancel(ctx)
 	started := time.Now()
 	defer func() { finished("backup", started, err) }()

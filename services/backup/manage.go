@@ -35,7 +35,7 @@ func (s *Server) DeleteBackup(ctx context.Context, req *backupv1.DeleteBackupReq
 		}
 		return nil, err
 	}
-	s.start(b.ID, func(ctx context.Context) { s.runDelete(ctx, b) })
+	s.start(ctx, b.ID, func(ctx context.Context) { s.runDelete(ctx, b) })
 	return &backupv1.DeleteBackupResponse{}, nil
 }
 
@@ -91,7 +91,7 @@ func (s *Server) BackupAction(ctx context.Context, req *backupv1.BackupActionReq
 				time.Sleep(50 * time.Millisecond)
 			}
 		}
-		s.start(b.ID, func(ctx context.Context) { s.runDelete(ctx, b) })
+		s.start(ctx, b.ID, func(ctx context.Context) { s.runDelete(ctx, b) })
 	default:
 		return nil, rpcerr.Invalid("the action body must hold one of os-reset_status, os-force_delete")
 	}

@@ -47,7 +47,7 @@ func (s *Server) Recover(ctx context.Context) error {
 			log.Warn("interrupted restore: backup available again, target volume error_restoring", "target", b.RestoreVolumeID)
 		case lifecycle.BackupDeleting:
 			log.Info("resuming an interrupted delete")
-			s.start(b.ID, func(ctx context.Context) { s.runDelete(ctx, b) })
+			s.start(ctx, b.ID, func(ctx context.Context) { s.runDelete(ctx, b) })
 		}
 	}
 	return errors.Join(errs...)

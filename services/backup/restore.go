@@ -9,6 +9,7 @@ import (
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/lifecycle"
+	"github.com/blockvault/blockvault/pkg/requestid"
 	"github.com/blockvault/blockvault/pkg/rpcerr"
 	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/store/backupdb"
@@ -76,7 +77,7 @@ func (s *Server) RestoreBackup(ctx context.Context, req *backupv1.RestoreBackupR
 	s.db.Update(ctx, b.ID, map[string]any{"progress_op": "restore", "bytes_done": 0, "bytes_total": b.SizeBytes,
 		"bytes_read": 0, "bytes_stored": 0, "started_at": now})
 	s.log.InfoContext(ctx, "restore accepted", "backup_id", b.ID, "volume_id", volID)
-	s.start(b.ID, func(ctx context.Context) { s.runRestore(ctx, b.ID, volID) })
+	s.start(ctx, b.ID, func(ctx context.Context) { s.runRestore(ctx, b.ID, volID) })
 	return &backupv1.RestoreBackupResponse{Restore: &backupv1.RestoreResult{BackupId: b.ID, VolumeId: volID, VolumeName: volName}}, nil
 }
 
@@ -94,7 +95,7 @@ func (s *Server) runRestore(ctx context.Context, backupID, volID string) {
 		s.log.Error("backup vanished before its restore ran", "backup_id", backupID, "err", err)
 		return
 	}
-	log := s.log.With("backup_id", b.ID, "volume_id", volID)
+	log := s.log.With("backup_id", b.ID, "volume_id", volID, "request_id", requestid.From(ctx))
 	started := time.Now()
 	defer func() { finished("restore", started, err) }()
 	src := &source{}

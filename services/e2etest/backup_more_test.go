@@ -3,6 +3,9 @@ package e2etest
 import (
 	"bytes"
 	"context"
+	"encoding/json"
+	"net/http"
+	"strings"
 	"testing"
 	"time"
 
@@ -216,4 +219,54 @@ func TestS3Repository(t *testing.T) {
 	}
 	restoreAndCheck(t, s, b.GetId())
 	noLeftovers(t, s, 1)
+}
+
+// TestRequestIDFollowsABackup: the request id a client sends to the gateway
+// appears in the gateway's, the backup service's and the volume manager's
+// logs, including the volume manager calls the background job makes.
+func TestRequestIDFollowsABackup(t *testing.T) {
+	s := Start(t, Options{})
+	vol, _, _ := attached(t, s, 64<<20)
+	const rid = "trace-4f1c2b"
+	body := `{"backup": {"volume_id": "` + vol.GetId() + `", "force": true}}`
+	req, _ := http.NewRequest("POST", "http://"+s.Gateway.Addr+"/v3/"+project+"/backups", strings.NewReader(body))
+	req.Header.Set("X-Request-Id", rid)
+	resp, err := http.DefaultClient.Do(req)
+	if err != nil {
+		t.Fatal(err)
+	}
+	var out struct {
+		Backup struct {
+			ID string `json:"id"`
+		} `json:"backup"`
+	}
+	json.NewDecoder(resp.Body).Decode(&out)
+	resp.Body.Close()
+	if resp.StatusCode != 202 || resp.Header.Get("X-Request-Id") != rid {
+		t.Fatalf("HTTP %d, X-Request-Id %q", resp.StatusCode, resp.Header.Get("X-Request-Id"))
+	}
+	if b := waitBackup(t, s, out.Backup.ID, time.Minute); b.GetStatus() != "available" {
+		t.Fatalf("backup %s: %q", b.GetStatus(), b.GetFailReason())
+	}
+	for _, c := range []struct {
+		d    *Daemon
+		want string
+	}{
+		{s.Gateway, "path=/v3/" + project + "/backups"},
+		{s.Backup, "CreateBackup"},
+		{s.VolumeManager, "BeginBackup"},
+		{s.VolumeManager, "CreateSnapshot"},
+		{s.VolumeManager, "DeleteSnapshot"},
+	} {
+		found := false
+		for _, line := range strings.Split(c.d.Logs(), "\n") {
+			if strings.Contains(line, "request_id="+rid) && strings.Contains(line, c.want) {
+				found = true
+				break
+			}
+		}
+		if !found {
+			t.Errorf("%s log has no %q line with request_id=%s", c.d.Name, c.want, rid)
+		}
+	}
 }
