@@ -10,6 +10,7 @@ import (
 	"os/signal"
 	"syscall"
 
+	"github.com/blockvault/blockvault/pkg/auth"
 	"github.com/blockvault/blockvault/pkg/config"
 	"github.com/blockvault/blockvault/pkg/daemon"
 	"github.com/blockvault/blockvault/services/backup"
@@ -41,6 +42,8 @@ func run() error {
 	fs.StringVar(&cfg.Container, "container", cfg.Container, "default repository container")
 	fs.BoolVar(&cfg.NoLocalReads, "no-local-reads", cfg.NoLocalReads, "never read through local paths, even on the volume manager's node")
 	fs.StringVar(&cfg.HTTPListen, "http-listen", cfg.HTTPListen, "address of /metrics, /healthz and /readyz (empty: off)")
+	auth.Flags(fs, &cfg.Auth)
+	fs.StringVar(&cfg.ServiceTokenFile, "service-token-file", cfg.ServiceTokenFile, "file holding the token (service role) to call the volume manager with (default: minted with --auth-signing-key-file)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	version := fs.Bool("version", false, "print the version and exit")

@@ -9,14 +9,18 @@ import (
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/auth"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 )
 
-func dial(addr string) (*grpc.ClientConn, error) {
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+// dial connects to a daemon, sending the token (if any) with every call.
+func dial(addr, token string) (*grpc.ClientConn, error) {
+	unary, stream := auth.ClientInterceptors(token)
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithChainUnaryInterceptor(unary), grpc.WithChainStreamInterceptor(stream))
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", addr, err)
 	}
@@ -24,7 +28,7 @@ func dial(addr string) (*grpc.ClientConn, error) {
 }
 
 func (g *globals) volumes() (volumev1.VolumeManagerServiceClient, func(), error) {
-	c, err := dial(g.volumeManager)
+	c, err := dial(g.volumeManager, g.token)
 	if err != nil {
 		return nil, nil, err
 	}
@@ -32,7 +36,7 @@ func (g *globals) volumes() (volumev1.VolumeManagerServiceClient, func(), error)
 }
 
 func (g *globals) backups() (backupv1.BackupServiceClient, func(), error) {
-	c, err := dial(g.backupService)
+	c, err := dial(g.backupService, g.token)
 	if err != nil {
 		return nil, nil, err
 	}

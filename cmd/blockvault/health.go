@@ -21,7 +21,7 @@ func healthCmd() *cobra.Command {
 			if url != "" {
 				return waitHTTP(ctx, url)
 			}
-			conn, err := dial(address)
+			conn, err := dial(address, "")
 			if err != nil {
 				return err
 			}

@@ -71,6 +71,7 @@ type globals struct {
 	volumeManager string
 	backupService string
 	project       string
+	token         string
 	output        string
 }
 
@@ -94,8 +95,9 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.volumeManager, "volume-manager", envOr("BLOCKVAULT_VOLUME_MANAGER", "127.0.0.1:7100"), "volume manager gRPC address")
 	pf.StringVar(&g.backupService, "backup-service", envOr("BLOCKVAULT_BACKUP_SERVICE", "127.0.0.1:7200"), "backup service gRPC address")
 	pf.StringVar(&g.project, "project", envOr("BLOCKVAULT_PROJECT", "demo"), "project id")
+	pf.StringVar(&g.token, "token", os.Getenv("BLOCKVAULT_TOKEN"), "auth token sent with every call (default: $BLOCKVAULT_TOKEN)")
 	pf.StringVarP(&g.output, "output", "o", "table", "output: table or json")
-	root.AddCommand(volumeCmd(g), snapshotCmd(g), backupCmd(g), repositoryCmd(g), quickstartCmd(g), healthCmd())
+	root.AddCommand(volumeCmd(g), snapshotCmd(g), backupCmd(g), repositoryCmd(g), tokenCmd(g), quickstartCmd(g), healthCmd())
 	return root
 }
 

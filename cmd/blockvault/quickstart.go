@@ -137,7 +137,7 @@ func (st *stack) stop() {
 }
 
 func waitHealthy(ctx context.Context, addr string) error {
-	conn, err := dial(addr)
+	conn, err := dial(addr, "")
 	if err != nil {
 		return err
 	}

@@ -1,6 +1,7 @@
 // Package daemon is what the three daemons share around their services:
 // the logger, the gRPC server (error mapping, request ids, request logs,
-// health, reflection), and running servers until a signal stops them.
+// authentication, health, reflection), and running servers until a signal
+// stops them.
 package daemon
 
 import (
@@ -14,6 +15,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/blockvault/blockvault/pkg/auth"
 	"github.com/blockvault/blockvault/pkg/requestid"
 	"github.com/blockvault/blockvault/pkg/rpcerr"
 	"golang.org/x/sync/errgroup"
@@ -50,13 +52,27 @@ type GRPCServer struct {
 	Health *health.Server
 }
 
-// NewGRPCServer returns a server whose handlers' errors are mapped to gRPC
-// codes (rpcerr), whose requests carry request ids and are logged, and which
+// Auth is how a GRPCServer authenticates calls: the Authenticator, and
+// the methods only blockvault's daemons (the service role) may call.
+type Auth struct {
+	*auth.Authenticator
+	Internal map[string]bool
+}
+
+// NewGRPCServer returns a server whose requests carry request ids, are
+// logged and authenticated (a nil Authenticator lets every call through),
+// whose handlers' errors are mapped to gRPC codes (rpcerr), and which
 // serves grpc.health.v1 and server reflection (so grpcurl list works).
-func NewGRPCServer(log *slog.Logger, opts ...grpc.ServerOption) *GRPCServer {
+func NewGRPCServer(log *slog.Logger, a Auth, opts ...grpc.ServerOption) *GRPCServer {
+	unary := []grpc.UnaryServerInterceptor{requestid.UnaryServerInterceptor(), logUnary(log)}
+	streams := []grpc.StreamServerInterceptor{requestid.StreamServerInterceptor()}
+	if a.Authenticator != nil {
+		unary = append(unary, a.UnaryServerInterceptor(a.Internal))
+		streams = append(streams, a.StreamServerInterceptor(a.Internal))
+	}
 	opts = append(opts,
-		grpc.ChainUnaryInterceptor(requestid.UnaryServerInterceptor(), logUnary(log), rpcerr.UnaryServerInterceptor()),
-		grpc.ChainStreamInterceptor(requestid.StreamServerInterceptor(), rpcerr.StreamServerInterceptor()),
+		grpc.ChainUnaryInterceptor(append(unary, rpcerr.UnaryServerInterceptor())...),
+		grpc.ChainStreamInterceptor(append(streams, rpcerr.StreamServerInterceptor())...),
 		grpc.MaxRecvMsgSize(8<<20),
 	)
 	s := grpc.NewServer(opts...)

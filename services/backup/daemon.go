@@ -14,6 +14,7 @@ import (
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/auth"
 	"github.com/blockvault/blockvault/pkg/daemon"
 	"github.com/blockvault/blockvault/pkg/engine"
 	"github.com/blockvault/blockvault/pkg/metrics"
@@ -59,13 +60,18 @@ type DaemonConfig struct {
 	NoLocalReads bool
 	// HTTPListen serves /metrics, /healthz and /readyz ("" = off).
 	HTTPListen string
+	// Auth is how callers are authenticated.
+	Auth auth.Config
+	// ServiceTokenFile holds the token (service role) this daemon sends to
+	// the volume manager; with a signing key it can mint its own instead.
+	ServiceTokenFile string
 }
 
 // DefaultDaemonConfig returns the embedded defaults.
 func DefaultDaemonConfig() DaemonConfig {
 	host, _ := os.Hostname()
 	return DaemonConfig{Listen: "127.0.0.1:7200", VolumeManager: "127.0.0.1:7100", DataDir: "data/backup-service", NodeID: host,
-		MaxConcurrent: 4, Container: DefaultContainer, HTTPListen: "127.0.0.1:7201"}
+		MaxConcurrent: 4, Container: DefaultContainer, HTTPListen: "127.0.0.1:7201", Auth: auth.Config{Mode: auth.ModeToken}}
 }
 
 // Validate checks the configuration.
@@ -107,6 +113,17 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	authn, err := auth.New(cfg.Auth)
+	if err != nil {
+		return err
+	}
+	if authn.NoAuth() {
+		log.Warn("authentication is off (--auth noauth): every caller is an admin; for development only")
+	}
+	serviceToken, err := cfg.serviceToken(authn)
+	if err != nil {
+		return err
+	}
 	db, err := store.Open(ctx, cfg.databaseURL(), log)
 	if err != nil {
 		return err
@@ -116,9 +133,11 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	tokenUnary, tokenStream := auth.ClientInterceptors(serviceToken)
 	conn, err := grpc.NewClient(cfg.VolumeManager,
 		grpc.WithTransportCredentials(insecure.NewCredentials()),
-		grpc.WithChainUnaryInterceptor(requestid.UnaryClientInterceptor()))
+		grpc.WithChainUnaryInterceptor(requestid.UnaryClientInterceptor(), tokenUnary),
+		grpc.WithChainStreamInterceptor(tokenStream))
 	if err != nil {
 		return fmt.Errorf("volume manager client: %w", err)
 	}
@@ -141,7 +160,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	gs := daemon.NewGRPCServer(log)
+	gs := daemon.NewGRPCServer(log, daemon.Auth{Authenticator: authn})
 	backupv1.RegisterBackupServiceServer(gs, srv)
 	gs.Health.SetServingStatus(backupv1.BackupService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	tasks := []daemon.Task{daemon.ServeGRPC(gs, ln)}
@@ -157,6 +176,29 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	log.Info("backup-service serving", "grpc", ln.Addr().String(), "volume_manager", cfg.VolumeManager,
 		"database", store.Dialect(db), "node_id", cfg.NodeID, "repository", repo.Location(), "encrypted", cfg.KeyFile != "", "version", daemon.Version)
 	return daemon.Run(ctx, tasks...)
+}
+
+// serviceToken is the token the backup service calls the volume manager
+// with: read from ServiceTokenFile, or minted with the signing key (service
+// role), or none when authentication is off.
+func (c DaemonConfig) serviceToken(a *auth.Authenticator) (string, error) {
+	switch {
+	case c.ServiceTokenFile != "":
+		b, err := os.ReadFile(c.ServiceTokenFile)
+		if err != nil {
+			return "", fmt.Errorf("service token: %w", err)
+		}
+		return string(bytes.TrimSpace(b)), nil
+	case c.Auth.SigningKeyFile != "":
+		key, err := auth.ReadKey(c.Auth.SigningKeyFile)
+		if err != nil {
+			return "", err
+		}
+		return auth.Mint(key, auth.Identity{Project: "blockvault", Roles: []string{auth.RoleService}, User: "backup-service:" + c.NodeID}), nil
+	case a.NoAuth():
+		return "", nil
+	}
+	return "", errors.New("service-token-file is required: the token (service role) the backup service calls the volume manager with, when tokens come from a token file")
 }
 
 // OpenEngine opens the repository the configuration names (Repository,

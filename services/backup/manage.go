@@ -7,6 +7,7 @@ import (
 	"time"
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
+	"github.com/blockvault/blockvault/pkg/auth"
 	"github.com/blockvault/blockvault/pkg/lifecycle"
 	"github.com/blockvault/blockvault/pkg/rpcerr"
 	"github.com/blockvault/blockvault/pkg/store"
@@ -61,6 +62,9 @@ func (s *Server) runDelete(ctx context.Context, b *backupdb.Backup) {
 // job removes what it wrote and its temporary resources, and the backup
 // never becomes available.
 func (s *Server) BackupAction(ctx context.Context, req *backupv1.BackupActionRequest) (*backupv1.BackupActionResponse, error) {
+	if err := auth.RequireAdmin(ctx, "os-reset_status and os-force_delete"); err != nil {
+		return nil, err
+	}
 	if err := checkRef(req.GetProjectId(), req.GetBackupId()); err != nil {
 		return nil, err
 	}
@@ -193,6 +197,9 @@ func (s *Server) ExportBackupRecord(ctx context.Context, req *backupv1.ExportBac
 
 // ImportBackupRecord implements BackupService.
 func (s *Server) ImportBackupRecord(ctx context.Context, req *backupv1.ImportBackupRecordRequest) (*backupv1.ImportBackupRecordResponse, error) {
+	if err := auth.RequireAdmin(ctx, "import_record"); err != nil {
+		return nil, err
+	}
 	if err := validate.Project(req.GetProjectId()); err != nil {
 		return nil, err
 	}

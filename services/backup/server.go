@@ -14,6 +14,7 @@ import (
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/auth"
 	"github.com/blockvault/blockvault/pkg/rpcerr"
 	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/store/backupdb"
@@ -146,7 +147,14 @@ func (s *Server) ListBackups(ctx context.Context, req *backupv1.ListBackupsReque
 	if req.GetLimit() < 0 {
 		return nil, rpcerr.Invalid("limit must not be negative")
 	}
-	rows, err := s.db.List(ctx, backupdb.Filter{Project: req.GetProjectId(), Name: req.GetName(), Status: req.GetStatus(),
+	project := req.GetProjectId()
+	if req.GetAllTenants() {
+		if err := auth.RequireAdmin(ctx, "all_tenants"); err != nil {
+			return nil, err
+		}
+		project = ""
+	}
+	rows, err := s.db.List(ctx, backupdb.Filter{Project: project, Name: req.GetName(), Status: req.GetStatus(),
 		VolumeID: req.GetVolumeId(), Page: store.Page{Limit: int(req.GetLimit()), Marker: req.GetMarker()}})
 	if err != nil {
 		if errors.Is(err, store.ErrNotFound) {

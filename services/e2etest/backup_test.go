@@ -59,9 +59,15 @@ func attached(t *testing.T, s *Stack, size int64) (*volumev1.Volume, *volumev1.A
 // waitBackup waits until the backup leaves the transient statuses.
 func waitBackup(t *testing.T, s *Stack, id string, timeout time.Duration) *backupv1.Backup {
 	t.Helper()
+	return waitBackupIn(t, s, project, id, timeout)
+}
+
+// waitBackupIn is waitBackup for a backup of another project.
+func waitBackupIn(t *testing.T, s *Stack, projectID, id string, timeout time.Duration) *backupv1.Backup {
+	t.Helper()
 	deadline := time.Now().Add(timeout)
 	for {
-		r, err := s.Backups.GetBackup(context.Background(), &backupv1.GetBackupRequest{ProjectId: project, BackupId: id})
+		r, err := s.Backups.GetBackup(context.Background(), &backupv1.GetBackupRequest{ProjectId: projectID, BackupId: id})
 		if err != nil {
 			t.Fatalf("get backup: %v", err)
 		}

@@ -5,6 +5,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/blockvault/blockvault/pkg/auth"
 	"github.com/gophercloud/gophercloud/v2"
 	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/backups"
 	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/snapshots"
@@ -22,11 +23,11 @@ func blockStorageClient(gateway, projectID, token string) *gophercloud.ServiceCl
 
 // TestGophercloud drives the gateway with gophercloud's blockstorage/v3
 // packages, unmodified: volumes, snapshots and backups (create with force,
-// get, list, list detail, restore, delete).
+// get, list, list detail, restore, delete), with a member's token.
 func TestGophercloud(t *testing.T) {
-	s := Start(t, Options{})
+	s := Start(t, Options{Tokens: true})
 	ctx := context.Background()
-	c := blockStorageClient(s.Gateway.Addr, project, "")
+	c := blockStorageClient(s.Gateway.Addr, project, s.Token(project, auth.RoleMember))
 
 	// Volumes.
 	vol, err := volumes.Create(ctx, c, volumes.CreateOpts{Size: 1, Name: "gc-volume", Description: "made by gophercloud"}, nil).Extract()

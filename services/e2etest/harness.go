@@ -6,6 +6,8 @@ package e2etest
 import (
 	"bytes"
 	"context"
+	cryptorand "crypto/rand"
+	"encoding/hex"
 	"encoding/json"
 	"fmt"
 	"io"
@@ -23,6 +25,7 @@ import (
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/auth"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -143,6 +146,9 @@ type Options struct {
 	// RepositoryDir is the backup repository (default: in the backup
 	// service's data directory).
 	RepositoryDir string
+	// Tokens turns authentication on: the daemons check signed tokens
+	// (Stack.Token mints them); otherwise they run with --auth noauth.
+	Tokens bool
 }
 
 // Stack is the three daemons with their clients.
@@ -160,6 +166,18 @@ type Stack struct {
 	Volumes                    volumev1.VolumeManagerServiceClient
 	Backups                    backupv1.BackupServiceClient
 	conns                      []*grpc.ClientConn
+	// SigningKey signs tokens when Options.Tokens is set.
+	SigningKey  []byte
+	clientToken string
+}
+
+// Token mints a token for project with roles (Options.Tokens stacks).
+func (s *Stack) Token(project string, roles ...string) string {
+	s.t.Helper()
+	if s.SigningKey == nil {
+		s.t.Fatal("Token: the stack runs without authentication (Options.Tokens)")
+	}
+	return auth.Mint(s.SigningKey, auth.Identity{Project: project, Roles: roles, User: "test"})
 }
 
 var (
@@ -210,6 +228,18 @@ func Start(t testing.TB, o Options) *Stack {
 	if o.RepositoryDir != "" {
 		bsArgs = append(bsArgs, "--repository", o.RepositoryDir)
 	}
+	if o.Tokens {
+		s.SigningKey = []byte(strings.Repeat("k", 16) + requestidLike(t))
+		keyFile := filepath.Join(dir, "signing.key")
+		if err := os.WriteFile(keyFile, s.SigningKey, 0o600); err != nil {
+			t.Fatal(err)
+		}
+		vmArgs = append(vmArgs, "--auth", "token", "--auth-signing-key-file", keyFile)
+		bsArgs = append(bsArgs, "--auth", "token", "--auth-signing-key-file", keyFile)
+	} else {
+		vmArgs = append(vmArgs, "--auth", "noauth")
+		bsArgs = append(bsArgs, "--auth", "noauth")
+	}
 	if o.DatabaseURL != "" {
 		vmArgs = append(vmArgs, "--database-url", o.DatabaseURL)
 		bsArgs = append(bsArgs, "--database-url", o.DatabaseURL)
@@ -244,9 +274,30 @@ func Start(t testing.TB, o Options) *Stack {
 		s.Gateway.Start()
 		s.waitHTTP("http://" + gwAddr + "/healthz")
 	}
+	// The harness's own clients are an admin's when tokens are on.
+	if o.Tokens {
+		s.clientToken = s.Token("admin", auth.RoleAdmin)
+	}
 	s.Volumes = volumev1.NewVolumeManagerServiceClient(s.dial(vmAddr))
 	s.Backups = backupv1.NewBackupServiceClient(s.dial(bsAddr))
 	return s
+}
+
+// ClientsAs returns gRPC clients of both daemons that send token.
+func (s *Stack) ClientsAs(token string) (volumev1.VolumeManagerServiceClient, backupv1.BackupServiceClient) {
+	saved := s.clientToken
+	s.clientToken = token
+	defer func() { s.clientToken = saved }()
+	return volumev1.NewVolumeManagerServiceClient(s.dial(s.VolumeManager.Addr)), backupv1.NewBackupServiceClient(s.dial(s.Backup.Addr))
+}
+
+// requestidLike returns 32 random hex characters.
+func requestidLike(t testing.TB) string {
+	b := make([]byte, 16)
+	if _, err := cryptorand.Read(b); err != nil {
+		t.Fatal(err)
+	}
+	return hex.EncodeToString(b)
 }
 
 func tail(s string, n int) string {
@@ -258,7 +309,9 @@ func tail(s string, n int) string {
 }
 
 func (s *Stack) dial(addr string) *grpc.ClientConn {
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	unary, stream := auth.ClientInterceptors(s.clientToken)
+	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+		grpc.WithChainUnaryInterceptor(unary), grpc.WithChainStreamInterceptor(stream))
 	if err != nil {
 		s.t.Fatal(err)
 	}

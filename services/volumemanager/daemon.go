@@ -11,6 +11,7 @@ import (
 	"strconv"
 
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/auth"
 	"github.com/blockvault/blockvault/pkg/daemon"
 	"github.com/blockvault/blockvault/pkg/metrics"
 	"github.com/blockvault/blockvault/pkg/nbd"
@@ -43,13 +44,15 @@ type DaemonConfig struct {
 	DisableSnapshotExport bool
 	// HTTPListen serves /metrics, /healthz and /readyz ("" = off).
 	HTTPListen string
+	// Auth is how callers are authenticated.
+	Auth auth.Config
 }
 
 // DefaultDaemonConfig returns the embedded defaults.
 func DefaultDaemonConfig() DaemonConfig {
 	host, _ := os.Hostname()
 	return DaemonConfig{Listen: "127.0.0.1:7100", NBDListen: "127.0.0.1:10809", DataDir: "data/volume-manager",
-		NodeID: host, FileMode: "auto", HTTPListen: "127.0.0.1:7101"}
+		NodeID: host, FileMode: "auto", HTTPListen: "127.0.0.1:7101", Auth: auth.Config{Mode: auth.ModeToken}}
 }
 
 // Validate checks the configuration.
@@ -82,10 +85,28 @@ func (c DaemonConfig) databaseURL() string {
 	return "sqlite://" + filepath.Join(c.DataDir, "volume-manager.db")
 }
 
+// InternalMethods are the calls only blockvault's own daemons make (the
+// backup service's begin/end backup and snapshot exports): they need the
+// service (or admin) role.
+var InternalMethods = map[string]bool{
+	volumev1.VolumeManagerService_BeginBackup_FullMethodName:      true,
+	volumev1.VolumeManagerService_EndBackup_FullMethodName:        true,
+	volumev1.VolumeManagerService_AttachSnapshot_FullMethodName:   true,
+	volumev1.VolumeManagerService_DetachSnapshot_FullMethodName:   true,
+	volumev1.VolumeManagerService_GetChangedRanges_FullMethodName: true,
+}
+
 // RunDaemon runs the volume manager until ctx is done.
 func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	if err := cfg.Validate(); err != nil {
 		return err
+	}
+	authn, err := auth.New(cfg.Auth)
+	if err != nil {
+		return err
+	}
+	if authn.NoAuth() {
+		log.Warn("authentication is off (--auth noauth): every caller is an admin; for development only")
 	}
 	db, err := store.Open(ctx, cfg.databaseURL(), log)
 	if err != nil {
@@ -124,7 +145,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 		nbdLn.Close()
 		return err
 	}
-	gs := daemon.NewGRPCServer(log)
+	gs := daemon.NewGRPCServer(log, daemon.Auth{Authenticator: authn, Internal: InternalMethods})
 	volumev1.RegisterVolumeManagerServiceServer(gs, srv)
 	gs.Health.SetServingStatus(volumev1.VolumeManagerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	caps := driver.Capabilities()

@@ -70,7 +70,7 @@ func newEnv(t *testing.T, driverCfg file.Config) *env {
 	t.Cleanup(srv.Close)
 
 	ln := bufconn.Listen(1 << 20)
-	gs := daemon.NewGRPCServer(slog.New(slog.DiscardHandler))
+	gs := daemon.NewGRPCServer(slog.New(slog.DiscardHandler), daemon.Auth{})
 	volumev1.RegisterVolumeManagerServiceServer(gs, srv)
 	go gs.Serve(ln)
 	t.Cleanup(gs.Stop)

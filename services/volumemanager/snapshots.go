@@ -116,7 +116,11 @@ func (s *Server) ListSnapshots(ctx context.Context, req *volumev1.ListSnapshotsR
 	if req.GetLimit() < 0 {
 		return nil, rpcerr.Invalid("limit must not be negative")
 	}
-	rows, err := s.db.ListSnapshots(ctx, volumedb.SnapshotFilter{Project: req.GetProjectId(), VolumeID: req.GetVolumeId(),
+	project, err := listScope(ctx, req.GetProjectId(), req.GetAllTenants())
+	if err != nil {
+		return nil, err
+	}
+	rows, err := s.db.ListSnapshots(ctx, volumedb.SnapshotFilter{Project: project, VolumeID: req.GetVolumeId(),
 		Status: req.GetStatus(), IncludeTemporary: req.GetIncludeTemporary(),
 		Page: store.Page{Limit: int(req.GetLimit()), Marker: req.GetMarker()}})
 	if err != nil {

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/auth"
 	"github.com/blockvault/blockvault/pkg/lifecycle"
 	"github.com/blockvault/blockvault/pkg/rpcerr"
 	"github.com/blockvault/blockvault/pkg/store"
@@ -191,6 +192,18 @@ func (s *Server) checkVolumeRef(project, id string) error {
 }
 
 // ListVolumes implements VolumeManagerService.
+// listScope is the project a list covers: the request's, or every project
+// ("") for an admin's all_tenants.
+func listScope(ctx context.Context, project string, allTenants bool) (string, error) {
+	if !allTenants {
+		return project, nil
+	}
+	if err := auth.RequireAdmin(ctx, "all_tenants"); err != nil {
+		return "", err
+	}
+	return "", nil
+}
+
 func (s *Server) ListVolumes(ctx context.Context, req *volumev1.ListVolumesRequest) (*volumev1.ListVolumesResponse, error) {
 	if err := validate.Project(req.GetProjectId()); err != nil {
 		return nil, err
@@ -201,8 +214,12 @@ func (s *Server) ListVolumes(ctx context.Context, req *volumev1.ListVolumesReque
 	if req.GetLimit() < 0 {
 		return nil, rpcerr.Invalid("limit must not be negative")
 	}
+	project, err := listScope(ctx, req.GetProjectId(), req.GetAllTenants())
+	if err != nil {
+		return nil, err
+	}
 	rows, err := s.db.ListVolumes(ctx, volumedb.VolumeFilter{
-		Project: req.GetProjectId(), Name: req.GetName(), Status: req.GetStatus(),
+		Project: project, Name: req.GetName(), Status: req.GetStatus(),
 		IncludeTemporary: req.GetIncludeTemporary(),
 		Page:             store.Page{Limit: int(req.GetLimit()), Marker: req.GetMarker()},
 	})
@@ -326,6 +343,9 @@ func (s *Server) VolumeAction(ctx context.Context, req *volumev1.VolumeActionReq
 // ResetVolumeStatus implements VolumeManagerService: an operator's repair
 // of a volume whose status no longer matches reality.
 func (s *Server) ResetVolumeStatus(ctx context.Context, req *volumev1.ResetVolumeStatusRequest) (*volumev1.ResetVolumeStatusResponse, error) {
+	if err := auth.RequireAdmin(ctx, "os-reset_status"); err != nil {
+		return nil, err
+	}
 	if err := s.checkVolumeRef(req.GetProjectId(), req.GetVolumeId()); err != nil {
 		return nil, err
 	}

@@ -749,13 +749,15 @@ func (x *GetBackupResponse) GetBackup() *Backup {
 
 // ListBackupsRequest is the request of ListBackups.
 type ListBackupsRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ProjectId     string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
-	Limit         int32                  `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
-	Marker        string                 `protobuf:"bytes,3,opt,name=marker,proto3" json:"marker,omitempty"`
-	Name          string                 `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
-	Status        string                 `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
-	VolumeId      string                 `protobuf:"bytes,6,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ProjectId string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
+	Limit     int32                  `protobuf:"varint,2,opt,name=limit,proto3" json:"limit,omitempty"`
+	Marker    string                 `protobuf:"bytes,3,opt,name=marker,proto3" json:"marker,omitempty"`
+	Name      string                 `protobuf:"bytes,4,opt,name=name,proto3" json:"name,omitempty"`
+	Status    string                 `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
+	VolumeId  string                 `protobuf:"bytes,6,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	// List every project's backups (admins only).
+	AllTenants    bool `protobuf:"varint,7,opt,name=all_tenants,json=allTenants,proto3" json:"all_tenants,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -830,6 +832,13 @@ func (x *ListBackupsRequest) GetVolumeId() string {
 		return x.VolumeId
 	}
 	return ""
+}
+
+func (x *ListBackupsRequest) GetAllTenants() bool {
+	if x != nil {
+		return x.AllTenants
+	}
+	return false
 }
 
 // ListBackupsResponse is the response of ListBackups.
@@ -2023,7 +2032,7 @@ const file_blockvault_backup_v1_backup_service_proto_rawDesc = "" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1b\n" +
 	"\tbackup_id\x18\x02 \x01(\tR\bbackupId\"I\n" +
 	"\x11GetBackupResponse\x124\n" +
-	"\x06backup\x18\x01 \x01(\v2\x1c.blockvault.backup.v1.BackupR\x06backup\"\xaa\x01\n" +
+	"\x06backup\x18\x01 \x01(\v2\x1c.blockvault.backup.v1.BackupR\x06backup\"\xcb\x01\n" +
 	"\x12ListBackupsRequest\x12\x1d\n" +
 	"\n" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x14\n" +
@@ -2031,7 +2040,9 @@ const file_blockvault_backup_v1_backup_service_proto_rawDesc = "" +
 	"\x06marker\x18\x03 \x01(\tR\x06marker\x12\x12\n" +
 	"\x04name\x18\x04 \x01(\tR\x04name\x12\x16\n" +
 	"\x06status\x18\x05 \x01(\tR\x06status\x12\x1b\n" +
-	"\tvolume_id\x18\x06 \x01(\tR\bvolumeId\"\x8e\x01\n" +
+	"\tvolume_id\x18\x06 \x01(\tR\bvolumeId\x12\x1f\n" +
+	"\vall_tenants\x18\a \x01(\bR\n" +
+	"allTenants\"\x8e\x01\n" +
 	"\x13ListBackupsResponse\x126\n" +
 	"\abackups\x18\x01 \x03(\v2\x1c.blockvault.backup.v1.BackupR\abackups\x12?\n" +
 	"\rbackups_links\x18\x02 \x03(\v2\x1a.blockvault.backup.v1.LinkR\fbackupsLinks\"Q\n" +

@@ -1267,8 +1267,10 @@ type ListVolumesRequest struct {
 	Status    string                 `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
 	// Include temporary volumes (made by the backup service).
 	IncludeTemporary bool `protobuf:"varint,6,opt,name=include_temporary,json=includeTemporary,proto3" json:"include_temporary,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// List every project's volumes (admins only).
+	AllTenants    bool `protobuf:"varint,7,opt,name=all_tenants,json=allTenants,proto3" json:"all_tenants,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListVolumesRequest) Reset() {
@@ -1339,6 +1341,13 @@ func (x *ListVolumesRequest) GetStatus() string {
 func (x *ListVolumesRequest) GetIncludeTemporary() bool {
 	if x != nil {
 		return x.IncludeTemporary
+	}
+	return false
+}
+
+func (x *ListVolumesRequest) GetAllTenants() bool {
+	if x != nil {
+		return x.AllTenants
 	}
 	return false
 }
@@ -2516,8 +2525,10 @@ type ListSnapshotsRequest struct {
 	VolumeId         string                 `protobuf:"bytes,4,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
 	Status           string                 `protobuf:"bytes,5,opt,name=status,proto3" json:"status,omitempty"`
 	IncludeTemporary bool                   `protobuf:"varint,6,opt,name=include_temporary,json=includeTemporary,proto3" json:"include_temporary,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// List every project's snapshots (admins only).
+	AllTenants    bool `protobuf:"varint,7,opt,name=all_tenants,json=allTenants,proto3" json:"all_tenants,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *ListSnapshotsRequest) Reset() {
@@ -2588,6 +2599,13 @@ func (x *ListSnapshotsRequest) GetStatus() string {
 func (x *ListSnapshotsRequest) GetIncludeTemporary() bool {
 	if x != nil {
 		return x.IncludeTemporary
+	}
+	return false
+}
+
+func (x *ListSnapshotsRequest) GetAllTenants() bool {
+	if x != nil {
+		return x.AllTenants
 	}
 	return false
 }
@@ -3797,7 +3815,7 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1b\n" +
 	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\"I\n" +
 	"\x11GetVolumeResponse\x124\n" +
-	"\x06volume\x18\x01 \x01(\v2\x1c.blockvault.volume.v1.VolumeR\x06volume\"\xba\x01\n" +
+	"\x06volume\x18\x01 \x01(\v2\x1c.blockvault.volume.v1.VolumeR\x06volume\"\xdb\x01\n" +
 	"\x12ListVolumesRequest\x12\x1d\n" +
 	"\n" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x14\n" +
@@ -3805,7 +3823,9 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\x06marker\x18\x03 \x01(\tR\x06marker\x12\x12\n" +
 	"\x04name\x18\x04 \x01(\tR\x04name\x12\x16\n" +
 	"\x06status\x18\x05 \x01(\tR\x06status\x12+\n" +
-	"\x11include_temporary\x18\x06 \x01(\bR\x10includeTemporary\"\x8e\x01\n" +
+	"\x11include_temporary\x18\x06 \x01(\bR\x10includeTemporary\x12\x1f\n" +
+	"\vall_tenants\x18\a \x01(\bR\n" +
+	"allTenants\"\x8e\x01\n" +
 	"\x13ListVolumesResponse\x126\n" +
 	"\avolumes\x18\x01 \x03(\v2\x1c.blockvault.volume.v1.VolumeR\avolumes\x12?\n" +
 	"\rvolumes_links\x18\x02 \x03(\v2\x1a.blockvault.volume.v1.LinkR\fvolumesLinks\"Q\n" +
@@ -3888,7 +3908,7 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\vsnapshot_id\x18\x02 \x01(\tR\n" +
 	"snapshotId\"Q\n" +
 	"\x13GetSnapshotResponse\x12:\n" +
-	"\bsnapshot\x18\x01 \x01(\v2\x1e.blockvault.volume.v1.SnapshotR\bsnapshot\"\xc5\x01\n" +
+	"\bsnapshot\x18\x01 \x01(\v2\x1e.blockvault.volume.v1.SnapshotR\bsnapshot\"\xe6\x01\n" +
 	"\x14ListSnapshotsRequest\x12\x1d\n" +
 	"\n" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x14\n" +
@@ -3896,7 +3916,9 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\x06marker\x18\x03 \x01(\tR\x06marker\x12\x1b\n" +
 	"\tvolume_id\x18\x04 \x01(\tR\bvolumeId\x12\x16\n" +
 	"\x06status\x18\x05 \x01(\tR\x06status\x12+\n" +
-	"\x11include_temporary\x18\x06 \x01(\bR\x10includeTemporary\"\x9a\x01\n" +
+	"\x11include_temporary\x18\x06 \x01(\bR\x10includeTemporary\x12\x1f\n" +
+	"\vall_tenants\x18\a \x01(\bR\n" +
+	"allTenants\"\x9a\x01\n" +
 	"\x15ListSnapshotsResponse\x12<\n" +
 	"\tsnapshots\x18\x01 \x03(\v2\x1e.blockvault.volume.v1.SnapshotR\tsnapshots\x12C\n" +
 	"\x0fsnapshots_links\x18\x02 \x03(\v2\x1a.blockvault.volume.v1.LinkR\x0esnapshotsLinks\"W\n" +
