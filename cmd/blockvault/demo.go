@@ -45,13 +45,13 @@ func runDemo(ctx context.Context, g *globals, st *stack) error {
 			Size   int64  `json:"size"`
 		} `json:"volume"`
 	}
-	if code, err := rest(ctx, st.gateway, http.MethodGet, fmt.Sprintf("/v3/%s/volumes/%s", g.project, vol.GetId()), nil, &got); err != nil || code != http.StatusOK {
+	if code, err := rest(ctx, st, http.MethodGet, fmt.Sprintf("/v3/%s/volumes/%s", g.project, vol.GetId()), nil, &got); err != nil || code != http.StatusOK {
 		return fmt.Errorf("REST get volume: HTTP %d: %v", code, err)
 	}
 	fields(stdout, "HTTP", "200", "status", got.Volume.Status, "size (GiB)", fmt.Sprint(got.Volume.Size))
 
 	step("Extend it to 2 GiB over REST: POST /v3/%s/volumes/%s/action {\"os-extend\": {\"new_size\": 2}}", g.project, vol.GetId())
-	code, err := rest(ctx, st.gateway, http.MethodPost, fmt.Sprintf("/v3/%s/volumes/%s/action", g.project, vol.GetId()),
+	code, err := rest(ctx, st, http.MethodPost, fmt.Sprintf("/v3/%s/volumes/%s/action", g.project, vol.GetId()),
 		map[string]any{"os-extend": map[string]any{"new_size": 2}}, nil)
 	if err != nil || code != http.StatusAccepted {
 		return fmt.Errorf("REST extend: HTTP %d: %v", code, err)
@@ -77,7 +77,7 @@ func runDemo(ctx context.Context, g *globals, st *stack) error {
 	if _, err := vc.DetachVolume(ctx, &volumev1.DetachVolumeRequest{ProjectId: g.project, AttachmentId: at.GetAttachment().GetId()}); err != nil {
 		return err
 	}
-	if code, err := rest(ctx, st.gateway, http.MethodDelete, fmt.Sprintf("/v3/%s/volumes/%s", g.project, vol.GetId()), nil, nil); err != nil || code != http.StatusAccepted {
+	if code, err := rest(ctx, st, http.MethodDelete, fmt.Sprintf("/v3/%s/volumes/%s", g.project, vol.GetId()), nil, nil); err != nil || code != http.StatusAccepted {
 		return fmt.Errorf("REST delete: HTTP %d: %v", code, err)
 	}
 	fmt.Fprintln(stdout, "  deleted.")
@@ -86,7 +86,7 @@ func runDemo(ctx context.Context, g *globals, st *stack) error {
 }
 
 // rest makes a JSON request to the gateway and decodes the answer into out.
-func rest(ctx context.Context, gateway, method, path string, body, out any) (int, error) {
+func rest(ctx context.Context, st *stack, method, path string, body, out any) (int, error) {
 	var rd io.Reader
 	if body != nil {
 		b, err := json.Marshal(body)
@@ -95,11 +95,12 @@ func rest(ctx context.Context, gateway, method, path string, body, out any) (int
 		}
 		rd = bytes.NewReader(b)
 	}
-	req, err := http.NewRequestWithContext(ctx, method, "http://"+gateway+path, rd)
+	req, err := http.NewRequestWithContext(ctx, method, "http://"+st.gateway+path, rd)
 	if err != nil {
 		return 0, err
 	}
 	req.Header.Set("Content-Type", "application/json")
+	req.Header.Set("X-Auth-Token", st.token)
 	resp, err := http.DefaultClient.Do(req)
 	if err != nil {
 		return 0, err

@@ -2,6 +2,8 @@ package main
 
 import (
 	"context"
+	"crypto/rand"
+	"encoding/hex"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +14,7 @@ import (
 	"strings"
 	"time"
 
+	"github.com/blockvault/blockvault/pkg/auth"
 	"github.com/spf13/cobra"
 	"google.golang.org/grpc"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -22,6 +25,8 @@ type stack struct {
 	dir     string
 	procs   []*exec.Cmd
 	gateway string
+	// token is a member token of the demo project.
+	token string
 }
 
 func quickstartCmd(g *globals) *cobra.Command {
@@ -50,6 +55,10 @@ func quickstartCmd(g *globals) *cobra.Command {
 			}
 			fmt.Fprintf(stdout, "\nThe daemons keep running (gRPC %s and %s, REST http://%s); press Ctrl-C to stop them.\n",
 				g.volumeManager, g.backupService, st.gateway)
+			tokenFile := filepath.Join(st.dir, g.project+".token")
+			fmt.Fprintf(stdout, "They check tokens; a member token of project %q is in %s:\n", g.project, tokenFile)
+			fmt.Fprintf(stdout, "  export BLOCKVAULT_TOKEN=$(cat %s)   # for the blockvault CLI\n", tokenFile)
+			fmt.Fprintf(stdout, "  curl -H \"X-Auth-Token: $BLOCKVAULT_TOKEN\" http://%s/v3/%s/volumes\n", st.gateway, g.project)
 			<-ctx.Done()
 			return nil
 		},
@@ -75,12 +84,35 @@ func startStack(ctx context.Context, g *globals, dataDir, gateway string) (*stac
 		return nil, err
 	}
 	st := &stack{dir: dir, gateway: gateway}
+	// Authentication stays on: the daemons check tokens signed with a key
+	// made here once, and the demonstration uses a member token of its
+	// project, saved for the user in <data-dir>/<project>.token.
+	keyFile := filepath.Join(dir, "auth-signing.key")
+	if _, err := os.Stat(keyFile); errors.Is(err, os.ErrNotExist) {
+		key := make([]byte, 32)
+		rand.Read(key)
+		if err := os.WriteFile(keyFile, []byte(hex.EncodeToString(key)+"\n"), 0o600); err != nil {
+			return nil, err
+		}
+	}
+	key, err := auth.ReadKey(keyFile)
+	if err != nil {
+		return nil, err
+	}
+	st.token = auth.Mint(key, auth.Identity{Project: g.project, Roles: []string{auth.RoleMember}, User: "quickstart"})
+	if err := os.WriteFile(filepath.Join(dir, g.project+".token"), []byte(st.token+"\n"), 0o600); err != nil {
+		return nil, err
+	}
+	if g.token == "" {
+		g.token = st.token
+	}
+	authArgs := []string{"--auth", "token", "--auth-signing-key-file", keyFile}
 	daemons := []struct {
 		name string
 		args []string
 	}{
-		{"volume-manager", []string{"--listen", g.volumeManager, "--data-dir", filepath.Join(dir, "volume-manager"), "--node-id", "quickstart"}},
-		{"backup-service", []string{"--listen", g.backupService, "--volume-manager", g.volumeManager, "--data-dir", filepath.Join(dir, "backup-service"), "--node-id", "quickstart"}},
+		{"volume-manager", append([]string{"--listen", g.volumeManager, "--data-dir", filepath.Join(dir, "volume-manager"), "--node-id", "quickstart"}, authArgs...)},
+		{"backup-service", append([]string{"--listen", g.backupService, "--volume-manager", g.volumeManager, "--data-dir", filepath.Join(dir, "backup-service"), "--node-id", "quickstart"}, authArgs...)},
 		{"api-gateway", []string{"--listen", gateway, "--volume-manager", g.volumeManager, "--backup-service", g.backupService}},
 	}
 	fmt.Fprintf(stdout, "Starting the daemons (data in %s):\n", dir)

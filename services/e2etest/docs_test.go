@@ -67,7 +67,7 @@ func TestDocsExamples(t *testing.T) {
 		ran++
 		t.Run(filepath.Base(doc), func(t *testing.T) {
 			repo := filepath.Join(t.TempDir(), "repository")
-			s := Start(t, Options{RepositoryDir: repo})
+			s := Start(t, Options{RepositoryDir: repo, Tokens: true})
 			work := t.TempDir()
 			// Each block is announced on stderr so a failure shows where.
 			var script strings.Builder
@@ -83,7 +83,8 @@ func TestDocsExamples(t *testing.T) {
 				"PATH="+Binaries(t)+string(os.PathListSeparator)+os.Getenv("PATH"),
 				"GW=http://"+s.Gateway.Addr, "VM="+s.VolumeManager.Addr, "BS="+s.Backup.Addr,
 				"VM_HTTP="+s.MetricsAddr, "BS_HTTP="+s.BackupMetrics,
-				"REPO="+repo, "SPARE="+FreeAddr(t))
+				"REPO="+repo, "SPARE="+FreeAddr(t),
+				"TOKEN="+s.Token("demo", "member"), "ADMIN_TOKEN="+s.Token("admin", "admin"), "SIGNING_KEY="+s.SigningKeyFile)
 			out, err := cmd.CombinedOutput()
 			if err != nil {
 				t.Fatalf("%s: the examples failed (%v); output:\n%s", filepath.Base(doc), err, tail(string(out), 80))

@@ -166,9 +166,11 @@ type Stack struct {
 	Volumes                    volumev1.VolumeManagerServiceClient
 	Backups                    backupv1.BackupServiceClient
 	conns                      []*grpc.ClientConn
-	// SigningKey signs tokens when Options.Tokens is set.
-	SigningKey  []byte
-	clientToken string
+	// SigningKey signs tokens when Options.Tokens is set; SigningKeyFile
+	// holds it.
+	SigningKey     []byte
+	SigningKeyFile string
+	clientToken    string
 }
 
 // Token mints a token for project with roles (Options.Tokens stacks).
@@ -231,6 +233,7 @@ func Start(t testing.TB, o Options) *Stack {
 	if o.Tokens {
 		s.SigningKey = []byte(strings.Repeat("k", 16) + requestidLike(t))
 		keyFile := filepath.Join(dir, "signing.key")
+		s.SigningKeyFile = keyFile
 		if err := os.WriteFile(keyFile, s.SigningKey, 0o600); err != nil {
 			t.Fatal(err)
 		}
