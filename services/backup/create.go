@@ -4,12 +4,14 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/lifecycle"
 	"github.com/blockvault/blockvault/pkg/metrics"
+	"github.com/blockvault/blockvault/pkg/quota"
 	"github.com/blockvault/blockvault/pkg/repository"
 	"github.com/blockvault/blockvault/pkg/requestid"
 	"github.com/blockvault/blockvault/pkg/rpcerr"
@@ -85,6 +87,30 @@ func (s *Server) CreateBackup(ctx context.Context, req *backupv1.CreateBackupReq
 		parent = p
 	}
 
+	// Quotas: checked before anything changes, and held until the backup's
+	// row is in, so two requests cannot both take the last unit.
+	unlock := func() {}
+	if q := s.cfg.Quotas; q != nil {
+		gv, err := s.volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{ProjectId: req.GetProjectId(), VolumeId: in.GetVolumeId()})
+		if err != nil {
+			return nil, err
+		}
+		var once sync.Once
+		release := q.Lock(req.GetProjectId())
+		unlock = func() { once.Do(release) }
+		defer unlock()
+		n, bytes, err := s.db.ProjectUsage(ctx, req.GetProjectId())
+		if err != nil {
+			return nil, err
+		}
+		if err := q.CheckCount(req.GetProjectId(), quota.Backups, n); err != nil {
+			return nil, err
+		}
+		if err := q.CheckGigabytes(req.GetProjectId(), quota.BackupGigabytes, quota.GiB(bytes), quota.GiB(gv.GetVolume().GetSizeBytes())); err != nil {
+			return nil, err
+		}
+	}
+
 	// The status swap: the volume manager moves the volume (or snapshot)
 	// to backing-up in one conditional update, or says why not.
 	begin, err := s.volumes.BeginBackup(ctx, &volumev1.BeginBackupRequest{ProjectId: req.GetProjectId(),
@@ -104,7 +130,9 @@ func (s *Server) CreateBackup(ctx context.Context, req *backupv1.CreateBackupReq
 	if parent != nil {
 		b.ParentID = parent.ID
 	}
-	if err := s.db.Create(ctx, b); err != nil {
+	err = s.db.Create(ctx, b)
+	unlock()
+	if err != nil {
 		s.endBackup(context.WithoutCancel(ctx), b)
 		return nil, err
 	}

@@ -18,6 +18,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/daemon"
 	"github.com/blockvault/blockvault/pkg/engine"
 	"github.com/blockvault/blockvault/pkg/metrics"
+	"github.com/blockvault/blockvault/pkg/quota"
 	"github.com/blockvault/blockvault/pkg/repository"
 	"github.com/blockvault/blockvault/pkg/repository/posix"
 	"github.com/blockvault/blockvault/pkg/repository/s3"
@@ -62,6 +63,8 @@ type DaemonConfig struct {
 	HTTPListen string
 	// Auth is how callers are authenticated.
 	Auth auth.Config
+	// Quota is the per-project limits of backups and backup gigabytes.
+	Quota quota.Config
 	// ServiceTokenFile holds the token (service role) this daemon sends to
 	// the volume manager; with a signing key it can mint its own instead.
 	ServiceTokenFile string
@@ -71,7 +74,8 @@ type DaemonConfig struct {
 func DefaultDaemonConfig() DaemonConfig {
 	host, _ := os.Hostname()
 	return DaemonConfig{Listen: "127.0.0.1:7200", VolumeManager: "127.0.0.1:7100", DataDir: "data/backup-service", NodeID: host,
-		MaxConcurrent: 4, Container: DefaultContainer, HTTPListen: "127.0.0.1:7201", Auth: auth.Config{Mode: auth.ModeToken}}
+		MaxConcurrent: 4, Container: DefaultContainer, HTTPListen: "127.0.0.1:7201", Auth: auth.Config{Mode: auth.ModeToken},
+		Quota: quota.Config{Defaults: quota.DefaultLimits()}}
 }
 
 // Validate checks the configuration.
@@ -148,8 +152,12 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	}
 	repo := eng.Repository()
 
+	quotas, err := quota.New(cfg.Quota)
+	if err != nil {
+		return err
+	}
 	srv := New(Config{NodeID: cfg.NodeID, LocalReads: !cfg.NoLocalReads, Strategy: cfg.Strategy, MaxConcurrent: cfg.MaxConcurrent,
-		Container: cfg.Container}, bdb, volumev1.NewVolumeManagerServiceClient(conn), EngineAdapter{E: eng}, log)
+		Container: cfg.Container, Quotas: quotas}, bdb, volumev1.NewVolumeManagerServiceClient(conn), EngineAdapter{E: eng}, log)
 	defer srv.Close()
 	if err := srv.Recover(ctx); err != nil {
 		// Recovery is retried at the next start; new work is still accepted.

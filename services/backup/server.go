@@ -15,6 +15,7 @@ import (
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/auth"
+	"github.com/blockvault/blockvault/pkg/quota"
 	"github.com/blockvault/blockvault/pkg/rpcerr"
 	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/store/backupdb"
@@ -37,6 +38,9 @@ type Config struct {
 	MaxConcurrent int
 	// Container is the default repository container.
 	Container string
+	// Quotas limits each project's backups and backup gigabytes (nil: no
+	// limits).
+	Quotas *quota.Quotas
 	// CleanupTimeout bounds the retries of cleanup steps while the volume
 	// manager is unreachable (default 2 minutes).
 	CleanupTimeout time.Duration

@@ -230,6 +230,9 @@ func Start(t testing.TB, o Options) *Stack {
 	if o.RepositoryDir != "" {
 		bsArgs = append(bsArgs, "--repository", o.RepositoryDir)
 	}
+	// No quotas unless a test gives its own (its flags come later and win).
+	vmArgs = append(vmArgs, "--quota-volumes", "-1", "--quota-gigabytes", "-1", "--quota-snapshots", "-1")
+	bsArgs = append(bsArgs, "--quota-backups", "-1", "--quota-backup-gigabytes", "-1")
 	if o.Tokens {
 		s.SigningKey = []byte(strings.Repeat("k", 16) + requestidLike(t))
 		keyFile := filepath.Join(dir, "signing.key")

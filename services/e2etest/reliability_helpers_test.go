@@ -21,6 +21,7 @@ import (
 	"sort"
 	"strconv"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -226,10 +227,10 @@ func relWaitVolume(t *testing.T, s *Stack, id, status string, timeout time.Durat
 	}
 }
 
-// restored restores a backup into a new volume, checks the backup is
+// relRestored restores a backup into a new volume, checks the backup is
 // available again and the volume available, and attaches the volume
-// read-only; it is detached at cleanup.
-func relRestored(t *testing.T, s *Stack, backupID string) *nbd.Client {
+// read-only; done closes and detaches it (also run at cleanup).
+func relRestored(t *testing.T, s *Stack, backupID string) (dev *nbd.Client, done func()) {
 	t.Helper()
 	ctx := context.Background()
 	rr, err := s.Backups.RestoreBackup(ctx, &backupv1.RestoreBackupRequest{ProjectId: project, BackupId: backupID, Restore: &backupv1.RestoreInput{}})
@@ -248,10 +249,35 @@ func relRestored(t *testing.T, s *Stack, backupID string) *nbd.Client {
 	if err != nil {
 		t.Fatal(err)
 	}
+	dev = dialExport(t, ar.GetAttachment().GetConnectionInfo())
+	var once sync.Once
+	done = func() {
+		once.Do(func() {
+			dev.Close()
+			s.Volumes.DetachVolume(context.Background(), &volumev1.DetachVolumeRequest{ProjectId: project, AttachmentId: ar.GetAttachment().GetId()})
+		})
+	}
+	t.Cleanup(done)
+	return dev, done
+}
+
+// relLogOnFailure logs, if the test fails, the daemons' log lines other
+// than the per-call debug lines (which crowd the harness's tail out).
+func relLogOnFailure(t *testing.T, s *Stack) {
 	t.Cleanup(func() {
-		s.Volumes.DetachVolume(context.Background(), &volumev1.DetachVolumeRequest{ProjectId: project, AttachmentId: ar.GetAttachment().GetId()})
+		if !t.Failed() {
+			return
+		}
+		for _, d := range []*Daemon{s.VolumeManager, s.Backup} {
+			var keep []string
+			for _, line := range strings.Split(d.Logs(), "\n") {
+				if line != "" && !strings.Contains(line, "msg=rpc ") {
+					keep = append(keep, line)
+				}
+			}
+			t.Logf("---- %s log without the rpc lines ----\n%s", d.Name, tail(strings.Join(keep, "\n"), 80))
+		}
 	})
-	return dialExport(t, ar.GetAttachment().GetConnectionInfo())
 }
 
 // verified runs VerifyBackup and fails unless it is ok with chunks checked.

@@ -15,6 +15,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/daemon"
 	"github.com/blockvault/blockvault/pkg/metrics"
 	"github.com/blockvault/blockvault/pkg/nbd"
+	"github.com/blockvault/blockvault/pkg/quota"
 	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/store/volumedb"
 	"github.com/blockvault/blockvault/pkg/volume/file"
@@ -46,13 +47,16 @@ type DaemonConfig struct {
 	HTTPListen string
 	// Auth is how callers are authenticated.
 	Auth auth.Config
+	// Quota is the per-project limits of volumes, gigabytes and snapshots.
+	Quota quota.Config
 }
 
 // DefaultDaemonConfig returns the embedded defaults.
 func DefaultDaemonConfig() DaemonConfig {
 	host, _ := os.Hostname()
 	return DaemonConfig{Listen: "127.0.0.1:7100", NBDListen: "127.0.0.1:10809", DataDir: "data/volume-manager",
-		NodeID: host, FileMode: "auto", HTTPListen: "127.0.0.1:7101", Auth: auth.Config{Mode: auth.ModeToken}}
+		NodeID: host, FileMode: "auto", HTTPListen: "127.0.0.1:7101", Auth: auth.Config{Mode: auth.ModeToken},
+		Quota: quota.Config{Defaults: quota.DefaultLimits()}}
 }
 
 // Validate checks the configuration.
@@ -134,7 +138,11 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	port, _ := strconv.Atoi(portStr)
 	nbdSrv := nbd.NewServer(nbd.ServerOptions{Logger: log})
 
-	srv := New(Config{NodeID: cfg.NodeID, ExportHost: host, ExportPort: port}, vdb, driver, nbdSrv, log)
+	quotas, err := quota.New(cfg.Quota)
+	if err != nil {
+		return err
+	}
+	srv := New(Config{NodeID: cfg.NodeID, ExportHost: host, ExportPort: port, Quotas: quotas}, vdb, driver, nbdSrv, log)
 	if err := srv.Restore(ctx); err != nil {
 		return err
 	}

@@ -14,6 +14,7 @@ import (
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/blockdev"
 	"github.com/blockvault/blockvault/pkg/metrics"
+	"github.com/blockvault/blockvault/pkg/quota"
 	"github.com/blockvault/blockvault/pkg/store/volumedb"
 	"github.com/blockvault/blockvault/pkg/volume"
 )
@@ -33,6 +34,9 @@ type Config struct {
 	ExportPort int
 	// ExportTLS says exports require TLS.
 	ExportTLS bool
+	// Quotas limits each project's volumes, gigabytes and snapshots (nil:
+	// no limits).
+	Quotas *quota.Quotas
 }
 
 // Server implements VolumeManagerService.
@@ -56,6 +60,33 @@ func New(cfg Config, db *volumedb.Store, driver volume.Driver, exporter Exporter
 		log = slog.New(slog.DiscardHandler)
 	}
 	return &Server{cfg: cfg, db: db, driver: driver, exporter: exporter, log: log, devices: map[string]blockdev.Device{}}
+}
+
+// checkQuota refuses a new volume (volumes = 1) or snapshot (snapshots = 1)
+// of project adding gib gigabytes when it would pass the project's quota.
+// It returns with the project's quota lock held; call the func to release
+// it once the new row is in (or the request failed).
+func (s *Server) checkQuota(ctx context.Context, project string, volumes, snapshots, gib int64) (func(), error) {
+	q := s.cfg.Quotas
+	if q == nil {
+		return func() {}, nil
+	}
+	unlock := q.Lock(project)
+	u, err := s.db.ProjectUsage(ctx, project)
+	if err == nil && volumes > 0 {
+		err = q.CheckCount(project, quota.Volumes, u.Volumes)
+	}
+	if err == nil && snapshots > 0 {
+		err = q.CheckCount(project, quota.Snapshots, u.Snapshots)
+	}
+	if err == nil {
+		err = q.CheckGigabytes(project, quota.Gigabytes, quota.GiB(u.VolumeBytes+u.SnapshotBytes), gib)
+	}
+	if err != nil {
+		unlock()
+		return nil, err
+	}
+	return unlock, nil
 }
 
 // Restore publishes again every export recorded in the database (after a

@@ -7,6 +7,7 @@ import (
 
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/lifecycle"
+	"github.com/blockvault/blockvault/pkg/quota"
 	"github.com/blockvault/blockvault/pkg/rpcerr"
 	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/store/volumedb"
@@ -63,7 +64,15 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *volumev1.CreateSnapsho
 	sn := &volumedb.Snapshot{ID: id, ProjectID: v.ProjectID, VolumeID: v.ID, Name: in.GetName(),
 		Description: in.GetDescription(), SizeBytes: v.SizeBytes, Status: lifecycle.SnapshotCreating,
 		Temporary: in.GetTemporary(), Metadata: store.EncodeMap(in.GetMetadata())}
-	if err := s.db.CreateSnapshot(ctx, sn); err != nil {
+	unlock := func() {}
+	if !sn.Temporary {
+		if unlock, err = s.checkQuota(ctx, sn.ProjectID, 0, 1, quota.GiB(sn.SizeBytes)); err != nil {
+			return nil, err
+		}
+	}
+	err = s.db.CreateSnapshot(ctx, sn)
+	unlock()
+	if err != nil {
 		return nil, err
 	}
 	if err := snapper.CreateSnapshot(ctx, v.ID, sn.ID); err != nil {

@@ -9,6 +9,7 @@ import (
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/auth"
 	"github.com/blockvault/blockvault/pkg/lifecycle"
+	"github.com/blockvault/blockvault/pkg/quota"
 	"github.com/blockvault/blockvault/pkg/rpcerr"
 	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/store/volumedb"
@@ -133,7 +134,15 @@ func (s *Server) CreateVolume(ctx context.Context, req *volumev1.CreateVolumeReq
 		VolumeType: in.GetVolumeType(), Multiattach: in.GetMultiattach(), Temporary: in.GetTemporary(),
 		Metadata: store.EncodeMap(in.GetMetadata()), SnapshotID: in.GetSnapshotId(), SourceVolID: in.GetSourceVolid(),
 	}
-	if err := s.db.CreateVolume(ctx, v); err != nil {
+	unlock := func() {}
+	if !v.Temporary {
+		if unlock, err = s.checkQuota(ctx, v.ProjectID, 1, 0, quota.GiB(size)); err != nil {
+			return nil, err
+		}
+	}
+	err = s.db.CreateVolume(ctx, v)
+	unlock()
+	if err != nil {
 		return nil, err
 	}
 	switch {
@@ -298,6 +307,14 @@ func (s *Server) ExtendVolume(ctx context.Context, req *volumev1.ExtendVolumeReq
 	}
 	if size <= v.SizeBytes {
 		return nil, rpcerr.Invalid("new size %d bytes must be larger than the current %d bytes", size, v.SizeBytes)
+	}
+	if !v.Temporary {
+		// The quota lock is held until the new size is recorded.
+		unlock, err := s.checkQuota(ctx, v.ProjectID, 0, 0, quota.GiB(size)-quota.GiB(v.SizeBytes))
+		if err != nil {
+			return nil, err
+		}
+		defer unlock()
 	}
 	if cur, err := s.db.TransitionVolume(ctx, v.ID, nil, lifecycle.VolumeExtending, nil); err != nil {
 		if errors.Is(err, store.ErrConflict) {

@@ -199,3 +199,11 @@ func (s *Store) LatestAvailable(ctx context.Context, project, volumeID string) (
 	}
 	return &b, nil
 }
+
+// ProjectUsage counts project's backups and their sizes.
+func (s *Store) ProjectUsage(ctx context.Context, project string) (count, bytes int64, err error) {
+	var row struct{ N, B int64 }
+	err = s.db.WithContext(ctx).Model(&Backup{}).Select("COUNT(*) AS n, COALESCE(SUM(size_bytes), 0) AS b").
+		Where("project_id = ?", project).Scan(&row).Error
+	return row.N, row.B, store.Translate(err, "backup usage")
+}

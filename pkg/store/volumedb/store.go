@@ -277,3 +277,27 @@ func (s *Store) SnapshotExport(ctx context.Context, snapshotID string) (*Export,
 
 // IsNotFound reports whether err is the store's not-found.
 func IsNotFound(err error) bool { return errors.Is(err, store.ErrNotFound) }
+
+// Usage is what a project holds, temporary volumes and snapshots (the
+// backup service's) left out.
+type Usage struct {
+	Volumes, VolumeBytes, Snapshots, SnapshotBytes int64
+}
+
+// ProjectUsage counts project's volumes and snapshots and their sizes.
+func (s *Store) ProjectUsage(ctx context.Context, project string) (Usage, error) {
+	var u Usage
+	var row struct{ N, B int64 }
+	if err := s.db.WithContext(ctx).Model(&Volume{}).Select("COUNT(*) AS n, COALESCE(SUM(size_bytes), 0) AS b").
+		Where("project_id = ? AND temporary = ?", project, false).Scan(&row).Error; err != nil {
+		return u, store.Translate(err, "volume usage")
+	}
+	u.Volumes, u.VolumeBytes = row.N, row.B
+	row.N, row.B = 0, 0
+	if err := s.db.WithContext(ctx).Model(&Snapshot{}).Select("COUNT(*) AS n, COALESCE(SUM(size_bytes), 0) AS b").
+		Where("project_id = ? AND temporary = ?", project, false).Scan(&row).Error; err != nil {
+		return u, store.Translate(err, "snapshot usage")
+	}
+	u.Snapshots, u.SnapshotBytes = row.N, row.B
+	return u, nil
+}

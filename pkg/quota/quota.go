@@ -1,0 +1,170 @@
+// Package quota holds per-project limits (volumes, gigabytes, snapshots,
+// backups, backup gigabytes) and checks requests against them. Usage is not
+// kept in counters that could drift: each check counts what the project's
+// rows hold now, under a per-project lock so two requests cannot both take
+// the last unit.
+package quota
+
+import (
+	"bufio"
+	"flag"
+	"fmt"
+	"os"
+	"strconv"
+	"strings"
+	"sync"
+
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
+)
+
+// The resources with quotas.
+const (
+	Volumes         = "volumes"
+	Gigabytes       = "gigabytes"
+	Snapshots       = "snapshots"
+	Backups         = "backups"
+	BackupGigabytes = "backup_gigabytes"
+)
+
+// Unlimited is a limit that never refuses.
+const Unlimited = -1
+
+// Limits maps a resource to its limit.
+type Limits map[string]int64
+
+// Config is the defaults and the per-project overrides file.
+type Config struct {
+	Defaults Limits
+	// File holds "project resource=limit ..." lines.
+	File string
+}
+
+// DefaultLimits are the Block Storage API's usual defaults.
+func DefaultLimits() Limits {
+	return Limits{Volumes: 10, Gigabytes: 1000, Snapshots: 10, Backups: 10, BackupGigabytes: 1000}
+}
+
+// Flags registers the default limits of resources on fs, and the file.
+func Flags(fs *flag.FlagSet, c *Config, resources ...string) {
+	for _, r := range resources {
+		fs.Var(limitFlag{c.Defaults, r}, "quota-"+strings.ReplaceAll(r, "_", "-"),
+			fmt.Sprintf("default per-project limit of %s (-1: none)", r))
+	}
+	fs.StringVar(&c.File, "quota-file", c.File, "per-project limits: lines of \"project resource=limit ...\"")
+}
+
+type limitFlag struct {
+	l Limits
+	r string
+}
+
+func (f limitFlag) String() string {
+	if f.l == nil {
+		return ""
+	}
+	return strconv.FormatInt(f.l[f.r], 10)
+}
+
+func (f limitFlag) Set(s string) error {
+	n, err := strconv.ParseInt(s, 10, 64)
+	if err != nil || n < Unlimited {
+		return fmt.Errorf("want a number of at least -1")
+	}
+	f.l[f.r] = n
+	return nil
+}
+
+// Quotas answers limits and serializes checks per project.
+type Quotas struct {
+	defaults  Limits
+	overrides map[string]Limits
+
+	mu    sync.Mutex
+	locks map[string]*sync.Mutex
+}
+
+// New reads cfg's file (if any).
+func New(cfg Config) (*Quotas, error) {
+	q := &Quotas{defaults: cfg.Defaults, overrides: map[string]Limits{}, locks: map[string]*sync.Mutex{}}
+	if q.defaults == nil {
+		q.defaults = DefaultLimits()
+	}
+	if cfg.File == "" {
+		return q, nil
+	}
+	f, err := os.Open(cfg.File)
+	if err != nil {
+		return nil, fmt.Errorf("quota file: %w", err)
+	}
+	defer f.Close()
+	sc := bufio.NewScanner(f)
+	for n := 1; sc.Scan(); n++ {
+		fs := strings.Fields(sc.Text())
+		if len(fs) == 0 || strings.HasPrefix(fs[0], "#") {
+			continue
+		}
+		l := Limits{}
+		for _, kv := range fs[1:] {
+			k, v, ok := strings.Cut(kv, "=")
+			num, err := strconv.ParseInt(v, 10, 64)
+			if _, known := DefaultLimits()[k]; !ok || !known || err != nil || num < Unlimited {
+				return nil, fmt.Errorf("quota file %s line %d: %q: want resource=limit with a resource of %s", cfg.File, n, kv, strings.Join([]string{Volumes, Gigabytes, Snapshots, Backups, BackupGigabytes}, ", "))
+			}
+			l[k] = num
+		}
+		q.overrides[fs[0]] = l
+	}
+	return q, sc.Err()
+}
+
+// Limit is project's limit of resource.
+func (q *Quotas) Limit(project, resource string) int64 {
+	if l, ok := q.overrides[project][resource]; ok {
+		return l
+	}
+	if l, ok := q.defaults[resource]; ok {
+		return l
+	}
+	return Unlimited
+}
+
+// Lock serializes the checks of project until the returned func runs.
+func (q *Quotas) Lock(project string) func() {
+	q.mu.Lock()
+	m := q.locks[project]
+	if m == nil {
+		m = &sync.Mutex{}
+		q.locks[project] = m
+	}
+	q.mu.Unlock()
+	m.Lock()
+	return m.Unlock
+}
+
+// CheckCount refuses one more of resource (a count) when used already
+// reaches the limit.
+func (q *Quotas) CheckCount(project, resource string, used int64) error {
+	limit := q.Limit(project, resource)
+	if limit == Unlimited || used+1 <= limit {
+		return nil
+	}
+	what := map[string]string{Volumes: "VolumeLimitExceeded", Snapshots: "SnapshotLimitExceeded", Backups: "BackupLimitExceeded"}[resource]
+	return status.Errorf(codes.ResourceExhausted, "%s: Maximum number of %s allowed (%d) exceeded for quota '%s'.", what, resource, limit, resource)
+}
+
+// CheckGigabytes refuses requested more GiB of resource when used + requested
+// passes the limit.
+func (q *Quotas) CheckGigabytes(project, resource string, used, requested int64) error {
+	limit := q.Limit(project, resource)
+	if limit == Unlimited || used+requested <= limit {
+		return nil
+	}
+	if resource == BackupGigabytes {
+		return status.Errorf(codes.ResourceExhausted, "Requested backup exceeds allowed Backup gigabytes quota. Requested %dG, quota is %dG and %dG has been consumed.", requested, limit, used)
+	}
+	return status.Errorf(codes.ResourceExhausted, "Requested volume or snapshot exceeds allowed %s quota. Requested %dG, quota is %dG and %dG has been consumed.", resource, requested, limit, used)
+}
+
+// GiB rounds bytes up to whole GiB.
+func GiB(bytes int64) int64 { return (bytes + 1<<30 - 1) >> 30 }
