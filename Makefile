@@ -4,7 +4,7 @@ SHELL := /bin/bash
 # Recipes that need the tools run with: PATH="$$(./.ci/tools.sh):$$PATH".
 TOOLS := PATH="$$(./.ci/tools.sh):$$PATH"
 
-.PHONY: all build deps generate lint test test-short quickstart clean bench
+.PHONY: all build deps generate lint test test-short fuzz quickstart clean bench
 
 all: build
 
@@ -26,9 +26,18 @@ lint:
 deps:
 	./.ci/deps.sh
 
-# The whole suite, against real PostgreSQL, NBD peers, XFS and S3 servers.
+# The whole suite, against real PostgreSQL, NBD peers, XFS and S3 servers,
+# then each fuzz target for a short while.
 test: deps build
 	$(TOOLS) go test -count=1 -timeout 20m ./...
+	$(MAKE) fuzz
+
+# The fuzz targets, FUZZTIME each (longer on demand: make fuzz FUZZTIME=10m).
+# New inputs that fail are written under testdata/fuzz; commit them.
+FUZZTIME ?= 15s
+fuzz:
+	go test -run '^$$' -fuzz '^FuzzServer$$' -fuzztime $(FUZZTIME) ./pkg/nbd/
+	go test -run '^$$' -fuzz '^FuzzRequestDecoding$$' -fuzztime $(FUZZTIME) ./services/gateway/
 
 test-short:
 	go test -count=1 -short ./...
