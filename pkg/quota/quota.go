@@ -104,7 +104,10 @@ func New(cfg Config) (*Quotas, error) {
 		if len(fs) == 0 || strings.HasPrefix(fs[0], "#") {
 			continue
 		}
-		l := Limits{}
+		l := q.overrides[fs[0]]
+		if l == nil {
+			l = Limits{}
+		}
 		for _, kv := range fs[1:] {
 			k, v, ok := strings.Cut(kv, "=")
 			num, err := strconv.ParseInt(v, 10, 64)

@@ -162,7 +162,7 @@ func TestVolumeBadInput(t *testing.T) {
 		{"name too long", "POST", "/v3/e2e/volumes", `{"volume": {"size": 1, "name": "` + strings.Repeat("n", 300) + `"}}`, 400, "badRequest"},
 		{"malformed uuid", "GET", "/v3/e2e/volumes/not-a-uuid", "", 400, "badRequest"},
 		{"unknown id", "GET", "/v3/e2e/volumes/6ba7b810-9dad-11d1-80b4-00c04fd430c8", "", 404, "itemNotFound"},
-		{"oversized body", "POST", "/v3/e2e/volumes", `{"volume": {"size": 1, "description": "` + strings.Repeat("x", 2<<20) + `"}}`, 413, "overLimit"},
+		{"oversized body", "POST", "/v3/e2e/volumes", `{"volume": {"size": 1, "description": "` + strings.Repeat("x", 2<<20) + `"}}`, 400, "badRequest"},
 	}
 	for _, tc := range restCases {
 		var body any

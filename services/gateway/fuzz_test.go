@@ -221,14 +221,15 @@ func FuzzRequestDecoding(f *testing.F) {
 	})
 }
 
-// TestOversizedBody: a body past the limit is 413 overLimit, not a 500.
+// TestOversizedBody: a body past the limit is 400 badRequest saying so,
+// not a 500.
 func TestOversizedBody(t *testing.T) {
 	h := newGateway(t)
 	big := `{"volume": {"size": 1, "name": "` + strings.Repeat("x", gateway.MaxBodyBytes) + `"}}`
 	req := httptest.NewRequest("POST", "/v3/p/volumes", bytes.NewReader([]byte(big)))
 	rec := httptest.NewRecorder()
 	h.ServeHTTP(rec, req)
-	if rec.Code != 413 || !strings.Contains(rec.Body.String(), `"overLimit"`) {
+	if rec.Code != 400 || !strings.Contains(rec.Body.String(), `"badRequest"`) || !strings.Contains(rec.Body.String(), "larger than the limit") {
 		t.Fatalf("oversized body: HTTP %d %s", rec.Code, rec.Body.String())
 	}
 }

@@ -111,7 +111,7 @@ func New(ctx context.Context, cfg Config) (http.Handler, error) {
 func limitBody(h http.Handler) http.Handler {
 	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
 		if r.ContentLength > MaxBodyBytes {
-			writeError(w, http.StatusRequestEntityTooLarge, fmt.Sprintf("request body of %d bytes is larger than the limit of %d bytes", r.ContentLength, MaxBodyBytes))
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("request body of %d bytes is larger than the limit of %d bytes", r.ContentLength, MaxBodyBytes))
 			return
 		}
 		r.Body = http.MaxBytesReader(w, r.Body, MaxBodyBytes)
@@ -198,7 +198,7 @@ func errorHandler(ctx context.Context, _ *runtime.ServeMux, _ runtime.Marshaler,
 	code := HTTPStatus(s.Code())
 	msg := s.Message()
 	if s.Code() == codes.InvalidArgument && strings.Contains(msg, "http: request body too large") {
-		code, msg = http.StatusRequestEntityTooLarge, fmt.Sprintf("request body is larger than the limit of %d bytes", MaxBodyBytes)
+		code, msg = http.StatusBadRequest, fmt.Sprintf("request body is larger than the limit of %d bytes", MaxBodyBytes)
 	}
 	if s.Code() == codes.Unavailable {
 		msg = "a backend service is unavailable: " + msg
