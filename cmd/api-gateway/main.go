@@ -13,9 +13,9 @@ import (
 
 	"github.com/blockvault/blockvault/pkg/config"
 	"github.com/blockvault/blockvault/pkg/daemon"
+	"github.com/blockvault/blockvault/pkg/mtls"
 	"github.com/blockvault/blockvault/services/gateway"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 )
 
 func main() {
@@ -34,6 +34,8 @@ func run() error {
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	version := fs.Bool("version", false, "print the version and exit")
+	var tlsFiles mtls.Files
+	mtls.Flags(fs, &tlsFiles)
 	if err := config.Parse(fs, os.Args[1:]); err != nil {
 		return err
 	}
@@ -48,11 +50,15 @@ func run() error {
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	defer stop()
 
+	creds, err := mtls.DialOption(tlsFiles)
+	if err != nil {
+		return err
+	}
 	dial := func(addr string) (*grpc.ClientConn, error) {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return nil, fmt.Errorf("address %q: %w", addr, err)
 		}
-		return grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+		return grpc.NewClient(addr, creds)
 	}
 	vc, err := dial(*volumes)
 	if err != nil {

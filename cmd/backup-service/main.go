@@ -13,6 +13,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/auth"
 	"github.com/blockvault/blockvault/pkg/config"
 	"github.com/blockvault/blockvault/pkg/daemon"
+	"github.com/blockvault/blockvault/pkg/mtls"
 	"github.com/blockvault/blockvault/pkg/quota"
 	"github.com/blockvault/blockvault/services/backup"
 )
@@ -44,6 +45,7 @@ func run() error {
 	fs.BoolVar(&cfg.NoLocalReads, "no-local-reads", cfg.NoLocalReads, "never read through local paths, even on the volume manager's node")
 	fs.StringVar(&cfg.HTTPListen, "http-listen", cfg.HTTPListen, "address of /metrics, /healthz and /readyz (empty: off)")
 	auth.Flags(fs, &cfg.Auth)
+	mtls.Flags(fs, &cfg.TLS)
 	quota.Flags(fs, &cfg.Quota, quota.Backups, quota.BackupGigabytes)
 	fs.StringVar(&cfg.ServiceTokenFile, "service-token-file", cfg.ServiceTokenFile, "file holding the token (service role) to call the volume manager with (default: minted with --auth-signing-key-file)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")

@@ -10,16 +10,24 @@ import (
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/auth"
+	"github.com/blockvault/blockvault/pkg/mtls"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
 )
 
+// tlsFiles are the CLI's mutual TLS files (from BLOCKVAULT_TLS_CERT,
+// BLOCKVAULT_TLS_KEY, BLOCKVAULT_TLS_CA or the --tls-* flags).
+var tlsFiles mtls.Files
+
 // dial connects to a daemon, sending the token (if any) with every call.
 func dial(addr, token string) (*grpc.ClientConn, error) {
 	unary, stream := auth.ClientInterceptors(token)
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	creds, err := mtls.DialOption(tlsFiles)
+	if err != nil {
+		return nil, usageError{err}
+	}
+	c, err := grpc.NewClient(addr, creds,
 		grpc.WithChainUnaryInterceptor(unary), grpc.WithChainStreamInterceptor(stream))
 	if err != nil {
 		return nil, fmt.Errorf("connect to %s: %w", addr, err)

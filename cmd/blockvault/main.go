@@ -97,6 +97,9 @@ func newRoot() *cobra.Command {
 	pf.StringVar(&g.project, "project", envOr("BLOCKVAULT_PROJECT", "demo"), "project id")
 	pf.StringVar(&g.token, "token", os.Getenv("BLOCKVAULT_TOKEN"), "auth token sent with every call (default: $BLOCKVAULT_TOKEN)")
 	pf.StringVarP(&g.output, "output", "o", "table", "output: table or json")
+	pf.StringVar(&tlsFiles.Cert, "tls-cert", os.Getenv("BLOCKVAULT_TLS_CERT"), "PEM client certificate, when the daemons require mutual TLS")
+	pf.StringVar(&tlsFiles.Key, "tls-key", os.Getenv("BLOCKVAULT_TLS_KEY"), "PEM private key of --tls-cert")
+	pf.StringVar(&tlsFiles.CA, "tls-ca", os.Getenv("BLOCKVAULT_TLS_CA"), "PEM CA certificate of the daemons")
 	root.AddCommand(volumeCmd(g), snapshotCmd(g), backupCmd(g), repositoryCmd(g), tokenCmd(g), quickstartCmd(g), healthCmd())
 	return root
 }

@@ -13,6 +13,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/auth"
 	"github.com/blockvault/blockvault/pkg/config"
 	"github.com/blockvault/blockvault/pkg/daemon"
+	"github.com/blockvault/blockvault/pkg/mtls"
 	"github.com/blockvault/blockvault/pkg/quota"
 	"github.com/blockvault/blockvault/services/volumemanager"
 )
@@ -38,6 +39,7 @@ func run() error {
 	fs.BoolVar(&cfg.DisableSnapshotExport, "disable-snapshot-export", cfg.DisableSnapshotExport, "refuse to attach snapshots (backups of in-use volumes then use a temporary clone)")
 	fs.StringVar(&cfg.HTTPListen, "http-listen", cfg.HTTPListen, "address of /metrics, /healthz and /readyz (empty: off)")
 	auth.Flags(fs, &cfg.Auth)
+	mtls.Flags(fs, &cfg.TLS)
 	quota.Flags(fs, &cfg.Quota, quota.Volumes, quota.Gigabytes, quota.Snapshots)
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", "text", "log format: text or json")

@@ -18,6 +18,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/daemon"
 	"github.com/blockvault/blockvault/pkg/engine"
 	"github.com/blockvault/blockvault/pkg/metrics"
+	"github.com/blockvault/blockvault/pkg/mtls"
 	"github.com/blockvault/blockvault/pkg/quota"
 	"github.com/blockvault/blockvault/pkg/repository"
 	"github.com/blockvault/blockvault/pkg/repository/posix"
@@ -26,7 +27,6 @@ import (
 	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/store/backupdb"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
@@ -65,6 +65,9 @@ type DaemonConfig struct {
 	Auth auth.Config
 	// Quota is the per-project limits of backups and backup gigabytes.
 	Quota quota.Config
+	// TLS is this daemon's certificate, key and CA, for its gRPC server and
+	// for its calls to the volume manager (mutual TLS; empty: plaintext).
+	TLS mtls.Files
 	// ServiceTokenFile holds the token (service role) this daemon sends to
 	// the volume manager; with a signing key it can mint its own instead.
 	ServiceTokenFile string
@@ -138,8 +141,15 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 		return err
 	}
 	tokenUnary, tokenStream := auth.ClientInterceptors(serviceToken)
-	conn, err := grpc.NewClient(cfg.VolumeManager,
-		grpc.WithTransportCredentials(insecure.NewCredentials()),
+	creds, err := mtls.DialOption(cfg.TLS)
+	if err != nil {
+		return err
+	}
+	tlsOpts, err := mtls.ServerOption(cfg.TLS)
+	if err != nil {
+		return err
+	}
+	conn, err := grpc.NewClient(cfg.VolumeManager, creds,
 		grpc.WithChainUnaryInterceptor(requestid.UnaryClientInterceptor(), tokenUnary),
 		grpc.WithChainStreamInterceptor(tokenStream))
 	if err != nil {
@@ -168,7 +178,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	gs := daemon.NewGRPCServer(log, daemon.Auth{Authenticator: authn})
+	gs := daemon.NewGRPCServer(log, daemon.Auth{Authenticator: authn}, tlsOpts...)
 	backupv1.RegisterBackupServiceServer(gs, srv)
 	gs.Health.SetServingStatus(backupv1.BackupService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	tasks := []daemon.Task{daemon.ServeGRPC(gs, ln)}

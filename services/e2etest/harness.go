@@ -26,6 +26,7 @@ import (
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/auth"
+	"github.com/blockvault/blockvault/pkg/mtls"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -149,6 +150,9 @@ type Options struct {
 	// Tokens turns authentication on: the daemons check signed tokens
 	// (Stack.Token mints them); otherwise they run with --auth noauth.
 	Tokens bool
+	// TLS gives the daemons and the gateway certificates of a CA made for
+	// the stack (Stack.TLS): gRPC between them is mutual TLS.
+	TLS bool
 }
 
 // Stack is the three daemons with their clients.
@@ -170,7 +174,10 @@ type Stack struct {
 	// holds it.
 	SigningKey     []byte
 	SigningKeyFile string
-	clientToken    string
+	// TLS is the PEM files every process of a TLS stack uses.
+	TLS         mtls.Files
+	dialOpt     grpc.DialOption
+	clientToken string
 }
 
 // Token mints a token for project with roles (Options.Tokens stacks).
@@ -230,6 +237,20 @@ func Start(t testing.TB, o Options) *Stack {
 	if o.RepositoryDir != "" {
 		bsArgs = append(bsArgs, "--repository", o.RepositoryDir)
 	}
+	s.dialOpt = grpc.WithTransportCredentials(insecure.NewCredentials())
+	var gwTLS []string
+	if o.TLS {
+		s.TLS = MakeCerts(t, filepath.Join(dir, "tls"))
+		tlsArgs := []string{"--tls-cert", s.TLS.Cert, "--tls-key", s.TLS.Key, "--tls-ca", s.TLS.CA}
+		vmArgs = append(vmArgs, tlsArgs...)
+		bsArgs = append(bsArgs, tlsArgs...)
+		gwTLS = tlsArgs
+		opt, err := mtls.DialOption(s.TLS)
+		if err != nil {
+			t.Fatal(err)
+		}
+		s.dialOpt = opt
+	}
 	// No quotas unless a test gives its own (its flags come later and win).
 	vmArgs = append(vmArgs, "--quota-volumes", "-1", "--quota-gigabytes", "-1", "--quota-snapshots", "-1")
 	bsArgs = append(bsArgs, "--quota-backups", "-1", "--quota-backup-gigabytes", "-1")
@@ -275,7 +296,7 @@ func Start(t testing.TB, o Options) *Stack {
 	s.WaitHealthy(s.Backup)
 	if !o.NoGateway {
 		gwAddr := FreeAddr(t)
-		s.Gateway = &Daemon{Name: "api-gateway", Args: []string{"--listen", gwAddr, "--volume-manager", vmAddr, "--backup-service", bsAddr},
+		s.Gateway = &Daemon{Name: "api-gateway", Args: append([]string{"--listen", gwAddr, "--volume-manager", vmAddr, "--backup-service", bsAddr}, gwTLS...),
 			Addr: gwAddr, Log: filepath.Join(dir, "api-gateway.log"), t: t}
 		s.Gateway.Start()
 		s.waitHTTP("http://" + gwAddr + "/healthz")
@@ -316,7 +337,7 @@ func tail(s string, n int) string {
 
 func (s *Stack) dial(addr string) *grpc.ClientConn {
 	unary, stream := auth.ClientInterceptors(s.clientToken)
-	c, err := grpc.NewClient(addr, grpc.WithTransportCredentials(insecure.NewCredentials()),
+	c, err := grpc.NewClient(addr, s.dialOpt,
 		grpc.WithChainUnaryInterceptor(unary), grpc.WithChainStreamInterceptor(stream))
 	if err != nil {
 		s.t.Fatal(err)
@@ -328,7 +349,7 @@ func (s *Stack) dial(addr string) *grpc.ClientConn {
 // WaitHealthy waits until d answers gRPC health checks (30 s at most).
 func (s *Stack) WaitHealthy(d *Daemon) {
 	s.t.Helper()
-	c, err := grpc.NewClient(d.Addr, grpc.WithTransportCredentials(insecure.NewCredentials()))
+	c, err := grpc.NewClient(d.Addr, s.dialOpt)
 	if err != nil {
 		s.t.Fatal(err)
 	}

@@ -361,3 +361,109 @@ func (l relLatencies) String() string {
 }
 
 func relMiB(n int64) string { return fmt.Sprintf("%.1f MiB", float64(n)/(1<<20)) }
+
+// ---- a TCP path that can stall ----------------------------------------------
+
+// relProxy forwards TCP connections to a target; while stalled it stops
+// moving bytes either way (connections stay open, senders block when the
+// windows fill), like a repository whose network path or server hangs.
+type relProxy struct {
+	ln      net.Listener
+	target  string
+	mu      sync.Mutex
+	cond    *sync.Cond
+	stalled bool
+	closed  bool
+	conns   []net.Conn
+	moved   int64 // bytes forwarded, under mu
+}
+
+func relStartProxy(t *testing.T, target string) *relProxy {
+	t.Helper()
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	p := &relProxy{ln: ln, target: target}
+	p.cond = sync.NewCond(&p.mu)
+	go p.accept()
+	t.Cleanup(p.close)
+	return p
+}
+
+func (p *relProxy) addr() string { return p.ln.Addr().String() }
+
+// stall stops (true) or resumes (false) the traffic.
+func (p *relProxy) stall(on bool) {
+	p.mu.Lock()
+	p.stalled = on
+	p.mu.Unlock()
+	p.cond.Broadcast()
+}
+
+// bytesMoved is the number of bytes forwarded so far, both ways.
+func (p *relProxy) bytesMoved() int64 {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.moved
+}
+
+func (p *relProxy) close() {
+	p.mu.Lock()
+	p.closed, p.stalled = true, false
+	conns := p.conns
+	p.mu.Unlock()
+	p.cond.Broadcast()
+	p.ln.Close()
+	for _, c := range conns {
+		c.Close()
+	}
+}
+
+func (p *relProxy) accept() {
+	for {
+		c, err := p.ln.Accept()
+		if err != nil {
+			return
+		}
+		u, err := net.Dial("tcp", p.target)
+		if err != nil {
+			c.Close()
+			continue
+		}
+		p.mu.Lock()
+		if p.closed {
+			p.mu.Unlock()
+			c.Close()
+			u.Close()
+			return
+		}
+		p.conns = append(p.conns, c, u)
+		p.mu.Unlock()
+		go p.pipe(u, c)
+		go p.pipe(c, u)
+	}
+}
+
+func (p *relProxy) pipe(dst, src net.Conn) {
+	defer dst.Close()
+	defer src.Close()
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := src.Read(buf)
+		if n > 0 {
+			p.mu.Lock()
+			for p.stalled && !p.closed {
+				p.cond.Wait()
+			}
+			p.moved += int64(n)
+			p.mu.Unlock()
+			if _, werr := dst.Write(buf[:n]); werr != nil {
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}

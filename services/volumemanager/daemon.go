@@ -14,6 +14,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/auth"
 	"github.com/blockvault/blockvault/pkg/daemon"
 	"github.com/blockvault/blockvault/pkg/metrics"
+	"github.com/blockvault/blockvault/pkg/mtls"
 	"github.com/blockvault/blockvault/pkg/nbd"
 	"github.com/blockvault/blockvault/pkg/quota"
 	"github.com/blockvault/blockvault/pkg/store"
@@ -49,6 +50,9 @@ type DaemonConfig struct {
 	Auth auth.Config
 	// Quota is the per-project limits of volumes, gigabytes and snapshots.
 	Quota quota.Config
+	// TLS is the gRPC server's certificate, key and CA (mutual TLS; empty:
+	// plaintext).
+	TLS mtls.Files
 }
 
 // DefaultDaemonConfig returns the embedded defaults.
@@ -153,7 +157,13 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 		nbdLn.Close()
 		return err
 	}
-	gs := daemon.NewGRPCServer(log, daemon.Auth{Authenticator: authn, Internal: InternalMethods})
+	tlsOpts, err := mtls.ServerOption(cfg.TLS)
+	if err != nil {
+		ln.Close()
+		nbdLn.Close()
+		return err
+	}
+	gs := daemon.NewGRPCServer(log, daemon.Auth{Authenticator: authn, Internal: InternalMethods}, tlsOpts...)
 	volumev1.RegisterVolumeManagerServiceServer(gs, srv)
 	gs.Health.SetServingStatus(volumev1.VolumeManagerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	caps := driver.Capabilities()
