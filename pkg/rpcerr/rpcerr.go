@@ -78,7 +78,7 @@ func Code(err error) codes.Code {
 		return codes.PermissionDenied
 	case errors.Is(err, volume.ErrUnsupported):
 		return codes.Unimplemented
-	case errors.Is(err, repository.ErrUnavailable):
+	case errors.Is(err, repository.ErrUnavailable), errors.Is(err, store.ErrUnavailable):
 		return codes.Unavailable
 	}
 	return codes.Internal

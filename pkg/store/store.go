@@ -5,15 +5,20 @@ package store
 
 import (
 	"context"
+	"database/sql/driver"
 	"errors"
 	"fmt"
+	"io"
 	"log/slog"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
+	"syscall"
 	"time"
 
 	"github.com/glebarez/sqlite"
+	"github.com/jackc/pgx/v5/pgconn"
 	"gorm.io/driver/postgres"
 	"gorm.io/gorm"
 	"gorm.io/gorm/logger"
@@ -26,7 +31,26 @@ var (
 	// ErrConflict: a conditional update found the row in another state, or a
 	// unique key is taken.
 	ErrConflict = errors.New("conflict")
+	// ErrUnavailable: the database cannot be reached (down, restarting,
+	// the connection dropped); worth retrying.
+	ErrUnavailable = errors.New("the database is unavailable")
 )
+
+// unavailable reports whether err says the database could not be reached,
+// as opposed to a query it refused.
+func unavailable(err error) bool {
+	var pgErr *pgconn.PgError
+	if errors.As(err, &pgErr) {
+		// 08: connection exceptions; 57P: the server is shutting down,
+		// crashed, or not accepting connections yet.
+		return strings.HasPrefix(pgErr.Code, "08") || strings.HasPrefix(pgErr.Code, "57P")
+	}
+	var connErr *pgconn.ConnectError
+	var netErr net.Error
+	return errors.As(err, &connErr) || errors.As(err, &netErr) || errors.Is(err, driver.ErrBadConn) ||
+		errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, syscall.ECONNREFUSED) || errors.Is(err, syscall.ECONNRESET) ||
+		pgconn.SafeToRetry(err) || strings.Contains(err.Error(), "conn closed") || strings.Contains(err.Error(), "failed to connect")
+}
 
 // Open connects to the database named by url: "postgres://..." (or
 // "postgresql://...") for PostgreSQL, "sqlite://PATH" or a plain file path for
@@ -102,6 +126,8 @@ func Translate(err error, what string) error {
 		return fmt.Errorf("%s: %w", what, ErrNotFound)
 	case errors.Is(err, gorm.ErrDuplicatedKey):
 		return fmt.Errorf("%s: %w", what, ErrConflict)
+	case unavailable(err):
+		return fmt.Errorf("%s: %w: %w", what, ErrUnavailable, err)
 	default:
 		return fmt.Errorf("%s: %w", what, err)
 	}

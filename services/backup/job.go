@@ -11,6 +11,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/lifecycle"
 	"github.com/blockvault/blockvault/pkg/metrics"
 	"github.com/blockvault/blockvault/pkg/requestid"
+	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/store/backupdb"
 	"github.com/google/uuid"
 	"google.golang.org/grpc/codes"
@@ -98,9 +99,12 @@ func (s *Server) runBackup(ctx context.Context, id, previousStatus string) {
 		if errors.Is(err, context.Canceled) {
 			reason = "backup cancelled"
 		}
-		if _, terr := s.db.Transition(cleanupCtx, b.ID, []string{lifecycle.BackupCreating}, lifecycle.BackupError,
-			map[string]any{"fail_reason": reason}); terr != nil {
-			log.Info("backup ended in another status", "err", terr)
+		if terr := s.settle(cleanupCtx, b.ID, lifecycle.BackupCreating, lifecycle.BackupError, map[string]any{"fail_reason": reason}); terr != nil {
+			if errors.Is(terr, store.ErrConflict) {
+				log.Info("backup ended in another status", "err", terr)
+			} else {
+				log.Error("the backup failed and its status could not be recorded; the next start of the backup service marks it error", "err", terr)
+			}
 		}
 		log.Warn("backup failed", "err", err)
 		return
@@ -111,13 +115,37 @@ func (s *Server) runBackup(ctx context.Context, id, previousStatus string) {
 		// restart recovery ends it. Say so on the backup.
 		extra["fail_reason"] = "backup stored, but the volume's status could not be restored yet: " + endErr.Error()
 	}
-	if _, err := s.db.Transition(cleanupCtx, b.ID, []string{lifecycle.BackupCreating}, lifecycle.BackupAvailable, extra); err != nil {
-		// Force-deleted meanwhile: it must never flip back to available.
-		log.Info("backup finished after it was cancelled; removing its data", "err", err)
-		s.engine.Delete(cleanupCtx, b.Container, b.ID)
+	if err := s.settle(cleanupCtx, b.ID, lifecycle.BackupCreating, lifecycle.BackupAvailable, extra); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			// Force-deleted meanwhile: it must never flip back to available.
+			log.Info("backup finished after it was cancelled; removing its data", "err", err)
+			s.engine.Delete(cleanupCtx, b.Container, b.ID)
+			return
+		}
+		// The database stayed unreachable: the data is kept, the row stays
+		// creating, and the next start's recovery marks it error (a backup
+		// is available only once that is recorded).
+		log.Error("backup stored but its status could not be recorded; the next start of the backup service marks it error", "err", err)
 		return
 	}
 	log.Info("backup available", "objects", res.ObjectCount)
+}
+
+// settle moves backup id from status from to status to, retrying while the
+// database is unreachable (for up to Config.CleanupTimeout). A conflict
+// (the backup left from meanwhile: force-deleted) returns at once.
+func (s *Server) settle(ctx context.Context, id, from, to string, extra map[string]any) error {
+	deadline := time.Now().Add(s.cfg.cleanupTimeout())
+	delay := 200 * time.Millisecond
+	for {
+		_, err := s.db.Transition(ctx, id, []string{from}, to, extra)
+		if err == nil || !errors.Is(err, store.ErrUnavailable) || time.Now().After(deadline) {
+			return err
+		}
+		s.log.Warn("the database is unreachable; retrying the backup's final status", "backup_id", id, "err", err, "in", delay)
+		time.Sleep(delay)
+		delay = min(delay*2, 5*time.Second)
+	}
 }
 
 // persist runs a cleanup step, retrying while the volume manager is
@@ -138,8 +166,12 @@ func (s *Server) persist(ctx context.Context, step func(ctx context.Context) err
 	}
 }
 
-// transient reports whether err is worth retrying: the peer is down or slow.
+// transient reports whether err is worth retrying: the peer (or the
+// database) is down or slow.
 func transient(err error) bool {
+	if errors.Is(err, store.ErrUnavailable) {
+		return true
+	}
 	for e := err; e != nil; e = errors.Unwrap(e) {
 		if st, ok := status.FromError(e); ok {
 			switch st.Code() {

@@ -131,7 +131,9 @@ func (s *Server) runRestore(ctx context.Context, backupID, volID string) {
 		cols["fail_reason"] = ""
 		log.Info("restore finished")
 	}
-	s.db.Transition(cleanupCtx, b.ID, []string{lifecycle.BackupRestoring}, lifecycle.BackupAvailable, cols)
+	if err := s.settle(cleanupCtx, b.ID, lifecycle.BackupRestoring, lifecycle.BackupAvailable, cols); err != nil {
+		log.Error("the restore ended but the backup's status could not be recorded; the next start of the backup service sets it available", "err", err)
+	}
 }
 
 func (s *Server) attachForRestore(ctx context.Context, b *backupdb.Backup, volID string, src *source) error {
