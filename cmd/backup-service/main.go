@@ -4,6 +4,7 @@ package main
 
 import (
 	"context"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -20,6 +21,9 @@ import (
 
 func main() {
 	if err := run(); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return // --help printed the flags: not a failure
+		}
 		fmt.Fprintln(os.Stderr, "backup-service:", err)
 		os.Exit(1)
 	}

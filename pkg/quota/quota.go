@@ -132,6 +132,17 @@ func (q *Quotas) Limit(project, resource string) int64 {
 	return Unlimited
 }
 
+// Unlimited reports whether project has no limit on any of resources (then
+// there is nothing to check, or to serialize).
+func (q *Quotas) Unlimited(project string, resources ...string) bool {
+	for _, r := range resources {
+		if q.Limit(project, r) != Unlimited {
+			return false
+		}
+	}
+	return true
+}
+
 // Lock serializes the checks of project until the returned func runs.
 func (q *Quotas) Lock(project string) func() {
 	q.mu.Lock()

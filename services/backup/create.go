@@ -90,7 +90,7 @@ func (s *Server) CreateBackup(ctx context.Context, req *backupv1.CreateBackupReq
 	// Quotas: checked before anything changes, and held until the backup's
 	// row is in, so two requests cannot both take the last unit.
 	unlock := func() {}
-	if q := s.cfg.Quotas; q != nil {
+	if q := s.cfg.Quotas; q != nil && !q.Unlimited(req.GetProjectId(), quota.Backups, quota.BackupGigabytes) {
 		gv, err := s.volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{ProjectId: req.GetProjectId(), VolumeId: in.GetVolumeId()})
 		if err != nil {
 			return nil, err
