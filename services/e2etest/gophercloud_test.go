@@ -2,6 +2,7 @@ package e2etest
 
 import (
 	"context"
+	"strings"
 	"testing"
 	"time"
 
@@ -109,6 +110,19 @@ func TestGophercloud(t *testing.T) {
 	}
 	if bl, err := backups.ExtractBackups(dpages); err != nil || len(bl) != 1 || bl[0].Status != "available" || bl[0].VolumeID != inUse.ID {
 		t.Fatalf("backups.ListDetail: %v %+v", err, bl)
+	}
+
+	// Export the backup's record (Cinder's "backup-record" key).
+	rec, err := backups.Export(ctx, c, bk.ID).Extract()
+	if err != nil || rec.BackupService != "blockvault" || !strings.Contains(string(rec.BackupURL), bk.ID) {
+		t.Fatalf("backups.Export: %v %+v", err, rec)
+	}
+	// Importing it again (an admin's call) is refused as already there:
+	// the record was understood.
+	admin := blockStorageClient(s.Gateway.Addr, project, s.Token(project, auth.RoleAdmin))
+	_, err = backups.Import(ctx, admin, backups.ImportOpts{BackupService: rec.BackupService, BackupURL: rec.BackupURL}).Extract()
+	if !gophercloud.ResponseCodeIs(err, 409) {
+		t.Fatalf("backups.Import of a registered backup: %v, want 409", err)
 	}
 
 	// Restore into a new volume.

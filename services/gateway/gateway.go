@@ -104,7 +104,7 @@ func New(ctx context.Context, cfg Config) (http.Handler, error) {
 		w.Write(openAPI)
 	})
 	root.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
-	root.Handle("/", mux)
+	root.Handle("/", recordKeys(mux))
 	return logRequests(log, limitBody(root)), nil
 }
 
