@@ -48,6 +48,7 @@ func run() error {
 	fs.StringVar(&cfg.Container, "container", cfg.Container, "default repository container")
 	fs.BoolVar(&cfg.NoLocalReads, "no-local-reads", cfg.NoLocalReads, "never read through local paths, even on the volume manager's node")
 	fs.StringVar(&cfg.HTTPListen, "http-listen", cfg.HTTPListen, "address of /metrics, /healthz and /readyz (empty: off)")
+	fs.DurationVar(&cfg.LeaseDuration, "lease-duration", cfg.LeaseDuration, "how long this node's claim on its running jobs lasts without a heartbeat; backup services sharing a database take over a dead node's jobs after it")
 	auth.Flags(fs, &cfg.Auth)
 	mtls.Flags(fs, &cfg.TLS)
 	quota.Flags(fs, &cfg.Quota, quota.Backups, quota.BackupGigabytes)

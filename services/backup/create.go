@@ -124,7 +124,7 @@ func (s *Server) CreateBackup(ctx context.Context, req *backupv1.CreateBackupReq
 		ID: uuid.NewString(), ProjectID: req.GetProjectId(), VolumeID: vol.GetId(), SnapshotID: in.GetSnapshotId(),
 		Name: name, Description: description, Container: container, Status: lifecycle.BackupCreating,
 		SizeBytes: vol.GetSizeBytes(), IsIncremental: parent != nil, AvailabilityZone: vol.GetAvailabilityZone(),
-		Metadata: store.EncodeMap(in.GetMetadata()), OwnerNode: s.cfg.NodeID, ProgressOp: "backup",
+		Metadata: store.EncodeMap(in.GetMetadata()), OwnerNode: s.cfg.NodeID, LeaseExpiresAt: ptr(s.lease()), ProgressOp: "backup",
 		BytesTotal: vol.GetSizeBytes(), StartedAt: &now, DataTimestamp: &now,
 	}
 	if parent != nil {

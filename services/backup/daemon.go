@@ -11,6 +11,7 @@ import (
 	"os"
 	"path/filepath"
 	"strings"
+	"time"
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
@@ -65,6 +66,10 @@ type DaemonConfig struct {
 	Auth auth.Config
 	// Quota is the per-project limits of backups and backup gigabytes.
 	Quota quota.Config
+	// LeaseDuration is how long this node's claim on its running jobs lasts
+	// without a heartbeat (several backup services on one database take
+	// over each other's jobs after it).
+	LeaseDuration time.Duration
 	// TLS is this daemon's certificate, key and CA, for its gRPC server and
 	// for its calls to the volume manager (mutual TLS; empty: plaintext).
 	TLS mtls.Files
@@ -77,7 +82,7 @@ type DaemonConfig struct {
 func DefaultDaemonConfig() DaemonConfig {
 	host, _ := os.Hostname()
 	return DaemonConfig{Listen: "127.0.0.1:7200", VolumeManager: "127.0.0.1:7100", DataDir: "data/backup-service", NodeID: host,
-		MaxConcurrent: 4, Container: DefaultContainer, HTTPListen: "127.0.0.1:7201", Auth: auth.Config{Mode: auth.ModeToken},
+		MaxConcurrent: 4, Container: DefaultContainer, HTTPListen: "127.0.0.1:7201", LeaseDuration: 30 * time.Second, Auth: auth.Config{Mode: auth.ModeToken},
 		Quota: quota.Config{Defaults: quota.DefaultLimits()}}
 }
 
@@ -95,6 +100,9 @@ func (c DaemonConfig) Validate() error {
 	}
 	if c.NodeID == "" {
 		errs = append(errs, errors.New("node-id is required"))
+	}
+	if c.LeaseDuration < 3*time.Second {
+		errs = append(errs, fmt.Errorf("lease-duration %s must be at least 3s", c.LeaseDuration))
 	}
 	if c.MaxConcurrent < 1 {
 		errs = append(errs, fmt.Errorf("max-concurrent %d must be at least 1", c.MaxConcurrent))
@@ -167,7 +175,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 		return err
 	}
 	srv := New(Config{NodeID: cfg.NodeID, LocalReads: !cfg.NoLocalReads, Strategy: cfg.Strategy, MaxConcurrent: cfg.MaxConcurrent,
-		Container: cfg.Container, Quotas: quotas}, bdb, volumev1.NewVolumeManagerServiceClient(conn), EngineAdapter{E: eng}, log)
+		Container: cfg.Container, Quotas: quotas, LeaseDuration: cfg.LeaseDuration}, bdb, volumev1.NewVolumeManagerServiceClient(conn), EngineAdapter{E: eng}, log)
 	defer srv.Close()
 	if err := srv.Recover(ctx); err != nil {
 		// Recovery is retried at the next start; new work is still accepted.
@@ -181,7 +189,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	gs := daemon.NewGRPCServer(log, daemon.Auth{Authenticator: authn}, tlsOpts...)
 	backupv1.RegisterBackupServiceServer(gs, srv)
 	gs.Health.SetServingStatus(backupv1.BackupService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
-	tasks := []daemon.Task{daemon.ServeGRPC(gs, ln)}
+	tasks := []daemon.Task{daemon.ServeGRPC(gs, ln), srv.RunLeases}
 	if cfg.HTTPListen != "" {
 		hl, err := net.Listen("tcp", cfg.HTTPListen)
 		if err != nil {

@@ -30,7 +30,7 @@ func (s *Server) DeleteBackup(ctx context.Context, req *backupv1.DeleteBackupReq
 	if err != nil {
 		return nil, err
 	}
-	if cur, err := s.db.Transition(ctx, b.ID, nil, lifecycle.BackupDeleting, map[string]any{"owner_node": s.cfg.NodeID}); err != nil {
+	if cur, err := s.db.Transition(ctx, b.ID, nil, lifecycle.BackupDeleting, map[string]any{"owner_node": s.cfg.NodeID, "lease_expires_at": s.lease()}); err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			return nil, rpcerr.Invalid("Invalid backup: backup %s is %s; only an available or error backup can be deleted.", b.ID, cur)
 		}
@@ -85,7 +85,7 @@ func (s *Server) BackupAction(ctx context.Context, req *backupv1.BackupActionReq
 			return nil, err
 		}
 	case *backupv1.BackupActionRequest_OsForceDelete:
-		if _, err := s.db.Transition(ctx, b.ID, []string{b.Status}, lifecycle.BackupDeleting, map[string]any{"owner_node": s.cfg.NodeID}); err != nil {
+		if _, err := s.db.Transition(ctx, b.ID, []string{b.Status}, lifecycle.BackupDeleting, map[string]any{"owner_node": s.cfg.NodeID, "lease_expires_at": s.lease()}); err != nil {
 			return nil, err
 		}
 		if s.cancel(b.ID) {

@@ -18,7 +18,7 @@ const MsgResetOnRestart = "incomplete backup reset on restart"
 // status; a restore left restoring makes the backup available again and the
 // target volume error_restoring; a delete left deleting is resumed.
 func (s *Server) Recover(ctx context.Context) error {
-	rows, err := s.db.List(ctx, backupdb.Filter{Statuses: []string{lifecycle.BackupCreating, lifecycle.BackupRestoring, lifecycle.BackupDeleting}})
+	rows, err := s.db.List(ctx, backupdb.Filter{Statuses: unfinished})
 	if err != nil {
 		return err
 	}
@@ -26,34 +26,47 @@ func (s *Server) Recover(ctx context.Context) error {
 	for i := range rows {
 		b := &rows[i]
 		if b.OwnerNode != "" && b.OwnerNode != s.cfg.NodeID {
-			continue // another node's job
+			continue // another node's job: its lease decides (leases.go)
 		}
-		log := s.log.With("backup_id", b.ID, "volume_id", b.VolumeID, "status", b.Status)
-		switch b.Status {
-		case lifecycle.BackupCreating:
-			if err := s.recoverBackup(ctx, b); err != nil {
-				log.Error("recovering an interrupted backup", "err", err)
-				errs = append(errs, err)
-				continue
-			}
-			log.Warn("interrupted backup reset to error")
-		case lifecycle.BackupRestoring:
-			if b.RestoreVolumeID != "" {
-				s.detachOwn(ctx, b.ProjectID, b.RestoreVolumeID, "restore-"+b.ID)
-				s.volumes.EndRestore(ctx, &volumev1.EndRestoreRequest{ProjectId: b.ProjectID, VolumeId: b.RestoreVolumeID,
-					FailReason: "restore interrupted by a restart of the backup service"})
-			}
-			s.db.Transition(ctx, b.ID, []string{lifecycle.BackupRestoring}, lifecycle.BackupAvailable, map[string]any{"restore_volume_id": ""})
-			log.Warn("interrupted restore: backup available again, target volume error_restoring", "target", b.RestoreVolumeID)
-		case lifecycle.BackupDeleting:
-			log.Info("resuming an interrupted delete")
-			s.start(ctx, b.ID, func(ctx context.Context) { s.runDelete(ctx, b) })
+		if err := s.recoverJob(ctx, b, MsgResetOnRestart, "restore interrupted by a restart of the backup service"); err != nil {
+			errs = append(errs, err)
 		}
 	}
 	return errors.Join(errs...)
 }
 
-func (s *Server) recoverBackup(ctx context.Context, b *backupdb.Backup) error {
+// unfinished are the statuses of a backup with a job under way.
+var unfinished = []string{lifecycle.BackupCreating, lifecycle.BackupRestoring, lifecycle.BackupDeleting}
+
+// recoverJob ends or resumes the interrupted job of b: a backup becomes
+// error (backupReason) with its temporary resources removed and its volume
+// back in its previous status; a restore leaves the backup available and
+// the target error_restoring (restoreReason); a delete is resumed here.
+func (s *Server) recoverJob(ctx context.Context, b *backupdb.Backup, backupReason, restoreReason string) error {
+	log := s.log.With("backup_id", b.ID, "volume_id", b.VolumeID, "status", b.Status)
+	switch b.Status {
+	case lifecycle.BackupCreating:
+		if err := s.recoverBackup(ctx, b, backupReason); err != nil {
+			log.Error("recovering an interrupted backup", "err", err)
+			return err
+		}
+		log.Warn("interrupted backup reset to error", "reason", backupReason)
+	case lifecycle.BackupRestoring:
+		if b.RestoreVolumeID != "" {
+			s.detachOwn(ctx, b.ProjectID, b.RestoreVolumeID, "restore-"+b.ID)
+			s.volumes.EndRestore(ctx, &volumev1.EndRestoreRequest{ProjectId: b.ProjectID, VolumeId: b.RestoreVolumeID,
+				FailReason: restoreReason})
+		}
+		s.db.Transition(ctx, b.ID, []string{lifecycle.BackupRestoring}, lifecycle.BackupAvailable, map[string]any{"restore_volume_id": ""})
+		log.Warn("interrupted restore: backup available again, target volume error_restoring", "target", b.RestoreVolumeID)
+	case lifecycle.BackupDeleting:
+		log.Info("resuming an interrupted delete")
+		s.start(ctx, b.ID, func(ctx context.Context) { s.runDelete(ctx, b) })
+	}
+	return nil
+}
+
+func (s *Server) recoverBackup(ctx context.Context, b *backupdb.Backup, reason string) error {
 	if b.TempSnapshotID != "" {
 		if err := s.deleteTemporarySnapshot(ctx, b.ProjectID, b.TempSnapshotID); err != nil {
 			return err
@@ -78,7 +91,7 @@ func (s *Server) recoverBackup(ctx context.Context, b *backupdb.Backup) error {
 	// What the interrupted backup wrote is unreferenced: drop its manifest
 	// if any; the chunks go with the next garbage collection.
 	s.engine.Delete(ctx, b.Container, b.ID)
-	_, err := s.db.Transition(ctx, b.ID, []string{lifecycle.BackupCreating}, lifecycle.BackupError, map[string]any{"fail_reason": MsgResetOnRestart})
+	_, err := s.db.Transition(ctx, b.ID, []string{lifecycle.BackupCreating}, lifecycle.BackupError, map[string]any{"fail_reason": reason})
 	return err
 }
 

@@ -57,7 +57,7 @@ func (s *Server) RestoreBackup(ctx context.Context, req *backupv1.RestoreBackupR
 	}
 	// The backup first: a second restore or a delete racing this one loses.
 	if cur, err := s.db.Transition(ctx, b.ID, []string{lifecycle.BackupAvailable}, lifecycle.BackupRestoring,
-		map[string]any{"restore_volume_id": volID, "owner_node": s.cfg.NodeID}); err != nil {
+		map[string]any{"restore_volume_id": volID, "owner_node": s.cfg.NodeID, "lease_expires_at": s.lease()}); err != nil {
 		undoVolume()
 		if errors.Is(err, store.ErrConflict) {
 			return nil, rpcerr.Invalid("Invalid backup: backup %s is %s; only an available backup can be restored.", b.ID, cur)

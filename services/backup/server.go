@@ -44,7 +44,21 @@ type Config struct {
 	// CleanupTimeout bounds the retries of cleanup steps while the volume
 	// manager is unreachable (default 2 minutes).
 	CleanupTimeout time.Duration
+	// LeaseDuration is how long a node's claim on its running jobs lasts
+	// without a heartbeat; after that another node takes them over
+	// (default 30 s).
+	LeaseDuration time.Duration
 }
+
+func (c Config) leaseDuration() time.Duration {
+	if c.LeaseDuration <= 0 {
+		return 30 * time.Second
+	}
+	return c.LeaseDuration
+}
+
+// lease is the end of a claim made now.
+func (s *Server) lease() time.Time { return time.Now().UTC().Add(s.cfg.leaseDuration()) }
 
 func (c Config) cleanupTimeout() time.Duration {
 	if c.CleanupTimeout <= 0 {

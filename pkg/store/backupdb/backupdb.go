@@ -44,6 +44,9 @@ type Backup struct {
 	Metadata         string `gorm:"type:text"`
 	// OwnerNode is the backup-service node running the backup's current job.
 	OwnerNode string `gorm:"size:255;index"`
+	// LeaseExpiresAt is when the owner's claim on the job lapses unless
+	// its heartbeat renews it; after that another node may take the job over.
+	LeaseExpiresAt *time.Time `gorm:"index"`
 	CreatedAt time.Time
 	UpdatedAt time.Time
 }
@@ -86,6 +89,16 @@ var Migrations = []store.Migration{
 			UpdatedAt        time.Time
 		}
 		return tx.Table("backups").Migrator().CreateTable(&backup{})
+	}},
+	{Version: 2, Name: "job leases", Up: func(tx *gorm.DB) error {
+		type backup struct {
+			LeaseExpiresAt *time.Time `gorm:"index:idx_backups_lease_expires_at"`
+		}
+		m := tx.Table("backups").Migrator()
+		if err := m.AddColumn(&backup{}, "LeaseExpiresAt"); err != nil {
+			return err
+		}
+		return m.CreateIndex(&backup{}, "LeaseExpiresAt")
 	}},
 }
 
@@ -198,6 +211,32 @@ func (s *Store) LatestAvailable(ctx context.Context, project, volumeID string) (
 		return nil, store.Translate(err, "latest available backup of volume "+volumeID)
 	}
 	return &b, nil
+}
+
+// RenewLeases extends to until the leases of node's unfinished jobs and
+// returns how many it renewed.
+func (s *Store) RenewLeases(ctx context.Context, node string, statuses []string, until time.Time) (int64, error) {
+	res := s.db.WithContext(ctx).Model(&Backup{}).Where("owner_node = ? AND status IN ?", node, statuses).
+		Update("lease_expires_at", until)
+	return res.RowsAffected, store.Translate(res.Error, "renew leases")
+}
+
+// Expired lists the unfinished jobs of other nodes whose lease lapsed
+// before now.
+func (s *Store) Expired(ctx context.Context, node string, statuses []string, now time.Time) ([]Backup, error) {
+	var out []Backup
+	err := s.db.WithContext(ctx).Where("owner_node <> ? AND status IN ? AND lease_expires_at IS NOT NULL AND lease_expires_at < ?",
+		node, statuses, now).Find(&out).Error
+	return out, store.Translate(err, "expired leases")
+}
+
+// Claim takes job id over from node from for node to, if its lease still
+// lapsed before now: one node wins, however many try at once.
+func (s *Store) Claim(ctx context.Context, id, from, to string, now, until time.Time) (bool, error) {
+	res := s.db.WithContext(ctx).Model(&Backup{}).
+		Where("id = ? AND owner_node = ? AND lease_expires_at < ?", id, from, now).
+		Updates(map[string]any{"owner_node": to, "lease_expires_at": until})
+	return res.RowsAffected == 1, store.Translate(res.Error, "claim backup "+id)
 }
 
 // ProjectUsage counts project's backups and their sizes.
