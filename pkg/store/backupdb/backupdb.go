@@ -47,8 +47,8 @@ type Backup struct {
 	// LeaseExpiresAt is when the owner's claim on the job lapses unless
 	// its heartbeat renews it; after that another node may take the job over.
 	LeaseExpiresAt *time.Time `gorm:"index"`
-	CreatedAt time.Time
-	UpdatedAt time.Time
+	CreatedAt      time.Time
+	UpdatedAt      time.Time
 }
 
 // Owner names the backup service's migration table.
