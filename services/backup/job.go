@@ -4,10 +4,12 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"sync"
 	"time"
 
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/blockdev"
+	"github.com/blockvault/blockvault/pkg/failpoint"
 	"github.com/blockvault/blockvault/pkg/lifecycle"
 	"github.com/blockvault/blockvault/pkg/metrics"
 	"github.com/blockvault/blockvault/pkg/requestid"
@@ -66,10 +68,12 @@ func (s *Server) runBackup(ctx context.Context, id, previousStatus string) {
 	started := time.Now()
 	defer func() { finished("backup", started, err) }()
 
+	failpoint.Pause("backup-begun")
 	src, err := s.openBackupSource(ctx, b, previousStatus)
 	if src != nil && src.strategy != "" {
 		s.db.Update(cleanupCtx, b.ID, map[string]any{"strategy": src.strategy})
 	}
+	failpoint.Pause("backup-source-attached")
 	var res BackupResult
 	if err == nil {
 		log.Info("backup reading", "strategy", src.strategy)
@@ -77,6 +81,7 @@ func (s *Server) runBackup(ctx context.Context, id, previousStatus string) {
 			BackupID: b.ID, VolumeID: b.VolumeID, ParentID: b.ParentID, Progress: s.progressRecorder(b.ID, "backup"),
 		})
 	}
+	failpoint.Pause("backup-stored")
 	if src != nil {
 		if rerr := s.persist(cleanupCtx, src.release); rerr != nil {
 			log.Error("releasing the backup source", "err", rerr)
@@ -85,7 +90,9 @@ func (s *Server) runBackup(ctx context.Context, id, previousStatus string) {
 			}
 		}
 	}
+	failpoint.Pause("backup-source-released")
 	endErr := s.persist(cleanupCtx, func(ctx context.Context) error { return s.endBackup(ctx, b) })
+	failpoint.Pause("backup-ended")
 
 	if err == nil && ctx.Err() != nil {
 		err = ctx.Err()
@@ -375,7 +382,11 @@ func (s *Server) progressRecorder(id, op string) ProgressFunc {
 	var last time.Time
 	var prev Progress
 	start := time.Now()
+	var half sync.Once
 	return func(p Progress) {
+		if p.Total > 0 && p.Done*2 >= p.Total {
+			half.Do(func() { failpoint.Pause(op + "-half-done") })
+		}
 		if op == "backup" {
 			metrics.Bytes.WithLabelValues("read").Add(float64(max(p.Read-prev.Read, 0)))
 			metrics.Bytes.WithLabelValues("stored").Add(float64(max(p.Stored-prev.Stored, 0)))

@@ -8,6 +8,7 @@ import (
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/failpoint"
 	"github.com/blockvault/blockvault/pkg/lifecycle"
 	"github.com/blockvault/blockvault/pkg/requestid"
 	"github.com/blockvault/blockvault/pkg/rpcerr"
@@ -99,6 +100,7 @@ func (s *Server) runRestore(ctx context.Context, backupID, volID string) {
 	started := time.Now()
 	defer func() { finished("restore", started, err) }()
 	src := &source{}
+	failpoint.Pause("restore-begun")
 	err = s.attachForRestore(ctx, b, volID, src)
 	if err == nil {
 		err = s.engine.Restore(ctx, b.Container, b.ID, src.dev, s.progressRecorder(b.ID, "restore"))
@@ -106,6 +108,7 @@ func (s *Server) runRestore(ctx context.Context, backupID, volID string) {
 	if err == nil {
 		err = src.dev.Flush()
 	}
+	failpoint.Pause("restore-written")
 	if rerr := s.persist(cleanupCtx, src.release); rerr != nil && err == nil {
 		err = fmt.Errorf("detach the restored volume: %w", rerr)
 	}

@@ -67,6 +67,8 @@ func Binaries(t testing.TB) string {
 type Daemon struct {
 	Name string
 	Args []string
+	// Env is added to the process's environment.
+	Env  []string
 	Addr string
 	Log  string
 	cmd  *exec.Cmd
@@ -82,6 +84,7 @@ func (d *Daemon) Start() {
 		d.t.Fatal(err)
 	}
 	d.cmd = exec.Command(filepath.Join(Binaries(d.t), d.Name), d.Args...)
+	d.cmd.Env = append(os.Environ(), d.Env...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatalf("start %s: %v", d.Name, err)
