@@ -33,11 +33,15 @@ test: deps build
 	$(MAKE) fuzz
 
 # The fuzz targets, FUZZTIME each (longer on demand: make fuzz FUZZTIME=10m).
-# New inputs that fail are written under testdata/fuzz; commit them.
+# Their corpora are committed under testdata/fuzz (plain `go test` runs them
+# as regression cases); inputs that fail are written there too: commit
+# them with the fix. After a long run, copy the interesting inputs from
+# $$(go env GOCACHE)/fuzz to grow the committed corpora.
 FUZZTIME ?= 15s
 fuzz:
 	go test -run '^$$' -fuzz '^FuzzServer$$' -fuzztime $(FUZZTIME) ./pkg/nbd/
 	go test -run '^$$' -fuzz '^FuzzRequestDecoding$$' -fuzztime $(FUZZTIME) ./services/gateway/
+	go test -run '^$$' -fuzz '^FuzzDecoders$$' -fuzztime $(FUZZTIME) ./pkg/engine/
 
 test-short:
 	go test -count=1 -short ./...
