@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"net"
 	"strconv"
+	"time"
 
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/blockdev"
@@ -13,6 +14,9 @@ import (
 
 // openConnection opens what the volume manager handed out: a local path
 // (same node) or an NBD export (any node).
+// reconnectWindow is how long a broken NBD connection is dialed again.
+const reconnectWindow = time.Minute
+
 func openConnection(ctx context.Context, ci *volumev1.ConnectionInfo, readOnly bool) (blockdev.Device, error) {
 	d := ci.GetData()
 	switch ci.GetDriverVolumeType() {
@@ -27,7 +31,10 @@ func openConnection(ctx context.Context, ci *volumev1.ConnectionInfo, readOnly b
 			return nil, fmt.Errorf("the export requires TLS, which this backup service is not configured for")
 		}
 		addr := net.JoinHostPort(d.GetHost(), strconv.Itoa(int(d.GetPort())))
-		c, err := nbd.Dial(ctx, "tcp", addr, nbd.DialOptions{ExportName: d.GetExportName()})
+		// A dropped connection is dialed again and the failed requests
+		// retried, for up to reconnectWindow (a volume manager restarting
+		// brings its exports back under the same names).
+		c, err := nbd.DialReconnecting(ctx, "tcp", addr, nbd.DialOptions{ExportName: d.GetExportName()}, reconnectWindow)
 		if err != nil {
 			return nil, fmt.Errorf("connect to the NBD export at %s: %w", addr, err)
 		}
