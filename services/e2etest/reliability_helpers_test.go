@@ -15,9 +15,6 @@ import (
 	"net"
 	"net/http"
 	"os"
-	"os/exec"
-	"os/user"
-	"path/filepath"
 	"sort"
 	"strconv"
 	"strings"
@@ -28,103 +25,9 @@ import (
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/nbd"
-	"github.com/blockvault/blockvault/pkg/testenv"
 )
 
 // ---- a PostgreSQL cluster the test owns ----------------------------------
-
-// relPG is a throwaway PostgreSQL cluster, run like storetest's (initdb
-// and pg_ctl as the postgres user, 127.0.0.1 only) but private to one
-// test, so the test can stop and start it without disturbing others.
-type relPG struct {
-	dir, data, bin, runuser string
-	port                    int
-}
-
-// relStartPG initialises and starts a private cluster; it is stopped and
-// removed at cleanup.
-func relStartPG(t *testing.T) *relPG {
-	t.Helper()
-	bin := relPGBin()
-	if bin == "" {
-		testenv.Missing(t, "PostgreSQL server binaries (initdb, pg_ctl; Debian package postgresql)")
-	}
-	testenv.RequireRoot(t)
-	if _, err := user.Lookup("postgres"); err != nil {
-		testenv.Missing(t, "the postgres system user")
-	}
-	p := &relPG{bin: bin, runuser: testenv.LookPath(t, "runuser")}
-	dir, err := os.MkdirTemp("", "blockvault-rel-pg-")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.dir, p.data = dir, filepath.Join(dir, "data")
-	t.Cleanup(func() {
-		exec.Command(p.runuser, "-u", "postgres", "--", filepath.Join(p.bin, "pg_ctl"), "-D", p.data, "-m", "immediate", "-w", "stop").Run()
-		os.RemoveAll(p.dir)
-	})
-	if out, err := exec.Command("chown", "postgres:postgres", dir).CombinedOutput(); err != nil {
-		t.Fatalf("chown: %v: %s", err, out)
-	}
-	os.Chmod(dir, 0o700)
-	if out, err := exec.Command(p.runuser, "-u", "postgres", "--", filepath.Join(bin, "initdb"),
-		"-D", p.data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8").CombinedOutput(); err != nil {
-		t.Fatalf("initdb: %v: %s", err, out)
-	}
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	p.port = l.Addr().(*net.TCPAddr).Port
-	l.Close()
-	p.start(t)
-	return p
-}
-
-func relPGBin() string {
-	if p, err := exec.LookPath("pg_ctl"); err == nil {
-		return filepath.Dir(p)
-	}
-	matches, _ := filepath.Glob("/usr/lib/postgresql/*/bin/pg_ctl")
-	best, bestV := "", -1
-	for _, m := range matches {
-		v, _ := strconv.Atoi(filepath.Base(filepath.Dir(filepath.Dir(m))))
-		if v > bestV {
-			best, bestV = filepath.Dir(m), v
-		}
-	}
-	return best
-}
-
-func (p *relPG) url() string {
-	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/postgres?sslmode=disable", p.port)
-}
-
-func (p *relPG) pgctl(args ...string) ([]byte, error) {
-	full := append([]string{"-u", "postgres", "--", filepath.Join(p.bin, "pg_ctl"), "-D", p.data}, args...)
-	return exec.Command(p.runuser, full...).CombinedOutput()
-}
-
-// start starts the cluster on its port and waits until it accepts
-// connections.
-func (p *relPG) start(t *testing.T) {
-	t.Helper()
-	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200", p.port, p.dir)
-	if out, err := p.pgctl("-l", filepath.Join(p.dir, "log"), "-o", opts, "-w", "-t", "60", "start"); err != nil {
-		log, _ := os.ReadFile(filepath.Join(p.dir, "log"))
-		t.Fatalf("pg_ctl start: %v: %s\n%s", err, out, tail(string(log), 20))
-	}
-}
-
-// stop stops the cluster: mode "fast" (sessions terminated, clean
-// shutdown) or "immediate" (a crash: recovery from the WAL at the next
-// start).
-func (p *relPG) stop(t *testing.T, mode string) {
-	t.Helper()
-	if out, err := p.pgctl("-m", mode, "-w", "-t", "60", "stop"); err != nil {
-		t.Fatalf("pg_ctl stop -m %s: %v: %s", mode, err, out)
-	}
-}
 
 // ---- content written, then compared ---------------------------------------
 

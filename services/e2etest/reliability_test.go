@@ -16,6 +16,7 @@ import (
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/repository/s3/s3test"
+	"github.com/blockvault/blockvault/pkg/store/storetest"
 )
 
 // TestReliabilityBackupSurvivesCrashAtAvailable: the moment GetBackup says
@@ -324,8 +325,8 @@ func TestReliabilityFiftyBackupsAtOnce(t *testing.T) {
 // with a reason, never stay creating; the API answers again; the volume
 // returns in-use; nothing is left behind; and a new backup then succeeds.
 func TestReliabilityPostgresRestartDuringBackup(t *testing.T) {
-	pg := relStartPG(t)
-	s := Start(t, Options{NoGateway: true, DatabaseURL: pg.url()})
+	pg := storetest.NewCluster(t)
+	s := Start(t, Options{NoGateway: true, DatabaseURL: pg.URL("postgres")})
 	relLogOnFailure(t, s)
 	ctx := context.Background()
 	vol, _, dev := attached(t, s, 1<<30)
@@ -337,7 +338,7 @@ func TestReliabilityPostgresRestartDuringBackup(t *testing.T) {
 	id := cr.GetBackup().GetId()
 	waitProgress(t, s, id, "backup")
 	before, _ := relGetBackup(s, id)
-	pg.stop(t, "immediate")
+	pg.Stop(t, "immediate")
 	down := time.Now()
 	running, _ := relMetric(s.BackupMetrics, "blockvault_jobs_running")
 	t.Logf("PostgreSQL crashed at %s of %s backed up; jobs running: %v",
@@ -348,7 +349,7 @@ func TestReliabilityPostgresRestartDuringBackup(t *testing.T) {
 		t.Logf("GetBackup with the database down: %v", err)
 	}
 	time.Sleep(2 * time.Second)
-	pg.start(t)
+	pg.Start(t)
 	running, _ = relMetric(s.BackupMetrics, "blockvault_jobs_running")
 	t.Logf("PostgreSQL back after %v; jobs running: %v", time.Since(down).Round(time.Millisecond), running)
 
@@ -407,16 +408,16 @@ func TestReliabilityPostgresRestartDuringBackup(t *testing.T) {
 // volume (read directly, no temporary resource).
 func TestReliabilityPostgresDownWhenBackupEnds(t *testing.T) {
 	t.Run("both daemons, in-use volume", func(t *testing.T) {
-		pg := relStartPG(t)
-		s := Start(t, Options{NoGateway: true, DatabaseURL: pg.url()})
+		pg := storetest.NewCluster(t)
+		s := Start(t, Options{NoGateway: true, DatabaseURL: pg.URL("postgres")})
 		relLogOnFailure(t, s)
 		vol, _, dev := attached(t, s, 1<<30)
 		relFill(t, dev, 0, 1<<30)
 		relOutageAtTheEnd(t, s, pg, vol.GetId(), "in-use", 1)
 	})
 	t.Run("backup service alone, available volume", func(t *testing.T) {
-		pg := relStartPG(t)
-		s := Start(t, Options{NoGateway: true, BackupArgs: []string{"--database-url", pg.url()}})
+		pg := storetest.NewCluster(t)
+		s := Start(t, Options{NoGateway: true, BackupArgs: []string{"--database-url", pg.URL("postgres")}})
 		relLogOnFailure(t, s)
 		vol, att, dev := attached(t, s, 1<<30)
 		relFill(t, dev, 0, 1<<30)
@@ -430,7 +431,7 @@ func TestReliabilityPostgresDownWhenBackupEnds(t *testing.T) {
 
 // relOutageAtTheEnd backs up volID and stops PostgreSQL from mid-backup
 // until the job has ended, then checks the outcome.
-func relOutageAtTheEnd(t *testing.T, s *Stack, pg *relPG, volID, volStatus string, userExports int) {
+func relOutageAtTheEnd(t *testing.T, s *Stack, pg *storetest.Cluster, volID, volStatus string, userExports int) {
 	t.Helper()
 	ctx := context.Background()
 	cr, err := s.Backups.CreateBackup(ctx, &backupv1.CreateBackupRequest{ProjectId: project, Backup: &backupv1.BackupInput{VolumeId: volID, Force: true}})
@@ -439,13 +440,13 @@ func relOutageAtTheEnd(t *testing.T, s *Stack, pg *relPG, volID, volStatus strin
 	}
 	id := cr.GetBackup().GetId()
 	waitProgress(t, s, id, "backup")
-	pg.stop(t, "fast")
+	pg.Stop(t, "fast")
 	down := time.Now()
 	// The database stays down while the rest of the volume is read and the
 	// job reaches its end (the final status, the cleanup calls): the job
 	// must wait for it rather than give up or drop the data.
 	time.Sleep(8 * time.Second)
-	pg.start(t)
+	pg.Start(t)
 	t.Logf("PostgreSQL was down %v", time.Since(down).Round(time.Millisecond))
 
 	b, errs := relSettle(t, s, id, 90*time.Second)

@@ -26,13 +26,14 @@ import (
 
 var (
 	mu      sync.Mutex
-	cluster *pgCluster
+	cluster *Cluster
 )
 
-type pgCluster struct {
-	dir  string
-	port int
-	bin  string
+// Cluster is a throwaway PostgreSQL cluster: initdb and pg_ctl run as the
+// postgres user, listening on 127.0.0.1 only, its files in a temp dir.
+type Cluster struct {
+	dir, bin, runuser string
+	port              int
 }
 
 // Main runs a test binary's tests and stops the PostgreSQL cluster, if one
@@ -42,7 +43,7 @@ func Main(m *testing.M) int {
 	mu.Lock()
 	defer mu.Unlock()
 	if cluster != nil {
-		cluster.stop()
+		cluster.remove()
 		cluster = nil
 	}
 	return code
@@ -59,9 +60,9 @@ func SQLiteURL(t testing.TB) string {
 // PostgreSQL installation fails the test in CI and skips it elsewhere.
 func PostgresURL(t testing.TB) string {
 	t.Helper()
-	c := startCluster(t)
+	c := sharedCluster(t)
 	name := "t_" + strings.ReplaceAll(uuid.NewString(), "-", "")[:16]
-	db, err := sql.Open("pgx", c.url("postgres"))
+	db, err := sql.Open("pgx", c.URL("postgres"))
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -70,13 +71,13 @@ func PostgresURL(t testing.TB) string {
 		t.Fatalf("storetest: create database: %v", err)
 	}
 	t.Cleanup(func() {
-		db, err := sql.Open("pgx", c.url("postgres"))
+		db, err := sql.Open("pgx", c.URL("postgres"))
 		if err == nil {
 			db.Exec("DROP DATABASE IF EXISTS " + name + " WITH (FORCE)")
 			db.Close()
 		}
 	})
-	return c.url(name)
+	return c.URL(name)
 }
 
 // Each runs fn as a subtest on SQLite and on PostgreSQL.
@@ -85,17 +86,26 @@ func Each(t *testing.T, fn func(t *testing.T, url string)) {
 	t.Run("postgres", func(t *testing.T) { fn(t, PostgresURL(t)) })
 }
 
-func (c *pgCluster) url(db string) string {
+// URL is the URL of database db in the cluster.
+func (c *Cluster) URL(db string) string {
 	return fmt.Sprintf("postgres://postgres@127.0.0.1:%d/%s?sslmode=disable", c.port, db)
 }
 
-func startCluster(t testing.TB) *pgCluster {
+// NewCluster initialises and starts a cluster private to the test, for
+// tests that stop and start it (Stop, Start); it is removed at cleanup.
+func NewCluster(t testing.TB) *Cluster {
 	t.Helper()
-	mu.Lock()
-	defer mu.Unlock()
-	if cluster != nil {
-		return cluster
-	}
+	c := initCluster(t)
+	t.Cleanup(c.remove)
+	c.port = freePort(t)
+	c.Start(t)
+	return c
+}
+
+// initCluster runs initdb in a new temp dir; a missing PostgreSQL
+// installation fails the test in CI and skips it elsewhere.
+func initCluster(t testing.TB) *Cluster {
+	t.Helper()
 	bin := pgBinDir()
 	if bin == "" {
 		testenv.Missing(t, "PostgreSQL server binaries (initdb, pg_ctl; Debian package postgresql)")
@@ -104,43 +114,66 @@ func startCluster(t testing.TB) *pgCluster {
 	if _, err := user.Lookup("postgres"); err != nil {
 		testenv.Missing(t, "the postgres system user")
 	}
-	runuser := testenv.LookPath(t, "runuser")
+	c := &Cluster{bin: bin, runuser: testenv.LookPath(t, "runuser")}
 	dir, err := os.MkdirTemp("", "blockvault-pg-")
 	if err != nil {
 		t.Fatal(err)
 	}
+	c.dir = dir
 	if out, err := exec.Command("chown", "postgres:postgres", dir).CombinedOutput(); err != nil {
 		os.RemoveAll(dir)
 		t.Fatalf("storetest: chown: %v: %s", err, out)
 	}
 	os.Chmod(dir, 0o700)
-	data := filepath.Join(dir, "data")
-	out, err := exec.Command(runuser, "-u", "postgres", "--", filepath.Join(bin, "initdb"),
-		"-D", data, "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8").CombinedOutput()
-	if err != nil {
+	if out, err := exec.Command(c.runuser, "-u", "postgres", "--", filepath.Join(bin, "initdb"),
+		"-D", c.data(), "-U", "postgres", "--auth=trust", "--no-sync", "-E", "UTF8").CombinedOutput(); err != nil {
 		os.RemoveAll(dir)
 		t.Fatalf("storetest: initdb: %v: %s", err, out)
 	}
-	for attempt := 0; ; attempt++ {
-		port := freePort(t)
-		opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200", port, dir)
-		cmd := exec.Command(runuser, "-u", "postgres", "--", filepath.Join(bin, "pg_ctl"),
-			"-D", data, "-l", filepath.Join(dir, "log"), "-o", opts, "-w", "-t", "60", "start")
-		out, err := cmd.CombinedOutput()
-		if err == nil {
-			cluster = &pgCluster{dir: dir, port: port, bin: bin}
-			break
-		}
-		if attempt == 2 {
-			log, _ := os.ReadFile(filepath.Join(dir, "log"))
-			os.RemoveAll(dir)
-			t.Fatalf("storetest: pg_ctl start: %v: %s\n%s", err, out, log)
-		}
+	return c
+}
+
+func (c *Cluster) data() string { return filepath.Join(c.dir, "data") }
+
+func (c *Cluster) pgctl(args ...string) ([]byte, error) {
+	full := append([]string{"-u", "postgres", "--", filepath.Join(c.bin, "pg_ctl"), "-D", c.data()}, args...)
+	return exec.Command(c.runuser, full...).CombinedOutput()
+}
+
+func (c *Cluster) start() error {
+	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200", c.port, c.dir)
+	out, err := c.pgctl("-l", filepath.Join(c.dir, "log"), "-o", opts, "-w", "-t", "60", "start")
+	if err != nil {
+		log, _ := os.ReadFile(filepath.Join(c.dir, "log"))
+		return fmt.Errorf("pg_ctl start: %v: %s\n%s", err, out, log)
 	}
-	// Wait until it accepts connections.
+	return nil
+}
+
+// Start starts the cluster on its port and waits until it accepts
+// connections.
+func (c *Cluster) Start(t testing.TB) {
+	t.Helper()
+	if err := c.start(); err != nil {
+		t.Fatalf("storetest: %v", err)
+	}
+	c.waitReady(t)
+}
+
+// Stop stops the cluster: mode "fast" (sessions ended, clean shutdown) or
+// "immediate" (a crash: WAL recovery at the next start).
+func (c *Cluster) Stop(t testing.TB, mode string) {
+	t.Helper()
+	if out, err := c.pgctl("-m", mode, "-w", "-t", "60", "stop"); err != nil {
+		t.Fatalf("storetest: pg_ctl stop -m %s: %v: %s", mode, err, out)
+	}
+}
+
+func (c *Cluster) waitReady(t testing.TB) {
+	t.Helper()
 	deadline := time.Now().Add(30 * time.Second)
 	for {
-		db, err := sql.Open("pgx", cluster.url("postgres"))
+		db, err := sql.Open("pgx", c.URL("postgres"))
 		if err == nil {
 			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
 			err = db.PingContext(ctx)
@@ -148,7 +181,7 @@ func startCluster(t testing.TB) *pgCluster {
 			db.Close()
 		}
 		if err == nil {
-			return cluster
+			return
 		}
 		if time.Now().After(deadline) {
 			t.Fatalf("storetest: PostgreSQL did not accept connections: %v", err)
@@ -157,9 +190,33 @@ func startCluster(t testing.TB) *pgCluster {
 	}
 }
 
-func (c *pgCluster) stop() {
-	exec.Command("runuser", "-u", "postgres", "--", filepath.Join(c.bin, "pg_ctl"),
-		"-D", filepath.Join(c.dir, "data"), "-m", "immediate", "-w", "stop").Run()
+// sharedCluster starts the test binary's shared cluster on first use.
+func sharedCluster(t testing.TB) *Cluster {
+	t.Helper()
+	mu.Lock()
+	defer mu.Unlock()
+	if cluster != nil {
+		return cluster
+	}
+	c := initCluster(t)
+	for attempt := 0; ; attempt++ {
+		c.port = freePort(t)
+		err := c.start()
+		if err == nil {
+			break
+		}
+		if attempt == 2 {
+			c.remove()
+			t.Fatalf("storetest: %v", err)
+		}
+	}
+	c.waitReady(t)
+	cluster = c
+	return c
+}
+
+func (c *Cluster) remove() {
+	c.pgctl("-m", "immediate", "-w", "stop")
 	os.RemoveAll(c.dir)
 }
 
