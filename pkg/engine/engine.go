@@ -38,6 +38,8 @@ type Engine struct {
 
 	mu         sync.Mutex
 	containers map[string]*container
+	// gcMu lets one collection run at a time in this process.
+	gcMu sync.Mutex
 }
 
 type container struct {

@@ -202,6 +202,8 @@ const lockTTL = 24 * time.Hour
 // running (a fresh lock exists) it does nothing: a running backup may be
 // reusing chunks that no finished manifest references any more.
 func (e *Engine) GC(ctx context.Context, containerName string) (GCStats, error) {
+	e.gcMu.Lock()
+	defer e.gcMu.Unlock()
 	var st GCStats
 	c, err := e.container(ctx, containerName)
 	if err != nil {
@@ -230,6 +232,9 @@ func (e *Engine) GC(ctx context.Context, containerName string) (GCStats, error) 
 	}
 	for _, id := range names {
 		m, err := e.loadManifest(ctx, c, id)
+		if errors.Is(err, ErrNoBackup) {
+			continue // deleted since the listing: it references nothing now
+		}
 		if err != nil {
 			return st, fmt.Errorf("engine: gc cannot read manifest %s, so collects nothing: %w", id, err)
 		}

@@ -44,6 +44,12 @@ func (s *Server) runDelete(ctx context.Context, b *backupdb.Backup) {
 	started := time.Now()
 	err := s.engine.Delete(ctx, b.Container, b.ID)
 	finished("delete", started, err)
+	if err != nil && ctx.Err() != nil {
+		// Stopped (the service is shutting down): the backup stays
+		// deleting and the next start resumes the delete.
+		s.log.Info("delete interrupted; it resumes at the next start", "backup_id", b.ID)
+		return
+	}
 	if err != nil {
 		s.log.Warn("delete backup data", "backup_id", b.ID, "err", err)
 		s.db.Transition(context.WithoutCancel(ctx), b.ID, []string{lifecycle.BackupDeleting}, lifecycle.BackupErrorDeleting,

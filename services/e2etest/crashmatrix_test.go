@@ -5,6 +5,7 @@ import (
 	"fmt"
 	"os"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -17,9 +18,12 @@ import (
 // service, the volume manager or the gateway), restarts it, and checks the
 // end state: the backup error or available (and then verified), the
 // restore's backup available again, the volume back in its previous status,
-// no temporary snapshot, volume or NBD export left.
+// no temporary snapshot, volume or NBD export left; and at the end, once
+// every backup is deleted, the repository holds no chunk (what the
+// interrupted backups wrote was garbage-collectable).
 func TestCrashMatrix(t *testing.T) {
-	s := Start(t, Options{})
+	repo := filepath.Join(t.TempDir(), "repository")
+	s := Start(t, Options{RepositoryDir: repo})
 	ctx := context.Background()
 	vol, _, dev := attached(t, s, 256<<20)
 	fillText(t, dev)
@@ -40,7 +44,6 @@ func TestCrashMatrix(t *testing.T) {
 		s.Backup.Start()
 		s.WaitHealthy(s.Backup)
 	}
-	defer arm()
 	for _, victim := range []*Daemon{s.Backup, s.VolumeManager, s.Gateway} {
 		for _, stage := range append(append([]string{}, backupStages...), restoreStages...) {
 			t.Run(victim.Name+"/"+stage, func(t *testing.T) {
@@ -115,6 +118,46 @@ func TestCrashMatrix(t *testing.T) {
 				}
 			})
 		}
+	}
+
+	// Everything deleted: the collection that runs with each delete leaves
+	// no chunk behind, not even those of the interrupted backups.
+	arm()
+	deadline := time.Now().Add(2 * time.Minute)
+	for {
+		l, err := s.Backups.ListBackups(ctx, &backupv1.ListBackupsRequest{ProjectId: project})
+		if err != nil {
+			t.Fatal(err)
+		}
+		busy := false
+		for _, b := range l.GetBackups() {
+			switch b.GetStatus() {
+			case "available", "error":
+				s.Backups.DeleteBackup(ctx, &backupv1.DeleteBackupRequest{ProjectId: project, BackupId: b.GetId()})
+				busy = true
+			case "deleting":
+				busy = true
+			default:
+				t.Fatalf("backup %s is %s %q while everything is being deleted", b.GetId(), b.GetStatus(), b.GetFailReason())
+			}
+		}
+		if !busy {
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatalf("backups left after deleting them all: %d", len(l.GetBackups()))
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	var chunks []string
+	filepath.WalkDir(repo, func(path string, d os.DirEntry, err error) error {
+		if err == nil && !d.IsDir() && strings.Contains(path, string(filepath.Separator)+"chunks"+string(filepath.Separator)) {
+			chunks = append(chunks, path)
+		}
+		return nil
+	})
+	if len(chunks) != 0 {
+		t.Fatalf("%d chunks left in the repository after every backup was deleted, e.g. %s", len(chunks), chunks[0])
 	}
 }
 
