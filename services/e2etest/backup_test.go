@@ -189,29 +189,11 @@ func pointInTime(dev *nbd.Client) error {
 
 func restoreAndCheck(t *testing.T, s *Stack, backupID string) {
 	t.Helper()
-	ctx := context.Background()
-	rr, err := s.Backups.RestoreBackup(ctx, &backupv1.RestoreBackupRequest{ProjectId: project, BackupId: backupID, Restore: &backupv1.RestoreInput{}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if b := waitBackup(t, s, backupID, 2*time.Minute); b.GetStatus() != "available" || b.GetFailReason() != "" {
-		t.Fatalf("after restore the backup is %s: %s", b.GetStatus(), b.GetFailReason())
-	}
-	vid := rr.GetRestore().GetVolumeId()
-	if v := volumeStatus(t, s, vid); v.GetStatus() != "available" {
-		t.Fatalf("the restored volume is %s (%s)", v.GetStatus(), v.GetFailReason())
-	}
-	ar, err := s.Volumes.AttachVolume(ctx, &volumev1.AttachVolumeRequest{ProjectId: project, Attachment: &volumev1.AttachmentInput{
-		VolumeUuid: vid, Mode: "ro", Connector: &volumev1.Connector{Host: "checker"}}})
-	if err != nil {
-		t.Fatal(err)
-	}
-	dev := dialExport(t, ar.GetAttachment().GetConnectionInfo())
+	dev, done := relRestored(t, s, backupID)
+	defer done()
 	if err := pointInTime(dev); err != nil {
 		t.Fatalf("the restored volume is not a point in time: %v", err)
 	}
-	dev.Close()
-	s.Volumes.DetachVolume(ctx, &volumev1.DetachVolumeRequest{ProjectId: project, AttachmentId: ar.GetAttachment().GetId()})
 }
 
 // TestNonDisruptiveBackup: a writer keeps writing through NBD during a forced

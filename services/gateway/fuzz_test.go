@@ -5,8 +5,6 @@ import (
 	"context"
 	"encoding/json"
 	"io"
-	"log/slog"
-	"net"
 	"net/http"
 	"net/http/httptest"
 	"path/filepath"
@@ -15,39 +13,16 @@ import (
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
-	"github.com/blockvault/blockvault/pkg/daemon"
 	"github.com/blockvault/blockvault/pkg/engine"
-	"github.com/blockvault/blockvault/pkg/nbd"
 	"github.com/blockvault/blockvault/pkg/repository/posix"
 	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/store/backupdb"
-	"github.com/blockvault/blockvault/pkg/store/volumedb"
 	"github.com/blockvault/blockvault/pkg/volume/file"
 	"github.com/blockvault/blockvault/services/backup"
 	"github.com/blockvault/blockvault/services/gateway"
-	"github.com/blockvault/blockvault/services/volumemanager"
+	"github.com/blockvault/blockvault/services/volumemanager/vmtest"
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/credentials/insecure"
-	"google.golang.org/grpc/test/bufconn"
 )
-
-// serve runs a service on a bufconn gRPC server and returns a client
-// connection to it.
-func serve(t testing.TB, register func(*grpc.Server)) *grpc.ClientConn {
-	ln := bufconn.Listen(1 << 20)
-	gs := daemon.NewGRPCServer(slog.New(slog.DiscardHandler), daemon.Auth{})
-	register(gs.Server)
-	go gs.Serve(ln)
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient("passthrough:///bufnet", grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-		return ln.DialContext(ctx)
-	}), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return conn
-}
 
 // newGateway is the gateway in process in front of the real volume manager
 // (SQLite, the file driver, an NBD server) and the real backup service (a
@@ -56,15 +31,8 @@ func newGateway(t testing.TB) http.Handler {
 	t.Helper()
 	ctx := context.Background()
 	dir := t.TempDir()
-	db, err := store.Open(ctx, "sqlite://"+filepath.Join(dir, "vm.db"), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close(db) })
-	vdb, err := volumedb.New(ctx, db)
-	if err != nil {
-		t.Fatal(err)
-	}
+	vm := vmtest.New(t, file.Config{})
+	vmConn := vm.Conn
 	bdbConn, err := store.Open(ctx, "sqlite://"+filepath.Join(dir, "bs.db"), nil)
 	if err != nil {
 		t.Fatal(err)
@@ -74,21 +42,6 @@ func newGateway(t testing.TB) http.Handler {
 	if err != nil {
 		t.Fatal(err)
 	}
-	drv, err := file.New(file.Config{Dir: filepath.Join(dir, "pool")})
-	if err != nil {
-		t.Fatal(err)
-	}
-	nbdLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns := nbd.NewServer(nbd.ServerOptions{Logger: slog.New(slog.DiscardHandler)})
-	go ns.Serve(nbdLn)
-	t.Cleanup(func() { ns.Shutdown(context.Background()) })
-	vm := volumemanager.New(volumemanager.Config{NodeID: "n", ExportHost: "127.0.0.1", ExportPort: nbdLn.Addr().(*net.TCPAddr).Port}, vdb, drv, ns, nil)
-	t.Cleanup(vm.Close)
-	vmConn := serve(t, func(s *grpc.Server) { volumev1.RegisterVolumeManagerServiceServer(s, vm) })
-
 	repo, err := posix.New(filepath.Join(dir, "repository"))
 	if err != nil {
 		t.Fatal(err)
@@ -99,7 +52,7 @@ func newGateway(t testing.TB) http.Handler {
 	}
 	bs := backup.New(backup.Config{NodeID: "b", MaxConcurrent: 2}, bdb, volumev1.NewVolumeManagerServiceClient(vmConn), backup.EngineAdapter{E: eng}, nil)
 	t.Cleanup(bs.Close)
-	bsConn := serve(t, func(s *grpc.Server) { backupv1.RegisterBackupServiceServer(s, bs) })
+	bsConn := vmtest.Serve(t, func(s *grpc.Server) { backupv1.RegisterBackupServiceServer(s, bs) })
 
 	h, err := gateway.New(ctx, gateway.Config{Volumes: vmConn, Backups: bsConn})
 	if err != nil {

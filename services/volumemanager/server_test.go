@@ -4,27 +4,20 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"log/slog"
 	"net"
 	"os"
-	"path/filepath"
 	"strconv"
 	"testing"
 
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/blockdev"
-	"github.com/blockvault/blockvault/pkg/daemon"
 	"github.com/blockvault/blockvault/pkg/nbd"
-	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/store/storetest"
-	"github.com/blockvault/blockvault/pkg/store/volumedb"
 	"github.com/blockvault/blockvault/pkg/volume/file"
 	"github.com/blockvault/blockvault/services/volumemanager"
-	"google.golang.org/grpc"
+	"github.com/blockvault/blockvault/services/volumemanager/vmtest"
 	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/credentials/insecure"
 	"google.golang.org/grpc/status"
-	"google.golang.org/grpc/test/bufconn"
 )
 
 func TestMain(m *testing.M) { os.Exit(storetest.Main(m)) }
@@ -40,48 +33,8 @@ type env struct {
 // driver and a real NBD server, with a gRPC client over bufconn.
 func newEnv(t *testing.T, driverCfg file.Config) *env {
 	t.Helper()
-	ctx := context.Background()
-	db, err := store.Open(ctx, storetest.SQLiteURL(t), nil)
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { store.Close(db) })
-	vdb, err := volumedb.New(ctx, db)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if driverCfg.Dir == "" {
-		driverCfg.Dir = filepath.Join(t.TempDir(), "pool")
-	}
-	drv, err := file.New(driverCfg)
-	if err != nil {
-		t.Fatal(err)
-	}
-	nbdLn, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	ns := nbd.NewServer(nbd.ServerOptions{Logger: slog.New(slog.DiscardHandler)})
-	go ns.Serve(nbdLn)
-	t.Cleanup(func() { ns.Shutdown(context.Background()) })
-	host, port, _ := net.SplitHostPort(nbdLn.Addr().String())
-	p, _ := strconv.Atoi(port)
-	srv := volumemanager.New(volumemanager.Config{NodeID: "node-a", ExportHost: host, ExportPort: p}, vdb, drv, ns, nil)
-	t.Cleanup(srv.Close)
-
-	ln := bufconn.Listen(1 << 20)
-	gs := daemon.NewGRPCServer(slog.New(slog.DiscardHandler), daemon.Auth{})
-	volumev1.RegisterVolumeManagerServiceServer(gs, srv)
-	go gs.Serve(ln)
-	t.Cleanup(gs.Stop)
-	conn, err := grpc.NewClient("passthrough:///bufnet", grpc.WithContextDialer(func(ctx context.Context, _ string) (net.Conn, error) {
-		return ln.DialContext(ctx)
-	}), grpc.WithTransportCredentials(insecure.NewCredentials()))
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { conn.Close() })
-	return &env{client: volumev1.NewVolumeManagerServiceClient(conn), server: srv, pool: driverCfg.Dir, nbd: nbdLn.Addr().String()}
+	e := vmtest.New(t, driverCfg)
+	return &env{client: e.Client, server: e.Server, pool: e.Pool, nbd: e.NBD}
 }
 
 const proj = "p1"
