@@ -14,23 +14,32 @@ import (
 )
 
 var (
-	once      sync.Once
-	armedName string
-	armedDir  string
+	once       sync.Once
+	armedNames map[string]bool
+	armedDir   string
 )
 
 func load() {
-	name, dir, ok := strings.Cut(os.Getenv("BLOCKVAULT_FAILPOINT"), ":")
-	if ok && name != "" && dir != "" {
-		armedName, armedDir = name, dir
+	names, dir, ok := strings.Cut(os.Getenv("BLOCKVAULT_FAILPOINT"), ":")
+	if !ok || dir == "" {
+		return
 	}
+	for _, name := range strings.Split(names, ",") {
+		if name != "" {
+			if armedNames == nil {
+				armedNames = map[string]bool{}
+			}
+			armedNames[name] = true
+		}
+	}
+	armedDir = dir
 }
 
 // Pause stops the caller at point name when that point is armed, until the
 // test lets it go; otherwise it returns at once.
 func Pause(name string) {
 	once.Do(load)
-	if armedName == "" || name != armedName {
+	if !armedNames[name] {
 		return
 	}
 	os.WriteFile(filepath.Join(armedDir, name+".reached"), nil, 0o644)
