@@ -76,6 +76,9 @@ type DaemonConfig struct {
 	// ServiceTokenFile holds the token (service role) this daemon sends to
 	// the volume manager; with a signing key it can mint its own instead.
 	ServiceTokenFile string
+	// ChangedBlockTracking keeps each backup's snapshot for the next
+	// incremental backup's changed ranges (see Config).
+	ChangedBlockTracking bool
 }
 
 // DefaultDaemonConfig returns the embedded defaults.
@@ -175,7 +178,8 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 		return err
 	}
 	srv := New(Config{NodeID: cfg.NodeID, LocalReads: !cfg.NoLocalReads, Strategy: cfg.Strategy, MaxConcurrent: cfg.MaxConcurrent,
-		Container: cfg.Container, Quotas: quotas, LeaseDuration: cfg.LeaseDuration}, bdb, volumev1.NewVolumeManagerServiceClient(conn), EngineAdapter{E: eng}, log)
+		Container: cfg.Container, Quotas: quotas, LeaseDuration: cfg.LeaseDuration,
+		ChangedBlockTracking: cfg.ChangedBlockTracking}, bdb, volumev1.NewVolumeManagerServiceClient(conn), EngineAdapter{E: eng}, log)
 	defer srv.Close()
 	if err := srv.Recover(ctx); err != nil {
 		// Recovery is retried at the next start; new work is still accepted.

@@ -17,8 +17,14 @@ type ProgressFunc func(Progress)
 // BackupSpec is one backup for the engine to write.
 type BackupSpec struct {
 	BackupID, VolumeID, ParentID string
-	Progress                     ProgressFunc
+	// Changed lists the byte ranges that may differ from the parent
+	// backup (changed-block tracking); nil means unknown: read everything.
+	Changed  []ByteRange
+	Progress ProgressFunc
 }
+
+// ByteRange is a byte range [Offset, Offset+Length) of a volume.
+type ByteRange struct{ Offset, Length int64 }
 
 // BackupResult is what a finished backup stored.
 type BackupResult struct {

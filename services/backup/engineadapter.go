@@ -23,7 +23,7 @@ func progressFunc(p ProgressFunc) func(engine.Progress) {
 // Backup implements Engine.
 func (a EngineAdapter) Backup(ctx context.Context, container string, src blockdev.Device, spec BackupSpec) (BackupResult, error) {
 	m, err := a.E.Backup(ctx, container, src, engine.BackupSpec{BackupID: spec.BackupID, VolumeID: spec.VolumeID,
-		ParentID: spec.ParentID, Progress: progressFunc(spec.Progress)})
+		ParentID: spec.ParentID, Changed: engineRanges(spec.Changed), Progress: progressFunc(spec.Progress)})
 	if err != nil {
 		return BackupResult{}, err
 	}
@@ -69,4 +69,17 @@ func (a EngineAdapter) ImportRecord(ctx context.Context, record []byte) (Record,
 		return Record{}, err
 	}
 	return Record{BackupID: r.BackupID, VolumeID: r.VolumeID, ParentID: r.ParentID, SizeBytes: r.Size, ObjectCount: r.DataChunks, Container: r.Container}, nil
+}
+
+// engineRanges converts changed ranges, keeping nil (unknown) apart from
+// empty (nothing changed).
+func engineRanges(rs []ByteRange) []engine.Range {
+	if rs == nil {
+		return nil
+	}
+	out := make([]engine.Range, len(rs))
+	for i, r := range rs {
+		out[i] = engine.Range{Offset: r.Offset, Length: r.Length}
+	}
+	return out
 }

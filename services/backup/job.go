@@ -24,6 +24,13 @@ import (
 type source struct {
 	strategy string
 	dev      blockdev.Device
+	// snapshotID is the temporary snapshot read from, if any; with
+	// changed-block tracking (track) it is kept after a successful backup
+	// (keep) instead of deleted, and changed lists what differs from the
+	// parent backup's kept snapshot (nil: unknown).
+	snapshotID  string
+	track, keep bool
+	changed     []ByteRange
 	// cleanup steps, run in reverse order of their registration.
 	undo []func(ctx context.Context) error
 }
@@ -78,10 +85,15 @@ func (s *Server) runBackup(ctx context.Context, id, previousStatus string) {
 	if err == nil {
 		log.Info("backup reading", "strategy", src.strategy)
 		res, err = s.engine.Backup(ctx, b.Container, src.dev, BackupSpec{
-			BackupID: b.ID, VolumeID: b.VolumeID, ParentID: b.ParentID, Progress: s.progressRecorder(b.ID, "backup"),
+			BackupID: b.ID, VolumeID: b.VolumeID, ParentID: b.ParentID, Changed: src.changed, Progress: s.progressRecorder(b.ID, "backup"),
 		})
 	}
 	failpoint.Pause("backup-stored")
+	if err == nil && src.track {
+		// The snapshot outlives the backup for the next incremental one;
+		// it stays recorded as temporary until the backup is available.
+		src.keep = true
+	}
 	if src != nil {
 		if rerr := s.persist(cleanupCtx, src.release); rerr != nil {
 			log.Error("releasing the backup source", "err", rerr)
@@ -98,6 +110,9 @@ func (s *Server) runBackup(ctx context.Context, id, previousStatus string) {
 		err = ctx.Err()
 	}
 	if err != nil {
+		if src != nil && src.keep {
+			s.dropKeptSnapshot(cleanupCtx, b, src.snapshotID)
+		}
 		if ctx.Err() != nil {
 			// Cancelled (force-delete or shutdown): whatever was written goes.
 			s.engine.Delete(cleanupCtx, b.Container, b.ID)
@@ -117,6 +132,12 @@ func (s *Server) runBackup(ctx context.Context, id, previousStatus string) {
 		return
 	}
 	extra := map[string]any{"object_count": res.ObjectCount, "fail_reason": "", "bytes_done": b.SizeBytes}
+	if src.keep {
+		// In the same update as available: a crash before it leaves the
+		// snapshot recorded as temporary, for the recovery to delete.
+		extra["temp_snapshot_id"] = ""
+		extra["tracking_snapshot_id"] = src.snapshotID
+	}
 	if endErr != nil {
 		// The data is safe, but the volume may still say backing-up; the
 		// restart recovery ends it. Say so on the backup.
@@ -127,6 +148,9 @@ func (s *Server) runBackup(ctx context.Context, id, previousStatus string) {
 			// Force-deleted meanwhile: it must never flip back to available.
 			log.Info("backup finished after it was cancelled; removing its data", "err", err)
 			s.engine.Delete(cleanupCtx, b.Container, b.ID)
+			if src.keep {
+				s.dropKeptSnapshot(cleanupCtx, b, src.snapshotID)
+			}
 			return
 		}
 		// The database stayed unreachable: the data is kept, the row stays
@@ -136,6 +160,73 @@ func (s *Server) runBackup(ctx context.Context, id, previousStatus string) {
 		return
 	}
 	log.Info("backup available", "objects", res.ObjectCount)
+	if src.keep {
+		s.pruneTracking(cleanupCtx, b)
+	}
+}
+
+// dropKeptSnapshot deletes a snapshot a failed or cancelled backup would
+// have kept for changed-block tracking.
+func (s *Server) dropKeptSnapshot(ctx context.Context, b *backupdb.Backup, snapID string) {
+	if err := s.persist(ctx, func(ctx context.Context) error { return s.deleteTemporarySnapshot(ctx, b.ProjectID, snapID) }); err != nil {
+		s.log.Error("deleting the snapshot of a failed backup; the next start of the backup service retries", "backup_id", b.ID, "snapshot_id", snapID, "err", err)
+		return
+	}
+	s.db.Update(ctx, b.ID, map[string]any{"temp_snapshot_id": "", "tracking_snapshot_id": ""})
+}
+
+// pruneTracking deletes the snapshots older backups of b's volume kept
+// for changed-block tracking: the next incremental backup's parent is b.
+func (s *Server) pruneTracking(ctx context.Context, b *backupdb.Backup) {
+	older, err := s.db.TrackedBy(ctx, b.VolumeID, b.ID)
+	if err != nil {
+		s.log.Warn("listing older tracking snapshots", "volume_id", b.VolumeID, "err", err)
+		return
+	}
+	for _, o := range older {
+		s.dropTracking(ctx, &o)
+	}
+}
+
+// dropTracking deletes the snapshot backup o kept for changed-block
+// tracking, and forgets it.
+func (s *Server) dropTracking(ctx context.Context, o *backupdb.Backup) {
+	if o.TrackingSnapshotID == "" {
+		return
+	}
+	if err := s.deleteTemporarySnapshot(ctx, o.ProjectID, o.TrackingSnapshotID); err != nil {
+		s.log.Warn("deleting a tracking snapshot", "backup_id", o.ID, "snapshot_id", o.TrackingSnapshotID, "err", err)
+		return
+	}
+	s.db.Update(ctx, o.ID, map[string]any{"tracking_snapshot_id": ""})
+}
+
+// changedSince asks the volume manager which ranges of b's volume differ
+// between the snapshot b's parent backup kept and snapID. nil (read
+// everything) when b has no parent, the parent kept no snapshot, or the
+// volume manager cannot tell.
+func (s *Server) changedSince(ctx context.Context, b *backupdb.Backup, snapID string) []ByteRange {
+	if b.ParentID == "" {
+		return nil
+	}
+	parent, err := s.db.Get(ctx, "", b.ParentID)
+	if err != nil || parent.TrackingSnapshotID == "" {
+		return nil
+	}
+	r, err := s.volumes.GetChangedRanges(ctx, &volumev1.GetChangedRangesRequest{ProjectId: b.ProjectID, VolumeId: b.VolumeID,
+		FromSnapshotId: parent.TrackingSnapshotID, ToSnapshotId: snapID})
+	if err != nil {
+		s.log.Warn("changed ranges unknown; reading the whole volume", "backup_id", b.ID, "parent_id", b.ParentID, "err", err)
+		return nil
+	}
+	out := make([]ByteRange, 0, len(r.GetRanges()))
+	var total int64
+	for _, x := range r.GetRanges() {
+		out = append(out, ByteRange{Offset: x.GetOffset(), Length: x.GetLength()})
+		total += x.GetLength()
+	}
+	s.log.Info("changed ranges since the parent backup", "backup_id", b.ID, "parent_id", b.ParentID, "ranges", len(out), "bytes", total)
+	return out
 }
 
 // settle moves backup id from status from to status to, retrying while the
@@ -244,6 +335,11 @@ func (s *Server) openBackupSource(ctx context.Context, b *backupdb.Backup, previ
 		if err != nil {
 			return fail(err)
 		}
+		src.snapshotID = snapID
+		if s.cfg.ChangedBlockTracking && c.GetChangedRanges() {
+			src.track = true
+			src.changed = s.changedSince(ctx, b, snapID)
+		}
 		return src, s.attachSnapshot(ctx, b, snapID, strategy == StrategyLocalSnapshot, src)
 	case StrategyTemporaryVolume:
 		volID, err := s.temporaryVolume(ctx, b, src)
@@ -264,6 +360,11 @@ func (s *Server) temporarySnapshot(ctx context.Context, b *backupdb.Backup, src 
 	}
 	metrics.TemporaryResources.WithLabelValues("snapshot").Inc()
 	src.defer_(func(ctx context.Context) error {
+		if src.keep {
+			// Kept for changed-block tracking (runBackup records it).
+			metrics.TemporaryResources.WithLabelValues("snapshot").Dec()
+			return nil
+		}
 		if err := s.deleteTemporarySnapshot(ctx, b.ProjectID, id); err != nil {
 			return err
 		}

@@ -42,7 +42,19 @@ func (s *Server) DeleteBackup(ctx context.Context, req *backupv1.DeleteBackupReq
 
 func (s *Server) runDelete(ctx context.Context, b *backupdb.Backup) {
 	started := time.Now()
-	err := s.engine.Delete(ctx, b.Container, b.ID)
+	var err error
+	if b.TrackingSnapshotID != "" {
+		// The snapshot kept for the next incremental backup goes with it.
+		err = s.persist(ctx, func(ctx context.Context) error {
+			return s.deleteTemporarySnapshot(ctx, b.ProjectID, b.TrackingSnapshotID)
+		})
+		if err == nil {
+			err = s.db.Update(ctx, b.ID, map[string]any{"tracking_snapshot_id": ""})
+		}
+	}
+	if err == nil {
+		err = s.engine.Delete(ctx, b.Container, b.ID)
+	}
 	finished("delete", started, err)
 	if err != nil && ctx.Err() != nil {
 		// Stopped (the service is shutting down): the backup stays

@@ -48,6 +48,11 @@ type Config struct {
 	// without a heartbeat; after that another node takes them over
 	// (default 30 s).
 	LeaseDuration time.Duration
+	// ChangedBlockTracking keeps the snapshot each backup of an in-use
+	// volume was read from, so that the next incremental backup of the
+	// volume reads only the ranges the volume manager reports changed
+	// since (drivers with the changed-ranges capability).
+	ChangedBlockTracking bool
 }
 
 func (c Config) leaseDuration() time.Duration {

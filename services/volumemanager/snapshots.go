@@ -160,23 +160,32 @@ func (s *Server) DeleteSnapshot(ctx context.Context, req *volumev1.DeleteSnapsho
 	if _, err := s.db.SnapshotExport(ctx, sn.ID); err == nil {
 		return nil, rpcerr.Precondition("snapshot %s is attached; detach it before deleting it", sn.ID)
 	}
+	if err := s.removeSnapshot(ctx, sn); err != nil {
+		return nil, err
+	}
+	return &volumev1.DeleteSnapshotResponse{}, nil
+}
+
+// removeSnapshot deletes a snapshot that nothing has attached: its status,
+// its data in the driver, its row.
+func (s *Server) removeSnapshot(ctx context.Context, sn *volumedb.Snapshot) error {
 	if cur, err := s.db.TransitionSnapshot(ctx, sn.ID, nil, lifecycle.SnapshotDeleting, nil); err != nil {
 		if errors.Is(err, store.ErrConflict) {
-			return nil, rpcerr.Precondition("snapshot %s is %s; only an available or failed snapshot can be deleted", sn.ID, cur)
+			return rpcerr.Precondition("snapshot %s is %s; only an available or failed snapshot can be deleted", sn.ID, cur)
 		}
-		return nil, err
+		return err
 	}
 	if snapper, err := s.snapshotter(); err == nil {
 		if err := snapper.DeleteSnapshot(ctx, sn.VolumeID, sn.ID); err != nil {
 			s.db.TransitionSnapshot(context.WithoutCancel(ctx), sn.ID, nil, lifecycle.SnapshotErrorDeleting, map[string]any{"fail_reason": err.Error()})
-			return nil, fmt.Errorf("delete snapshot %s: %w", sn.ID, err)
+			return fmt.Errorf("delete snapshot %s: %w", sn.ID, err)
 		}
 	}
 	if err := s.db.DeleteSnapshot(ctx, sn.ID); err != nil {
-		return nil, err
+		return err
 	}
 	s.log.InfoContext(ctx, "snapshot deleted", "snapshot_id", sn.ID, "volume_id", sn.VolumeID)
-	return &volumev1.DeleteSnapshotResponse{}, nil
+	return nil
 }
 
 func (s *Server) snapshotView(ctx context.Context, id string) (*volumev1.Snapshot, error) {

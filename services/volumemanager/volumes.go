@@ -271,11 +271,28 @@ func (s *Server) DeleteVolume(ctx context.Context, req *volumev1.DeleteVolumeReq
 	if snaps > 0 {
 		return nil, rpcerr.Precondition("volume %s has %d snapshot(s); delete them before deleting the volume", v.ID, snaps)
 	}
+	// The backup service's temporary snapshots go with the volume (those
+	// kept for changed-block tracking), unless a backup reads one now.
+	temps, err := s.db.TemporarySnapshots(ctx, v.ID)
+	if err != nil {
+		return nil, err
+	}
+	for _, sn := range temps {
+		if _, err := s.db.SnapshotExport(ctx, sn.ID); err == nil {
+			return nil, rpcerr.Precondition("volume %s is being backed up (its temporary snapshot %s is attached); wait for the backup to end", v.ID, sn.ID)
+		}
+	}
 	if cur, err := s.db.TransitionVolume(ctx, v.ID, nil, lifecycle.VolumeDeleting, nil); err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			return nil, rpcerr.Precondition("volume %s is %s; only an available or failed volume can be deleted", v.ID, cur)
 		}
 		return nil, err
+	}
+	for _, sn := range temps {
+		if err := s.removeSnapshot(ctx, &sn); err != nil {
+			s.db.TransitionVolume(context.WithoutCancel(ctx), v.ID, nil, lifecycle.VolumeErrorDeleting, map[string]any{"fail_reason": err.Error()})
+			return nil, fmt.Errorf("delete volume %s: %w", v.ID, err)
+		}
 	}
 	if err := s.driver.DeleteVolume(ctx, v.ID); err != nil {
 		s.db.TransitionVolume(context.WithoutCancel(ctx), v.ID, nil, lifecycle.VolumeErrorDeleting, map[string]any{"fail_reason": err.Error()})

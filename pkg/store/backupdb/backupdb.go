@@ -2,6 +2,9 @@
 // queries on it. temp_volume_id and temp_snapshot_id are the blueprint's
 // columns: the temporary resources of a running backup, recorded before they
 // are created and cleared after they are gone, so a restart can remove them.
+// tracking_snapshot_id is the snapshot an available backup keeps (with
+// changed-block tracking on) so that the next incremental backup of the
+// volume reads only what changed since.
 package backupdb
 
 import (
@@ -47,8 +50,11 @@ type Backup struct {
 	// LeaseExpiresAt is when the owner's claim on the job lapses unless
 	// its heartbeat renews it; after that another node may take the job over.
 	LeaseExpiresAt *time.Time `gorm:"index"`
-	CreatedAt      time.Time
-	UpdatedAt      time.Time
+	// TrackingSnapshotID is the snapshot this backup was read from, kept
+	// for the next incremental backup's changed ranges ("" when none).
+	TrackingSnapshotID string `gorm:"size:36;index"`
+	CreatedAt          time.Time
+	UpdatedAt          time.Time
 }
 
 // Owner names the backup service's migration table.
@@ -99,6 +105,16 @@ var Migrations = []store.Migration{
 			return err
 		}
 		return m.CreateIndex(&backup{}, "LeaseExpiresAt")
+	}},
+	{Version: 3, Name: "changed-block tracking snapshots", Up: func(tx *gorm.DB) error {
+		type backup struct {
+			TrackingSnapshotID string `gorm:"size:36;index:idx_backups_tracking_snapshot_id"`
+		}
+		m := tx.Table("backups").Migrator()
+		if err := m.AddColumn(&backup{}, "TrackingSnapshotID"); err != nil {
+			return err
+		}
+		return m.CreateIndex(&backup{}, "TrackingSnapshotID")
 	}},
 }
 
@@ -245,4 +261,12 @@ func (s *Store) ProjectUsage(ctx context.Context, project string) (count, bytes 
 	err = s.db.WithContext(ctx).Model(&Backup{}).Select("COUNT(*) AS n, COALESCE(SUM(size_bytes), 0) AS b").
 		Where("project_id = ?", project).Scan(&row).Error
 	return row.N, row.B, store.Translate(err, "backup usage")
+}
+
+// TrackedBy lists the backups of volumeID that keep a changed-block
+// tracking snapshot, except backup except.
+func (s *Store) TrackedBy(ctx context.Context, volumeID, except string) ([]Backup, error) {
+	var out []Backup
+	err := s.db.WithContext(ctx).Where("volume_id = ? AND tracking_snapshot_id <> '' AND id <> ?", volumeID, except).Find(&out).Error
+	return out, store.Translate(err, "tracking snapshots of volume "+volumeID)
 }

@@ -132,14 +132,24 @@ func (s *Store) DeleteVolume(ctx context.Context, id string) error {
 }
 
 // CountVolumeDependents counts the snapshots and attachments of a volume.
+// Temporary snapshots (the backup service's) are not counted: see
+// TemporarySnapshots.
 func (s *Store) CountVolumeDependents(ctx context.Context, id string) (snapshots, attachments int64, err error) {
-	if err := s.db.WithContext(ctx).Model(&Snapshot{}).Where("volume_id = ?", id).Count(&snapshots).Error; err != nil {
+	if err := s.db.WithContext(ctx).Model(&Snapshot{}).Where("volume_id = ? AND temporary = ?", id, false).Count(&snapshots).Error; err != nil {
 		return 0, 0, store.Translate(err, "count snapshots")
 	}
 	if err := s.db.WithContext(ctx).Model(&Attachment{}).Where("volume_id = ?", id).Count(&attachments).Error; err != nil {
 		return 0, 0, store.Translate(err, "count attachments")
 	}
 	return snapshots, attachments, nil
+}
+
+// TemporarySnapshots lists the temporary snapshots of a volume: those of
+// running backups, and those kept for changed-block tracking.
+func (s *Store) TemporarySnapshots(ctx context.Context, volumeID string) ([]Snapshot, error) {
+	var out []Snapshot
+	err := s.db.WithContext(ctx).Where("volume_id = ? AND temporary = ?", volumeID, true).Find(&out).Error
+	return out, store.Translate(err, "temporary snapshots of volume "+volumeID)
 }
 
 // CreateSnapshot inserts sn.
