@@ -23,6 +23,12 @@
 //	snapshots/<volume>/<id>.map       its map: one byte a block, 1 = saved
 //
 // Local paths are offered in reflink mode only, where a snapshot is one file.
+//
+// Changed ranges between two snapshots of a volume, for incremental backups,
+// come in copy-before-write mode from the snapshots' maps (a block that
+// changed between two snapshots is saved in the older one), and in reflink
+// mode from comparing the two snapshot files' extent maps (FIEMAP: a range
+// both files map to the same disk blocks is unchanged); see changed.go.
 package file
 
 import (
@@ -84,6 +90,7 @@ var (
 	_ volume.LocalPather    = (*Driver)(nil)
 	_ volume.Cloner         = (*Driver)(nil)
 	_ volume.Extender       = (*Driver)(nil)
+	_ volume.ChangedRanger  = (*Driver)(nil)
 )
 
 // New opens (creating) the pool and decides the mode.
@@ -176,6 +183,7 @@ func (d *Driver) Capabilities() volume.Capabilities {
 		LocalPath:      d.mode == ModeReflink,
 		Clone:          true,
 		Extend:         true,
+		ChangedRanges:  true,
 		Mode:           d.mode,
 	}
 }

@@ -5,9 +5,11 @@ package volumetest
 
 import (
 	"bytes"
+	"cmp"
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -28,6 +30,7 @@ func Run(t *testing.T, newDriver func(t *testing.T) volume.Driver) {
 	t.Run("CloneAndFromSnapshot", func(t *testing.T) { testClone(t, newDriver(t)) })
 	t.Run("Extend", func(t *testing.T) { testExtend(t, newDriver(t)) })
 	t.Run("SnapshotRounds", func(t *testing.T) { testRounds(t, newDriver(t)) })
+	t.Run("ChangedRanges", func(t *testing.T) { testChangedRanges(t, newDriver(t)) })
 }
 
 func create(t *testing.T, d volume.Driver, id string, size int64) {
@@ -330,4 +333,253 @@ func checkRounds(op volume.SnapshotOpener, vol, id string, blocks, bs int) error
 		}
 	}
 	return nil
+}
+
+// changeGranularity is the coarsest unit a driver may track changes in: a
+// reported total above the written bytes rounded out to it fails the
+// suite (one that reports every allocated block, or the whole volume, does).
+const changeGranularity = mib
+
+// change is a write (or a zeroing) made to a volume in testChangedRanges.
+type change struct {
+	off, n int64
+	zero   bool
+}
+
+// apply makes the change with data of value v, which differs from what the
+// range held before.
+func (c change) apply(t *testing.T, dev blockdev.Device, v byte) {
+	t.Helper()
+	var err error
+	if c.zero {
+		err = dev.Zero(c.off, c.n)
+	} else {
+		_, err = dev.WriteAt(fill(v, int(c.n)), c.off)
+	}
+	if err != nil {
+		t.Fatalf("change %d@%d: %v", c.n, c.off, err)
+	}
+}
+
+// testChangedRanges: the ranges reported between two snapshots cover every
+// byte that differs between them, whichever is given first, and add little
+// to what was written; a snapshot compared with itself, or with one taken
+// with no write in between, has none.
+func testChangedRanges(t *testing.T, d volume.Driver) {
+	cr, ok := d.(volume.ChangedRanger)
+	sn, ok2 := d.(volume.Snapshotter)
+	if !ok || !ok2 || !d.Capabilities().ChangedRanges || !d.Capabilities().Snapshot {
+		t.Skip("driver does not report changed ranges between snapshots")
+	}
+	ctx := context.Background()
+	const size = 64 * mib
+	create(t, d, "vc", size)
+	dev := open(t, d, "vc", false)
+	// Data at [0, 16 MiB) and [32 MiB, 40 MiB), the rest never written.
+	change{off: 0, n: 16 * mib}.apply(t, dev, 0x11)
+	change{off: 32 * mib, n: 8 * mib}.apply(t, dev, 0x22)
+	snap := func(id string) {
+		t.Helper()
+		if err := sn.CreateSnapshot(ctx, "vc", id); err != nil {
+			t.Fatalf("snapshot %s: %v", id, err)
+		}
+	}
+	ranges := func(from, to string) []volume.Range {
+		t.Helper()
+		rs, err := cr.ChangedRanges(ctx, "vc", from, to)
+		if err != nil {
+			t.Fatalf("changed ranges %s -> %s: %v", from, to, err)
+		}
+		return rs
+	}
+	snap("s1")
+	between := []change{
+		// 4 KiB writes over data, scattered.
+		{off: 3 * 4096, n: 4096},
+		{off: 5*mib + 8192, n: 4096},
+		{off: 15*mib + 61440, n: 4096},
+		{off: 33*mib + 12288, n: 4096},
+		// 1 MiB at an offset that is not 4 KiB-aligned.
+		{off: 8*mib + 12800, n: mib},
+		// Zeroing data.
+		{off: 36 * mib, n: 512 << 10, zero: true},
+		// Into a hole.
+		{off: 50*mib + 20480, n: 64 << 10},
+	}
+	for i, c := range between {
+		c.apply(t, dev, byte(0xa0+i))
+	}
+	snap("s2")
+	snap("s3")
+	// Nothing between: s2 with itself, and s2 with s3 either way (before
+	// any write after them, which a driver may report).
+	for _, p := range [][2]string{{"s2", "s2"}, {"s1", "s1"}, {"s2", "s3"}, {"s3", "s2"}} {
+		if rs := ranges(p[0], p[1]); len(rs) != 0 {
+			t.Errorf("changed ranges %s -> %s with no write between: %v", p[0], p[1], rs)
+		}
+	}
+	after := []change{
+		{off: 60 * mib, n: 4096},
+		{off: 20 * mib, n: mib},
+		{off: 3 * 4096, n: 4096}, // again where a change before s2 was
+	}
+	for i, c := range after {
+		c.apply(t, dev, byte(0xc0+i))
+	}
+
+	forward, backward := ranges("s1", "s2"), ranges("s2", "s1")
+	for _, rs := range [][]volume.Range{forward, backward} {
+		checkRanges(t, rs, size)
+		for _, c := range between {
+			if !covered(rs, c.off, c.n) {
+				t.Errorf("change %d@%d is not in the changed ranges %v", c.n, c.off, rs)
+			}
+		}
+	}
+	if op, ok := d.(volume.SnapshotOpener); ok && d.Capabilities().SnapshotExport {
+		diff := diffSnapshots(t, op, "vc", "s1", "s2", size)
+		var diffBytes int64
+		for _, r := range diff {
+			diffBytes += r.Length
+			for _, rs := range [][]volume.Range{forward, backward} {
+				if !covered(rs, r.Offset, r.Length) {
+					t.Errorf("s1 and s2 differ at %d@%d, outside the changed ranges %v", r.Length, r.Offset, rs)
+				}
+			}
+		}
+		var written int64
+		for _, c := range between {
+			written += c.n
+		}
+		if diffBytes != written {
+			t.Errorf("s1 and s2 differ in %d bytes, %d were changed between them", diffBytes, written)
+		}
+	}
+	bound := totalLength(roundOut(append(slices.Clone(between), after...), changeGranularity))
+	for _, rs := range [][]volume.Range{forward, backward} {
+		if total := totalLength(rs); total > bound {
+			t.Errorf("%d bytes reported changed, more than the %d the changes cover in %d-byte blocks: %v", total, bound, changeGranularity, rs)
+		}
+	}
+	t.Logf("s1 -> s2: %d bytes in %d ranges reported, %d bytes written between them",
+		totalLength(forward), len(forward), totalLength(roundOut(between, 1)))
+
+	for _, p := range [][3]string{{"vc", "s1", "absent"}, {"vc", "absent", "s2"}, {"absent", "s1", "s2"}} {
+		if _, err := cr.ChangedRanges(ctx, p[0], p[1], p[2]); !errors.Is(err, volume.ErrNotFound) {
+			t.Errorf("changed ranges of %s, %s -> %s: %v, want ErrNotFound", p[0], p[1], p[2], err)
+		}
+	}
+
+	// Across an extension: the new part is reported where it was written.
+	if ext, ok := d.(volume.Extender); ok && d.Capabilities().Extend {
+		dev.Close()
+		if err := ext.ExtendVolume(ctx, "vc", size+4*mib); err != nil {
+			t.Fatal(err)
+		}
+		dev = open(t, d, "vc", false)
+		grown := change{off: size + mib, n: 4096}
+		grown.apply(t, dev, 0xe0)
+		snap("s4")
+		for _, p := range [][2]string{{"s2", "s4"}, {"s4", "s2"}} {
+			rs := ranges(p[0], p[1])
+			checkRanges(t, rs, size+4*mib)
+			for _, c := range append(slices.Clone(after), grown) {
+				if !covered(rs, c.off, c.n) {
+					t.Errorf("%s -> %s: change %d@%d is not in the changed ranges %v", p[0], p[1], c.n, c.off, rs)
+				}
+			}
+		}
+	}
+}
+
+// checkRanges fails the test unless rs are non-empty, in order, disjoint
+// and inside a volume of size bytes.
+func checkRanges(t *testing.T, rs []volume.Range, size int64) {
+	t.Helper()
+	end := int64(0)
+	for _, r := range rs {
+		if r.Length <= 0 || r.Offset < end || r.Offset+r.Length > size {
+			t.Fatalf("changed ranges are not sorted, disjoint, non-empty ranges within %d bytes: %v", size, rs)
+		}
+		end = r.Offset + r.Length
+	}
+}
+
+// covered reports whether [off, off+n) lies within the union of rs (sorted
+// and disjoint).
+func covered(rs []volume.Range, off, n int64) bool {
+	pos, end := off, off+n
+	for _, r := range rs {
+		if r.Offset > pos {
+			break
+		}
+		pos = max(pos, r.Offset+r.Length)
+		if pos >= end {
+			return true
+		}
+	}
+	return pos >= end
+}
+
+// roundOut returns the changes' ranges rounded out to multiples of unit,
+// sorted and merged.
+func roundOut(cs []change, unit int64) []volume.Range {
+	var rs []volume.Range
+	for _, c := range cs {
+		start := c.off / unit * unit
+		rs = append(rs, volume.Range{Offset: start, Length: (c.off+c.n+unit-1)/unit*unit - start})
+	}
+	slices.SortFunc(rs, func(a, b volume.Range) int { return cmp.Compare(a.Offset, b.Offset) })
+	var out []volume.Range
+	for _, r := range rs {
+		if n := len(out); n > 0 && r.Offset <= out[n-1].Offset+out[n-1].Length {
+			out[n-1].Length = max(out[n-1].Length, r.Offset+r.Length-out[n-1].Offset)
+			continue
+		}
+		out = append(out, r)
+	}
+	return out
+}
+
+func totalLength(rs []volume.Range) int64 {
+	var n int64
+	for _, r := range rs {
+		n += r.Length
+	}
+	return n
+}
+
+// diffSnapshots reads two snapshots of a volume and returns the runs of
+// bytes where they differ.
+func diffSnapshots(t *testing.T, op volume.SnapshotOpener, vol, a, b string, size int64) []volume.Range {
+	t.Helper()
+	var devs [2]blockdev.Device
+	for i, id := range []string{a, b} {
+		dev, err := op.OpenSnapshot(context.Background(), vol, id)
+		if err != nil {
+			t.Fatalf("open snapshot %s: %v", id, err)
+		}
+		defer dev.Close()
+		devs[i] = dev
+	}
+	var out []volume.Range
+	for off := int64(0); off < size; off += mib {
+		n := min(mib, size-off)
+		x, y := read(t, devs[0], off, n), read(t, devs[1], off, n)
+		if bytes.Equal(x, y) {
+			continue
+		}
+		for i := range x {
+			if x[i] == y[i] {
+				continue
+			}
+			pos := off + int64(i)
+			if k := len(out); k > 0 && out[k-1].Offset+out[k-1].Length == pos {
+				out[k-1].Length++
+			} else {
+				out = append(out, volume.Range{Offset: pos, Length: 1})
+			}
+		}
+	}
+	return out
 }
