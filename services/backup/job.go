@@ -137,6 +137,10 @@ func (s *Server) runBackup(ctx context.Context, id, previousStatus string) {
 		// snapshot recorded as temporary, for the recovery to delete.
 		extra["temp_snapshot_id"] = ""
 		extra["tracking_snapshot_id"] = src.snapshotID
+		// The older kept snapshots go first: whatever happens next, at
+		// most one is left (losing both only makes the next incremental
+		// read everything).
+		s.pruneTracking(cleanupCtx, b)
 	}
 	if endErr != nil {
 		// The data is safe, but the volume may still say backing-up; the
@@ -160,9 +164,6 @@ func (s *Server) runBackup(ctx context.Context, id, previousStatus string) {
 		return
 	}
 	log.Info("backup available", "objects", res.ObjectCount)
-	if src.keep {
-		s.pruneTracking(cleanupCtx, b)
-	}
 }
 
 // dropKeptSnapshot deletes a snapshot a failed or cancelled backup would
