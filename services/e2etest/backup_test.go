@@ -29,7 +29,7 @@ const (
 	blockSize = 1 << 20
 )
 
-func dialExport(t *testing.T, ci *volumev1.ConnectionInfo) *nbd.Client {
+func dialExport(t testing.TB, ci *volumev1.ConnectionInfo) *nbd.Client {
 	t.Helper()
 	d := ci.GetData()
 	c, err := nbd.Dial(context.Background(), "tcp", net.JoinHostPort(d.GetHost(), strconv.Itoa(int(d.GetPort()))), nbd.DialOptions{ExportName: d.GetExportName()})
@@ -41,7 +41,7 @@ func dialExport(t *testing.T, ci *volumev1.ConnectionInfo) *nbd.Client {
 }
 
 // attached creates a volume of size bytes and attaches it read-write over NBD.
-func attached(t *testing.T, s *Stack, size int64) (*volumev1.Volume, *volumev1.Attachment, *nbd.Client) {
+func attached(t testing.TB, s *Stack, size int64) (*volumev1.Volume, *volumev1.Attachment, *nbd.Client) {
 	t.Helper()
 	ctx := context.Background()
 	cr, err := s.Volumes.CreateVolume(ctx, &volumev1.CreateVolumeRequest{ProjectId: project, Volume: &volumev1.VolumeInput{SizeBytes: size, Name: "attached"}})

@@ -16,7 +16,13 @@ import (
 	"google.golang.org/grpc/status"
 )
 
-func TestMain(m *testing.M) { os.Exit(storetest.Main(m)) }
+func TestMain(m *testing.M) {
+	code := storetest.Main(m)
+	if binDir != "" {
+		os.RemoveAll(binDir) // the daemons Binaries built for this run
+	}
+	os.Exit(code)
+}
 
 const project = "e2e"
 
