@@ -46,6 +46,8 @@ func run() error {
 	fs.IntVar(&cfg.MaxConcurrent, "max-concurrent", cfg.MaxConcurrent, "backups and restores running at once (more wait in a queue)")
 	fs.StringVar(&cfg.Strategy, "strategy", cfg.Strategy, "force how in-use volumes are read: local-snapshot, attached-snapshot, temporary-volume (default: chosen from the backend's capabilities)")
 	fs.StringVar(&cfg.Container, "container", cfg.Container, "default repository container")
+	fs.IntVar(&cfg.ChunkSize, "chunk-size", cfg.ChunkSize,
+		"chunk size in bytes of new repository containers: a power of two from 65536 to 67108864 (0: 4 MiB); smaller chunks make incremental backups of small changes store less, larger ones mean fewer objects")
 	fs.BoolVar(&cfg.ChangedBlockTracking, "changed-block-tracking", cfg.ChangedBlockTracking,
 		"keep the snapshot each backup of an in-use volume was read from, so the next incremental backup reads only what changed (costs copy-before-write on the volume manager in that mode)")
 	fs.BoolVar(&cfg.NoLocalReads, "no-local-reads", cfg.NoLocalReads, "never read through local paths, even on the volume manager's node")

@@ -56,6 +56,9 @@ func New(repo repository.Repository, opts Options) (*Engine, error) {
 	if opts.ChunkSize == 0 {
 		opts.ChunkSize = DefaultChunkSize
 	}
+	if cs := opts.ChunkSize; cs < MinChunkSize || cs > MaxChunkSize || cs&(cs-1) != 0 {
+		return nil, fmt.Errorf("engine: chunk size %d: want a power of two from %d (64 KiB) to %d (64 MiB)", cs, MinChunkSize, MaxChunkSize)
+	}
 	if opts.Workers <= 0 {
 		opts.Workers = max(runtime.GOMAXPROCS(0), 2)
 	}

@@ -32,6 +32,12 @@ const FormatVersion = 1
 // document for the measurement behind it).
 const DefaultChunkSize = 4 << 20
 
+// MinChunkSize and MaxChunkSize bound the chunk size of new containers.
+const (
+	MinChunkSize = 64 << 10
+	MaxChunkSize = 64 << 20
+)
+
 // Errors.
 var (
 	// ErrWrongKey: the repository key does not open this container.

@@ -53,9 +53,10 @@ func (f Files) load() (tls.Certificate, *x509.CertPool, error) {
 	return cert, pool, nil
 }
 
-// ServerOption returns the gRPC server option for f: mutual TLS, or none
-// (plaintext) when f is empty.
-func ServerOption(f Files) ([]grpc.ServerOption, error) {
+// ServerConfig is the TLS configuration of a server for f: its
+// certificate, and clients must present one the CA signed. nil when f is
+// empty.
+func ServerConfig(f Files) (*tls.Config, error) {
 	if !f.Enabled() {
 		return nil, nil
 	}
@@ -63,21 +64,43 @@ func ServerOption(f Files) ([]grpc.ServerOption, error) {
 	if err != nil {
 		return nil, err
 	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool,
-		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, ClientCAs: pool,
+		ClientAuth: tls.RequireAndVerifyClientCert, MinVersion: tls.VersionTLS13}, nil
+}
+
+// ClientConfig is the TLS configuration of a client for f: its
+// certificate, and servers must present one the CA signed (the caller sets
+// ServerName for each server). nil when f is empty.
+func ClientConfig(f Files) (*tls.Config, error) {
+	if !f.Enabled() {
+		return nil, nil
+	}
+	cert, pool, err := f.load()
+	if err != nil {
+		return nil, err
+	}
+	return &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS13}, nil
+}
+
+// ServerOption returns the gRPC server option for f: mutual TLS, or none
+// (plaintext) when f is empty.
+func ServerOption(f Files) ([]grpc.ServerOption, error) {
+	cfg, err := ServerConfig(f)
+	if err != nil || cfg == nil {
+		return nil, err
+	}
 	return []grpc.ServerOption{grpc.Creds(credentials.NewTLS(cfg))}, nil
 }
 
 // DialOption returns the gRPC dial option for f: mutual TLS, or plaintext
 // when f is empty.
 func DialOption(f Files) (grpc.DialOption, error) {
-	if !f.Enabled() {
-		return grpc.WithTransportCredentials(insecure.NewCredentials()), nil
-	}
-	cert, pool, err := f.load()
+	cfg, err := ClientConfig(f)
 	if err != nil {
 		return nil, err
 	}
-	cfg := &tls.Config{Certificates: []tls.Certificate{cert}, RootCAs: pool, MinVersion: tls.VersionTLS13}
+	if cfg == nil {
+		return grpc.WithTransportCredentials(insecure.NewCredentials()), nil
+	}
 	return grpc.WithTransportCredentials(credentials.NewTLS(cfg)), nil
 }

@@ -79,6 +79,9 @@ type DaemonConfig struct {
 	// ChangedBlockTracking keeps each backup's snapshot for the next
 	// incremental backup's changed ranges (see Config).
 	ChangedBlockTracking bool
+	// ChunkSize is the chunk size of new containers in bytes (0: the
+	// engine's default, 4 MiB); existing containers keep theirs.
+	ChunkSize int
 }
 
 // DefaultDaemonConfig returns the embedded defaults.
@@ -160,6 +163,10 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	nbdTLS, err := mtls.ClientConfig(cfg.TLS)
+	if err != nil {
+		return err
+	}
 	conn, err := grpc.NewClient(cfg.VolumeManager, creds,
 		grpc.WithChainUnaryInterceptor(requestid.UnaryClientInterceptor(), tokenUnary),
 		grpc.WithChainStreamInterceptor(tokenStream))
@@ -179,7 +186,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	}
 	srv := New(Config{NodeID: cfg.NodeID, LocalReads: !cfg.NoLocalReads, Strategy: cfg.Strategy, MaxConcurrent: cfg.MaxConcurrent,
 		Container: cfg.Container, Quotas: quotas, LeaseDuration: cfg.LeaseDuration,
-		ChangedBlockTracking: cfg.ChangedBlockTracking}, bdb, volumev1.NewVolumeManagerServiceClient(conn), EngineAdapter{E: eng}, log)
+		ChangedBlockTracking: cfg.ChangedBlockTracking, NBDTLS: nbdTLS}, bdb, volumev1.NewVolumeManagerServiceClient(conn), EngineAdapter{E: eng}, log)
 	defer srv.Close()
 	if err := srv.Recover(ctx); err != nil {
 		// Recovery is retried at the next start; new work is still accepted.
@@ -246,7 +253,7 @@ func OpenEngine(ctx context.Context, cfg DaemonConfig) (*engine.Engine, error) {
 		}
 		key = bytes.TrimSpace(key)
 	}
-	return engine.New(repo, engine.Options{Key: key})
+	return engine.New(repo, engine.Options{Key: key, ChunkSize: cfg.ChunkSize})
 }
 
 // openRepository opens the repository the configuration names.

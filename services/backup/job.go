@@ -418,7 +418,7 @@ func (s *Server) attachSnapshot(ctx context.Context, b *backupdb.Backup, snapID 
 	if err != nil {
 		return fmt.Errorf("attach snapshot %s: %w", snapID, err)
 	}
-	dev, err := openConnection(ctx, r.GetConnectionInfo(), true)
+	dev, err := openConnection(ctx, r.GetConnectionInfo(), true, s.cfg.NBDTLS)
 	if err != nil {
 		return err
 	}
@@ -441,7 +441,7 @@ func (s *Server) attachVolume(ctx context.Context, b *backupdb.Backup, volID str
 		}
 		return err
 	})
-	dev, err := openConnection(ctx, r.GetAttachment().GetConnectionInfo(), true)
+	dev, err := openConnection(ctx, r.GetAttachment().GetConnectionInfo(), true, s.cfg.NBDTLS)
 	if err != nil {
 		return err
 	}

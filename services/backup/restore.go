@@ -158,7 +158,7 @@ func (s *Server) attachForRestore(ctx context.Context, b *backupdb.Backup, volID
 		}
 		return err
 	})
-	dev, err := openConnection(ctx, r.GetAttachment().GetConnectionInfo(), false)
+	dev, err := openConnection(ctx, r.GetAttachment().GetConnectionInfo(), false, s.cfg.NBDTLS)
 	if err != nil {
 		return err
 	}

@@ -6,6 +6,7 @@ package backup
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -53,6 +54,9 @@ type Config struct {
 	// volume reads only the ranges the volume manager reports changed
 	// since (drivers with the changed-ranges capability).
 	ChangedBlockTracking bool
+	// NBDTLS is the client TLS configuration (certificate and CA) for NBD
+	// exports that require TLS; nil: such exports cannot be read.
+	NBDTLS *tls.Config
 }
 
 func (c Config) leaseDuration() time.Duration {

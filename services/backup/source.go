@@ -2,6 +2,7 @@ package backup
 
 import (
 	"context"
+	"crypto/tls"
 	"fmt"
 	"net"
 	"strconv"
@@ -17,7 +18,7 @@ import (
 // reconnectWindow is how long a broken NBD connection is dialed again.
 const reconnectWindow = time.Minute
 
-func openConnection(ctx context.Context, ci *volumev1.ConnectionInfo, readOnly bool) (blockdev.Device, error) {
+func openConnection(ctx context.Context, ci *volumev1.ConnectionInfo, readOnly bool, tlsCfg *tls.Config) (blockdev.Device, error) {
 	d := ci.GetData()
 	switch ci.GetDriverVolumeType() {
 	case "local":
@@ -27,14 +28,19 @@ func openConnection(ctx context.Context, ci *volumev1.ConnectionInfo, readOnly b
 		}
 		return dev, nil
 	case "nbd":
+		opts := nbd.DialOptions{ExportName: d.GetExportName()}
 		if d.GetTls() {
-			return nil, fmt.Errorf("the export requires TLS, which this backup service is not configured for")
+			if tlsCfg == nil {
+				return nil, fmt.Errorf("the export requires TLS; give the backup service --tls-cert, --tls-key and --tls-ca")
+			}
+			opts.TLSConfig = tlsCfg.Clone()
+			opts.TLSConfig.ServerName = d.GetHost()
 		}
 		addr := net.JoinHostPort(d.GetHost(), strconv.Itoa(int(d.GetPort())))
 		// A dropped connection is dialed again and the failed requests
 		// retried, for up to reconnectWindow (a volume manager restarting
 		// brings its exports back under the same names).
-		c, err := nbd.DialReconnecting(ctx, "tcp", addr, nbd.DialOptions{ExportName: d.GetExportName()}, reconnectWindow)
+		c, err := nbd.DialReconnecting(ctx, "tcp", addr, opts, reconnectWindow)
 		if err != nil {
 			return nil, fmt.Errorf("connect to the NBD export at %s: %w", addr, err)
 		}

@@ -17,6 +17,7 @@ import (
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/mtls"
 	"github.com/blockvault/blockvault/pkg/nbd"
 	"github.com/blockvault/blockvault/pkg/testenv"
 	"github.com/blockvault/blockvault/services/backup"
@@ -31,8 +32,24 @@ const (
 
 func dialExport(t testing.TB, ci *volumev1.ConnectionInfo) *nbd.Client {
 	t.Helper()
+	return dialExportWith(t, ci, mtls.Files{})
+}
+
+// dialExportWith connects to an NBD export, with mutual TLS (certificate
+// files f) when the export requires it.
+func dialExportWith(t testing.TB, ci *volumev1.ConnectionInfo, f mtls.Files) *nbd.Client {
+	t.Helper()
 	d := ci.GetData()
-	c, err := nbd.Dial(context.Background(), "tcp", net.JoinHostPort(d.GetHost(), strconv.Itoa(int(d.GetPort()))), nbd.DialOptions{ExportName: d.GetExportName()})
+	opts := nbd.DialOptions{ExportName: d.GetExportName()}
+	if d.GetTls() {
+		cfg, err := mtls.ClientConfig(f)
+		if err != nil || cfg == nil {
+			t.Fatalf("the export requires TLS: certificate files %v: %v", f, err)
+		}
+		cfg.ServerName = d.GetHost()
+		opts.TLSConfig = cfg
+	}
+	c, err := nbd.Dial(context.Background(), "tcp", net.JoinHostPort(d.GetHost(), strconv.Itoa(int(d.GetPort()))), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -53,7 +70,7 @@ func attached(t testing.TB, s *Stack, size int64) (*volumev1.Volume, *volumev1.A
 	if err != nil {
 		t.Fatal(err)
 	}
-	return cr.GetVolume(), ar.GetAttachment(), dialExport(t, ar.GetAttachment().GetConnectionInfo())
+	return cr.GetVolume(), ar.GetAttachment(), dialExportWith(t, ar.GetAttachment().GetConnectionInfo(), s.TLS)
 }
 
 // waitBackup waits until the backup leaves the transient statuses.

@@ -152,7 +152,7 @@ func relRestored(t *testing.T, s *Stack, backupID string) (dev *nbd.Client, done
 	if err != nil {
 		t.Fatal(err)
 	}
-	dev = dialExport(t, ar.GetAttachment().GetConnectionInfo())
+	dev = dialExportWith(t, ar.GetAttachment().GetConnectionInfo(), s.TLS)
 	var once sync.Once
 	done = func() {
 		once.Do(func() {

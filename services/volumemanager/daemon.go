@@ -2,6 +2,7 @@ package volumemanager
 
 import (
 	"context"
+	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -29,6 +30,10 @@ type DaemonConfig struct {
 	Listen string
 	// NBDListen is the address of the NBD server (the data plane).
 	NBDListen string
+	// NBDPlaintext serves NBD exports without TLS even when TLS is set
+	// (by default, with TLS the exports require it too, with the same
+	// certificates: mutual TLS).
+	NBDPlaintext bool
 	// NBDAdvertise is the host consumers dial for exports (default: the
 	// host of NBDListen).
 	NBDAdvertise string
@@ -140,13 +145,20 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 		host = cfg.NBDAdvertise
 	}
 	port, _ := strconv.Atoi(portStr)
-	nbdSrv := nbd.NewServer(nbd.ServerOptions{Logger: log})
+	var nbdTLS *tls.Config
+	if !cfg.NBDPlaintext {
+		if nbdTLS, err = mtls.ServerConfig(cfg.TLS); err != nil {
+			nbdLn.Close()
+			return err
+		}
+	}
+	nbdSrv := nbd.NewServer(nbd.ServerOptions{Logger: log, TLSConfig: nbdTLS})
 
 	quotas, err := quota.New(cfg.Quota)
 	if err != nil {
 		return err
 	}
-	srv := New(Config{NodeID: cfg.NodeID, ExportHost: host, ExportPort: port, Quotas: quotas}, vdb, driver, nbdSrv, log)
+	srv := New(Config{NodeID: cfg.NodeID, ExportHost: host, ExportPort: port, ExportTLS: nbdTLS != nil, Quotas: quotas}, vdb, driver, nbdSrv, log)
 	if err := srv.Restore(ctx); err != nil {
 		return err
 	}
@@ -168,7 +180,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	gs.Health.SetServingStatus(volumev1.VolumeManagerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	caps := driver.Capabilities()
 	log.Info("volume-manager serving", "grpc", ln.Addr().String(), "nbd", nbdLn.Addr().String(),
-		"driver", driver.Name(), "mode", caps.Mode, "database", store.Dialect(db), "node_id", cfg.NodeID, "version", daemon.Version)
+		"nbd_tls", nbdTLS != nil, "driver", driver.Name(), "mode", caps.Mode, "database", store.Dialect(db), "node_id", cfg.NodeID, "version", daemon.Version)
 	tasks := []daemon.Task{daemon.ServeGRPC(gs, ln)}
 	if cfg.HTTPListen != "" {
 		hl, err := net.Listen("tcp", cfg.HTTPListen)
