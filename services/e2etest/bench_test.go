@@ -64,6 +64,10 @@ var benchVariants = []benchVariant{
 //
 //	BLOCKVAULT_BENCH_SIZE=8GiB go test -run '^$' -bench BenchmarkThroughDaemons -benchtime 1x -timeout 60m ./services/e2etest
 //
+// BLOCKVAULT_BENCH_BACKUP_ARGS adds backup-service flags (to compare
+// settings, e.g. "--chunk-size 1048576"); BLOCKVAULT_BENCH_RIVALS=off skips
+// restic and borg.
+//
 // It prints a plain text report meant for docs/: each operation's
 // throughput, bytes read and stored, the daemons' CPU and memory, a
 // writer's slowdown during a backup, the machine's limits for the engine's
@@ -86,6 +90,9 @@ func BenchmarkThroughDaemons(b *testing.B) {
 	if cbt {
 		args = append(args, "--changed-block-tracking")
 	}
+	// More backup-service flags to compare settings (e.g. --chunk-size).
+	extra := strings.Fields(os.Getenv("BLOCKVAULT_BENCH_BACKUP_ARGS"))
+	args = append(args, extra...)
 
 	rep := &benchReport{size: size, started: time.Now(), machine: benchMachine(), limits: map[string]pipelineLimit{}, peakReset: true}
 	rep.dirs = append(rep.dirs, fmt.Sprintf("temp dir %s: %s", tmp, fsOf(tmp)))
@@ -94,7 +101,8 @@ func BenchmarkThroughDaemons(b *testing.B) {
 		tracking = "on (--changed-block-tracking: a backup keeps its snapshot, the next incremental reads only the changed ranges)"
 	}
 	rep.settings = []string{
-		"blockvault: 4 MiB chunks, keyed BLAKE3 ids, zstd fastest, AES-256-GCM (--encryption-key-file), posix repository",
+		"blockvault: 4 MiB chunks (unless the extra flags below say otherwise), keyed BLAKE3 ids, zstd fastest, AES-256-GCM (--encryption-key-file), posix repository",
+		"extra backup-service flags (BLOCKVAULT_BENCH_BACKUP_ARGS): " + strings.Join(append([]string{"none"}, extra...)[min(len(extra), 1):], " "),
 		"changed-block tracking: " + tracking,
 		"volumes (written through NBD):",
 	}

@@ -60,6 +60,9 @@ func rivals(dir string) []*rival {
 		},
 	}
 	for _, r := range rs {
+		if os.Getenv("BLOCKVAULT_BENCH_RIVALS") == "off" {
+			continue // reported as not installed
+		}
 		if p, err := exec.LookPath(r.name); err == nil {
 			r.bin = p
 			out, _ := exec.Command(p, r.versionArg).CombinedOutput()
