@@ -26,8 +26,6 @@ import (
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/nbd"
 	"github.com/blockvault/blockvault/pkg/testenv"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
 const (
@@ -474,16 +472,7 @@ func removeVolume(b testing.TB, s *Stack, id string, att *volumev1.Attachment, d
 			b.Errorf("delete backup %s: %v", backups[i], err)
 			continue
 		}
-		for deadline := time.Now().Add(benchTimeout); ; time.Sleep(50 * time.Millisecond) {
-			r, err := s.Backups.GetBackup(ctx, &backupv1.GetBackupRequest{ProjectId: project, BackupId: backups[i]})
-			if status.Code(err) == codes.NotFound {
-				break
-			}
-			if err == nil && r.GetBackup().GetStatus() != "deleting" || time.Now().After(deadline) {
-				b.Errorf("delete backup %s: %v %s", backups[i], err, r.GetBackup().GetStatus())
-				break
-			}
-		}
+		waitGone(b, s, backups[i], benchTimeout)
 	}
 	dev.Close()
 	if _, err := s.Volumes.DetachVolume(ctx, &volumev1.DetachVolumeRequest{ProjectId: project, AttachmentId: att.GetId()}); err != nil {

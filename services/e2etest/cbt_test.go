@@ -12,6 +12,8 @@ import (
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/nbd"
 	"github.com/blockvault/blockvault/pkg/testenv"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // TestChangedBlockTracking: with --changed-block-tracking, each backup of
@@ -127,7 +129,7 @@ func TestChangedBlockTracking(t *testing.T) {
 				if code, body := s.REST("DELETE", "/v3/"+project+"/backups/"+id, nil); code != 202 {
 					t.Fatalf("delete backup: %d %v", code, body)
 				}
-				waitGone(t, s, id)
+				waitGone(t, s, id, time.Minute)
 			}
 			if k := keptSnapshots(t, s, vol.GetId()); len(k) != 0 {
 				t.Fatalf("snapshots kept after every backup was deleted: %v", k)
@@ -190,18 +192,17 @@ func restoredHash(t *testing.T, s *Stack, backupID string) string {
 	return deviceHash(t, dev)
 }
 
-// waitGone waits until a backup no longer exists.
-func waitGone(t *testing.T, s *Stack, id string) {
+// waitGone waits until a deleted backup no longer exists (NotFound); a
+// delete that ends in another status, or takes longer than timeout, fails.
+func waitGone(t testing.TB, s *Stack, id string, timeout time.Duration) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
-	for {
-		_, err := s.Backups.GetBackup(context.Background(), &backupv1.GetBackupRequest{ProjectId: project, BackupId: id})
-		if err != nil {
+	for deadline := time.Now().Add(timeout); ; time.Sleep(50 * time.Millisecond) {
+		r, err := s.Backups.GetBackup(context.Background(), &backupv1.GetBackupRequest{ProjectId: project, BackupId: id})
+		if status.Code(err) == codes.NotFound {
 			return
 		}
-		if time.Now().After(deadline) {
-			t.Fatalf("backup %s still exists a minute after its delete", id)
+		if err == nil && r.GetBackup().GetStatus() != "deleting" || time.Now().After(deadline) {
+			t.Fatalf("delete backup %s: %v %s", id, err, r.GetBackup().GetStatus())
 		}
-		time.Sleep(100 * time.Millisecond)
 	}
 }
