@@ -234,10 +234,10 @@ func (st *volState) modify(off, length int64, p []byte, change func() error) err
 			return st.broken
 		}
 		if st.staging != nil {
-			staged, wait := st.stageWrite(off, length, p)
+			done, wait, err := st.stageWrite(off, length, p, change)
 			st.lock.RUnlock()
-			if staged {
-				return nil
+			if done {
+				return err
 			}
 			<-wait
 			continue
@@ -276,12 +276,12 @@ func (v *volumeDevice) ReadAt(p []byte, off int64) (int, error) {
 	}
 	v.st.lock.RLock()
 	defer v.st.lock.RUnlock()
+	if v.st.staging != nil {
+		return v.st.readStaged(p, off)
+	}
 	n, err := v.st.f.ReadAt(p, off)
 	if errors.Is(err, io.EOF) && n == len(p) {
 		err = nil
-	}
-	if s := v.st.staging; s != nil && err == nil {
-		s.overlay(p, off)
 	}
 	return n, err
 }

@@ -418,7 +418,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, volumeID, snapshotID string
 		// extents holding the inode lock; flushing first leaves it less to
 		// do, and staging keeps the writers going meanwhile.
 		unix.Fdatasync(int(st.f.Fd()))
-		return st.withStaging(func() error { return d.reflink(st.f, d.snapPath(volumeID, snapshotID, ".img"), 0) })
+		return st.withStaging(newStage(d.cfg.Dir), func() error { return d.reflink(st.f, d.snapPath(volumeID, snapshotID, ".img"), 0) })
 	}
 	return st.addSnapshot(d, snapshotID)
 }
@@ -515,7 +515,7 @@ func (d *Driver) CloneVolume(ctx context.Context, srcID, dstID string) error {
 	}
 	if d.mode == ModeReflink {
 		unix.Fdatasync(int(st.f.Fd()))
-		return st.withStaging(func() error { return d.reflink(st.f, d.volumePath(dstID), 0) })
+		return st.withStaging(newStage(d.cfg.Dir), func() error { return d.reflink(st.f, d.volumePath(dstID), 0) })
 	}
 	// Copy-before-write: a short-lived internal snapshot gives the point in
 	// time; its view is copied, holes skipped.

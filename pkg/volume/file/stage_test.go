@@ -3,9 +3,13 @@ package file
 import (
 	"bytes"
 	"context"
+	"fmt"
 	"io"
+	"math/rand"
 	"os"
 	"path/filepath"
+	"slices"
+	"sync/atomic"
 	"testing"
 	"time"
 )
@@ -39,7 +43,7 @@ func TestStagingDuringClone(t *testing.T) {
 	clonePath := filepath.Join(t.TempDir(), "clone")
 	flushed := make(chan error, 1)
 
-	err = st.withStaging(func() error {
+	err = st.withStaging(newStage(t.TempDir()), func() error {
 		if _, err := dev.WriteAt(b, mib); err != nil {
 			return err
 		}
@@ -99,5 +103,201 @@ func TestStagingDuringClone(t *testing.T) {
 	}
 	if st.staging != nil {
 		t.Fatal("staging still on after the clone")
+	}
+}
+
+// TestStagingKeepsWriteOrder runs a writer through a clone and the apply
+// after it, with a stage small enough to spill and to fill up, and checks
+// against a model of the volume: every read shows the writes made before
+// it, the clone shows the volume as it was when staging began, and at the
+// end the file holds the last write to every byte.
+func TestStagingKeepsWriteOrder(t *testing.T) {
+	for _, seed := range []int64{1, 2, 3} {
+		t.Run(fmt.Sprint("seed", seed), func(t *testing.T) { stagingModel(t, seed) })
+	}
+}
+
+func stagingModel(t *testing.T, seed int64) {
+	d, err := New(Config{Dir: t.TempDir(), Mode: ModeCopyBeforeWrite})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer d.Close()
+	ctx := context.Background()
+	const size = 8 << 20
+	if err := d.CreateVolume(ctx, "v", size); err != nil {
+		t.Fatal(err)
+	}
+	dev, err := d.OpenVolume(ctx, "v", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	st := dev.(*volumeDevice).st
+
+	rng := rand.New(rand.NewSource(seed))
+	model := make([]byte, size)
+	var failed atomic.Bool
+	fail := func(format string, args ...any) {
+		failed.Store(true)
+		t.Errorf(format, args...)
+	}
+	// op makes one random write or zeroing and, now and then, reads a
+	// random range back; only the writer goroutine calls it.
+	op := func() {
+		off := rng.Int63n(size - 1)
+		length := min(1+rng.Int63n(96<<10), size-off)
+		if rng.Intn(5) == 0 {
+			if err := dev.Zero(off, length); err != nil {
+				fail("zero: %v", err)
+			}
+			clear(model[off : off+length])
+		} else {
+			p := make([]byte, length)
+			rng.Read(p)
+			if _, err := dev.WriteAt(p, off); err != nil {
+				fail("write: %v", err)
+			}
+			copy(model[off:], p)
+		}
+		if rng.Intn(3) == 0 {
+			off = rng.Int63n(size - 1)
+			length = min(1+rng.Int63n(256<<10), size-off)
+			got := make([]byte, length)
+			if _, err := dev.ReadAt(got, off); err != nil {
+				fail("read: %v", err)
+			} else if !bytes.Equal(got, model[off:off+length]) {
+				fail("a read of [%d, +%d) does not show the writes made before it", off, length)
+			}
+		}
+	}
+	for range 200 {
+		op()
+	}
+	atBarrier := slices.Clone(model)
+
+	// The writer runs on while the clone runs and while the staged writes
+	// are applied (slowly, so that new writes race with the apply).
+	s := newStage(t.TempDir())
+	s.memLimit, s.spillLimit = 256<<10, 2<<20
+	s.beforeApply = func() { time.Sleep(200 * time.Microsecond) }
+	start, stop := make(chan struct{}), make(chan struct{})
+	var ops atomic.Int64
+	writerDone := make(chan struct{})
+	go func() {
+		defer close(writerDone)
+		<-start
+		for {
+			select {
+			case <-stop:
+				return
+			default:
+			}
+			op()
+			ops.Add(1)
+			if failed.Load() {
+				return
+			}
+		}
+	}()
+	clonePath := filepath.Join(t.TempDir(), "clone")
+	var stagedOps, spilled int64
+	err = st.withStaging(s, func() error {
+		close(start)
+		// Until the stage is full (the writer then waits) or long enough.
+		deadline := time.Now().Add(2 * time.Second)
+		for time.Now().Before(deadline) {
+			s.mu.Lock()
+			full := s.spillEnd > s.spillLimit-(96<<10)
+			s.mu.Unlock()
+			if full {
+				break
+			}
+			time.Sleep(time.Millisecond)
+		}
+		stagedOps = ops.Load()
+		s.mu.Lock()
+		spilled = s.spillEnd
+		s.mu.Unlock()
+		out, err := os.Create(clonePath)
+		if err != nil {
+			return err
+		}
+		defer out.Close()
+		_, err = io.Copy(out, io.NewSectionReader(st.f, 0, size))
+		return err
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	time.Sleep(20 * time.Millisecond)
+	close(stop)
+	<-writerDone
+	t.Logf("%d operations while staging (%d KiB spilled), %d during the apply, %d in all after the barrier", stagedOps, spilled>>10, s.newerWrites, ops.Load())
+	if spilled == 0 {
+		t.Error("nothing was spilled: the test did not reach the spill file")
+	}
+	if s.newerWrites == 0 {
+		t.Error("no write raced with the apply")
+	}
+	clone, _ := os.ReadFile(clonePath)
+	if !bytes.Equal(clone, atBarrier) {
+		t.Error("the clone does not show the volume as it was when staging began")
+	}
+	got := make([]byte, size)
+	if _, err := dev.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(got, model) {
+		t.Error("the volume does not hold the last write to every byte")
+	}
+	raw := make([]byte, size)
+	if _, err := st.f.ReadAt(raw, 0); err != nil {
+		t.Fatal(err)
+	}
+	if !bytes.Equal(raw, model) {
+		t.Error("the file does not hold the last write to every byte")
+	}
+}
+
+// TestRangeSet checks the set of byte ranges newer writes covered against
+// a bitmap.
+func TestRangeSet(t *testing.T) {
+	rng := rand.New(rand.NewSource(1))
+	const n = 512
+	for round := range 200 {
+		var s rangeSet
+		var bits [n]bool
+		for range 1 + rng.Intn(20) {
+			lo := rng.Int63n(n)
+			hi := lo + 1 + rng.Int63n(min(64, n-lo))
+			s.add(lo, hi)
+			for i := lo; i < hi; i++ {
+				bits[i] = true
+			}
+		}
+		for i := 1; i < len(s.rs); i++ {
+			if s.rs[i-1].hi >= s.rs[i].lo {
+				t.Fatalf("round %d: ranges %v not sorted and merged", round, s.rs)
+			}
+		}
+		lo := rng.Int63n(n)
+		hi := lo + 1 + rng.Int63n(n-lo)
+		var got [n]bool
+		prev := int64(-1)
+		for _, r := range s.subtract(lo, hi) {
+			if r.lo <= prev || r.lo >= r.hi || r.lo < lo || r.hi > hi {
+				t.Fatalf("round %d: subtract(%d, %d) gave a bad range %v", round, lo, hi, r)
+			}
+			prev = r.hi
+			for i := r.lo; i < r.hi; i++ {
+				got[i] = true
+			}
+		}
+		for i := lo; i < hi; i++ {
+			if got[i] == bits[i] {
+				t.Fatalf("round %d: byte %d: in set %v, in subtract(%d, %d) %v", round, i, bits[i], lo, hi, got[i])
+			}
+		}
 	}
 }
