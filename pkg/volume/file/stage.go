@@ -38,7 +38,8 @@ import (
 const (
 	// maxStagedMemory bounds the memory staged writes take per volume.
 	maxStagedMemory = 64 << 20
-	// maxStagedSpill bounds the spill file.
+	// maxStagedSpill bounds the spill file (and so does a quarter of the
+	// pool's free space).
 	maxStagedSpill = 16 << 30
 )
 
@@ -84,7 +85,15 @@ type stage struct {
 }
 
 func newStage(spillDir string) *stage {
-	return &stage{spillDir: spillDir, memLimit: maxStagedMemory, spillLimit: maxStagedSpill, cloned: make(chan struct{}), done: make(chan struct{})}
+	// The spill file takes at most a quarter of the pool's free space: the
+	// staged writes need room in the volume's file too once applied, and
+	// copy on write needs room of its own.
+	spillLimit := int64(maxStagedSpill)
+	var fs unix.Statfs_t
+	if unix.Statfs(spillDir, &fs) == nil {
+		spillLimit = min(spillLimit, int64(fs.Bavail)*fs.Bsize/4)
+	}
+	return &stage{spillDir: spillDir, memLimit: maxStagedMemory, spillLimit: spillLimit, cloned: make(chan struct{}), done: make(chan struct{})}
 }
 
 // add records a write of p at off (p == nil: a zeroing of length bytes);

@@ -12,6 +12,8 @@ import (
 	"sync/atomic"
 	"testing"
 	"time"
+
+	"golang.org/x/sys/unix"
 )
 
 // TestStagingDuringClone drives withStaging by hand: writes and zeroings
@@ -299,5 +301,20 @@ func TestRangeSet(t *testing.T) {
 				t.Fatalf("round %d: byte %d: in set %v, in subtract(%d, %d) %v", round, i, bits[i], lo, hi, got[i])
 			}
 		}
+	}
+}
+
+// TestSpillBoundedByFreeSpace: the spill file may not take the room that
+// the volume's own writes need once applied.
+func TestSpillBoundedByFreeSpace(t *testing.T) {
+	dir := t.TempDir()
+	var fs unix.Statfs_t
+	if err := unix.Statfs(dir, &fs); err != nil {
+		t.Fatal(err)
+	}
+	free := int64(fs.Bavail) * fs.Bsize
+	s := newStage(dir)
+	if s.spillLimit > free/4+(1<<20) || s.spillLimit > maxStagedSpill {
+		t.Fatalf("spill limit %d with %d bytes free", s.spillLimit, free)
 	}
 }
