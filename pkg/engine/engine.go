@@ -168,8 +168,15 @@ type BackupSpec struct {
 	BackupID, VolumeID, ParentID string
 	// Changed lists the ranges that may differ from the parent; nil means
 	// unknown (everything is read). Only used with a parent.
-	Changed  []Range
-	Progress func(Progress)
+	Changed []Range
+	// ReuseFrom names a backup (of the same container) whose chunks a full
+	// backup need not store again: a chunk whose id its manifest lists is
+	// referenced, not compressed and written anew. Garbage collection keeps
+	// those chunks as it keeps a parent's: they are referenced by a manifest
+	// while the backup runs, and by the new manifest after it. A backup
+	// that cannot be read (deleted meanwhile) is passed over.
+	ReuseFrom string
+	Progress  func(Progress)
 }
 
 // LoadManifest reads and checks a backup's manifest.
@@ -248,6 +255,14 @@ func (e *Engine) Backup(ctx context.Context, containerName string, src blockdev.
 		for _, id := range parent.Chunks {
 			if id != "" {
 				known[id] = true
+			}
+		}
+	} else if spec.ReuseFrom != "" && checkBackupID(spec.ReuseFrom) == nil {
+		if ref, err := e.loadManifest(ctx, c, spec.ReuseFrom); err == nil {
+			for _, id := range ref.Chunks {
+				if id != "" {
+					known[id] = true
+				}
 			}
 		}
 	}

@@ -19,8 +19,11 @@ type BackupSpec struct {
 	BackupID, VolumeID, ParentID string
 	// Changed lists the byte ranges that may differ from the parent
 	// backup (changed-block tracking); nil means unknown: read everything.
-	Changed  []ByteRange
-	Progress ProgressFunc
+	Changed []ByteRange
+	// ReuseFrom, for a full backup, is an earlier backup of the volume in
+	// the same container whose chunks need not be stored again.
+	ReuseFrom string
+	Progress  ProgressFunc
 }
 
 // ByteRange is a byte range [Offset, Offset+Length) of a volume.

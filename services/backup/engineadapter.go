@@ -23,7 +23,7 @@ func progressFunc(p ProgressFunc) func(engine.Progress) {
 // Backup implements Engine.
 func (a EngineAdapter) Backup(ctx context.Context, container string, src blockdev.Device, spec BackupSpec) (BackupResult, error) {
 	m, err := a.E.Backup(ctx, container, src, engine.BackupSpec{BackupID: spec.BackupID, VolumeID: spec.VolumeID,
-		ParentID: spec.ParentID, Changed: engineRanges(spec.Changed), Progress: progressFunc(spec.Progress)})
+		ParentID: spec.ParentID, Changed: engineRanges(spec.Changed), ReuseFrom: spec.ReuseFrom, Progress: progressFunc(spec.Progress)})
 	if err != nil {
 		return BackupResult{}, err
 	}

@@ -83,9 +83,11 @@ func (s *Server) runBackup(ctx context.Context, id, previousStatus string) {
 	failpoint.Pause("backup-source-attached")
 	var res BackupResult
 	if err == nil {
-		log.Info("backup reading", "strategy", src.strategy)
+		reuse := s.reuseFrom(ctx, b)
+		log.Info("backup reading", "strategy", src.strategy, "reuse_from", reuse)
 		res, err = s.engine.Backup(ctx, b.Container, src.dev, BackupSpec{
-			BackupID: b.ID, VolumeID: b.VolumeID, ParentID: b.ParentID, Changed: src.changed, Progress: s.progressRecorder(b.ID, "backup"),
+			BackupID: b.ID, VolumeID: b.VolumeID, ParentID: b.ParentID, Changed: src.changed, ReuseFrom: reuse,
+			Progress: s.progressRecorder(b.ID, "backup"),
 		})
 	}
 	failpoint.Pause("backup-stored")
@@ -506,4 +508,20 @@ func (s *Server) progressRecorder(id, op string) ProgressFunc {
 		s.db.Update(context.Background(), id, map[string]any{"progress_op": op, "bytes_done": p.Done,
 			"bytes_total": p.Total, "bytes_read": p.Read, "bytes_stored": p.Stored})
 	}
+}
+
+// reuseFrom picks, for a full backup, the newest available backup of the
+// same volume in the same container: the chunks it lists are not stored
+// again (a second full backup of a volume that changed little compresses
+// and writes only what changed). The new backup's manifest still lists
+// every chunk, so it depends on no other backup. "" when there is none.
+func (s *Server) reuseFrom(ctx context.Context, b *backupdb.Backup) string {
+	if b.ParentID != "" {
+		return ""
+	}
+	p, err := s.db.LatestAvailable(ctx, b.ProjectID, b.VolumeID)
+	if err != nil || p.Container != b.Container || p.ID == b.ID {
+		return ""
+	}
+	return p.ID
 }

@@ -176,6 +176,25 @@ func TestConcurrentBackupsAndIncremental(t *testing.T) {
 	if !parent.GetBackup().GetHasDependentBackups() {
 		t.Fatal("the parent does not show its dependent backup")
 	}
+
+	// A full backup now reuses the chunks of the newest backup (the
+	// incremental): it stores nothing, depends on nothing, and restores
+	// the volume as it is.
+	want := deviceHash(t, dev)
+	cr, err = s.Backups.CreateBackup(ctx, &backupv1.CreateBackupRequest{ProjectId: project, Backup: &backupv1.BackupInput{VolumeId: vols[0], Force: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	full2 := waitBackup(t, s, cr.GetBackup().GetId(), time.Minute)
+	if full2.GetStatus() != "available" || full2.GetIsIncremental() || full2.GetParentId() != "" {
+		t.Fatalf("second full backup: %v", full2)
+	}
+	if full2.GetObjectCount() != 0 {
+		t.Fatalf("a full backup of an unchanged volume stored %d chunks; want 0 (reused)", full2.GetObjectCount())
+	}
+	if got := restoredHash(t, s, full2.GetId()); got != want {
+		t.Fatal("the second full backup does not restore the volume")
+	}
 }
 
 // mustAttachment attaches a second, read-write connection to an in-use
