@@ -14,38 +14,48 @@ import (
 	"time"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/blockvault/blockvault/pkg/testenv"
 )
 
-// TestStagingDuringClone drives withStaging by hand: writes and zeroings
-// made while the clone runs return at once, are visible to reads at once,
-// stay out of the clone and of the file until the clone is done, and are
-// in the file afterwards; a flush waits for them.
-func TestStagingDuringClone(t *testing.T) {
+// stagingVolume opens a new volume of a driver in a temporary pool; the
+// tests drive its staging by hand, so the mode does not matter.
+func stagingVolume(t *testing.T, size int64) *volumeDevice {
+	t.Helper()
 	d, err := New(Config{Dir: t.TempDir(), Mode: ModeCopyBeforeWrite})
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer d.Close()
+	t.Cleanup(func() { d.Close() })
 	ctx := context.Background()
-	const mib = 1 << 20
-	if err := d.CreateVolume(ctx, "v", 4*mib); err != nil {
+	if err := d.CreateVolume(ctx, "v", size); err != nil {
 		t.Fatal(err)
 	}
 	dev, err := d.OpenVolume(ctx, "v", false)
 	if err != nil {
 		t.Fatal(err)
 	}
-	defer dev.Close()
+	t.Cleanup(func() { dev.Close() })
+	return dev.(*volumeDevice)
+}
+
+// TestStagingDuringClone drives withStaging by hand: writes and zeroings
+// made while the clone runs return at once, are visible to reads at once,
+// stay out of the clone and of the file until the clone is done, and are
+// in the file afterwards; a flush waits for them.
+func TestStagingDuringClone(t *testing.T) {
+	const mib = 1 << 20
+	dev := stagingVolume(t, 4*mib)
 	a := bytes.Repeat([]byte{'a'}, 4*mib)
 	if _, err := dev.WriteAt(a, 0); err != nil {
 		t.Fatal(err)
 	}
-	st := dev.(*volumeDevice).st
+	st := dev.st
 	b := bytes.Repeat([]byte{'b'}, mib)
 	clonePath := filepath.Join(t.TempDir(), "clone")
 	flushed := make(chan error, 1)
 
-	err = st.withStaging(newStage(t.TempDir()), func() error {
+	err := st.withStaging(newStage(t.TempDir()), func() error {
 		if _, err := dev.WriteAt(b, mib); err != nil {
 			return err
 		}
@@ -120,22 +130,9 @@ func TestStagingKeepsWriteOrder(t *testing.T) {
 }
 
 func stagingModel(t *testing.T, seed int64) {
-	d, err := New(Config{Dir: t.TempDir(), Mode: ModeCopyBeforeWrite})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer d.Close()
-	ctx := context.Background()
 	const size = 8 << 20
-	if err := d.CreateVolume(ctx, "v", size); err != nil {
-		t.Fatal(err)
-	}
-	dev, err := d.OpenVolume(ctx, "v", false)
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer dev.Close()
-	st := dev.(*volumeDevice).st
+	dev := stagingVolume(t, size)
+	st := dev.st
 
 	rng := rand.New(rand.NewSource(seed))
 	model := make([]byte, size)
@@ -204,7 +201,7 @@ func stagingModel(t *testing.T, seed int64) {
 	}()
 	clonePath := filepath.Join(t.TempDir(), "clone")
 	var stagedOps, spilled int64
-	err = st.withStaging(s, func() error {
+	err := st.withStaging(s, func() error {
 		close(start)
 		// Until the stage is full (the writer then waits) or long enough.
 		deadline := time.Now().Add(2 * time.Second)
@@ -304,17 +301,38 @@ func TestRangeSet(t *testing.T) {
 	}
 }
 
-// TestSpillBoundedByFreeSpace: the spill file may not take the room that
-// the volume's own writes need once applied.
+// TestSpillBoundedByFreeSpace: on a small pool (a 512 MiB XFS image) the
+// spill file stops at a quarter of the free space, well before its 16 GiB
+// bound, and leaves the rest of the pool free.
 func TestSpillBoundedByFreeSpace(t *testing.T) {
-	dir := t.TempDir()
-	var fs unix.Statfs_t
-	if err := unix.Statfs(dir, &fs); err != nil {
-		t.Fatal(err)
+	dir := testenv.XFSDir(t, 512<<20)
+	free := func() int64 {
+		var fs unix.Statfs_t
+		if err := unix.Statfs(dir, &fs); err != nil {
+			t.Fatal(err)
+		}
+		return int64(fs.Bavail) * fs.Bsize
 	}
-	free := int64(fs.Bavail) * fs.Bsize
+	before := free()
 	s := newStage(dir)
-	if s.spillLimit > free/4+(1<<20) || s.spillLimit > maxStagedSpill {
-		t.Fatalf("spill limit %d with %d bytes free", s.spillLimit, free)
+	s.memLimit = 0 // every write spills
+	p := make([]byte, 1<<20)
+	n := 0
+	for s.add(int64(n)<<20, int64(len(p)), p) {
+		n++
+		if n > 1024 {
+			t.Fatalf("the spill file took %d MiB of a pool with %d MiB free", n, before>>20)
+		}
 	}
+	if s.spillEnd > before/4 || s.spillEnd < before/4-(1<<20) {
+		t.Fatalf("the spill file stopped at %d MiB with %d MiB free; want a quarter", s.spillEnd>>20, before>>20)
+	}
+	if s.spill != nil {
+		s.spill.Sync()
+	}
+	if after := free(); after < before/2 {
+		t.Fatalf("%d MiB of %d MiB free left while spilling", after>>20, before>>20)
+	}
+	t.Logf("spilled %d MiB of %d MiB free; %d MiB free after", s.spillEnd>>20, before>>20, free()>>20)
+	s.spill.Close()
 }
