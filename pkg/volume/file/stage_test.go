@@ -315,6 +315,12 @@ func TestSpillBoundedByFreeSpace(t *testing.T) {
 	}
 	before := free()
 	s := newStage(dir)
+	// Closed before the pool is unmounted, also when the test fails.
+	t.Cleanup(func() {
+		if s.spill != nil {
+			s.spill.Close()
+		}
+	})
 	s.memLimit = 0 // every write spills
 	p := make([]byte, 1<<20)
 	n := 0
@@ -334,5 +340,4 @@ func TestSpillBoundedByFreeSpace(t *testing.T) {
 		t.Fatalf("%d MiB of %d MiB free left while spilling", after>>20, before>>20)
 	}
 	t.Logf("spilled %d MiB of %d MiB free; %d MiB free after", s.spillEnd>>20, before>>20, free()>>20)
-	s.spill.Close()
 }
