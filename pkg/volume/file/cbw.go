@@ -95,11 +95,12 @@ func openSnap(d *Driver, volID, id string) (*cbwSnap, error) {
 	return &cbwSnap{id: id, size: fi.Size(), store: store, mapf: mapf, saved: saved}, nil
 }
 
-// addSnapshot registers a new snapshot at this instant.
+// addSnapshot registers a new snapshot at this instant. Its files are
+// created and made durable before the volume's lock is taken: an fsync on a
+// busy filesystem can wait for the volume's own writeback (ext4 commits
+// ordered data first), and writers must not wait meanwhile.
 func (st *volState) addSnapshot(d *Driver, id string) error {
-	st.lock.Lock()
-	defer st.lock.Unlock()
-	if st.snapshotLocked(id) != nil {
+	if st.snapshot(id) != nil {
 		return fmt.Errorf("snapshot %s: %w", id, volume.ErrAlreadyExists)
 	}
 	if err := os.MkdirAll(d.snapDir(st.id), 0o750); err != nil {
@@ -112,21 +113,47 @@ func (st *volState) addSnapshot(d *Driver, id string) error {
 		}
 	}
 	store, err := os.OpenFile(paths[0], os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
+	if errors.Is(err, os.ErrExist) {
+		return fmt.Errorf("snapshot %s: %w", id, volume.ErrAlreadyExists)
+	}
 	if err != nil {
 		return err
 	}
 	mapf, err := os.OpenFile(paths[1], os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
 		store.Close()
-		cleanup()
+		os.Remove(paths[0])
 		return err
 	}
-	n := st.blocks(st.size)
-	if err := errors.Join(store.Truncate(st.size), mapf.Truncate(n), store.Sync(), mapf.Sync(), syncDir(filepath.Dir(paths[0]))); err != nil {
+	st.lock.RLock()
+	size := st.size
+	st.lock.RUnlock()
+	n := st.blocks(size)
+	if err := errors.Join(store.Truncate(size), mapf.Truncate(n), store.Sync(), mapf.Sync(), syncDir(filepath.Dir(paths[0]))); err != nil {
 		store.Close()
 		mapf.Close()
 		cleanup()
 		return err
+	}
+	st.lock.Lock()
+	defer st.lock.Unlock()
+	if _, err := os.Stat(paths[1]); err != nil {
+		// Deleted while it was being created (DeleteSnapshot removes the
+		// files, then the registration once more).
+		store.Close()
+		mapf.Close()
+		cleanup()
+		return fmt.Errorf("snapshot %s: deleted while being created: %w", id, err)
+	}
+	if st.size != size {
+		// Extended meanwhile: size the snapshot as the volume is now.
+		n = st.blocks(st.size)
+		if err := errors.Join(store.Truncate(st.size), mapf.Truncate(n), store.Sync(), mapf.Sync()); err != nil {
+			store.Close()
+			mapf.Close()
+			cleanup()
+			return err
+		}
 	}
 	st.snaps = append(st.snaps, &cbwSnap{id: id, size: st.size, store: store, mapf: mapf, saved: make([]byte, n)})
 	return nil

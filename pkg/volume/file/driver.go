@@ -466,6 +466,14 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, volumeID, snapshotID string
 			return fmt.Errorf("delete snapshot %s: %w", snapshotID, err)
 		}
 	}
+	if d.mode == ModeCopyBeforeWrite {
+		// A copy-before-write snapshot being created registers itself only
+		// once its files are durable: drop one that did so meanwhile.
+		if st, err := d.state(volumeID); err == nil {
+			st.removeSnapshot(snapshotID)
+			d.release(st)
+		}
+	}
 	if entries, _ := os.ReadDir(d.snapDir(volumeID)); len(entries) == 0 {
 		os.Remove(d.snapDir(volumeID))
 	}
