@@ -7,6 +7,7 @@ import (
 	"encoding/json"
 	"errors"
 	"fmt"
+	"golang.org/x/sync/errgroup"
 	"net"
 	"os"
 	"os/exec"
@@ -341,6 +342,48 @@ func BenchmarkClientRead(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		if _, err := c.ReadAt(out, 0); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+// BenchmarkClientWrite writes 64 MiB in 4 MiB writes from two goroutines
+// (a restore's two workers) through one connection to a file export.
+func BenchmarkClientWrite(b *testing.B) {
+	dir := b.TempDir()
+	path := filepath.Join(dir, "b.img")
+	f, _ := os.Create(path)
+	f.Truncate(64 * mib)
+	f.Close()
+	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	s := nbd.NewServer(nbd.ServerOptions{})
+	go s.Serve(ln)
+	defer s.Shutdown(context.Background())
+	dev, _ := blockdev.OpenFile(path, false)
+	defer dev.Close()
+	s.AddExport("b", dev, false)
+	c, err := nbd.Dial(context.Background(), "tcp", ln.Addr().String(), nbd.DialOptions{ExportName: "b"})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer c.Close()
+	src := make([]byte, 4*mib)
+	rand.Read(src)
+	b.SetBytes(64 * mib)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		var g errgroup.Group
+		for w := 0; w < 2; w++ {
+			g.Go(func() error {
+				for off := int64(w) * 4 * mib; off < 64*mib; off += 8 * mib {
+					if _, err := c.WriteAt(src, off); err != nil {
+						return err
+					}
+				}
+				return nil
+			})
+		}
+		if err := g.Wait(); err != nil {
 			b.Fatal(err)
 		}
 	}

@@ -538,6 +538,8 @@ type request struct {
 	off    uint64
 	length uint32
 	data   []byte
+	// buf holds data when it came from the payload pools.
+	buf *[]byte
 }
 
 func (c *conn) transmit() {
@@ -561,10 +563,12 @@ func (c *conn) transmit() {
 			if req.length > maxRequest {
 				return // cannot skip the payload safely
 			}
-			req.data = make([]byte, req.length)
+			req.buf = getPayload(int(req.length))
+			req.data = *req.buf
 			// The whole payload arrives before anything is applied: a
 			// client that drops mid-request changes nothing.
 			if err := c.readFull(req.data); err != nil {
+				putPayload(req.buf)
 				return
 			}
 		}
@@ -573,6 +577,9 @@ func (c *conn) transmit() {
 		go func() {
 			defer func() { <-sem; c.inflight.Done() }()
 			c.handle(req)
+			if req.buf != nil {
+				putPayload(req.buf)
+			}
 		}()
 	}
 }
@@ -602,12 +609,15 @@ func (c *conn) handle(req *request) {
 		case req.length > maxRequest:
 			err = errOverflow
 		default:
-			buf := make([]byte, req.length)
-			if _, rerr := e.dev.ReadAt(buf, int64(req.off)); rerr != nil {
+			pb := getPayload(int(req.length))
+			if _, rerr := e.dev.ReadAt(*pb, int64(req.off)); rerr != nil {
 				c.srv.log.Warn("nbd read failed", "export_bytes", size, "off", req.off, "err", rerr)
 				err = errnoOf(rerr)
+				putPayload(pb)
 			} else {
-				c.replyRead(req, buf)
+				// replyRead has written or copied the data when it returns.
+				c.replyRead(req, *pb)
+				putPayload(pb)
 				return
 			}
 		}
