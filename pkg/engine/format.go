@@ -209,8 +209,10 @@ func (k *keys) sealObject(enc *zstd.Encoder, scratch, plain []byte) (obj, scratc
 	return obj, compressed
 }
 
-// openObject decodes what sealObject made.
-func (k *keys) openObject(dec *zstd.Decoder, obj []byte) ([]byte, error) {
+// openObject decodes what sealObject made. It decrypts in place in obj and
+// decompresses into dst's storage (appending to dst[:0]) when it is large
+// enough, so the result may share storage with either.
+func (k *keys) openObject(dec *zstd.Decoder, obj, dst []byte) ([]byte, error) {
 	if len(obj) < 2 || obj[0] != objVersion {
 		return nil, fmt.Errorf("%w: bad object header", ErrCorrupt)
 	}
@@ -224,7 +226,7 @@ func (k *keys) openObject(dec *zstd.Decoder, obj []byte) ([]byte, error) {
 		if len(body) < ns {
 			return nil, fmt.Errorf("%w: short object", ErrCorrupt)
 		}
-		p, err := k.aead.Open(nil, body[:ns], body[ns:], obj[:2])
+		p, err := k.aead.Open(body[ns:ns], body[:ns], body[ns:], obj[:2])
 		if err != nil {
 			return nil, fmt.Errorf("%w: authentication failed", ErrCorrupt)
 		}
@@ -233,7 +235,7 @@ func (k *keys) openObject(dec *zstd.Decoder, obj []byte) ([]byte, error) {
 		return nil, fmt.Errorf("%w: unencrypted object in an encrypted container", ErrCorrupt)
 	}
 	if flags&flagZstd != 0 {
-		p, err := dec.DecodeAll(body, nil)
+		p, err := dec.DecodeAll(body, dst[:0])
 		if err != nil {
 			return nil, fmt.Errorf("%w: zstd: %v", ErrCorrupt, err)
 		}
@@ -288,7 +290,7 @@ func (k *keys) encodeManifest(enc *zstd.Encoder, m *Manifest) ([]byte, error) {
 }
 
 func (k *keys) decodeManifest(dec *zstd.Decoder, obj []byte) (*Manifest, error) {
-	plain, err := k.openObject(dec, obj)
+	plain, err := k.openObject(dec, obj, nil)
 	if err != nil {
 		return nil, err
 	}

@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"bytes"
 	"encoding/json"
 	"testing"
 
@@ -40,7 +41,7 @@ func FuzzDecoders(f *testing.F) {
 		openConfig(data, nil)
 		openConfig(data, repoKey)
 		for _, k := range []*keys{kPlain, kEnc} {
-			k.openObject(dec, data)
+			k.openObject(dec, bytes.Clone(data), nil)
 			m, err := k.decodeManifest(dec, data)
 			if err == nil {
 				n := (m.Size + int64(m.ChunkSize) - 1) / int64(m.ChunkSize)

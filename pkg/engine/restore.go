@@ -29,7 +29,8 @@ func (e *ChunkError) Error() string {
 func (e *ChunkError) Unwrap() error { return e.Err }
 
 // readChunk fetches and checks a chunk: its plaintext must hash to its id.
-func (e *Engine) readChunk(ctx context.Context, c *container, id string, off int64) ([]byte, error) {
+// The plaintext may be decompressed into buf's storage (see openObject).
+func (e *Engine) readChunk(ctx context.Context, c *container, id string, off int64, buf []byte) ([]byte, error) {
 	obj, err := e.get(ctx, chunkName(c, id))
 	if errors.Is(err, repository.ErrNotFound) {
 		return nil, &ChunkError{ChunkID: id, Offset: off, Err: fmt.Errorf("missing from the repository")}
@@ -37,7 +38,7 @@ func (e *Engine) readChunk(ctx context.Context, c *container, id string, off int
 	if err != nil {
 		return nil, err
 	}
-	plain, err := c.keys.openObject(e.dec, obj)
+	plain, err := c.keys.openObject(e.dec, obj, buf)
 	if err != nil {
 		return nil, &ChunkError{ChunkID: id, Offset: off, Err: err}
 	}
@@ -77,6 +78,8 @@ func (e *Engine) Restore(ctx context.Context, containerName, backupID string, ds
 	})
 	for w := 0; w < e.opts.Workers; w++ {
 		g.Go(func() error {
+			// One plaintext buffer per worker, reused chunk after chunk.
+			buf := make([]byte, 0, cs)
 			for i := range jobs {
 				off := int64(i) * cs
 				length := min(cs, m.Size-off)
@@ -85,7 +88,7 @@ func (e *Engine) Restore(ctx context.Context, containerName, backupID string, ds
 						return fmt.Errorf("engine: zero the target at %d: %w", off, err)
 					}
 				} else {
-					plain, err := e.readChunk(gctx, c, id, off)
+					plain, err := e.readChunk(gctx, c, id, off, buf)
 					if err != nil {
 						return err
 					}
@@ -142,7 +145,7 @@ func (e *Engine) Verify(ctx context.Context, containerName, backupID string) (*V
 	g.SetLimit(e.opts.Workers)
 	for k, it := range items {
 		g.Go(func() error {
-			_, err := e.readChunk(gctx, c, it.id, it.off)
+			_, err := e.readChunk(gctx, c, it.id, it.off, nil)
 			var ce *ChunkError
 			if errors.As(err, &ce) {
 				results[k] = ce

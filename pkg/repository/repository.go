@@ -39,7 +39,8 @@ type Repository interface {
 	// existing object. It returns only once the object is durable (fsync on
 	// posix, a completed PUT on S3).
 	Put(ctx context.Context, name string, data []byte) error
-	// Get returns the whole object, or ErrNotFound.
+	// Get returns the whole object, or ErrNotFound, in a slice the caller
+	// owns (the engine decrypts in place).
 	Get(ctx context.Context, name string) ([]byte, error)
 	// Stat describes the object, or returns ErrNotFound.
 	Stat(ctx context.Context, name string) (ObjectInfo, error)
