@@ -50,6 +50,8 @@ func run() error {
 		"chunk size in bytes of new repository containers: a power of two from 65536 to 67108864 (0: 4 MiB); smaller chunks make incremental backups of small changes store less, larger ones mean fewer objects")
 	fs.BoolVar(&cfg.ChangedBlockTracking, "changed-block-tracking", cfg.ChangedBlockTracking,
 		"keep the snapshot each backup of an in-use volume was read from, so the next incremental backup reads only what changed (costs copy-before-write on the volume manager in that mode)")
+	fs.IntVar(&cfg.Nice, "nice", cfg.Nice,
+		"nice value to run at, 0 to 19: above 0 the workloads being backed up win the CPU when they compete with backups and restores (0: as started)")
 	fs.BoolVar(&cfg.NoLocalReads, "no-local-reads", cfg.NoLocalReads, "never read through local paths, even on the volume manager's node")
 	fs.StringVar(&cfg.HTTPListen, "http-listen", cfg.HTTPListen, "address of /metrics, /healthz and /readyz (empty: off)")
 	fs.DurationVar(&cfg.LeaseDuration, "lease-duration", cfg.LeaseDuration, "how long this node's claim on its running jobs lasts without a heartbeat; backup services sharing a database take over a dead node's jobs after it")

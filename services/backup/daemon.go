@@ -16,6 +16,7 @@ import (
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/auth"
+	"github.com/blockvault/blockvault/pkg/cpuprio"
 	"github.com/blockvault/blockvault/pkg/daemon"
 	"github.com/blockvault/blockvault/pkg/engine"
 	"github.com/blockvault/blockvault/pkg/metrics"
@@ -82,13 +83,16 @@ type DaemonConfig struct {
 	// ChunkSize is the chunk size of new containers in bytes (0: the
 	// engine's default, 4 MiB); existing containers keep theirs.
 	ChunkSize int
+	// Nice is the nice value the daemon runs at (0 to 19; default 10), so
+	// the workloads it backs up win the CPU when they compete with it.
+	Nice int
 }
 
 // DefaultDaemonConfig returns the embedded defaults.
 func DefaultDaemonConfig() DaemonConfig {
 	host, _ := os.Hostname()
 	return DaemonConfig{Listen: "127.0.0.1:7200", VolumeManager: "127.0.0.1:7100", DataDir: "data/backup-service", NodeID: host,
-		MaxConcurrent: 4, Container: DefaultContainer, HTTPListen: "127.0.0.1:7201", LeaseDuration: 30 * time.Second, Auth: auth.Config{Mode: auth.ModeToken},
+		MaxConcurrent: 4, Container: DefaultContainer, Nice: 10, HTTPListen: "127.0.0.1:7201", LeaseDuration: 30 * time.Second, Auth: auth.Config{Mode: auth.ModeToken},
 		Quota: quota.Config{Defaults: quota.DefaultLimits()}}
 }
 
@@ -113,6 +117,9 @@ func (c DaemonConfig) Validate() error {
 	if c.MaxConcurrent < 1 {
 		errs = append(errs, fmt.Errorf("max-concurrent %d must be at least 1", c.MaxConcurrent))
 	}
+	if c.Nice < 0 || c.Nice > cpuprio.Max {
+		errs = append(errs, fmt.Errorf("nice %d must be 0 to %d", c.Nice, cpuprio.Max))
+	}
 	if err := ValidateStrategy(c.Strategy); err != nil {
 		errs = append(errs, err)
 	}
@@ -133,6 +140,13 @@ func (c DaemonConfig) databaseURL() string {
 func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	if err := cfg.Validate(); err != nil {
 		return err
+	}
+	// Only ever lower the priority: a daemon started at a higher nice
+	// value (systemd's Nice=) keeps it.
+	if cur, err := cpuprio.Nice(); cfg.Nice > 0 && (err != nil || cur < cfg.Nice) {
+		if err := cpuprio.SetNice(cfg.Nice); err != nil {
+			return err
+		}
 	}
 	authn, err := auth.New(cfg.Auth)
 	if err != nil {
