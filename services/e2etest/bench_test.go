@@ -98,10 +98,15 @@ func BenchmarkThroughDaemons(b *testing.B) {
 	if cbt {
 		tracking = "on (--changed-block-tracking: a backup keeps its snapshot, the next incremental reads only the changed ranges)"
 	}
+	niceness := "as started (no --nice flag in this build)"
+	if strings.Contains(string(help), "-nice") {
+		niceness = "its --nice default (10) unless the extra flags say otherwise; the volume manager and the writer at nice 0"
+	}
 	rep.settings = []string{
 		"blockvault: 4 MiB chunks (unless the extra flags below say otherwise), keyed BLAKE3 ids, zstd fastest, AES-256-GCM (--encryption-key-file), posix repository",
 		"extra backup-service flags (BLOCKVAULT_BENCH_BACKUP_ARGS): " + strings.Join(append([]string{"none"}, extra...)[min(len(extra), 1):], " "),
 		"changed-block tracking: " + tracking,
+		"backup-service CPU priority: " + niceness,
 		"volumes (written through NBD):",
 	}
 	for _, v := range benchVolumes {
