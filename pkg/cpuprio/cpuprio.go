@@ -5,7 +5,9 @@
 // The backup service runs at nice 10 by default: when it competes for CPU
 // with the workloads whose volumes it backs up (the volume manager serving
 // their writes, or the guests on the node), they win, and the backup takes
-// the CPU time they leave. With nothing else running it runs as fast.
+// the CPU time they leave. With nothing else running it runs as fast. A
+// nice value only weighs threads against others in the same autogroup or
+// CPU cgroup; across cgroups (systemd units) CPUWeight= does that job.
 package cpuprio
 
 import (
@@ -29,7 +31,8 @@ func SetNice(n int) error {
 		return fmt.Errorf("nice %d: must be 0 to %d", n, Max)
 	}
 	// Threads made while the list is walked inherit from a thread that
-	// may not be set yet: walk again until a pass sets no new thread.
+	// may not be set yet: walk again until a pass sets no new thread (the
+	// Go runtime makes few threads; ten passes are plenty).
 	done := map[int]bool{}
 	for pass := 0; pass < 10; pass++ {
 		entries, err := os.ReadDir("/proc/self/task")
