@@ -7,6 +7,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"io/fs"
 	"os"
 	"path/filepath"
@@ -14,6 +15,8 @@ import (
 	"strings"
 	"sync/atomic"
 	"syscall"
+
+	"golang.org/x/sys/unix"
 
 	"github.com/blockvault/blockvault/pkg/repository"
 )
@@ -97,6 +100,12 @@ func (r *Repository) Put(ctx context.Context, name string, data []byte) error {
 	if err == nil {
 		err = f.Sync()
 	}
+	if err == nil {
+		// The object is on disk: drop its pages from the page cache, so a
+		// backup does not push the node's working set out with data nobody
+		// reads until a restore (advice only; an error changes nothing).
+		unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+	}
 	if cerr := f.Close(); err == nil {
 		err = cerr
 	}
@@ -126,7 +135,7 @@ func (r *Repository) Get(ctx context.Context, name string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := os.ReadFile(p)
+	b, err := readDropping(p)
 	if err != nil {
 		return nil, fmt.Errorf("get %s: %w", name, translate(err))
 	}
@@ -210,4 +219,25 @@ func (r *Repository) Delete(ctx context.Context, name string) error {
 		return fmt.Errorf("delete %s: %w", name, translate(err))
 	}
 	return nil
+}
+
+// readDropping reads a whole file, then drops its pages from the page
+// cache: objects are read once (by a restore or a verify), and keeping them
+// would only push the node's working set out.
+func readDropping(p string) ([]byte, error) {
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, err
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return nil, err
+	}
+	b := make([]byte, fi.Size())
+	if _, err := io.ReadFull(f, b); err != nil {
+		return nil, err
+	}
+	unix.Fadvise(int(f.Fd()), 0, 0, unix.FADV_DONTNEED)
+	return b, nil
 }
