@@ -121,8 +121,10 @@ func (st *volState) addSnapshot(d *Driver, id string) error {
 	}
 	mapf, err := os.OpenFile(paths[1], os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
 	if err != nil {
+		// We made the store file: a map file without it is a crash's
+		// leftover, removed with it so the next try can succeed.
 		store.Close()
-		os.Remove(paths[0])
+		cleanup()
 		return err
 	}
 	st.lock.RLock()
