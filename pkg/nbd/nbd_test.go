@@ -317,26 +317,46 @@ func TestClientAgainstNBDKit(t *testing.T) {
 	}
 }
 
-func BenchmarkClientRead(b *testing.B) {
-	dir := b.TempDir()
-	path := filepath.Join(dir, "b.img")
-	f, _ := os.Create(path)
-	buf := make([]byte, 64*mib)
-	rand.Read(buf)
-	f.Write(buf)
+// benchExport serves a 64 MiB file (random bytes, or a hole when
+// writable) over NBD on loopback and returns a client of it.
+func benchExport(b *testing.B, writable bool) *nbd.Client {
+	b.Helper()
+	path := filepath.Join(b.TempDir(), "b.img")
+	f, err := os.Create(path)
+	if err != nil {
+		b.Fatal(err)
+	}
+	if writable {
+		f.Truncate(64 * mib)
+	} else {
+		buf := make([]byte, 64*mib)
+		rand.Read(buf)
+		f.Write(buf)
+	}
 	f.Close()
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		b.Fatal(err)
+	}
 	s := nbd.NewServer(nbd.ServerOptions{})
 	go s.Serve(ln)
-	defer s.Shutdown(context.Background())
-	dev, _ := blockdev.OpenFile(path, true)
-	defer dev.Close()
-	s.AddExport("b", dev, true)
+	b.Cleanup(func() { s.Shutdown(context.Background()) })
+	dev, err := blockdev.OpenFile(path, !writable)
+	if err != nil {
+		b.Fatal(err)
+	}
+	b.Cleanup(func() { dev.Close() })
+	s.AddExport("b", dev, !writable)
 	c, err := nbd.Dial(context.Background(), "tcp", ln.Addr().String(), nbd.DialOptions{ExportName: "b"})
 	if err != nil {
 		b.Fatal(err)
 	}
-	defer c.Close()
+	b.Cleanup(func() { c.Close() })
+	return c
+}
+
+func BenchmarkClientRead(b *testing.B) {
+	c := benchExport(b, false)
 	out := make([]byte, 64*mib)
 	b.SetBytes(64 * mib)
 	b.ResetTimer()
@@ -350,23 +370,7 @@ func BenchmarkClientRead(b *testing.B) {
 // BenchmarkClientWrite writes 64 MiB in 4 MiB writes from two goroutines
 // (a restore's two workers) through one connection to a file export.
 func BenchmarkClientWrite(b *testing.B) {
-	dir := b.TempDir()
-	path := filepath.Join(dir, "b.img")
-	f, _ := os.Create(path)
-	f.Truncate(64 * mib)
-	f.Close()
-	ln, _ := net.Listen("tcp", "127.0.0.1:0")
-	s := nbd.NewServer(nbd.ServerOptions{})
-	go s.Serve(ln)
-	defer s.Shutdown(context.Background())
-	dev, _ := blockdev.OpenFile(path, false)
-	defer dev.Close()
-	s.AddExport("b", dev, false)
-	c, err := nbd.Dial(context.Background(), "tcp", ln.Addr().String(), nbd.DialOptions{ExportName: "b"})
-	if err != nil {
-		b.Fatal(err)
-	}
-	defer c.Close()
+	c := benchExport(b, true)
 	src := make([]byte, 4*mib)
 	rand.Read(src)
 	b.SetBytes(64 * mib)
