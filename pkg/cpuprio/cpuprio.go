@@ -63,26 +63,40 @@ func SetNice(n int) error {
 
 // Nice returns the nice value of the calling thread.
 func Nice() (int, error) {
-	return threadNice(gettid())
+	return threadNice(os.Getpid(), unix.Gettid())
+}
+
+// ThreadNices returns the nice value of every thread of process pid, by
+// thread id (threads that end while they are read are left out).
+func ThreadNices(pid int) (map[int]int, error) {
+	entries, err := os.ReadDir("/proc/" + strconv.Itoa(pid) + "/task")
+	if err != nil {
+		return nil, err
+	}
+	out := map[int]int{}
+	for _, e := range entries {
+		tid, err := strconv.Atoi(e.Name())
+		if err != nil {
+			continue
+		}
+		if n, err := threadNice(pid, tid); err == nil {
+			out[tid] = n
+		}
+	}
+	return out, nil
 }
 
 // threadNice reads a thread's nice value from /proc (field 19 of stat).
-func threadNice(tid int) (int, error) {
-	b, err := os.ReadFile("/proc/self/task/" + strconv.Itoa(tid) + "/stat")
+func threadNice(pid, tid int) (int, error) {
+	b, err := os.ReadFile("/proc/" + strconv.Itoa(pid) + "/task/" + strconv.Itoa(tid) + "/stat")
 	if err != nil {
 		return 0, err
 	}
 	// The command name (field 2) may hold spaces: count from its ')'.
-	i := len(b) - 1
-	for i >= 0 && b[i] != ')' {
-		i--
-	}
-	fields := strings.Fields(string(b[i+1:]))
+	fields := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
 	// After ')': state is field 3, so nice (field 19) is fields[16].
 	if len(fields) < 17 {
 		return 0, fmt.Errorf("thread %d: short stat line", tid)
 	}
 	return strconv.Atoi(fields[16])
 }
-
-func gettid() int { return unix.Gettid() }

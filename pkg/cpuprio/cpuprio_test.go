@@ -3,9 +3,10 @@ package cpuprio
 import (
 	"os"
 	"runtime"
-	"strconv"
 	"strings"
 	"testing"
+
+	"golang.org/x/sys/unix"
 )
 
 func TestSetNiceRejectsOutOfRange(t *testing.T) {
@@ -24,7 +25,7 @@ func lockedThread(t *testing.T, release chan struct{}) int {
 	go func() {
 		runtime.LockOSThread()
 		defer runtime.UnlockOSThread()
-		tid <- gettid()
+		tid <- unix.Gettid()
 		<-release
 	}()
 	return <-tid
@@ -45,23 +46,18 @@ func TestSetNiceReachesEveryThread(t *testing.T) {
 	if err := SetNice(want); err != nil {
 		t.Fatal(err)
 	}
-	entries, err := os.ReadDir("/proc/self/task")
+	nices, err := ThreadNices(os.Getpid())
 	if err != nil {
 		t.Fatal(err)
 	}
-	for _, e := range entries {
-		tid, _ := strconv.Atoi(e.Name())
-		got, err := threadNice(tid)
-		if err != nil {
-			continue // ended meanwhile
-		}
+	for tid, got := range nices {
 		if got != want {
 			t.Errorf("thread %d has nice %d, want %d", tid, got, want)
 		}
 	}
 	// A thread made afterwards inherits it.
 	tid := lockedThread(t, release)
-	if got, err := threadNice(tid); err != nil || got != want {
+	if got, err := threadNice(os.Getpid(), tid); err != nil || got != want {
 		t.Errorf("a new thread has nice %d (%v), want %d", got, err, want)
 	}
 	if os.Geteuid() == 0 {

@@ -1,10 +1,9 @@
 package e2etest
 
 import (
-	"os"
-	"strconv"
-	"strings"
 	"testing"
+
+	"github.com/blockvault/blockvault/pkg/cpuprio"
 )
 
 // TestBackupServiceRunsNiced checks that the backup service runs every
@@ -20,28 +19,19 @@ func TestBackupServiceRunsNiced(t *testing.T) {
 	checkNice(t, "backup-service --nice 3", s2.Backup.cmd.Process.Pid, 3)
 }
 
-// checkNice reads the nice value of every thread of pid from /proc.
+// checkNice checks the nice value of every thread of pid.
 func checkNice(t *testing.T, name string, pid, want int) {
 	t.Helper()
-	dir := "/proc/" + strconv.Itoa(pid) + "/task"
-	entries, err := os.ReadDir(dir)
+	nices, err := cpuprio.ThreadNices(pid)
 	if err != nil {
 		t.Fatal(err)
 	}
-	checked := 0
-	for _, e := range entries {
-		b, err := os.ReadFile(dir + "/" + e.Name() + "/stat")
-		if err != nil {
-			continue // the thread ended
-		}
-		// Fields after the command name's ')': state is field 3, nice 19.
-		f := strings.Fields(string(b[strings.LastIndexByte(string(b), ')')+1:]))
-		if got, _ := strconv.Atoi(f[16]); got != want {
-			t.Errorf("%s thread %s runs at nice %d, want %d", name, e.Name(), got, want)
-		}
-		checked++
+	if len(nices) < 2 {
+		t.Fatalf("%s: only %d threads seen", name, len(nices))
 	}
-	if checked < 2 {
-		t.Fatalf("%s: only %d threads seen", name, checked)
+	for tid, got := range nices {
+		if got != want {
+			t.Errorf("%s thread %d runs at nice %d, want %d", name, tid, got, want)
+		}
 	}
 }
