@@ -15,6 +15,7 @@ type File struct {
 	f        *os.File
 	size     int64
 	readOnly bool
+	direct   *DirectWriter // large aligned writes (read-write files)
 }
 
 var _ Device = (*File)(nil)
@@ -34,7 +35,11 @@ func OpenFile(path string, readOnly bool) (*File, error) {
 		f.Close()
 		return nil, fmt.Errorf("blockdev: size of %s: %w", path, err)
 	}
-	return &File{f: f, size: size, readOnly: readOnly}, nil
+	d := &File{f: f, size: size, readOnly: readOnly}
+	if !readOnly {
+		d.direct = NewDirectWriter(f)
+	}
+	return d, nil
 }
 
 // Name is the path the file was opened with.
@@ -65,6 +70,12 @@ func (d *File) WriteAt(p []byte, off int64) (int, error) {
 	}
 	if err := CheckRange(d.size, off, int64(len(p))); err != nil {
 		return 0, err
+	}
+	if done, err := d.direct.WriteAt(p, off); done {
+		if err != nil {
+			return 0, fmt.Errorf("blockdev: write %s: %w", d.f.Name(), err)
+		}
+		return len(p), nil
 	}
 	return d.f.WriteAt(p, off)
 }
@@ -172,4 +183,4 @@ func SeekExtents(f *os.File, off, length int64) ([]Extent, error) {
 }
 
 // Close implements Device.
-func (d *File) Close() error { return d.f.Close() }
+func (d *File) Close() error { return errors.Join(d.direct.Close(), d.f.Close()) }

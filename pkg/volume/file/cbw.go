@@ -15,11 +15,13 @@ import (
 
 // volState is what every open device of one volume shares.
 type volState struct {
-	id   string
-	f    *os.File
-	size int64
-	bs   int64
-	refs int // guarded by Driver.mu
+	id string
+	f  *os.File
+	// direct writes the large aligned writes around the page cache.
+	direct *blockdev.DirectWriter
+	size   int64
+	bs     int64
+	refs   int // guarded by Driver.mu
 
 	// lock orders writes against snapshots: a write takes it shared while
 	// the volume has no copy-before-write snapshot and exclusive while it
@@ -287,6 +289,16 @@ func (st *volState) modify(off, length int64, p []byte, change func() error) err
 	return change()
 }
 
+// writeFile writes p at off into the volume's file: directly when it is
+// large and aligned, else through the page cache.
+func (st *volState) writeFile(p []byte, off int64) error {
+	if done, err := st.direct.WriteAt(p, off); done {
+		return err
+	}
+	_, err := st.f.WriteAt(p, off)
+	return err
+}
+
 // volumeDevice is a volume opened by OpenVolume.
 type volumeDevice struct {
 	d        *Driver
@@ -322,10 +334,7 @@ func (v *volumeDevice) WriteAt(p []byte, off int64) (int, error) {
 	if err := blockdev.CheckRange(v.size, off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	err := v.st.modify(off, int64(len(p)), p, func() error {
-		_, err := v.st.f.WriteAt(p, off)
-		return err
-	})
+	err := v.st.modify(off, int64(len(p)), p, func() error { return v.st.writeFile(p, off) })
 	if err != nil {
 		return 0, err
 	}

@@ -162,6 +162,7 @@ func (d *Driver) Close() error {
 			sn.store.Close()
 			sn.mapf.Close()
 		}
+		st.direct.Close()
 		st.f.Close()
 		st.lock.Unlock()
 		delete(d.vols, id)
@@ -271,6 +272,7 @@ func (d *Driver) DeleteVolume(ctx context.Context, id string) error {
 			d.mu.Unlock()
 			return fmt.Errorf("volume %s is open: %w", id, volume.ErrInUse)
 		}
+		st.direct.Close()
 		st.f.Close()
 		delete(d.vols, id)
 	}
@@ -381,7 +383,7 @@ func (d *Driver) state(id string) (*volState, error) {
 		f.Close()
 		return nil, err
 	}
-	st := &volState{id: id, f: f, size: fi.Size(), bs: d.cfg.BlockSize, refs: 1}
+	st := &volState{id: id, f: f, direct: blockdev.NewDirectWriter(f), size: fi.Size(), bs: d.cfg.BlockSize, refs: 1}
 	if d.mode == ModeCopyBeforeWrite {
 		if err := st.loadSnapshots(d); err != nil {
 			f.Close()
@@ -570,6 +572,8 @@ func (d *Driver) copyInto(ctx context.Context, src blockdev.Device, dstID string
 		return err
 	}
 	defer dst.Close()
+	direct := blockdev.NewDirectWriter(dst)
+	defer direct.Close()
 	fail := func(err error) error {
 		dst.Close()
 		os.Remove(d.volumePath(dstID))
@@ -592,7 +596,11 @@ func (d *Driver) copyInto(ctx context.Context, src blockdev.Device, dstID string
 			if _, err := src.ReadAt(buf[:n], off); err != nil && !errors.Is(err, io.EOF) {
 				return fail(err)
 			}
-			if _, err := dst.WriteAt(buf[:n], off); err != nil {
+			done, err := direct.WriteAt(buf[:n], off)
+			if !done {
+				_, err = dst.WriteAt(buf[:n], off)
+			}
+			if err != nil {
 				return fail(err)
 			}
 			off += n

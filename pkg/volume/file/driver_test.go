@@ -1,6 +1,7 @@
 package file_test
 
 import (
+	"bytes"
 	"context"
 	"testing"
 
@@ -86,5 +87,73 @@ func TestSnapshotsSurviveRestart(t *testing.T) {
 	sd.ReadAt(b, 0)
 	if string(b) != "before" {
 		t.Fatalf("after a restart the snapshot reads %q", b)
+	}
+}
+
+// TestLargeWritesGoAroundThePageCache: a whole-chunk write to a volume (a
+// restore's) leaves nothing in the page cache, in both modes, and a
+// snapshot taken before it still reads the old data: copy-before-write
+// saves the old blocks before the direct write replaces them.
+func TestLargeWritesGoAroundThePageCache(t *testing.T) {
+	for _, mode := range []string{file.ModeCopyBeforeWrite, file.ModeReflink} {
+		t.Run(mode, func(t *testing.T) {
+			dir := t.TempDir()
+			if mode == file.ModeReflink {
+				dir = testenv.XFSDir(t, 1<<30)
+			}
+			d := newDriver(t, dir+"/pool", mode)
+			ctx := context.Background()
+			const size = 16 << 20
+			if err := d.CreateVolume(ctx, "v", size); err != nil {
+				t.Fatal(err)
+			}
+			dev, err := d.OpenVolume(ctx, "v", false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dev.Close()
+			fill := func(seed byte) []byte {
+				p := make([]byte, 4<<20)
+				for i := range p {
+					p[i] = seed + byte(i/4096)
+				}
+				return p
+			}
+			old, young := fill(1), fill(50)
+			if _, err := dev.WriteAt(old, 4<<20); err != nil {
+				t.Fatal(err)
+			}
+			if err := d.CreateSnapshot(ctx, "v", "s"); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := dev.WriteAt(young, 4<<20); err != nil {
+				t.Fatal(err)
+			}
+			if err := dev.Flush(); err != nil {
+				t.Fatal(err)
+			}
+			// The pool's layout: volumes/<id>.img.
+			if n := testenv.CachedPages(t, dir+"/pool/volumes/v.img", 4<<20, 4<<20); n != 0 {
+				t.Errorf("after 4 MiB writes, %d of their 1024 pages are in the page cache; want 0 (written directly)", n)
+			}
+			got := make([]byte, 4<<20)
+			if _, err := dev.ReadAt(got, 4<<20); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, young) {
+				t.Error("the volume does not read what was last written")
+			}
+			sd, err := d.OpenSnapshot(ctx, "v", "s")
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer sd.Close()
+			if _, err := sd.ReadAt(got, 4<<20); err != nil {
+				t.Fatal(err)
+			}
+			if !bytes.Equal(got, old) {
+				t.Error("the snapshot does not read the data of its point in time")
+			}
+		})
 	}
 }
