@@ -19,7 +19,7 @@ func pattern(n int, seed byte) []byte {
 }
 
 // TestFileLargeWritesSkipThePageCache: a whole-chunk write to a file
-// device leaves nothing in the page cache, a small one goes through it, and
+// device opened for bulk writes leaves nothing in the page cache, a small one goes through it, and
 // reads through the device see every write, including a direct write over
 // pages the cache held.
 func TestFileLargeWritesSkipThePageCache(t *testing.T) {
@@ -40,7 +40,7 @@ func TestFileLargeWritesSkipThePageCache(t *testing.T) {
 	}
 	probe.Close()
 
-	dev, err := blockdev.OpenFile(path, false)
+	dev, err := blockdev.OpenFileForBulkWrites(path)
 	if err != nil {
 		t.Fatal(err)
 	}

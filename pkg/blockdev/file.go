@@ -15,7 +15,7 @@ type File struct {
 	f        *os.File
 	size     int64
 	readOnly bool
-	direct   *DirectWriter // large aligned writes (read-write files)
+	direct   *DirectWriter // large aligned writes (OpenFileForBulkWrites)
 }
 
 var _ Device = (*File)(nil)
@@ -35,10 +35,18 @@ func OpenFile(path string, readOnly bool) (*File, error) {
 		f.Close()
 		return nil, fmt.Errorf("blockdev: size of %s: %w", path, err)
 	}
-	d := &File{f: f, size: size, readOnly: readOnly}
-	if !readOnly {
-		d.direct = NewDirectWriter(f)
+	return &File{f: f, size: size, readOnly: readOnly}, nil
+}
+
+// OpenFileForBulkWrites opens path read-write for a bulk writer, such as
+// a restore: writes of DirectMin or more, 4 KiB-aligned, go around the page
+// cache (see DirectWriter).
+func OpenFileForBulkWrites(path string) (*File, error) {
+	d, err := OpenFile(path, false)
+	if err != nil {
+		return nil, err
 	}
+	d.direct = NewDirectWriter(d.f)
 	return d, nil
 }
 

@@ -87,6 +87,14 @@ type Cloner interface {
 	VolumeFromSnapshot(ctx context.Context, volumeID, snapshotID, dstID string, size int64) error
 }
 
+// BulkOpener opens a volume for a bulk writer, such as a restore: large
+// aligned writes go to the storage around the host's page cache, smaller
+// ones as through OpenVolume. A driver without it serves bulk writers with
+// OpenVolume.
+type BulkOpener interface {
+	OpenVolumeForBulkWrites(ctx context.Context, id string) (blockdev.Device, error)
+}
+
 // Extender grows volumes.
 type Extender interface {
 	ExtendVolume(ctx context.Context, id string, newSize int64) error

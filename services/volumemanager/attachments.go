@@ -6,6 +6,7 @@ import (
 	"fmt"
 
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/blockdev"
 	"github.com/blockvault/blockvault/pkg/lifecycle"
 	"github.com/blockvault/blockvault/pkg/rpcerr"
 	"github.com/blockvault/blockvault/pkg/store"
@@ -106,7 +107,12 @@ func (s *Server) AttachVolume(ctx context.Context, req *volumev1.AttachVolumeReq
 	var e *volumedb.Export
 	if exportName != "" {
 		e = &volumedb.Export{Name: exportName, ProjectID: v.ProjectID, VolumeID: v.ID, AttachmentID: a.ID, ReadOnly: readOnly}
-		dev, err := s.driver.OpenVolume(ctx, v.ID, readOnly)
+		var dev blockdev.Device
+		if bo, ok := s.driver.(volume.BulkOpener); ok && !readOnly && in.GetConnector().GetDirectIo() {
+			dev, err = bo.OpenVolumeForBulkWrites(ctx, v.ID)
+		} else {
+			dev, err = s.driver.OpenVolume(ctx, v.ID, readOnly)
+		}
 		if err != nil {
 			undo()
 			return nil, fmt.Errorf("open volume %s: %w", v.ID, err)

@@ -90,7 +90,9 @@ func (s *Server) checkQuota(ctx context.Context, project string, volumes, snapsh
 }
 
 // Restore publishes again every export recorded in the database (after a
-// restart), and drops those whose data is gone.
+// restart), and drops those whose data is gone. An export asked with
+// direct_io comes back buffered (the flag is not recorded): the same data,
+// only through the page cache.
 func (s *Server) Restore(ctx context.Context) error {
 	exports, err := s.db.ListExports(ctx)
 	if err != nil {

@@ -13,6 +13,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/blockdev"
 	"github.com/blockvault/blockvault/pkg/nbd"
 	"github.com/blockvault/blockvault/pkg/store/storetest"
+	"github.com/blockvault/blockvault/pkg/testenv"
 	"github.com/blockvault/blockvault/pkg/volume/file"
 	"github.com/blockvault/blockvault/services/volumemanager"
 	"github.com/blockvault/blockvault/services/volumemanager/vmtest"
@@ -185,5 +186,40 @@ func TestBeginBackupStatusSwap(t *testing.T) {
 	// Another project sees nothing.
 	if _, err := e.client.GetVolume(ctx, &volumev1.GetVolumeRequest{ProjectId: "other", VolumeId: v.GetId()}); status.Code(err) != codes.NotFound {
 		t.Fatalf("other project: %v", err)
+	}
+}
+
+// TestDirectIOAttachment: an attachment asked with direct_io (a restore's)
+// writes whole chunks around the storage node's page cache; an ordinary one
+// (a virtual machine's) through it. Both read back what was written.
+func TestDirectIOAttachment(t *testing.T) {
+	e := newEnv(t, file.Config{Mode: "copy-before-write"})
+	ctx := context.Background()
+	for _, direct := range []bool{true, false} {
+		v := e.create(t, 8<<20)
+		at, err := e.client.AttachVolume(ctx, &volumev1.AttachVolumeRequest{ProjectId: proj, Attachment: &volumev1.AttachmentInput{
+			VolumeUuid: v.GetId(), InstanceUuid: "restore-1", Connector: &volumev1.Connector{Host: "elsewhere", DirectIo: direct}}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		c := dialExport(t, at.GetAttachment().GetConnectionInfo())
+		chunk := bytes.Repeat([]byte{7}, 4<<20)
+		if _, err := c.WriteAt(chunk, 4<<20); err != nil {
+			t.Fatal(err)
+		}
+		if err := c.Flush(); err != nil {
+			t.Fatal(err)
+		}
+		want := 0
+		if !direct {
+			want = 1024
+		}
+		if n := testenv.CachedPages(t, e.pool+"/volumes/"+v.GetId()+".img", 4<<20, 4<<20); n != want {
+			t.Errorf("direct_io %v: %d of the chunk's 1024 pages are in the page cache, want %d", direct, n, want)
+		}
+		got := make([]byte, 4<<20)
+		if _, err := c.ReadAt(got, 4<<20); err != nil || !bytes.Equal(got, chunk) {
+			t.Errorf("direct_io %v: the chunk reads back differently (%v)", direct, err)
+		}
 	}
 }

@@ -289,9 +289,13 @@ func (st *volState) modify(off, length int64, p []byte, change func() error) err
 	return change()
 }
 
-// writeFile writes p at off into the volume's file: directly when it is
-// large and aligned, else through the page cache.
-func (st *volState) writeFile(p []byte, off int64) error {
+// writeFile writes p at off into the volume's file: when direct, and p is
+// large and aligned, around the page cache; else through it.
+func (st *volState) writeFile(p []byte, off int64, direct bool) error {
+	if !direct {
+		_, err := st.f.WriteAt(p, off)
+		return err
+	}
 	if done, err := st.direct.WriteAt(p, off); done {
 		return err
 	}
@@ -305,7 +309,10 @@ type volumeDevice struct {
 	st       *volState
 	size     int64
 	readOnly bool
-	once     sync.Once
+	// direct sends large aligned writes around the page cache (a bulk
+	// writer's device, OpenVolumeForBulkWrites).
+	direct bool
+	once   sync.Once
 }
 
 func (v *volumeDevice) Size() int64    { return v.size }
@@ -334,7 +341,7 @@ func (v *volumeDevice) WriteAt(p []byte, off int64) (int, error) {
 	if err := blockdev.CheckRange(v.size, off, int64(len(p))); err != nil {
 		return 0, err
 	}
-	err := v.st.modify(off, int64(len(p)), p, func() error { return v.st.writeFile(p, off) })
+	err := v.st.modify(off, int64(len(p)), p, func() error { return v.st.writeFile(p, off, v.direct) })
 	if err != nil {
 		return 0, err
 	}

@@ -90,10 +90,12 @@ func TestSnapshotsSurviveRestart(t *testing.T) {
 	}
 }
 
-// TestLargeWritesGoAroundThePageCache: a whole-chunk write to a volume (a
-// restore's) leaves nothing in the page cache, in both modes, and a
-// snapshot taken before it still reads the old data: copy-before-write
-// saves the old blocks before the direct write replaces them.
+// TestLargeWritesGoAroundThePageCache: a whole-chunk write to a volume
+// opened for bulk writes (a restore's) leaves nothing in the page cache, in
+// both modes, and a snapshot taken before it still reads the old data:
+// copy-before-write saves the old blocks before the direct write replaces
+// them. A volume opened the ordinary way (a virtual machine's) keeps its
+// large writes buffered.
 func TestLargeWritesGoAroundThePageCache(t *testing.T) {
 	for _, mode := range []string{file.ModeCopyBeforeWrite, file.ModeReflink} {
 		t.Run(mode, func(t *testing.T) {
@@ -107,7 +109,7 @@ func TestLargeWritesGoAroundThePageCache(t *testing.T) {
 			if err := d.CreateVolume(ctx, "v", size); err != nil {
 				t.Fatal(err)
 			}
-			dev, err := d.OpenVolume(ctx, "v", false)
+			dev, err := d.OpenVolumeForBulkWrites(ctx, "v")
 			if err != nil {
 				t.Fatal(err)
 			}
@@ -153,6 +155,17 @@ func TestLargeWritesGoAroundThePageCache(t *testing.T) {
 			}
 			if !bytes.Equal(got, old) {
 				t.Error("the snapshot does not read the data of its point in time")
+			}
+			plain, err := d.OpenVolume(ctx, "v", false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer plain.Close()
+			if _, err := plain.WriteAt(old, 8<<20); err != nil {
+				t.Fatal(err)
+			}
+			if n := testenv.CachedPages(t, dir+"/pool/volumes/v.img", 8<<20, 4<<20); n != 1024 {
+				t.Errorf("after a 4 MiB write through an ordinary device, %d of its 1024 pages are in the page cache; want all (buffered)", n)
 			}
 		})
 	}

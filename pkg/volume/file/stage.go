@@ -223,7 +223,7 @@ func (s *stage) applyNext(st *volState) error {
 		if w.zero {
 			err = blockdev.PunchHole(st.f, r.lo, r.hi-r.lo)
 		} else {
-			err = st.writeFile(data[r.lo-w.off:r.hi-w.off], r.lo)
+			_, err = st.f.WriteAt(data[r.lo-w.off:r.hi-w.off], r.lo)
 		}
 		if err != nil {
 			return err

@@ -559,8 +559,14 @@ type Connector struct {
 	// Ask for a local path instead of an NBD export when on the same node.
 	Local bool `protobuf:"varint,2,opt,name=local,proto3" json:"local,omitempty"`
 	// "rw" (default) or "ro".
-	Mode          string `protobuf:"bytes,3,opt,name=mode,proto3" json:"mode,omitempty"`
-	ServerId      string `protobuf:"bytes,4,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	Mode     string `protobuf:"bytes,3,opt,name=mode,proto3" json:"mode,omitempty"`
+	ServerId string `protobuf:"bytes,4,opt,name=server_id,json=serverId,proto3" json:"server_id,omitempty"`
+	// Ask that large aligned writes (1 MiB or more, 4 KiB-aligned) bypass
+	// the storage node's page cache (O_DIRECT), for a bulk writer such as a
+	// restore: it spares the node the page cache a restore would fill. Small
+	// writes stay buffered. Leave it off for a virtual machine: its large
+	// writes would wait for the disk.
+	DirectIo      bool `protobuf:"varint,5,opt,name=direct_io,json=directIo,proto3" json:"direct_io,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -621,6 +627,13 @@ func (x *Connector) GetServerId() string {
 		return x.ServerId
 	}
 	return ""
+}
+
+func (x *Connector) GetDirectIo() bool {
+	if x != nil {
+		return x.DirectIo
+	}
+	return false
 }
 
 // Snapshot is a point-in-time copy of a volume.
@@ -3734,12 +3747,13 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\vdevice_path\x18\x06 \x01(\tR\n" +
 	"devicePath\x12\x1d\n" +
 	"\n" +
-	"size_bytes\x18\a \x01(\x03R\tsizeBytes\"f\n" +
+	"size_bytes\x18\a \x01(\x03R\tsizeBytes\"\x83\x01\n" +
 	"\tConnector\x12\x12\n" +
 	"\x04host\x18\x01 \x01(\tR\x04host\x12\x14\n" +
 	"\x05local\x18\x02 \x01(\bR\x05local\x12\x12\n" +
 	"\x04mode\x18\x03 \x01(\tR\x04mode\x12\x1b\n" +
-	"\tserver_id\x18\x04 \x01(\tR\bserverId\"\xd2\x04\n" +
+	"\tserver_id\x18\x04 \x01(\tR\bserverId\x12\x1b\n" +
+	"\tdirect_io\x18\x05 \x01(\bR\bdirectIo\"\xd2\x04\n" +
 	"\bSnapshot\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
