@@ -28,15 +28,17 @@ const DirectMin = 1 << 20
 // cached pages of the range before a direct write, so reads through any
 // descriptor of the file see the new data, and a flush (fsync) still makes
 // it durable, with the file's allocation. A write that is small or not
-// aligned in offset, length and memory is left to the caller (WriteAt
-// reports it not handled), as is every write when the filesystem cannot do
-// direct I/O (statx reports no alignment, as on tmpfs) or refuses it.
+// aligned in offset and length is left to the caller (WriteAt reports it
+// not handled), as is every write when the filesystem cannot do direct I/O
+// (statx reports no alignment, as on tmpfs) or refuses it. Only bulk
+// writers should use one: a large write that waits for the disk is slower
+// for a writer than one the page cache takes.
 type DirectWriter struct {
 	f *os.File // nil when direct I/O is not possible
 	// memAlign and offAlign are the alignments the filesystem asks of
 	// buffers and of offsets and lengths (statx STATX_DIOALIGN).
 	memAlign, offAlign int64
-	off                atomic.Bool // set once a direct write was refused
+	refused            atomic.Bool // set once a direct write was refused
 }
 
 // NewDirectWriter opens a second, O_DIRECT descriptor of f's file (by its
@@ -62,7 +64,7 @@ func NewDirectWriter(f *os.File) *DirectWriter {
 }
 
 // Enabled reports whether WriteAt may write directly.
-func (w *DirectWriter) Enabled() bool { return w != nil && w.f != nil && !w.off.Load() }
+func (w *DirectWriter) Enabled() bool { return w != nil && w.f != nil && !w.refused.Load() }
 
 // WriteAt writes p at off directly when p is at least DirectMin bytes and
 // aligned in offset and length; handled is false when it did not write (the
@@ -90,7 +92,7 @@ func (w *DirectWriter) WriteAt(p []byte, off int64) (handled bool, err error) {
 	if errors.Is(err, unix.EINVAL) {
 		// The filesystem refused after all (statx promised otherwise):
 		// buffered writes from now on.
-		w.off.Store(true)
+		w.refused.Store(true)
 		return false, nil
 	}
 	return true, err

@@ -19,9 +19,9 @@ func pattern(n int, seed byte) []byte {
 }
 
 // TestFileLargeWritesSkipThePageCache: a whole-chunk write to a file
-// device opened for bulk writes leaves nothing in the page cache, a small one goes through it, and
-// reads through the device see every write, including a direct write over
-// pages the cache held.
+// device opened for bulk writes leaves nothing in the page cache, a small
+// one goes through it, and reads through the device see every write,
+// including a direct write over pages the cache held.
 func TestFileLargeWritesSkipThePageCache(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "vol.img")
 	const size = 16 << 20
