@@ -24,11 +24,13 @@ func openConnection(ctx context.Context, ci *volumev1.ConnectionInfo, readOnly b
 	case "local":
 		// Read-write is a restore's target: its whole-chunk writes go
 		// around the page cache.
-		open := blockdev.OpenFileForBulkWrites
+		var dev *blockdev.File
+		var err error
 		if readOnly {
-			open = func(p string) (*blockdev.File, error) { return blockdev.OpenFile(p, true) }
+			dev, err = blockdev.OpenFile(d.GetDevicePath(), true)
+		} else {
+			dev, err = blockdev.OpenFileForBulkWrites(d.GetDevicePath())
 		}
-		dev, err := open(d.GetDevicePath())
 		if err != nil {
 			return nil, fmt.Errorf("open local path: %w", err)
 		}

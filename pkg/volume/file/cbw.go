@@ -17,11 +17,15 @@ import (
 type volState struct {
 	id string
 	f  *os.File
-	// direct writes the large aligned writes around the page cache.
-	direct *blockdev.DirectWriter
-	size   int64
-	bs     int64
-	refs   int // guarded by Driver.mu
+	// direct writes a bulk writer's large aligned writes around the page
+	// cache; opened (once, by directOnce) when the first bulk writer opens
+	// the volume, so volumes only a virtual machine writes hold no second
+	// descriptor.
+	direct     *blockdev.DirectWriter
+	directOnce sync.Once
+	size       int64
+	bs         int64
+	refs       int // guarded by Driver.mu
 
 	// lock orders writes against snapshots: a write takes it shared while
 	// the volume has no copy-before-write snapshot and exclusive while it

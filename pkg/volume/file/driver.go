@@ -370,7 +370,9 @@ func (d *Driver) OpenVolumeForBulkWrites(ctx context.Context, id string) (blockd
 	if err != nil {
 		return nil, err
 	}
-	dev.(*volumeDevice).direct = true
+	v := dev.(*volumeDevice)
+	v.st.directOnce.Do(func() { v.st.direct = blockdev.NewDirectWriter(v.st.f) })
+	v.direct = true
 	return dev, nil
 }
 
@@ -398,10 +400,9 @@ func (d *Driver) state(id string) (*volState, error) {
 		f.Close()
 		return nil, err
 	}
-	st := &volState{id: id, f: f, direct: blockdev.NewDirectWriter(f), size: fi.Size(), bs: d.cfg.BlockSize, refs: 1}
+	st := &volState{id: id, f: f, size: fi.Size(), bs: d.cfg.BlockSize, refs: 1}
 	if d.mode == ModeCopyBeforeWrite {
 		if err := st.loadSnapshots(d); err != nil {
-			st.direct.Close()
 			f.Close()
 			return nil, err
 		}
