@@ -64,7 +64,9 @@ var benchVariants = []benchVariant{
 //
 // BLOCKVAULT_BENCH_BACKUP_ARGS adds backup-service flags (to compare
 // settings, e.g. "--chunk-size 1048576"); BLOCKVAULT_BENCH_RIVALS=off skips
-// restic and borg.
+// restic and borg; BLOCKVAULT_BENCH_VOLUMES=mixed runs only the named
+// volumes (space-separated; for a quick look at one, or the 16 GiB memory
+// check).
 //
 // It prints a plain text report meant for docs/: each operation's
 // throughput, bytes read and stored, the daemons' CPU and memory, a
@@ -109,7 +111,7 @@ func BenchmarkThroughDaemons(b *testing.B) {
 		"backup-service CPU priority: " + niceness,
 		"volumes (written through NBD):",
 	}
-	for _, v := range benchVolumes {
+	for _, v := range benchVolumesWanted(b) {
 		rep.settings = append(rep.settings, fmt.Sprintf("  %-7s %s", v.name, v.about))
 	}
 	rep.settings = append(rep.settings, "variants:")
@@ -181,9 +183,31 @@ func runVariant(b *testing.B, rep *benchReport, v benchVariant, size int64, back
 	rep.dirs = append(rep.dirs,
 		fmt.Sprintf("%s: volume pool %s: %s", v.name, s.PoolDir, fsOf(s.PoolDir)),
 		fmt.Sprintf("%s: repository %s: %s", v.name, opts.RepositoryDir, fsOf(filepath.Dir(opts.RepositoryDir))))
-	for _, vol := range benchVolumes {
+	for _, vol := range benchVolumesWanted(b) {
 		runVolume(b, rep, s, v.name, vol, size, tools)
 	}
+}
+
+// benchVolumesWanted is benchVolumes, or those BLOCKVAULT_BENCH_VOLUMES
+// names.
+func benchVolumesWanted(b testing.TB) []benchVolume {
+	names := strings.Fields(os.Getenv("BLOCKVAULT_BENCH_VOLUMES"))
+	if len(names) == 0 {
+		return benchVolumes
+	}
+	var out []benchVolume
+	for _, n := range names {
+		found := false
+		for _, v := range benchVolumes {
+			if v.name == n {
+				out, found = append(out, v), true
+			}
+		}
+		if !found {
+			b.Fatalf("BLOCKVAULT_BENCH_VOLUMES=%q: no volume %q (there are mixed and random)", os.Getenv("BLOCKVAULT_BENCH_VOLUMES"), n)
+		}
+	}
+	return out
 }
 
 // runVolume builds one volume and runs the operations on it, then removes
