@@ -94,10 +94,20 @@ func (e *Engine) retry(ctx context.Context, op func() error) error {
 }
 
 func (e *Engine) get(ctx context.Context, name string) ([]byte, error) {
+	return e.getInto(ctx, name, nil)
+}
+
+// getInto is get, reading into buf's storage where the repository can (see
+// repository.BufferGetter).
+func (e *Engine) getInto(ctx context.Context, name string, buf []byte) ([]byte, error) {
 	var b []byte
 	err := e.retry(ctx, func() error {
 		var err error
-		b, err = e.repo.Get(ctx, name)
+		if bg, ok := e.repo.(repository.BufferGetter); ok {
+			b, err = bg.GetInto(ctx, name, buf)
+		} else {
+			b, err = e.repo.Get(ctx, name)
+		}
 		return err
 	})
 	return b, err
@@ -327,7 +337,9 @@ func (e *Engine) Backup(ctx context.Context, containerName string, src blockdev.
 			defer enc.Close()
 			h := c.keys.hasher()
 			buf := make([]byte, cs)
-			var scratch []byte
+			// The compressed and sealed forms of a chunk, reused: Put
+			// does not keep an object once it returns.
+			var scratch, objBuf []byte
 			for i := range jobs {
 				off := int64(i) * cs
 				length := min(cs, size-off)
@@ -350,7 +362,8 @@ func (e *Engine) Backup(ctx context.Context, containerName string, src blockdev.
 				knownMu.Unlock()
 				if !dup {
 					var obj []byte
-					obj, scratch = c.keys.sealObject(enc, scratch, b)
+					obj, scratch = c.keys.sealObject(enc, scratch, objBuf, b)
+					objBuf = obj
 					if err := e.put(gctx, chunkName(c, id), obj); err != nil {
 						return fmt.Errorf("engine: store chunk %s: %w", id, err)
 					}

@@ -186,9 +186,12 @@ const (
 
 // sealObject encodes a chunk or manifest: [version, flags] + payload, the
 // payload zstd-compressed when that is smaller, then encrypted when the
-// container has a key. scratch is reused for the compression.
-func (k *keys) sealObject(enc *zstd.Encoder, scratch, plain []byte) (obj, scratchOut []byte) {
-	hdr := []byte{objVersion, 0}
+// container has a key. The compression goes into scratch's storage and the
+// object into objBuf's when they are large enough (the returned slices
+// are the buffers to pass next time), so a worker that keeps them
+// allocates nothing chunk after chunk. plain must not overlap either.
+func (k *keys) sealObject(enc *zstd.Encoder, scratch, objBuf, plain []byte) (obj, scratchOut []byte) {
+	hdr := [2]byte{objVersion, 0}
 	compressed := enc.EncodeAll(plain, scratch[:0])
 	body := plain
 	if len(compressed) < len(plain) {
@@ -196,16 +199,18 @@ func (k *keys) sealObject(enc *zstd.Encoder, scratch, plain []byte) (obj, scratc
 		body = compressed
 	}
 	if k.aead == nil {
-		obj = make([]byte, 0, 2+len(body))
-		obj = append(append(obj, hdr...), body...)
+		obj = append(append(objBuf[:0], hdr[:]...), body...)
 		return obj, compressed
 	}
 	hdr[1] |= flagEncrypted
 	ns := k.aead.NonceSize()
-	obj = make([]byte, 2+ns, 2+ns+len(body)+k.aead.Overhead())
-	copy(obj, hdr)
+	if need := 2 + ns + len(body) + k.aead.Overhead(); cap(objBuf) < need {
+		objBuf = make([]byte, 0, need)
+	}
+	obj = objBuf[:2+ns]
+	copy(obj, hdr[:])
 	rand.Read(obj[2 : 2+ns])
-	obj = k.aead.Seal(obj, obj[2:2+ns], body, hdr)
+	obj = k.aead.Seal(obj, obj[2:2+ns], body, hdr[:])
 	return obj, compressed
 }
 
@@ -285,7 +290,7 @@ func (k *keys) encodeManifest(enc *zstd.Encoder, m *Manifest) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	obj, _ := k.sealObject(enc, nil, b)
+	obj, _ := k.sealObject(enc, nil, nil, b)
 	return obj, nil
 }
 

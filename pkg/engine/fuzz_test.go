@@ -25,7 +25,7 @@ func FuzzDecoders(f *testing.F) {
 		if obj, err := k.encodeManifest(enc, m); err == nil {
 			f.Add(obj)
 		}
-		obj, _ := k.sealObject(enc, nil, []byte("some chunk data"))
+		obj, _ := k.sealObject(enc, nil, nil, []byte("some chunk data"))
 		f.Add(obj)
 	}
 	for _, c := range []*config{cfgPlain, cfgEnc} {

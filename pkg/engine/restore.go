@@ -29,23 +29,25 @@ func (e *ChunkError) Error() string {
 func (e *ChunkError) Unwrap() error { return e.Err }
 
 // readChunk fetches and checks a chunk: its plaintext must hash to its id.
-// The plaintext may be decompressed into buf's storage (see openObject).
-func (e *Engine) readChunk(ctx context.Context, c *container, id string, off int64, buf []byte) ([]byte, error) {
-	obj, err := e.get(ctx, chunkName(c, id))
+// The object is read into objBuf's storage and the plaintext may be
+// decompressed into buf's (see openObject), when they are large enough;
+// it returns the object's storage for the next call's objBuf.
+func (e *Engine) readChunk(ctx context.Context, c *container, id string, off int64, buf, objBuf []byte) (plain, obj []byte, err error) {
+	obj, err = e.getInto(ctx, chunkName(c, id), objBuf)
 	if errors.Is(err, repository.ErrNotFound) {
-		return nil, &ChunkError{ChunkID: id, Offset: off, Err: fmt.Errorf("missing from the repository")}
+		return nil, objBuf, &ChunkError{ChunkID: id, Offset: off, Err: fmt.Errorf("missing from the repository")}
 	}
 	if err != nil {
-		return nil, err
+		return nil, objBuf, err
 	}
-	plain, err := c.keys.openObject(e.dec, obj, buf)
+	plain, err = c.keys.openObject(e.dec, obj, buf)
 	if err != nil {
-		return nil, &ChunkError{ChunkID: id, Offset: off, Err: err}
+		return nil, obj, &ChunkError{ChunkID: id, Offset: off, Err: err}
 	}
 	if got := c.keys.chunkID(c.keys.hasher(), plain); got != id {
-		return nil, &ChunkError{ChunkID: id, Offset: off, Err: fmt.Errorf("%w: content does not match its hash", ErrCorrupt)}
+		return nil, obj, &ChunkError{ChunkID: id, Offset: off, Err: fmt.Errorf("%w: content does not match its hash", ErrCorrupt)}
 	}
-	return plain, nil
+	return plain, obj, nil
 }
 
 // Restore writes a backup onto dst (at least the backup's size). All-zero
@@ -78,8 +80,10 @@ func (e *Engine) Restore(ctx context.Context, containerName, backupID string, ds
 	})
 	for w := 0; w < e.opts.Workers; w++ {
 		g.Go(func() error {
-			// One plaintext buffer per worker, reused chunk after chunk.
+			// One plaintext and one object buffer per worker, reused
+			// chunk after chunk.
 			buf := make([]byte, 0, cs)
+			var objBuf []byte
 			for i := range jobs {
 				off := int64(i) * cs
 				length := min(cs, m.Size-off)
@@ -88,7 +92,8 @@ func (e *Engine) Restore(ctx context.Context, containerName, backupID string, ds
 						return fmt.Errorf("engine: zero the target at %d: %w", off, err)
 					}
 				} else {
-					plain, err := e.readChunk(gctx, c, id, off, buf)
+					plain, obj, err := e.readChunk(gctx, c, id, off, buf, objBuf)
+					objBuf = obj
 					if err != nil {
 						return err
 					}
@@ -145,7 +150,7 @@ func (e *Engine) Verify(ctx context.Context, containerName, backupID string) (*V
 	g.SetLimit(e.opts.Workers)
 	for k, it := range items {
 		g.Go(func() error {
-			_, err := e.readChunk(gctx, c, it.id, it.off, nil)
+			_, _, err := e.readChunk(gctx, c, it.id, it.off, nil, nil)
 			var ce *ChunkError
 			if errors.As(err, &ce) {
 				results[k] = ce

@@ -37,7 +37,8 @@ type Repository interface {
 	// Put stores data under name atomically: a reader sees either the whole
 	// object or none, never a part, also after a crash. Put replaces an
 	// existing object. It returns only once the object is durable (fsync on
-	// posix, a completed PUT on S3).
+	// posix, a completed PUT on S3). It does not touch data after it
+	// returns, so the caller may reuse it for the next object.
 	Put(ctx context.Context, name string, data []byte) error
 	// Get returns the whole object, or ErrNotFound, in a slice the caller
 	// owns (the engine decrypts in place).
@@ -54,6 +55,15 @@ type Repository interface {
 	// Location describes where the repository is, for logs and export
 	// records (a path or an s3:// URL, never credentials).
 	Location() string
+}
+
+// BufferGetter is implemented by backends that can read an object into a
+// buffer the caller reuses from one object to the next, so reading chunk
+// after chunk allocates nothing.
+type BufferGetter interface {
+	// GetInto is Get, with the object read into buf's storage (appended to
+	// buf[:0]) when it fits, else into a new slice.
+	GetInto(ctx context.Context, name string, buf []byte) ([]byte, error)
 }
 
 // ValidateName checks an object name: slash-separated segments of letters,

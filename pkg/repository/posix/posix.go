@@ -128,6 +128,11 @@ func (r *Repository) Put(ctx context.Context, name string, data []byte) error {
 
 // Get implements repository.Repository.
 func (r *Repository) Get(ctx context.Context, name string) ([]byte, error) {
+	return r.GetInto(ctx, name, nil)
+}
+
+// GetInto implements repository.BufferGetter.
+func (r *Repository) GetInto(ctx context.Context, name string, buf []byte) ([]byte, error) {
 	if err := ctx.Err(); err != nil {
 		return nil, err
 	}
@@ -135,7 +140,7 @@ func (r *Repository) Get(ctx context.Context, name string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	b, err := readDropping(p)
+	b, err := readDropping(p, buf)
 	if err != nil {
 		return nil, fmt.Errorf("get %s: %w", name, translate(err))
 	}
@@ -223,8 +228,9 @@ func (r *Repository) Delete(ctx context.Context, name string) error {
 
 // readDropping reads a whole file, then drops its pages from the page
 // cache: objects are read once (by a restore or a verify), and keeping them
-// would only push the node's working set out.
-func readDropping(p string) ([]byte, error) {
+// would only push the node's working set out. It reads into buf's storage
+// when the file fits.
+func readDropping(p string, buf []byte) ([]byte, error) {
 	f, err := os.Open(p)
 	if err != nil {
 		return nil, err
@@ -234,7 +240,12 @@ func readDropping(p string) ([]byte, error) {
 	if err != nil {
 		return nil, err
 	}
-	b := make([]byte, fi.Size())
+	b := buf[:0]
+	if n := fi.Size(); int64(cap(b)) >= n {
+		b = b[:n]
+	} else {
+		b = make([]byte, n)
+	}
 	if _, err := io.ReadFull(f, b); err != nil {
 		return nil, err
 	}

@@ -39,6 +39,46 @@ func Run(t *testing.T, newRepo func(t *testing.T) repository.Repository) {
 			t.Fatalf("overwrite: %q", got)
 		}
 	})
+	t.Run("BuffersReused", func(t *testing.T) {
+		// The engine reuses one buffer for object after object: Put must
+		// be done with data when it returns, and GetInto must fill the
+		// buffer it is given, or return a new one when it does not fit.
+		r := newRepo(t)
+		data := make([]byte, 1<<20)
+		rand.Read(data)
+		want := bytes.Clone(data)
+		if err := r.Put(ctx, "a", data); err != nil {
+			t.Fatal(err)
+		}
+		rand.Read(data)
+		if err := r.Put(ctx, "b", data); err != nil {
+			t.Fatal(err)
+		}
+		bg, ok := r.(repository.BufferGetter)
+		if !ok {
+			t.Fatalf("%T does not implement repository.BufferGetter", r)
+		}
+		buf := make([]byte, 7, 2<<20)
+		got, err := bg.GetInto(ctx, "a", buf)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("get a: %d bytes, %v (the put kept the caller's buffer?)", len(got), err)
+		}
+		if &got[0] != &buf[:1][0] {
+			t.Errorf("GetInto did not read into the buffer it was given, which had room")
+		}
+		got, err = bg.GetInto(ctx, "b", got)
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("get b into the same buffer: %d bytes, %v", len(got), err)
+		}
+		small := make([]byte, 0, 10)
+		got, err = bg.GetInto(ctx, "a", small)
+		if err != nil || !bytes.Equal(got, want) {
+			t.Fatalf("get a into a small buffer: %d bytes, %v", len(got), err)
+		}
+		if _, err := bg.GetInto(ctx, "absent", buf); !errors.Is(err, repository.ErrNotFound) {
+			t.Errorf("get absent: %v", err)
+		}
+	})
 	t.Run("Missing", func(t *testing.T) {
 		r := newRepo(t)
 		if _, err := r.Get(ctx, "absent"); !errors.Is(err, repository.ErrNotFound) {

@@ -13,6 +13,7 @@ import (
 	"net"
 	"net/http"
 	"strings"
+	"sync"
 
 	"github.com/blockvault/blockvault/pkg/repository"
 	"github.com/minio/minio-go/v7"
@@ -127,8 +128,13 @@ func (r *Repository) Put(ctx context.Context, name string, data []byte) error {
 	if err != nil {
 		return err
 	}
-	_, err = r.client.PutObject(ctx, r.cfg.Bucket, k, bytes.NewReader(data), int64(len(data)),
+	body := &guardedReader{r: bytes.NewReader(data)}
+	_, err = r.client.PutObject(ctx, r.cfg.Bucket, k, body, int64(len(data)),
 		minio.PutObjectOptions{ContentType: "application/octet-stream", DisableMultipart: true, SendContentMd5: true})
+	// An HTTP transport may still read a request's body after the request
+	// failed; from here on such a read gets an error, not the caller's
+	// buffer, which it may already be filling with the next object.
+	body.stop()
 	if err != nil {
 		return fmt.Errorf("put %s: %w", name, translate(err))
 	}
@@ -137,6 +143,11 @@ func (r *Repository) Put(ctx context.Context, name string, data []byte) error {
 
 // Get implements repository.Repository.
 func (r *Repository) Get(ctx context.Context, name string) ([]byte, error) {
+	return r.GetInto(ctx, name, nil)
+}
+
+// GetInto implements repository.BufferGetter.
+func (r *Repository) GetInto(ctx context.Context, name string, buf []byte) ([]byte, error) {
 	k, err := r.key(name)
 	if err != nil {
 		return nil, err
@@ -146,11 +157,59 @@ func (r *Repository) Get(ctx context.Context, name string) ([]byte, error) {
 		return nil, fmt.Errorf("get %s: %w", name, translate(err))
 	}
 	defer obj.Close()
-	b, err := io.ReadAll(obj)
-	if err != nil {
-		return nil, fmt.Errorf("get %s: %w", name, translate(err))
+	b := buf[:0]
+	for {
+		if len(b) == cap(b) {
+			b = append(b, 0)[:len(b)] // grow
+		}
+		n, err := obj.Read(b[len(b):cap(b)])
+		b = b[:len(b)+n]
+		if err == io.EOF {
+			return b, nil
+		}
+		if err != nil {
+			return nil, fmt.Errorf("get %s: %w", name, translate(err))
+		}
 	}
-	return b, nil
+}
+
+// guardedReader is a Put's request body that can be cut off from the data.
+type guardedReader struct {
+	mu      sync.Mutex
+	r       *bytes.Reader
+	stopped bool
+}
+
+var errBodyDone = errors.New("s3: the put has returned; its body is no longer readable")
+
+func (g *guardedReader) Read(p []byte) (int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.stopped {
+		return 0, errBodyDone
+	}
+	return g.r.Read(p)
+}
+
+func (g *guardedReader) ReadAt(p []byte, off int64) (int, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	if g.stopped {
+		return 0, errBodyDone
+	}
+	return g.r.ReadAt(p, off)
+}
+
+func (g *guardedReader) Seek(off int64, whence int) (int64, error) {
+	g.mu.Lock()
+	defer g.mu.Unlock()
+	return g.r.Seek(off, whence)
+}
+
+func (g *guardedReader) stop() {
+	g.mu.Lock()
+	g.stopped = true
+	g.mu.Unlock()
 }
 
 // Stat implements repository.Repository.
