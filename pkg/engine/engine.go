@@ -327,9 +327,26 @@ func (e *Engine) Backup(ctx context.Context, containerName string, src blockdev.
 		}
 		return nil
 	})
+	// Workers read, hash and seal chunks; putters store them. Between them
+	// a queue of sealed objects lets the workers run ahead while the
+	// repository is busy (a stretch of incompressible data is bound by its
+	// writes, one of compressible data by the CPU), so the two overlap.
+	// Object buffers go round: a worker takes a free one to seal into, a
+	// putter frees it once stored; there are as many as the workers and
+	// putters hold plus putAhead, which bounds the memory.
+	putters := e.opts.Workers
+	putAhead := max(1, backupPutAhead/int(cs))
+	puts := make(chan sealedChunk, putAhead)
+	free := make(chan []byte, e.opts.Workers+putters+putAhead)
+	for range cap(free) {
+		free <- nil
+	}
 	var knownMu sync.Mutex
+	var sealing sync.WaitGroup
 	for w := 0; w < e.opts.Workers; w++ {
+		sealing.Add(1)
 		g.Go(func() error {
+			defer sealing.Done()
 			enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
 			if err != nil {
 				return err
@@ -337,9 +354,7 @@ func (e *Engine) Backup(ctx context.Context, containerName string, src blockdev.
 			defer enc.Close()
 			h := c.keys.hasher()
 			buf := make([]byte, cs)
-			// The compressed and sealed forms of a chunk, reused: Put
-			// does not keep an object once it returns.
-			var scratch, objBuf []byte
+			var scratch []byte // the compressed form of a chunk, reused
 			for i := range jobs {
 				off := int64(i) * cs
 				length := min(cs, size-off)
@@ -360,17 +375,44 @@ func (e *Engine) Backup(ctx context.Context, containerName string, src blockdev.
 				dup := known[id]
 				known[id] = true
 				knownMu.Unlock()
-				if !dup {
-					var obj []byte
-					obj, scratch = c.keys.sealObject(enc, scratch, objBuf, b)
-					objBuf = obj
-					if err := e.put(gctx, chunkName(c, id), obj); err != nil {
-						return fmt.Errorf("engine: store chunk %s: %w", id, err)
-					}
-					stored.Add(int64(len(obj)))
-					newChunks.Add(1)
+				if dup {
+					done.Add(length)
+					progress(false)
+					continue
 				}
-				done.Add(length)
+				var objBuf []byte
+				select {
+				case objBuf = <-free:
+				case <-gctx.Done():
+					return gctx.Err()
+				}
+				obj, sc := c.keys.sealObject(enc, scratch, objBuf, b)
+				scratch = sc
+				select {
+				case puts <- sealedChunk{id: id, obj: obj, length: length}:
+				case <-gctx.Done():
+					return gctx.Err()
+				}
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		sealing.Wait()
+		close(puts)
+		return nil
+	})
+	for range putters {
+		g.Go(func() error {
+			for p := range puts {
+				if err := e.put(gctx, chunkName(c, p.id), p.obj); err != nil {
+					return fmt.Errorf("engine: store chunk %s: %w", p.id, err)
+				}
+				// Put is done with the object: its buffer is free.
+				free <- p.obj
+				stored.Add(int64(len(p.obj)))
+				newChunks.Add(1)
+				done.Add(p.length)
 				progress(false)
 			}
 			return nil
@@ -392,6 +434,18 @@ func (e *Engine) Backup(ctx context.Context, containerName string, src blockdev.
 	}
 	progress(true)
 	return m, nil
+}
+
+// backupPutAhead is how many bytes of sealed chunks a backup may hold
+// waiting for the repository, beyond one per worker and one per putter (at
+// least one chunk).
+const backupPutAhead = 32 << 20
+
+// sealedChunk is a chunk ready to store.
+type sealedChunk struct {
+	id     string
+	obj    []byte
+	length int64
 }
 
 // holeChunks marks the chunks that lie wholly in holes of the source.

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"sort"
 	"strings"
+	"sync"
 	"sync/atomic"
 	"time"
 
@@ -28,26 +29,48 @@ func (e *ChunkError) Error() string {
 
 func (e *ChunkError) Unwrap() error { return e.Err }
 
-// readChunk fetches and checks a chunk: its plaintext must hash to its id.
-// The object is read into objBuf's storage and the plaintext may be
-// decompressed into buf's (see openObject), when they are large enough;
-// it returns the object's storage for the next call's objBuf.
-func (e *Engine) readChunk(ctx context.Context, c *container, id string, off int64, buf, objBuf []byte) (plain, obj []byte, err error) {
-	obj, err = e.getInto(ctx, chunkName(c, id), objBuf)
+// readChunk fetches and checks a chunk (fetchChunk, then openChunk).
+func (e *Engine) readChunk(ctx context.Context, c *container, id string, off int64) ([]byte, error) {
+	obj, err := e.fetchChunk(ctx, c, id, off, nil)
+	if err != nil {
+		return nil, err
+	}
+	return e.openChunk(c, id, off, obj, nil)
+}
+
+// fetchChunk reads a chunk's object, into objBuf's storage when it fits.
+func (e *Engine) fetchChunk(ctx context.Context, c *container, id string, off int64, objBuf []byte) ([]byte, error) {
+	obj, err := e.getInto(ctx, chunkName(c, id), objBuf)
 	if errors.Is(err, repository.ErrNotFound) {
-		return nil, objBuf, &ChunkError{ChunkID: id, Offset: off, Err: fmt.Errorf("missing from the repository")}
+		return nil, &ChunkError{ChunkID: id, Offset: off, Err: fmt.Errorf("missing from the repository")}
 	}
+	return obj, err
+}
+
+// openChunk decodes a chunk's object and checks it: its plaintext must hash
+// to its id. It decrypts in place in obj and may decompress into buf's
+// storage (see openObject), so the plaintext may share storage with either.
+func (e *Engine) openChunk(c *container, id string, off int64, obj, buf []byte) ([]byte, error) {
+	plain, err := c.keys.openObject(e.dec, obj, buf)
 	if err != nil {
-		return nil, objBuf, err
-	}
-	plain, err = c.keys.openObject(e.dec, obj, buf)
-	if err != nil {
-		return nil, obj, &ChunkError{ChunkID: id, Offset: off, Err: err}
+		return nil, &ChunkError{ChunkID: id, Offset: off, Err: err}
 	}
 	if got := c.keys.chunkID(c.keys.hasher(), plain); got != id {
-		return nil, obj, &ChunkError{ChunkID: id, Offset: off, Err: fmt.Errorf("%w: content does not match its hash", ErrCorrupt)}
+		return nil, &ChunkError{ChunkID: id, Offset: off, Err: fmt.Errorf("%w: content does not match its hash", ErrCorrupt)}
 	}
-	return plain, obj, nil
+	return plain, nil
+}
+
+// restoreReadAhead is how many bytes of chunk objects a restore may have
+// read ahead of the chunks being decoded and written, beyond one per
+// fetcher and one per worker (at least one chunk).
+const restoreReadAhead = 32 << 20
+
+// fetchedChunk is a chunk's object read from the repository (nil for a
+// chunk of zeros).
+type fetchedChunk struct {
+	i   int
+	obj []byte
 }
 
 // Restore writes a backup onto dst (at least the backup's size). All-zero
@@ -78,22 +101,65 @@ func (e *Engine) Restore(ctx context.Context, containerName, backupID string, ds
 		}
 		return nil
 	})
+	// Fetchers read objects, in the order of the chunks, up to
+	// restoreReadAhead ahead of the workers, which decode, check and write
+	// them: the repository's reads of a stretch of large objects (data
+	// that did not compress) overlap the CPU work of the stretch before
+	// (data that did). Object buffers go round through free, as in Backup.
+	fetchers := e.opts.Workers
+	ahead := max(1, restoreReadAhead/int(cs))
+	fetched := make(chan fetchedChunk, ahead)
+	free := make(chan []byte, fetchers+e.opts.Workers+ahead)
+	for range cap(free) {
+		free <- nil
+	}
+	var fetching sync.WaitGroup
+	for range fetchers {
+		fetching.Add(1)
+		g.Go(func() error {
+			defer fetching.Done()
+			for i := range jobs {
+				f := fetchedChunk{i: i}
+				if id := m.Chunks[i]; id != "" {
+					var objBuf []byte
+					select {
+					case objBuf = <-free:
+					case <-gctx.Done():
+						return gctx.Err()
+					}
+					obj, err := e.fetchChunk(gctx, c, id, int64(i)*cs, objBuf)
+					if err != nil {
+						return err
+					}
+					f.obj = obj
+				}
+				select {
+				case fetched <- f:
+				case <-gctx.Done():
+					return gctx.Err()
+				}
+			}
+			return nil
+		})
+	}
+	g.Go(func() error {
+		fetching.Wait()
+		close(fetched)
+		return nil
+	})
 	for w := 0; w < e.opts.Workers; w++ {
 		g.Go(func() error {
-			// One plaintext and one object buffer per worker, reused
-			// chunk after chunk.
+			// One plaintext buffer per worker, reused chunk after chunk.
 			buf := make([]byte, 0, cs)
-			var objBuf []byte
-			for i := range jobs {
-				off := int64(i) * cs
+			for f := range fetched {
+				off := int64(f.i) * cs
 				length := min(cs, m.Size-off)
-				if id := m.Chunks[i]; id == "" {
+				if id := m.Chunks[f.i]; id == "" {
 					if err := dst.Zero(off, length); err != nil {
 						return fmt.Errorf("engine: zero the target at %d: %w", off, err)
 					}
 				} else {
-					plain, obj, err := e.readChunk(gctx, c, id, off, buf, objBuf)
-					objBuf = obj
+					plain, err := e.openChunk(c, id, off, f.obj, buf)
 					if err != nil {
 						return err
 					}
@@ -103,6 +169,8 @@ func (e *Engine) Restore(ctx context.Context, containerName, backupID string, ds
 					if _, err := dst.WriteAt(plain, off); err != nil {
 						return fmt.Errorf("engine: write the target at %d: %w", off, err)
 					}
+					// Written: the object's buffer is free.
+					free <- f.obj
 				}
 				report(Progress{Done: done.Add(length), Total: m.Size}, false)
 			}
@@ -150,7 +218,7 @@ func (e *Engine) Verify(ctx context.Context, containerName, backupID string) (*V
 	g.SetLimit(e.opts.Workers)
 	for k, it := range items {
 		g.Go(func() error {
-			_, _, err := e.readChunk(gctx, c, it.id, it.off, nil, nil)
+			_, err := e.readChunk(gctx, c, it.id, it.off)
 			var ce *ChunkError
 			if errors.As(err, &ce) {
 				results[k] = ce
