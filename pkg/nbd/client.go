@@ -252,11 +252,24 @@ func (c *Client) ReadOnly() bool { return c.flags&tflagReadOnly != 0 }
 // CanBlockStatus reports whether base:allocation was negotiated.
 func (c *Client) CanBlockStatus() bool { return c.metaID != 0 }
 
-func (c *Client) fail(err error) {
+// broke records the first error that broke the connection: from then on
+// new requests fail at once.
+func (c *Client) broke(err error) {
 	c.mu.Lock()
 	if c.err == nil {
 		c.err = err
 	}
+	c.mu.Unlock()
+}
+
+// fail ends every request still waiting with the connection's error. Only
+// the read loop calls it, as it leaves: it alone finishes requests, so a
+// request it is filling is never finished twice or written after its
+// caller has gone.
+func (c *Client) fail(err error) {
+	c.broke(err)
+	c.mu.Lock()
+	err = c.err
 	pending := c.pending
 	c.pending = map[uint64]*call{}
 	c.mu.Unlock()
@@ -277,14 +290,21 @@ func (c *Client) readLoop() {
 	}
 }
 
-func (c *Client) take(cookie uint64, last bool) *call {
+// take finds the request a reply answers. It stays pending until its last
+// reply has been read whole (finish): a connection that breaks in the
+// middle of a reply fails it with the rest.
+func (c *Client) take(cookie uint64) *call {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	cl := c.pending[cookie]
-	if last {
-		delete(c.pending, cookie)
-	}
-	return cl
+	return c.pending[cookie]
+}
+
+// finish ends a request whose last reply has been read.
+func (c *Client) finish(cookie uint64, cl *call) {
+	c.mu.Lock()
+	delete(c.pending, cookie)
+	c.mu.Unlock()
+	close(cl.done)
 }
 
 func (c *Client) readReply() error {
@@ -299,7 +319,8 @@ func (c *Client) readReply() error {
 			return err
 		}
 		errno := binary.BigEndian.Uint32(h[0:])
-		cl := c.take(binary.BigEndian.Uint64(h[4:]), true)
+		cookie := binary.BigEndian.Uint64(h[4:])
+		cl := c.take(cookie)
 		if cl == nil {
 			return errors.New("nbd: reply to an unknown request")
 		}
@@ -310,7 +331,7 @@ func (c *Client) readReply() error {
 				return err
 			}
 		}
-		close(cl.done)
+		c.finish(cookie, cl)
 		return nil
 	case structuredReplyMagic:
 		var h [16]byte
@@ -321,16 +342,15 @@ func (c *Client) readReply() error {
 		typ := binary.BigEndian.Uint16(h[2:])
 		cookie := binary.BigEndian.Uint64(h[4:])
 		length := binary.BigEndian.Uint32(h[12:])
-		last := flags&replyFlagDone != 0
-		cl := c.take(cookie, last)
+		cl := c.take(cookie)
 		if cl == nil {
 			return errors.New("nbd: reply to an unknown request")
 		}
 		if err := c.chunk(cl, typ, length); err != nil {
 			return err
 		}
-		if last {
-			close(cl.done)
+		if flags&replyFlagDone != 0 {
+			c.finish(cookie, cl)
 		}
 		return nil
 	}
@@ -451,7 +471,9 @@ func (c *Client) do(typ, flags uint16, off uint64, length uint32, payload, buf [
 	err := c.w.Flush()
 	c.wmu.Unlock()
 	if err != nil {
-		c.fail(err)
+		// The read loop sees the closed connection and fails every
+		// request waiting, this one too.
+		c.broke(err)
 		c.nc.Close()
 	}
 	<-cl.done

@@ -7,17 +7,23 @@ import (
 	"io"
 	"net"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/blockvault/blockvault/pkg/nbd"
 )
 
-// cutter is a TCP proxy whose connections can all be cut at once.
+// cutter is a TCP proxy whose connections can all be cut at once, or cut
+// after the server has sent a given number of further bytes (in the middle
+// of a reply).
 type cutter struct {
 	ln    net.Listener
 	mu    sync.Mutex
 	conns []net.Conn
+	// budget is how many more bytes the server may send before the
+	// connections are cut; negative: no limit.
+	budget atomic.Int64
 }
 
 func newCutter(t *testing.T, target string) *cutter {
@@ -26,6 +32,7 @@ func newCutter(t *testing.T, target string) *cutter {
 		t.Fatal(err)
 	}
 	c := &cutter{ln: ln}
+	c.budget.Store(-1)
 	t.Cleanup(func() { ln.Close(); c.cut() })
 	go func() {
 		for {
@@ -42,11 +49,40 @@ func newCutter(t *testing.T, target string) *cutter {
 			c.conns = append(c.conns, in, out)
 			c.mu.Unlock()
 			go func() { io.Copy(out, in); out.Close() }()
-			go func() { io.Copy(in, out); in.Close() }()
+			go func() { c.replies(in, out); in.Close() }()
 		}
 	}()
 	return c
 }
+
+// replies copies the server's bytes to the client within the budget.
+func (c *cutter) replies(in, out net.Conn) {
+	buf := make([]byte, 32<<10)
+	for {
+		n, err := out.Read(buf)
+		if n > 0 {
+			send := n
+			if b := c.budget.Load(); b >= 0 {
+				send = int(min(int64(n), b))
+				c.budget.Add(-int64(send))
+			}
+			if _, werr := in.Write(buf[:send]); werr != nil {
+				return
+			}
+			if send < n {
+				c.budget.Store(-1) // connections made again run free
+				c.cut()
+				return
+			}
+		}
+		if err != nil {
+			return
+		}
+	}
+}
+
+// cutAfter cuts the connections once the server has sent n more bytes.
+func (c *cutter) cutAfter(n int64) { c.budget.Store(n) }
 
 func (c *cutter) cut() {
 	c.mu.Lock()
@@ -103,5 +139,61 @@ func TestReconnecting(t *testing.T) {
 	}
 	if time.Since(start) > 5*time.Second {
 		t.Fatalf("a removed export was retried for %v", time.Since(start))
+	}
+}
+
+// TestConnectionLostMidReply: a connection that breaks in the middle of a
+// read's reply (the data chunk carries the last-reply flag, so the request
+// has already been matched) fails that read instead of leaving it waiting
+// for ever; a Reconnecting device reads it again on a new connection.
+func TestConnectionLostMidReply(t *testing.T) {
+	s := serve(t)
+	path, want := image(t)
+	s.export(t, "vol", path, false)
+	px := newCutter(t, s.addr)
+	within := func(what string, f func() error) error {
+		t.Helper()
+		errc := make(chan error, 1)
+		go func() { errc <- f() }()
+		select {
+		case err := <-errc:
+			return err
+		case <-time.After(30 * time.Second):
+			t.Fatalf("%s: no answer after 30 s", what)
+			return nil
+		}
+	}
+	c, err := nbd.Dial(context.Background(), "tcp", px.ln.Addr().String(), nbd.DialOptions{ExportName: "vol"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got := make([]byte, 2*mib) // one data chunk: the image has data at 1-3 MiB
+	px.cutAfter(64 << 10)
+	err = within("a read cut mid-reply", func() error { _, err := c.ReadAt(got, mib); return err })
+	if err == nil {
+		t.Fatal("a read whose reply was cut half way succeeded")
+	}
+	if c.Broken() == nil {
+		t.Fatalf("the client does not say its connection broke (read: %v)", err)
+	}
+
+	dev, err := nbd.DialReconnecting(context.Background(), "tcp", px.ln.Addr().String(), nbd.DialOptions{ExportName: "vol"}, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	for i := 0; i < 3; i++ {
+		px.cutAfter(int64(i+1) * 100 << 10)
+		clear(got)
+		if err := within("a reconnecting read cut mid-reply", func() error { _, err := dev.ReadAt(got, mib); return err }); err != nil {
+			t.Fatalf("read %d cut mid-reply: %v", i, err)
+		}
+		if !bytes.Equal(got, want[mib:3*mib]) {
+			t.Fatalf("read %d cut mid-reply returned other data", i)
+		}
+	}
+	if dev.Reconnects() < 3 {
+		t.Fatalf("%d reconnections after three cuts", dev.Reconnects())
 	}
 }
