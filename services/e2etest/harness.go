@@ -280,15 +280,32 @@ func Start(t testing.TB, o Options) *Stack {
 		for _, c := range s.conns {
 			c.Close()
 		}
+		failed := t.Failed()
 		for _, d := range []*Daemon{s.Gateway, s.Backup, s.VolumeManager} {
-			if d != nil {
-				d.Stop()
+			if d == nil {
+				continue
 			}
+			if failed {
+				// A failed test may have left a daemon stuck: SIGQUIT
+				// makes the Go runtime write every goroutine's stack to
+				// the log before the process ends.
+				d.signal(syscall.SIGQUIT)
+			}
+			d.Stop()
 		}
-		if t.Failed() {
+		if failed {
+			keep := os.Getenv("BLOCKVAULT_TEST_LOGS")
 			for _, d := range []*Daemon{s.VolumeManager, s.Backup, s.Gateway} {
-				if d != nil {
-					t.Logf("---- %s log ----\n%s", d.Name, tail(d.Logs(), 60))
+				if d == nil {
+					continue
+				}
+				logs := d.Logs()
+				t.Logf("---- %s log (without per-call debug lines) ----\n%s", d.Name, tail(withoutRPCLines(logs), 60))
+				if keep != "" {
+					name := filepath.Join(keep, strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())+"."+d.Name+".log")
+					if err := os.MkdirAll(keep, 0o755); err == nil && os.WriteFile(name, []byte(logs), 0o644) == nil {
+						t.Logf("the whole %s log, goroutine stacks included: %s", d.Name, name)
+					}
 				}
 			}
 		}
@@ -328,6 +345,18 @@ func requestidLike(t testing.TB) string {
 		t.Fatal(err)
 	}
 	return hex.EncodeToString(b)
+}
+
+// withoutRPCLines drops the per-call debug lines (level=DEBUG msg=rpc) that
+// a test polling a status writes by the hundred.
+func withoutRPCLines(s string) string {
+	var keep []string
+	for _, l := range strings.Split(s, "\n") {
+		if !strings.Contains(l, "level=DEBUG msg=rpc ") {
+			keep = append(keep, l)
+		}
+	}
+	return strings.Join(keep, "\n")
 }
 
 func tail(s string, n int) string {
