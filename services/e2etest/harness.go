@@ -300,7 +300,11 @@ func Start(t testing.TB, o Options) *Stack {
 					continue
 				}
 				logs := d.Logs()
-				t.Logf("---- %s log (without per-call debug lines) ----\n%s", d.Name, tail(withoutRPCLines(logs), 60))
+				before, stacks, _ := strings.Cut(logs, "SIGQUIT: quit")
+				t.Logf("---- %s log (without per-call debug lines) ----\n%s", d.Name, tail(withoutRPCLines(before), 60))
+				if ours := ourGoroutines(stacks); ours != "" {
+					t.Logf("---- %s goroutines in blockvault code at the end ----\n%s", d.Name, head(ours, 150))
+				}
 				if keep != "" {
 					name := filepath.Join(keep, strings.NewReplacer("/", "_", " ", "_").Replace(t.Name())+"."+d.Name+".log")
 					if err := os.MkdirAll(keep, 0o755); err == nil && os.WriteFile(name, []byte(logs), 0o644) == nil {
@@ -357,6 +361,33 @@ func withoutRPCLines(s string) string {
 		}
 	}
 	return strings.Join(keep, "\n")
+}
+
+// ourGoroutines keeps, of a Go runtime's goroutine dump, the goroutines
+// whose stacks pass through blockvault's own code, each as its header and
+// its functions outside the runtime (no file lines).
+func ourGoroutines(dump string) string {
+	var keep []string
+	for _, g := range strings.Split(dump, "\n\n") {
+		g = strings.TrimSpace(g)
+		if !strings.HasPrefix(g, "goroutine ") || !strings.Contains(g, "github.com/blockvault/blockvault/") {
+			continue
+		}
+		for i, l := range strings.Split(g, "\n") {
+			if i == 0 || !strings.HasPrefix(l, "\t") && !strings.HasPrefix(l, "runtime.") && !strings.HasPrefix(l, "internal/") {
+				keep = append(keep, l)
+			}
+		}
+	}
+	return strings.Join(keep, "\n")
+}
+
+func head(s string, n int) string {
+	lines := strings.Split(s, "\n")
+	if len(lines) > n {
+		lines = append(lines[:n], "[...]")
+	}
+	return strings.Join(lines, "\n")
 }
 
 func tail(s string, n int) string {
