@@ -26,6 +26,13 @@ type DialOptions struct {
 	// MaxRequest caps one request's payload (default 4 MiB); larger reads
 	// and writes are split and pipelined.
 	MaxRequest int
+	// StallTimeout, when set, breaks the connection when requests are
+	// waiting and the server has sent nothing for that long (since the
+	// last byte received or the last request sent): a server that hangs
+	// then fails its requests (and a Reconnecting device dials again)
+	// instead of holding its callers for ever. Slow transfers are not
+	// stalls: every byte received counts.
+	StallTimeout time.Duration
 }
 
 // Client is an NBD client attached to one export; it is a blockdev.Device.
@@ -46,6 +53,9 @@ type Client struct {
 	err      error // set when the connection broke
 	done     chan struct{}
 	closeOne sync.Once
+	// active is when a byte was last received or a request last sent
+	// (unix nanoseconds), for the stall watchdog.
+	active atomic.Int64
 }
 
 var _ blockdev.Device = (*Client)(nil)
@@ -73,7 +83,7 @@ func Dial(ctx context.Context, network, addr string, opts DialOptions) (*Client,
 	if c.maxReq <= 0 {
 		c.maxReq = 4 << 20
 	}
-	c.r = bufio.NewReaderSize(nc, 256<<10)
+	c.r = bufio.NewReaderSize(activityReader{c}, 256<<10)
 	c.w = bufio.NewWriterSize(nc, 256<<10)
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
 	err = c.handshake(opts)
@@ -86,7 +96,43 @@ func Dial(ctx context.Context, network, addr string, opts DialOptions) (*Client,
 	}
 	c.nc.SetDeadline(time.Time{})
 	go c.readLoop()
+	if opts.StallTimeout > 0 {
+		go c.watch(opts.StallTimeout)
+	}
 	return c, nil
+}
+
+// activityReader reads the connection and notes when bytes arrive.
+type activityReader struct{ c *Client }
+
+func (a activityReader) Read(p []byte) (int, error) {
+	n, err := a.c.nc.Read(p)
+	if n > 0 {
+		a.c.active.Store(time.Now().UnixNano())
+	}
+	return n, err
+}
+
+// watch breaks the connection when requests have waited stall without a
+// byte from the server.
+func (c *Client) watch(stall time.Duration) {
+	t := time.NewTicker(max(stall/4, 10*time.Millisecond))
+	defer t.Stop()
+	for {
+		select {
+		case <-c.done:
+			return
+		case <-t.C:
+		}
+		c.mu.Lock()
+		waiting := len(c.pending)
+		c.mu.Unlock()
+		if waiting > 0 && time.Since(time.Unix(0, c.active.Load())) > stall {
+			c.broke(fmt.Errorf("nbd: %d requests waiting and nothing from the server for %v: %w", waiting, stall, ErrStalled))
+			c.nc.Close() // the read loop fails the requests
+			return
+		}
+	}
 }
 
 func (c *Client) writeOption(opt uint32, data []byte) error {
@@ -457,6 +503,7 @@ func (c *Client) do(typ, flags uint16, off uint64, length uint32, payload, buf [
 	}
 	c.pending[cookie] = cl
 	c.mu.Unlock()
+	c.active.Store(time.Now().UnixNano())
 
 	var h [28]byte
 	binary.BigEndian.PutUint32(h[0:], requestMagic)

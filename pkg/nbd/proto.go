@@ -157,3 +157,7 @@ var ErrUnknownExport = errors.New("nbd: the server refused the export name")
 
 // ErrClosed: the connection is closed.
 var ErrClosed = errors.New("nbd: connection closed")
+
+// ErrStalled: requests were waiting and the server sent nothing for
+// DialOptions.StallTimeout, so the connection was broken.
+var ErrStalled = errors.New("the server stopped answering")

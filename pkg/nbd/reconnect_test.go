@@ -22,8 +22,11 @@ type cutter struct {
 	mu    sync.Mutex
 	conns []net.Conn
 	// budget is how many more bytes the server may send before the
-	// connections are cut; negative: no limit.
+	// connections are cut (or held, with hold); negative: no limit.
 	budget atomic.Int64
+	hold   atomic.Bool
+	// slow passes the server's bytes on at 16 KiB every 100 ms.
+	slow atomic.Bool
 }
 
 func newCutter(t *testing.T, target string) *cutter {
@@ -66,11 +69,25 @@ func (c *cutter) replies(in, out net.Conn) {
 				send = int(min(int64(n), b))
 				c.budget.Add(-int64(send))
 			}
-			if _, werr := in.Write(buf[:send]); werr != nil {
-				return
+			for p := buf[:send]; len(p) > 0; {
+				k := len(p)
+				if c.slow.Load() {
+					k = min(k, 16<<10)
+					time.Sleep(100 * time.Millisecond)
+				}
+				if _, werr := in.Write(p[:k]); werr != nil {
+					return
+				}
+				p = p[k:]
 			}
 			if send < n {
 				c.budget.Store(-1) // connections made again run free
+				if c.hold.Swap(false) {
+					// Held: the connection stays open, the server's
+					// bytes go nowhere.
+					io.Copy(io.Discard, out)
+					return
+				}
 				c.cut()
 				return
 			}
@@ -83,6 +100,10 @@ func (c *cutter) replies(in, out net.Conn) {
 
 // cutAfter cuts the connections once the server has sent n more bytes.
 func (c *cutter) cutAfter(n int64) { c.budget.Store(n) }
+
+// holdAfter stops passing the server's bytes on once it has sent n more,
+// leaving the connection open: to the client, a server that hangs.
+func (c *cutter) holdAfter(n int64) { c.hold.Store(true); c.budget.Store(n) }
 
 func (c *cutter) cut() {
 	c.mu.Lock()
@@ -195,5 +216,67 @@ func TestConnectionLostMidReply(t *testing.T) {
 	}
 	if dev.Reconnects() < 3 {
 		t.Fatalf("%d reconnections after three cuts", dev.Reconnects())
+	}
+}
+
+// TestStalledServer: with StallTimeout, a server that stops answering in
+// the middle of a reply (the connection stays open) fails the requests
+// waiting with ErrStalled instead of holding them for ever, and a
+// Reconnecting device dials again and reads the data. A slow but steady
+// transfer is not a stall.
+func TestStalledServer(t *testing.T) {
+	s := serve(t)
+	path, want := image(t)
+	s.export(t, "vol", path, false)
+	px := newCutter(t, s.addr)
+	opts := nbd.DialOptions{ExportName: "vol", StallTimeout: 500 * time.Millisecond}
+	c, err := nbd.Dial(context.Background(), "tcp", px.ln.Addr().String(), opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	got := make([]byte, 2*mib)
+	// Idle for longer than the timeout, then a read: not a stall.
+	time.Sleep(time.Second)
+	if _, err := c.ReadAt(got, mib); err != nil || !bytes.Equal(got, want[mib:3*mib]) {
+		t.Fatalf("a read after an idle second: %v", err)
+	}
+	// A slow transfer: 256 KiB at 160 KiB/s takes 1.6 s, more than the
+	// timeout, but bytes keep coming.
+	px.slow.Store(true)
+	if _, err := c.ReadAt(got[:256<<10], mib); err != nil || !bytes.Equal(got[:256<<10], want[mib:mib+256<<10]) {
+		t.Fatalf("a slow read: %v", err)
+	}
+	px.slow.Store(false)
+	px.holdAfter(64 << 10)
+	errc := make(chan error, 1)
+	go func() { _, err := c.ReadAt(got, mib); errc <- err }()
+	select {
+	case err = <-errc:
+	case <-time.After(30 * time.Second):
+		t.Fatal("a read from a server that stopped answering still waits after 30 s")
+	}
+	if !errors.Is(err, nbd.ErrStalled) {
+		t.Fatalf("a read from a server that stopped answering: %v, want ErrStalled", err)
+	}
+
+	dev, err := nbd.DialReconnecting(context.Background(), "tcp", px.ln.Addr().String(), opts, 30*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dev.Close()
+	px.holdAfter(100 << 10)
+	clear(got)
+	go func() { _, err := dev.ReadAt(got, mib); errc <- err }()
+	select {
+	case err = <-errc:
+	case <-time.After(30 * time.Second):
+		t.Fatal("a reconnecting read from a server that stopped answering still waits after 30 s")
+	}
+	if err != nil || !bytes.Equal(got, want[mib:3*mib]) {
+		t.Fatalf("a reconnecting read through a stall: %v", err)
+	}
+	if dev.Reconnects() != 1 {
+		t.Fatalf("%d reconnections after one stall", dev.Reconnects())
 	}
 }

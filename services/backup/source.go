@@ -13,11 +13,17 @@ import (
 	"github.com/blockvault/blockvault/pkg/nbd"
 )
 
-// openConnection opens what the volume manager handed out: a local path
-// (same node) or an NBD export (any node).
 // reconnectWindow is how long a broken NBD connection is dialed again.
 const reconnectWindow = time.Minute
 
+// nbdStallTimeout is how long requests may wait without a byte from the
+// volume manager before the connection is taken as broken (and dialed
+// again): a hung volume manager must not hold a backup or restore for ever.
+// Generous, as a flush of a large target may take a while.
+const nbdStallTimeout = 2 * time.Minute
+
+// openConnection opens what the volume manager handed out: a local path
+// (same node) or an NBD export (any node).
 func openConnection(ctx context.Context, ci *volumev1.ConnectionInfo, readOnly bool, tlsCfg *tls.Config) (blockdev.Device, error) {
 	d := ci.GetData()
 	switch ci.GetDriverVolumeType() {
@@ -36,7 +42,7 @@ func openConnection(ctx context.Context, ci *volumev1.ConnectionInfo, readOnly b
 		}
 		return dev, nil
 	case "nbd":
-		opts := nbd.DialOptions{ExportName: d.GetExportName()}
+		opts := nbd.DialOptions{ExportName: d.GetExportName(), StallTimeout: nbdStallTimeout}
 		if d.GetTls() {
 			if tlsCfg == nil {
 				return nil, fmt.Errorf("the export requires TLS; give the backup service --tls-cert, --tls-key and --tls-ca")
