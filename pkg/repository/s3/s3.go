@@ -158,6 +158,13 @@ func (r *Repository) GetInto(ctx context.Context, name string, buf []byte) ([]by
 	}
 	defer obj.Close()
 	b := buf[:0]
+	// The GET's own response tells the size (Stat sends no other
+	// request): a buffer too small is replaced once, not grown step by step.
+	if info, err := obj.Stat(); err != nil {
+		return nil, fmt.Errorf("get %s: %w", name, translate(err))
+	} else if info.Size > int64(cap(b)) {
+		b = make([]byte, 0, info.Size)
+	}
 	for {
 		if len(b) == cap(b) {
 			b = append(b, 0)[:len(b)] // grow
