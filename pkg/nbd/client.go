@@ -83,8 +83,7 @@ func Dial(ctx context.Context, network, addr string, opts DialOptions) (*Client,
 	if c.maxReq <= 0 {
 		c.maxReq = 4 << 20
 	}
-	c.r = bufio.NewReaderSize(activityReader{c}, 256<<10)
-	c.w = bufio.NewWriterSize(nc, 256<<10)
+	c.use(nc)
 	stop := context.AfterFunc(ctx, func() { nc.Close() })
 	err = c.handshake(opts)
 	if !stop() && err == nil {
@@ -100,6 +99,14 @@ func Dial(ctx context.Context, network, addr string, opts DialOptions) (*Client,
 		go c.watch(opts.StallTimeout)
 	}
 	return c, nil
+}
+
+// use makes nc the connection the client reads and writes (the TCP one,
+// then its TLS layer after STARTTLS); reads go through activityReader.
+func (c *Client) use(nc net.Conn) {
+	c.nc = nc
+	c.r = bufio.NewReaderSize(activityReader{c}, 256<<10)
+	c.w = bufio.NewWriterSize(nc, 256<<10)
 }
 
 // activityReader reads the connection and notes when bytes arrive.
@@ -202,9 +209,7 @@ func (c *Client) handshake(opts DialOptions) error {
 		if err := tc.Handshake(); err != nil {
 			return fmt.Errorf("nbd: tls: %w", err)
 		}
-		c.nc = tc
-		c.r = bufio.NewReaderSize(tc, 256<<10)
-		c.w = bufio.NewWriterSize(tc, 256<<10)
+		c.use(tc)
 	}
 
 	structured := false
