@@ -63,6 +63,13 @@ func TestCLIProgressBarAndMetrics(t *testing.T) {
 	t.Cleanup(func() { exec.Command("tmux", "kill-session", "-t", session).Run() })
 
 	var frames []string // distinct bar lines, in the order seen
+	collect := func(pane []byte) {
+		for _, line := range strings.Split(string(pane), "\n") {
+			if percentRe.MatchString(line) && (len(frames) == 0 || frames[len(frames)-1] != strings.TrimSpace(line)) {
+				frames = append(frames, strings.TrimSpace(line))
+			}
+		}
+	}
 	var readSeen []float64
 	running, tempSnapshots, exports := false, false, false
 	deadline := time.Now().Add(3 * time.Minute)
@@ -71,11 +78,7 @@ func TestCLIProgressBarAndMetrics(t *testing.T) {
 		if err != nil {
 			t.Fatalf("capture-pane: %v", err)
 		}
-		for _, line := range strings.Split(string(out), "\n") {
-			if percentRe.MatchString(line) && (len(frames) == 0 || frames[len(frames)-1] != strings.TrimSpace(line)) {
-				frames = append(frames, strings.TrimSpace(line))
-			}
-		}
+		collect(out)
 		// The metrics while it runs.
 		if s.Metric(s.BackupMetrics, "blockvault_jobs_running") == 1 {
 			running = true
@@ -99,6 +102,9 @@ func TestCLIProgressBarAndMetrics(t *testing.T) {
 	}
 	code, _ := os.ReadFile(status)
 	pane, _ := exec.Command("tmux", "capture-pane", "-p", "-t", session).Output()
+	// The screen the CLI left: its last frame may have been drawn after
+	// the last capture above, just before it exited.
+	collect(pane)
 	if strings.TrimSpace(string(code)) != "0" {
 		t.Fatalf("backup create --force --wait exited %s; pane:\n%s", code, pane)
 	}
