@@ -14,7 +14,8 @@ import (
 // 64 MiB is refused with a message that names it; a container made with
 // 1 MiB chunks backs up and restores byte for byte, and an incremental
 // backup with changed ranges after a 1 MiB change at an unaligned offset
-// reads and stores two 1 MiB chunks where 4 MiB chunks would take 8 MiB.
+// reads 1 MiB + 4 KiB: chunk 10 whole (all but its first 4 KiB changed)
+// and the 4 KiB of chunk 11 that changed, stored as a piece.
 func TestChunkSize(t *testing.T) {
 	repo, err := posix.New(t.TempDir())
 	if err != nil {
@@ -58,8 +59,9 @@ func TestChunkSize(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if r := counted.read.Load(); r != 2*mib || inc.NewChunks != 2 {
-		t.Fatalf("the incremental read %d bytes and stored %d new chunks; want 2 MiB and 2", r, inc.NewChunks)
+	if r := counted.read.Load(); r != mib+4096 || inc.NewChunks != 2 || inc.Pieces[11] == nil {
+		t.Fatalf("the incremental read %d bytes and stored %d new chunks, chunk 11 in pieces %v; want 1 MiB + 4 KiB, 2 and pieces",
+			r, inc.NewChunks, inc.Pieces[11])
 	}
 	target := emptyTarget(t, size)
 	dst := openFile(t, target, false)

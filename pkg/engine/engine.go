@@ -258,68 +258,89 @@ func (e *Engine) Backup(ctx context.Context, containerName string, src blockdev.
 
 	var parent *Manifest
 	known := map[string]bool{}
+	markKnown := func(id string) { known[id] = true }
 	if spec.ParentID != "" {
 		if parent, err = e.loadManifest(ctx, c, spec.ParentID); err != nil {
 			return nil, fmt.Errorf("engine: parent: %w", err)
 		}
-		for _, id := range parent.Chunks {
-			if id != "" {
-				known[id] = true
-			}
-		}
+		parent.eachID(markKnown)
 	} else if spec.ReuseFrom != "" && checkBackupID(spec.ReuseFrom) == nil {
 		if ref, err := e.loadManifest(ctx, c, spec.ReuseFrom); err == nil {
-			for _, id := range ref.Chunks {
-				if id != "" {
-					known[id] = true
-				}
-			}
+			ref.eachID(markKnown)
 		}
 	}
 	// Chunks to read: where the source has data, and (with a parent and
-	// changed ranges) where something changed.
+	// changed ranges) where something changed. A chunk that changed in a
+	// few small ranges is stored in pieces (see planPieces): only those
+	// ranges are read and stored.
 	holes, err := holeChunks(src, size, cs, n)
 	if err != nil {
 		return nil, fmt.Errorf("engine: source allocation: %w", err)
 	}
 	var reuse []bool
+	var plans []*piecePlan
 	if parent != nil && spec.Changed != nil && parent.ChunkSize == c.cfg.ChunkSize && parent.Size == size {
 		reuse = make([]bool, n)
 		for i := range reuse {
 			reuse[i] = true
 		}
+		changed := map[int][]Range{}
 		for _, r := range spec.Changed {
-			for i := r.Offset / cs; i < int64(n) && i*cs < r.Offset+r.Length; i++ {
+			for i := max(r.Offset, 0) / cs; i < int64(n) && i*cs < r.Offset+r.Length; i++ {
 				reuse[i] = false
+				lo := max(r.Offset, i*cs)
+				hi := min(r.Offset+r.Length, i*cs+chunkLength(size, cs, int(i)))
+				if hi > lo {
+					changed[int(i)] = append(changed[int(i)], Range{Offset: lo - i*cs, Length: hi - lo})
+				}
 			}
+		}
+		plans = make([]*piecePlan, n)
+		for i, rs := range changed {
+			plans[i] = planPieces(parent.piecesOf(i, cs), rs, chunkLength(size, cs, i))
 		}
 	}
 
-	var done, read, stored, newChunks, dataChunks atomic.Int64
+	var done, read, stored, newChunks atomic.Int64
 	report := throttle(spec.Progress)
 	progress := func(final bool) {
 		report(Progress{Done: done.Load(), Total: size, Read: read.Load(), Stored: stored.Load()}, final)
 	}
-	jobs := make(chan int)
+	jobs := make(chan chunkJob)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
 		defer close(jobs)
+		send := func(j chunkJob) error {
+			select {
+			case jobs <- j:
+				return nil
+			case <-gctx.Done():
+				return gctx.Err()
+			}
+		}
 		for i := 0; i < n; i++ {
-			length := min(cs, size-int64(i)*cs)
+			length := chunkLength(size, cs, i)
 			switch {
 			case holes[i]:
 				done.Add(length)
 			case reuse != nil && reuse[i]:
 				m.Chunks[i] = parent.Chunks[i]
-				if m.Chunks[i] != "" {
-					dataChunks.Add(1)
+				if ps := parent.Pieces[i]; ps != nil {
+					m.setPieces(i, ps)
 				}
 				done.Add(length)
+			case plans != nil && plans[i] != nil:
+				pl := plans[i]
+				done.Add(length - pl.freshBytes())
+				for _, k := range pl.fresh {
+					if err := send(chunkJob{i: i, piece: k, off: int64(i)*cs + pl.start(k), length: pl.pieces[k].Length}); err != nil {
+						return err
+					}
+				}
+				continue
 			default:
-				select {
-				case jobs <- i:
-				case <-gctx.Done():
-					return gctx.Err()
+				if err := send(chunkJob{i: i, piece: -1, off: int64(i) * cs, length: length}); err != nil {
+					return err
 				}
 				continue
 			}
@@ -355,9 +376,8 @@ func (e *Engine) Backup(ctx context.Context, containerName string, src blockdev.
 			h := c.keys.hasher()
 			buf := make([]byte, cs)
 			var scratch []byte // the compressed form of a chunk, reused
-			for i := range jobs {
-				off := int64(i) * cs
-				length := min(cs, size-off)
+			for j := range jobs {
+				off, length := j.off, j.length
 				b := buf[:length]
 				if _, err := src.ReadAt(b, off); err != nil {
 					return fmt.Errorf("engine: read the source at %d: %w", off, err)
@@ -369,8 +389,13 @@ func (e *Engine) Backup(ctx context.Context, containerName string, src blockdev.
 					continue
 				}
 				id := c.keys.chunkID(h, b)
-				m.Chunks[i] = id
-				dataChunks.Add(1)
+				if j.piece < 0 {
+					m.Chunks[j.i] = id
+				} else {
+					// Each job has its own piece: no other goroutine
+					// touches this element until the workers are done.
+					plans[j.i].pieces[j.piece].ID = id
+				}
 				knownMu.Lock()
 				dup := known[id]
 				known[id] = true
@@ -421,8 +446,18 @@ func (e *Engine) Backup(ctx context.Context, containerName string, src blockdev.
 	if err := g.Wait(); err != nil {
 		return nil, err
 	}
+	for i, pl := range plans {
+		if pl != nil && !holes[i] {
+			m.setPieces(i, pl.pieces)
+		}
+	}
+	for i := range m.Chunks {
+		if m.hasData(i) {
+			m.DataChunks++
+		}
+	}
 	m.Finished = time.Now().UTC()
-	m.DataChunks, m.NewChunks, m.NewBytes = dataChunks.Load(), newChunks.Load(), stored.Load()
+	m.NewChunks, m.NewBytes = newChunks.Load(), stored.Load()
 	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest))
 	obj, err := c.keys.encodeManifest(enc, m)
 	enc.Close()
@@ -440,6 +475,13 @@ func (e *Engine) Backup(ctx context.Context, containerName string, src blockdev.
 // waiting for the repository, beyond one per worker and one per putter (at
 // least one chunk).
 const backupPutAhead = 32 << 20
+
+// chunkJob is a range of the source for a worker to read and store: a
+// whole chunk (piece -1) or one piece of a chunk's plan.
+type chunkJob struct {
+	i, piece    int
+	off, length int64
+}
 
 // sealedChunk is a chunk ready to store.
 type sealedChunk struct {

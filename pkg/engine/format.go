@@ -28,6 +28,15 @@ import (
 // FormatVersion is the repository format this package writes and reads.
 const FormatVersion = 1
 
+// Manifest versions. A manifest is version 1 unless it has pieces (an
+// incremental backup that stored only the changed parts of some chunks):
+// then it is version 2, which older builds refuse by name instead of
+// misreading.
+const (
+	manifestV1       = 1
+	manifestV2Pieces = 2
+)
+
 // DefaultChunkSize is the chunk size of new containers (see the format
 // document for the measurement behind it).
 const DefaultChunkSize = 4 << 20
@@ -264,10 +273,78 @@ type Manifest struct {
 	NewChunks  int64     `json:"new_chunks"`
 	NewBytes   int64     `json:"new_bytes"`
 	// Chunks lists the chunk id of each chunk of the volume, in order; ""
-	// is an all-zero chunk, never stored.
+	// is an all-zero chunk, never stored, or a chunk made of pieces.
 	Chunks []string `json:"chunks"`
+	// Pieces, by chunk index, describes the chunks an incremental backup
+	// stored in part: the changed ranges as objects of their own, the rest
+	// as ranges of the parent's objects. Chunks[i] is "" for them.
+	Pieces map[int][]Piece `json:"pieces,omitempty"`
 	// MAC is the keyed BLAKE3 of the manifest with MAC empty.
 	MAC string `json:"mac"`
+}
+
+// Piece is a range of a chunk: Length bytes of the plaintext of object ID
+// from Offset on, or Length zero bytes when ID is "". The pieces of a
+// chunk follow each other and cover it.
+type Piece struct {
+	Length int64  `json:"length"`
+	ID     string `json:"id,omitempty"`
+	Offset int64  `json:"offset,omitempty"`
+}
+
+// chunkLength is the length of chunk i of a volume of size bytes.
+func chunkLength(size, cs int64, i int) int64 { return min(cs, size-int64(i)*cs) }
+
+// eachID calls fn with every object id the manifest references (an id
+// may come more than once).
+func (m *Manifest) eachID(fn func(id string)) {
+	for _, id := range m.Chunks {
+		if id != "" {
+			fn(id)
+		}
+	}
+	for _, ps := range m.Pieces {
+		for _, p := range ps {
+			if p.ID != "" {
+				fn(p.ID)
+			}
+		}
+	}
+}
+
+// hasData says whether chunk i is stored (not all zeros).
+func (m *Manifest) hasData(i int) bool {
+	if m.Chunks[i] != "" {
+		return true
+	}
+	for _, p := range m.Pieces[i] {
+		if p.ID != "" {
+			return true
+		}
+	}
+	return false
+}
+
+// checkPieces checks that each split chunk's pieces cover it exactly.
+func (m *Manifest) checkPieces() error {
+	n := len(m.Chunks)
+	cs := int64(m.ChunkSize)
+	for i, ps := range m.Pieces {
+		if i < 0 || i >= n || m.Chunks[i] != "" || len(ps) == 0 {
+			return fmt.Errorf("%w: manifest pieces of chunk %d", ErrCorrupt, i)
+		}
+		var sum int64
+		for _, p := range ps {
+			if p.Length <= 0 || p.Length > cs || p.Offset < 0 || p.Offset > cs || p.ID != "" && !validID(p.ID) || p.ID == "" && p.Offset != 0 {
+				return fmt.Errorf("%w: manifest piece of chunk %d", ErrCorrupt, i)
+			}
+			sum += p.Length
+		}
+		if sum != chunkLength(m.Size, cs, i) {
+			return fmt.Errorf("%w: the pieces of chunk %d cover %d bytes, not the chunk", ErrCorrupt, i, sum)
+		}
+	}
+	return nil
 }
 
 func (k *keys) manifestMAC(m *Manifest) (string, error) {
@@ -281,6 +358,10 @@ func (k *keys) manifestMAC(m *Manifest) (string, error) {
 }
 
 func (k *keys) encodeManifest(enc *zstd.Encoder, m *Manifest) ([]byte, error) {
+	m.Version = manifestV1
+	if len(m.Pieces) > 0 {
+		m.Version = manifestV2Pieces
+	}
 	mac, err := k.manifestMAC(m)
 	if err != nil {
 		return nil, err
@@ -305,8 +386,8 @@ func (k *keys) decodeManifest(dec *zstd.Decoder, obj []byte) (*Manifest, error) 
 	if err := d.Decode(&m); err != nil {
 		return nil, fmt.Errorf("%w: manifest: %v", ErrCorrupt, err)
 	}
-	if m.Version != FormatVersion {
-		return nil, fmt.Errorf("engine: manifest version %d, this build reads %d", m.Version, FormatVersion)
+	if m.Version != manifestV1 && m.Version != manifestV2Pieces || m.Version == manifestV1 && m.Pieces != nil {
+		return nil, fmt.Errorf("engine: manifest version %d, this build reads %d and %d", m.Version, manifestV1, manifestV2Pieces)
 	}
 	mac, err := k.manifestMAC(&m)
 	if err != nil || mac != m.MAC {
@@ -319,6 +400,9 @@ func (k *keys) decodeManifest(dec *zstd.Decoder, obj []byte) (*Manifest, error) 
 		if id != "" && !validID(id) {
 			return nil, fmt.Errorf("%w: bad chunk id in manifest", ErrCorrupt)
 		}
+	}
+	if err := m.checkPieces(); err != nil {
+		return nil, err
 	}
 	return &m, nil
 }

@@ -25,6 +25,11 @@ func FuzzDecoders(f *testing.F) {
 		if obj, err := k.encodeManifest(enc, m); err == nil {
 			f.Add(obj)
 		}
+		id := k.chunkID(k.hasher(), []byte("some chunk data"))
+		m.Pieces = map[int][]Piece{1: {{Length: 4096}, {Length: DefaultChunkSize - 8192, ID: id, Offset: 4096}, {Length: 4096, ID: id}}}
+		if obj, err := k.encodeManifest(enc, m); err == nil {
+			f.Add(obj)
+		}
 		obj, _ := k.sealObject(enc, nil, nil, []byte("some chunk data"))
 		f.Add(obj)
 	}

@@ -151,10 +151,15 @@ func (e *Engine) Restore(ctx context.Context, containerName, backupID string, ds
 		g.Go(func() error {
 			// One plaintext buffer per worker, reused chunk after chunk.
 			buf := make([]byte, 0, cs)
+			var pb pieceBuffers
 			for f := range fetched {
 				off := int64(f.i) * cs
 				length := min(cs, m.Size-off)
-				if id := m.Chunks[f.i]; id == "" {
+				if ps := m.Pieces[f.i]; ps != nil {
+					if err := e.restorePieces(gctx, c, ps, off, dst, &pb); err != nil {
+						return err
+					}
+				} else if id := m.Chunks[f.i]; id == "" {
 					if err := dst.Zero(off, length); err != nil {
 						return fmt.Errorf("engine: zero the target at %d: %w", off, err)
 					}
@@ -187,6 +192,76 @@ func (e *Engine) Restore(ctx context.Context, containerName, backupID string, ds
 	return nil
 }
 
+// pieceBuffers are a restore worker's buffers for chunks stored in pieces,
+// made at the first such chunk.
+type pieceBuffers struct {
+	chunk, obj, plain []byte // plain: only ever passed to openChunk as its buf
+}
+
+// restorePieces writes a chunk stored in pieces at off: each object it
+// uses is fetched and checked once, its ranges copied into place; zero
+// pieces are written as zeros (holes where dst can).
+func (e *Engine) restorePieces(ctx context.Context, c *container, ps []Piece, off int64, dst blockdev.Device, pb *pieceBuffers) error {
+	cs := int64(c.cfg.ChunkSize)
+	if pb.chunk == nil {
+		pb.chunk = make([]byte, cs)
+		pb.plain = make([]byte, 0, cs)
+	}
+	var length int64
+	for _, p := range ps {
+		length += p.Length
+	}
+	if length > int64(len(pb.chunk)) {
+		return fmt.Errorf("%w: the pieces at offset %d cover %d bytes, more than a chunk", ErrCorrupt, off, length)
+	}
+	chunk := pb.chunk[:length]
+	done := make([]bool, len(ps))
+	for k, p := range ps {
+		if done[k] || p.ID == "" {
+			continue
+		}
+		obj, err := e.fetchChunk(ctx, c, p.ID, off, pb.obj)
+		if err != nil {
+			return err
+		}
+		pb.obj = obj
+		plain, err := e.openChunk(c, p.ID, off, obj, pb.plain)
+		if err != nil {
+			return err
+		}
+		// Every piece of this object, here and further on.
+		pos := int64(0)
+		for q := range ps {
+			if !done[q] && ps[q].ID == p.ID {
+				if ps[q].Offset+ps[q].Length > int64(len(plain)) {
+					return &ChunkError{ChunkID: p.ID, Offset: off + pos, Err: fmt.Errorf("%w: %d bytes, a piece needs %d", ErrCorrupt, len(plain), ps[q].Offset+ps[q].Length)}
+				}
+				copy(chunk[pos:pos+ps[q].Length], plain[ps[q].Offset:])
+				done[q] = true
+			}
+			pos += ps[q].Length
+		}
+	}
+	// Write runs of data pieces, and zero the zero pieces.
+	pos := int64(0)
+	for k := 0; k < len(ps); {
+		start := pos
+		zero := ps[k].ID == ""
+		for k < len(ps) && (ps[k].ID == "") == zero {
+			pos += ps[k].Length
+			k++
+		}
+		if zero {
+			if err := dst.Zero(off+start, pos-start); err != nil {
+				return fmt.Errorf("engine: zero the target at %d: %w", off+start, err)
+			}
+		} else if _, err := dst.WriteAt(chunk[start:pos], off+start); err != nil {
+			return fmt.Errorf("engine: write the target at %d: %w", off+start, err)
+		}
+	}
+	return nil
+}
+
 // VerifyReport is what Verify found.
 type VerifyReport struct {
 	ChunksChecked int64
@@ -200,16 +275,31 @@ func (e *Engine) Verify(ctx context.Context, containerName, backupID string) (*V
 		return nil, err
 	}
 	c, _ := e.container(ctx, containerName)
-	seen := map[string]bool{}
+	// Each object once, with the bytes its pieces need of it.
+	seen := map[string]int{}
 	type item struct {
-		id  string
-		off int64
+		id   string
+		off  int64
+		need int64
 	}
 	var items []item
+	add := func(id string, off, need int64) {
+		if k, ok := seen[id]; ok {
+			items[k].need = max(items[k].need, need)
+			return
+		}
+		seen[id] = len(items)
+		items = append(items, item{id, off, need})
+	}
 	for i, id := range m.Chunks {
-		if id != "" && !seen[id] {
-			seen[id] = true
-			items = append(items, item{id, int64(i) * int64(m.ChunkSize)})
+		off := int64(i) * int64(m.ChunkSize)
+		if id != "" {
+			add(id, off, chunkLength(m.Size, int64(m.ChunkSize), i))
+		}
+		for _, p := range m.Pieces[i] {
+			if p.ID != "" {
+				add(p.ID, off, p.Offset+p.Length)
+			}
 		}
 	}
 	rep := &VerifyReport{}
@@ -218,7 +308,10 @@ func (e *Engine) Verify(ctx context.Context, containerName, backupID string) (*V
 	g.SetLimit(e.opts.Workers)
 	for k, it := range items {
 		g.Go(func() error {
-			_, err := e.readChunk(gctx, c, it.id, it.off)
+			plain, err := e.readChunk(gctx, c, it.id, it.off)
+			if err == nil && int64(len(plain)) < it.need {
+				err = &ChunkError{ChunkID: it.id, Offset: it.off, Err: fmt.Errorf("%w: %d bytes, the backup needs %d", ErrCorrupt, len(plain), it.need)}
+			}
 			var ce *ChunkError
 			if errors.As(err, &ce) {
 				results[k] = ce
@@ -314,11 +407,7 @@ func (e *Engine) GC(ctx context.Context, containerName string) (GCStats, error) 
 		if err != nil {
 			return st, fmt.Errorf("engine: gc cannot read manifest %s, so collects nothing: %w", id, err)
 		}
-		for _, ch := range m.Chunks {
-			if ch != "" {
-				ref[ch] = true
-			}
-		}
+		m.eachID(func(id string) { ref[id] = true })
 	}
 	st.ManifestsListed = len(names)
 	st.Referenced = len(ref)

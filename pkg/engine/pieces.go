@@ -1,0 +1,154 @@
+package engine
+
+import "sort"
+
+// An incremental backup with changed ranges stores a chunk that changed in
+// a few small ranges in pieces: each changed range (rounded out to
+// pieceAlign) is read and stored as an object of its own, and the rest of
+// the chunk is described as ranges of the objects the parent's manifest
+// already uses for it. A 1 MiB change at a random offset then costs about
+// 1 MiB read and stored instead of one or two whole chunks (4 to 8 MiB).
+//
+// A chunk changed in many places, or in half of it or more, is read and
+// stored whole as before; so is every chunk of a full backup, which is how
+// a chain's pieces are folded back into whole chunks.
+const (
+	// pieceAlign is the granularity of pieces: block-sized reads.
+	pieceAlign = 4096
+	// pieceMergeGap: changed ranges closer than this are read as one piece
+	// (reading the gap costs less than another object).
+	pieceMergeGap = 64 << 10
+	// maxFreshPieces is how many pieces one backup may read for a chunk.
+	maxFreshPieces = 4
+	// maxPieces bounds how many pieces a chunk may have over a chain of
+	// incrementals, so a restore fetches a bounded number of objects per
+	// chunk.
+	maxPieces = 16
+)
+
+// piecePlan is how a backup stores a chunk in pieces: pieces[k] for each k
+// in fresh is read from the source (its ID is filled in once stored, or
+// stays "" when it reads all zeros); the others come from the parent.
+type piecePlan struct {
+	pieces []Piece
+	fresh  []int
+}
+
+// start is where piece k begins in its chunk.
+func (p *piecePlan) start(k int) int64 {
+	var off int64
+	for _, q := range p.pieces[:k] {
+		off += q.Length
+	}
+	return off
+}
+
+// freshBytes is how many bytes the plan reads from the source.
+func (p *piecePlan) freshBytes() int64 {
+	var n int64
+	for _, k := range p.fresh {
+		n += p.pieces[k].Length
+	}
+	return n
+}
+
+// piecesOf describes chunk i of the manifest as pieces.
+func (m *Manifest) piecesOf(i int, cs int64) []Piece {
+	if ps := m.Pieces[i]; ps != nil {
+		return ps
+	}
+	return []Piece{{Length: chunkLength(m.Size, cs, i), ID: m.Chunks[i]}}
+}
+
+// setPieces records chunk i as ps, merged: neighbouring zero pieces and
+// neighbouring ranges of one object become one piece, and a chunk of
+// zeros is "".
+func (m *Manifest) setPieces(i int, ps []Piece) {
+	var out []Piece
+	for _, p := range ps {
+		if p.ID == "" {
+			p.Offset = 0
+		}
+		if k := len(out) - 1; k >= 0 && out[k].ID == p.ID && (p.ID == "" || out[k].Offset+out[k].Length == p.Offset) {
+			out[k].Length += p.Length
+			continue
+		}
+		out = append(out, p)
+	}
+	m.Chunks[i] = ""
+	if m.Pieces != nil {
+		delete(m.Pieces, i)
+	}
+	if len(out) == 1 && out[0].ID == "" {
+		return
+	}
+	if m.Pieces == nil {
+		m.Pieces = map[int][]Piece{}
+	}
+	m.Pieces[i] = out
+}
+
+// planPieces plans a chunk of length bytes, described by the parent as
+// base, that changed in the ranges changed (offsets within the chunk). It
+// returns nil when the chunk should be read and stored whole.
+func planPieces(base []Piece, changed []Range, length int64) *piecePlan {
+	rs := make([]Range, 0, len(changed))
+	for _, r := range changed {
+		lo := max(0, r.Offset) / pieceAlign * pieceAlign
+		hi := min(length, (r.Offset+r.Length+pieceAlign-1)/pieceAlign*pieceAlign)
+		if hi > lo {
+			rs = append(rs, Range{Offset: lo, Length: hi - lo})
+		}
+	}
+	if len(rs) == 0 {
+		return nil
+	}
+	sort.Slice(rs, func(a, b int) bool { return rs[a].Offset < rs[b].Offset })
+	merged := rs[:1]
+	for _, r := range rs[1:] {
+		last := &merged[len(merged)-1]
+		if end := last.Offset + last.Length; r.Offset <= end+pieceMergeGap {
+			last.Length = max(end, r.Offset+r.Length) - last.Offset
+			continue
+		}
+		merged = append(merged, r)
+	}
+	var total int64
+	for _, r := range merged {
+		total += r.Length
+	}
+	if len(merged) > maxFreshPieces || 2*total >= length {
+		return nil
+	}
+	pl := &piecePlan{}
+	pos := int64(0)
+	for _, r := range merged {
+		pl.pieces = appendRange(pl.pieces, base, pos, r.Offset)
+		pl.fresh = append(pl.fresh, len(pl.pieces))
+		pl.pieces = append(pl.pieces, Piece{Length: r.Length})
+		pos = r.Offset + r.Length
+	}
+	pl.pieces = appendRange(pl.pieces, base, pos, length)
+	if len(pl.pieces) > maxPieces {
+		return nil
+	}
+	return pl
+}
+
+// appendRange appends the pieces that describe bytes [from, to) of a chunk
+// described by base.
+func appendRange(out, base []Piece, from, to int64) []Piece {
+	pos := int64(0)
+	for _, p := range base {
+		lo, hi := max(from, pos), min(to, pos+p.Length)
+		if hi > lo {
+			q := Piece{Length: hi - lo, ID: p.ID}
+			if p.ID != "" {
+				q.Offset = p.Offset + lo - pos
+			}
+			out = append(out, q)
+		}
+		pos += p.Length
+	}
+	return out
+}

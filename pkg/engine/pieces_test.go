@@ -1,0 +1,160 @@
+package engine_test
+
+import (
+	"context"
+	"errors"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"testing"
+
+	"github.com/blockvault/blockvault/pkg/blockdev"
+	"github.com/blockvault/blockvault/pkg/engine"
+)
+
+// write puts n bytes drawn from seedName at off in the image (zeros when
+// seedName is "").
+func write(t *testing.T, img string, off, n int64, seedName string) engine.Range {
+	t.Helper()
+	b := make([]byte, n)
+	if seedName != "" {
+		rand.NewChaCha8(seed(seedName)).Read(b)
+	}
+	f, err := os.OpenFile(img, os.O_RDWR, 0)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer f.Close()
+	if _, err := f.WriteAt(b, off); err != nil {
+		t.Fatal(err)
+	}
+	return engine.Range{Offset: off, Length: n}
+}
+
+// incremental backs up img with changed ranges and returns its manifest
+// and the bytes it read from the source.
+func incremental(t *testing.T, e *engine.Engine, img, id, parent string, changed []engine.Range) (*engine.Manifest, int64) {
+	t.Helper()
+	src := &countingDevice{Device: openFile(t, img, true)}
+	m, err := e.Backup(context.Background(), "backups", blockdev.Device(src), engine.BackupSpec{BackupID: id, VolumeID: "vol", ParentID: parent, Changed: changed})
+	if err != nil {
+		t.Fatalf("backup %s: %v", id, err)
+	}
+	return m, src.read.Load()
+}
+
+// TestIncrementalStoresChangedPieces: an incremental backup with changed
+// ranges reads and stores what changed, not the chunks it touched (4 MiB
+// each), and every backup of the chain restores byte for byte, also after
+// the backups its pieces came from are deleted. A chunk changed in many
+// places or in half of it is read whole. A damaged piece is named by
+// verify and stops a restore.
+func TestIncrementalStoresChangedPieces(t *testing.T) {
+	const size = 64 * mib
+	e, dir := newEngine(t, key)
+	img := makeImage(t, "mixed", size)
+	backup(t, e, openFile(t, img, true), "full", "")
+
+	// Round 1 (the mixed image's chunks go hole, hole, random, text): 1 MiB
+	// of random data inside chunk 2, 1 MiB across chunks 3 and 4, 4 KiB in
+	// chunk 8, 256 KiB of zeros over chunk 15's text, and 256 KiB of zeros
+	// written into chunk 13, a hole, which stays a chunk of zeros.
+	r1 := []engine.Range{
+		write(t, img, 2*chunk+4096, mib, "r1a"),
+		write(t, img, 4*chunk-mib/2, mib, "r1b"),
+		write(t, img, 8*chunk+12288, 4096, "r1c"),
+		write(t, img, 15*chunk+mib, mib/4, ""),
+		write(t, img, 13*chunk+mib, mib/4, ""),
+	}
+	inc1, read := incremental(t, e, img, "inc1", "full", r1)
+	if want := 2*mib + 4096 + mib/2; read != want {
+		t.Errorf("inc1 read %d bytes, want the %d that changed", read, want)
+	}
+	for _, i := range []int{2, 3, 4, 8, 15} {
+		if inc1.Pieces[i] == nil {
+			t.Errorf("inc1: chunk %d is not stored in pieces: %q", i, inc1.Chunks[i])
+		}
+	}
+	if inc1.Chunks[13] != "" || inc1.Pieces[13] != nil {
+		t.Errorf("inc1: chunk 13, zeros, is %q, %v", inc1.Chunks[13], inc1.Pieces[13])
+	}
+	// Random data does not compress: what is stored is what changed, not
+	// the 4 MiB chunks it touched.
+	if inc1.NewBytes > 2*mib+2*4096+mib/4 {
+		t.Errorf("inc1 stored %d bytes for 2 MiB + 4 KiB of new data", inc1.NewBytes)
+	}
+	restoreAndCompare(t, e, "inc1", img, size)
+
+	// Round 2, on top: overlapping chunk 2's piece, 3 MiB of chunk 5 (half
+	// or more: read whole), and eight 4 KiB writes spread over chunk 6
+	// (too many pieces: read whole).
+	r2 := []engine.Range{
+		write(t, img, 2*chunk+mib/2, mib, "r2a"),
+		write(t, img, 5*chunk, 3*mib, "r2b"),
+	}
+	for k := int64(0); k < 8; k++ {
+		r2 = append(r2, write(t, img, 6*chunk+k*chunk/8, 4096, "r2c"))
+	}
+	inc2, read := incremental(t, e, img, "inc2", "inc1", r2)
+	if want := mib + 2*chunk; read != want {
+		t.Errorf("inc2 read %d bytes, want %d (1 MiB, then chunks 5 and 6 whole)", read, want)
+	}
+	if inc2.Pieces[2] == nil || inc2.Pieces[3] == nil || inc2.Pieces[5] != nil || inc2.Pieces[6] != nil {
+		t.Errorf("inc2 pieces: chunk 2 %v, 3 %v, 5 %v, 6 %v; want 2 and 3 in pieces, 5 and 6 whole",
+			inc2.Pieces[2], inc2.Pieces[3], inc2.Pieces[5], inc2.Pieces[6])
+	}
+	restoreAndCompare(t, e, "inc2", img, size)
+
+	// The pieces of inc2 are ranges of the full backup's and inc1's
+	// objects: deleting those backups keeps the objects inc2 needs.
+	for _, id := range []string{"full", "inc1"} {
+		if err := e.Delete(context.Background(), "backups", id); err != nil {
+			t.Fatal(err)
+		}
+	}
+	restoreAndCompare(t, e, "inc2", img, size)
+	rep, err := e.Verify(context.Background(), "backups", "inc2")
+	if err != nil || len(rep.Damaged) != 0 {
+		t.Fatalf("verify inc2: %v, damaged %v", err, rep)
+	}
+
+	// A damaged piece: the object of chunk 2's first piece, overwritten.
+	var piece string
+	for _, p := range inc2.Pieces[2] {
+		if p.ID != "" {
+			piece = p.ID
+			break
+		}
+	}
+	obj := filepath.Join(dir, "backups", "chunks", piece[:2], piece)
+	if err := os.WriteFile(obj, []byte("not a chunk"), 0o640); err != nil {
+		t.Fatal(err)
+	}
+	rep, err = e.Verify(context.Background(), "backups", "inc2")
+	if err != nil || len(rep.Damaged) != 1 || rep.Damaged[0].ChunkID != piece {
+		t.Fatalf("verify after damaging %s: %v, %+v", piece, err, rep)
+	}
+	dst := openFile(t, emptyTarget(t, size), false)
+	var ce *engine.ChunkError
+	if err := e.Restore(context.Background(), "backups", "inc2", dst, nil); !errors.As(err, &ce) || ce.ChunkID != piece {
+		t.Fatalf("restore with a damaged piece: %v, want an error naming %s", err, piece)
+	}
+}
+
+// TestFullBackupFoldsPieces: a full backup after incrementals with pieces
+// stores every chunk whole again, so chains do not fragment for ever.
+func TestFullBackupFoldsPieces(t *testing.T) {
+	const size = 32 * mib
+	e, _ := newEngine(t, nil)
+	img := makeImage(t, "random", size)
+	backup(t, e, openFile(t, img, true), "full", "")
+	inc, _ := incremental(t, e, img, "inc", "full", []engine.Range{write(t, img, chunk+8192, mib, "x")})
+	if len(inc.Pieces) != 1 {
+		t.Fatalf("inc has %d chunks in pieces, want 1", len(inc.Pieces))
+	}
+	full2 := backup(t, e, openFile(t, img, true), "full2", "")
+	if len(full2.Pieces) != 0 || full2.Chunks[1] == "" {
+		t.Fatalf("the second full backup has pieces %v, chunk 1 %q", full2.Pieces, full2.Chunks[1])
+	}
+	restoreAndCompare(t, e, "full2", img, size)
+}
