@@ -427,10 +427,22 @@ func (e *Engine) Backup(ctx context.Context, containerName string, src blockdev.
 		close(puts)
 		return nil
 	})
+	// Small objects (pieces, mostly) go through a batch where the
+	// repository has one: made durable together before the manifest,
+	// instead of one by one.
+	var batch repository.Batch
+	if b, ok := e.repo.(repository.Batcher); ok {
+		batch = b.NewBatch()
+	}
 	for range putters {
 		g.Go(func() error {
 			for p := range puts {
-				if err := e.put(gctx, chunkName(c, p.id), p.obj); err != nil {
+				put := e.repo.Put
+				if batch != nil && len(p.obj) < batchedObjectMax {
+					put = batch.Put
+				}
+				name := chunkName(c, p.id)
+				if err := e.retry(gctx, func() error { return put(gctx, name, p.obj) }); err != nil {
 					return fmt.Errorf("engine: store chunk %s: %w", p.id, err)
 				}
 				// Put is done with the object: its buffer is free.
@@ -445,6 +457,11 @@ func (e *Engine) Backup(ctx context.Context, containerName string, src blockdev.
 	}
 	if err := g.Wait(); err != nil {
 		return nil, err
+	}
+	if batch != nil {
+		if err := e.retry(ctx, func() error { return batch.Sync(ctx) }); err != nil {
+			return nil, fmt.Errorf("engine: make the chunks durable: %w", err)
+		}
 	}
 	for i, pl := range plans {
 		if pl != nil && !holes[i] {
@@ -482,6 +499,11 @@ type chunkJob struct {
 	i, piece    int
 	off, length int64
 }
+
+// batchedObjectMax: chunk objects smaller than this are put through the
+// repository's batch (see repository.Batcher), larger ones one by one,
+// durable as each put returns, and dropped from the page cache at once.
+const batchedObjectMax = 256 << 10
 
 // sealedChunk is a chunk ready to store.
 type sealedChunk struct {

@@ -9,8 +9,9 @@ import "sort"
 // already uses for it. A 1 MiB change at a random offset then costs about
 // 1 MiB read and stored instead of one or two whole chunks (4 to 8 MiB).
 //
-// A chunk changed in many places, or in half of it or more, is read and
-// stored whole as before; so is every chunk of a full backup, which is how
+// A chunk changed in so many places or so much of it that the pieces and
+// their objects would cost half the chunk or more is read and stored whole
+// as before; so is every chunk of a full backup, which is how
 // a chain's pieces are folded back into whole chunks.
 const (
 	// pieceAlign is the granularity of pieces: block-sized reads.
@@ -18,12 +19,14 @@ const (
 	// pieceMergeGap: changed ranges closer than this are read as one piece
 	// (reading the gap costs less than another object).
 	pieceMergeGap = 64 << 10
-	// maxFreshPieces is how many pieces one backup may read for a chunk.
-	maxFreshPieces = 4
+	// pieceCost is what one more object costs, counted in bytes read and
+	// stored: a chunk is stored in pieces when their bytes plus pieceCost
+	// for each come to less than half the chunk.
+	pieceCost = 64 << 10
 	// maxPieces bounds how many pieces a chunk may have over a chain of
 	// incrementals, so a restore fetches a bounded number of objects per
-	// chunk.
-	maxPieces = 16
+	// chunk; a chunk that would have more is read whole again.
+	maxPieces = 32
 )
 
 // piecePlan is how a backup stores a chunk in pieces: pieces[k] for each k
@@ -117,7 +120,7 @@ func planPieces(base []Piece, changed []Range, length int64) *piecePlan {
 	for _, r := range merged {
 		total += r.Length
 	}
-	if len(merged) > maxFreshPieces || 2*total >= length {
+	if 2*(total+int64(len(merged))*pieceCost) >= length {
 		return nil
 	}
 	pl := &piecePlan{}

@@ -3,6 +3,7 @@ package engine_test
 import (
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"os"
 	"path/filepath"
@@ -46,8 +47,9 @@ func incremental(t *testing.T, e *engine.Engine, img, id, parent string, changed
 // TestIncrementalStoresChangedPieces: an incremental backup with changed
 // ranges reads and stores what changed, not the chunks it touched (4 MiB
 // each), and every backup of the chain restores byte for byte, also after
-// the backups its pieces came from are deleted. A chunk changed in many
-// places or in half of it is read whole. A damaged piece is named by
+// the backups its pieces came from are deleted. A chunk changed in so many
+// places or so much of it that pieces would cost half the chunk is read
+// whole. A damaged piece is named by
 // verify and stops a restore.
 func TestIncrementalStoresChangedPieces(t *testing.T) {
 	const size = 64 * mib
@@ -86,22 +88,26 @@ func TestIncrementalStoresChangedPieces(t *testing.T) {
 	restoreAndCompare(t, e, "inc1", img, size)
 
 	// Round 2, on top: overlapping chunk 2's piece, 3 MiB of chunk 5 (half
-	// or more: read whole), and eight 4 KiB writes spread over chunk 6
-	// (too many pieces: read whole).
+	// or more: read whole), 32 writes of 4 KiB spread over chunk 6 (so
+	// many objects would cost more than the chunk: read whole), and 8 over
+	// chunk 7 (pieces).
 	r2 := []engine.Range{
 		write(t, img, 2*chunk+mib/2, mib, "r2a"),
 		write(t, img, 5*chunk, 3*mib, "r2b"),
 	}
+	for k := int64(0); k < 32; k++ {
+		r2 = append(r2, write(t, img, 6*chunk+k*chunk/32, 4096, fmt.Sprint("r2c", k)))
+	}
 	for k := int64(0); k < 8; k++ {
-		r2 = append(r2, write(t, img, 6*chunk+k*chunk/8, 4096, "r2c"))
+		r2 = append(r2, write(t, img, 7*chunk+k*chunk/8, 4096, fmt.Sprint("r2d", k)))
 	}
 	inc2, read := incremental(t, e, img, "inc2", "inc1", r2)
-	if want := mib + 2*chunk; read != want {
-		t.Errorf("inc2 read %d bytes, want %d (1 MiB, then chunks 5 and 6 whole)", read, want)
+	if want := mib + 2*chunk + 8*4096; read != want {
+		t.Errorf("inc2 read %d bytes, want %d (1 MiB, chunks 5 and 6 whole, 8 blocks of chunk 7)", read, want)
 	}
-	if inc2.Pieces[2] == nil || inc2.Pieces[3] == nil || inc2.Pieces[5] != nil || inc2.Pieces[6] != nil {
-		t.Errorf("inc2 pieces: chunk 2 %v, 3 %v, 5 %v, 6 %v; want 2 and 3 in pieces, 5 and 6 whole",
-			inc2.Pieces[2], inc2.Pieces[3], inc2.Pieces[5], inc2.Pieces[6])
+	if inc2.Pieces[2] == nil || inc2.Pieces[3] == nil || inc2.Pieces[5] != nil || inc2.Pieces[6] != nil || len(inc2.Pieces[7]) != 16 {
+		t.Errorf("inc2 pieces: chunk 2 %v, 3 %v, 5 %v, 6 %v, 7 %v; want 2 and 3 in pieces, 5 and 6 whole, 7 in 16 pieces (8 new, 8 of the parent's chunk)",
+			inc2.Pieces[2], inc2.Pieces[3], inc2.Pieces[5], inc2.Pieces[6], inc2.Pieces[7])
 	}
 	restoreAndCompare(t, e, "inc2", img, size)
 

@@ -66,6 +66,27 @@ type BufferGetter interface {
 	GetInto(ctx context.Context, name string, buf []byte) ([]byte, error)
 }
 
+// Batcher is implemented by backends where making each put durable on its
+// own is dear (posix: two fsyncs per object) and many can be made durable
+// together for less.
+type Batcher interface {
+	// NewBatch starts a batch of puts that become durable together.
+	NewBatch() Batch
+}
+
+// Batch puts content-addressed objects (a name always holds the same
+// bytes) that become durable together. Safe for concurrent use.
+type Batch interface {
+	// Put stores data under name atomically, as Repository.Put does, but
+	// the object may be lost in a crash until Sync returns: write nothing
+	// that names it before then. An object already stored under the name
+	// is kept as it is (it holds the same bytes), never replaced by one
+	// that is not yet durable.
+	Put(ctx context.Context, name string, data []byte) error
+	// Sync makes every object put through the batch so far durable.
+	Sync(ctx context.Context) error
+}
+
 // ValidateName checks an object name: slash-separated segments of letters,
 // digits, '-', '_' and '.', none of them empty, "." or "..". It is what keeps a
 // container name or an id from escaping the repository root.
