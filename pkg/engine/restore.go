@@ -67,10 +67,11 @@ func (e *Engine) openChunk(c *container, id string, off int64, obj, buf []byte) 
 const restoreReadAhead = 32 << 20
 
 // fetchedChunk is a chunk's object read from the repository (nil for a
-// chunk of zeros).
+// chunk of zeros), or for a chunk in pieces the objects its pieces name.
 type fetchedChunk struct {
-	i   int
-	obj []byte
+	i      int
+	obj    []byte
+	pieces map[string][]byte
 }
 
 // Restore writes a backup onto dst (at least the backup's size). All-zero
@@ -120,7 +121,21 @@ func (e *Engine) Restore(ctx context.Context, containerName, backupID string, ds
 			defer fetching.Done()
 			for i := range jobs {
 				f := fetchedChunk{i: i}
-				if id := m.Chunks[i]; id != "" {
+				if ps := m.Pieces[i]; ps != nil {
+					// Pieces are few and far between: their objects get
+					// buffers of their own.
+					f.pieces = map[string][]byte{}
+					for _, p := range ps {
+						if _, ok := f.pieces[p.ID]; ok || p.ID == "" {
+							continue
+						}
+						obj, err := e.fetchChunk(gctx, c, p.ID, int64(i)*cs, nil)
+						if err != nil {
+							return err
+						}
+						f.pieces[p.ID] = obj
+					}
+				} else if id := m.Chunks[i]; id != "" {
 					var objBuf []byte
 					select {
 					case objBuf = <-free:
@@ -156,7 +171,7 @@ func (e *Engine) Restore(ctx context.Context, containerName, backupID string, ds
 				off := int64(f.i) * cs
 				length := min(cs, m.Size-off)
 				if ps := m.Pieces[f.i]; ps != nil {
-					if err := e.restorePieces(gctx, c, ps, off, dst, &pb); err != nil {
+					if err := e.restorePieces(c, ps, f.pieces, off, dst, &pb); err != nil {
 						return err
 					}
 				} else if id := m.Chunks[f.i]; id == "" {
@@ -195,13 +210,13 @@ func (e *Engine) Restore(ctx context.Context, containerName, backupID string, ds
 // pieceBuffers are a restore worker's buffers for chunks stored in pieces,
 // made at the first such chunk.
 type pieceBuffers struct {
-	chunk, obj, plain []byte // plain: only ever passed to openChunk as its buf
+	chunk, plain []byte // plain: only ever passed to openChunk as its buf
 }
 
-// restorePieces writes a chunk stored in pieces at off: each object it
-// uses is fetched and checked once, its ranges copied into place; zero
-// pieces are written as zeros (holes where dst can).
-func (e *Engine) restorePieces(ctx context.Context, c *container, ps []Piece, off int64, dst blockdev.Device, pb *pieceBuffers) error {
+// restorePieces writes a chunk stored in pieces at off from objs, the
+// objects its pieces name: each is checked once and its ranges copied into
+// place; zero pieces are written as zeros (holes where dst can).
+func (e *Engine) restorePieces(c *container, ps []Piece, objs map[string][]byte, off int64, dst blockdev.Device, pb *pieceBuffers) error {
 	cs := int64(c.cfg.ChunkSize)
 	if pb.chunk == nil {
 		pb.chunk = make([]byte, cs)
@@ -220,12 +235,7 @@ func (e *Engine) restorePieces(ctx context.Context, c *container, ps []Piece, of
 		if done[k] || p.ID == "" {
 			continue
 		}
-		obj, err := e.fetchChunk(ctx, c, p.ID, off, pb.obj)
-		if err != nil {
-			return err
-		}
-		pb.obj = obj
-		plain, err := e.openChunk(c, p.ID, off, obj, pb.plain)
+		plain, err := e.openChunk(c, p.ID, off, objs[p.ID], pb.plain)
 		if err != nil {
 			return err
 		}
