@@ -332,8 +332,8 @@ func (e *Engine) Backup(ctx context.Context, containerName string, src blockdev.
 			case plans != nil && plans[i] != nil:
 				pl := plans[i]
 				done.Add(length - pl.freshBytes())
-				for _, k := range pl.fresh {
-					if err := send(chunkJob{i: i, piece: k, off: int64(i)*cs + pl.start(k), length: pl.pieces[k].Length}); err != nil {
+				for f, k := range pl.fresh {
+					if err := send(chunkJob{i: i, piece: k, off: int64(i)*cs + pl.freshAt[f], length: pl.freshLen[f]}); err != nil {
 						return err
 					}
 				}

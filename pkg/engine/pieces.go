@@ -32,25 +32,21 @@ const (
 // piecePlan is how a backup stores a chunk in pieces: pieces[k] for each k
 // in fresh is read from the source (its ID is filled in once stored, or
 // stays "" when it reads all zeros); the others come from the parent.
+//
+// Once workers fill in IDs, only they touch pieces: what the planner needs
+// of the fresh pieces is kept aside (freshAt, freshLen).
 type piecePlan struct {
-	pieces []Piece
-	fresh  []int
-}
-
-// start is where piece k begins in its chunk.
-func (p *piecePlan) start(k int) int64 {
-	var off int64
-	for _, q := range p.pieces[:k] {
-		off += q.Length
-	}
-	return off
+	pieces   []Piece
+	fresh    []int
+	freshAt  []int64 // where each fresh piece starts in the chunk
+	freshLen []int64
 }
 
 // freshBytes is how many bytes the plan reads from the source.
 func (p *piecePlan) freshBytes() int64 {
 	var n int64
-	for _, k := range p.fresh {
-		n += p.pieces[k].Length
+	for _, l := range p.freshLen {
+		n += l
 	}
 	return n
 }
@@ -128,6 +124,8 @@ func planPieces(base []Piece, changed []Range, length int64) *piecePlan {
 	for _, r := range merged {
 		pl.pieces = appendRange(pl.pieces, base, pos, r.Offset)
 		pl.fresh = append(pl.fresh, len(pl.pieces))
+		pl.freshAt = append(pl.freshAt, r.Offset)
+		pl.freshLen = append(pl.freshLen, r.Length)
 		pl.pieces = append(pl.pieces, Piece{Length: r.Length})
 		pos = r.Offset + r.Length
 	}
