@@ -464,5 +464,19 @@ func TestRoundTripOnS3(t *testing.T) {
 		if err != nil || len(rep.Damaged) != 0 {
 			t.Fatalf("verify after deleting the parent: %+v %v", rep, err)
 		}
+		// With changed ranges: chunks in pieces, on S3 (no batch there).
+		changed := []engine.Range{write(t, img, 3*chunk+8192, mib, c+"p1"), write(t, img, 9*chunk+4096, 4096, c+"p2")}
+		m, err := e.Backup(context.Background(), c, openFile(t, img, true), engine.BackupSpec{BackupID: "pieces", VolumeID: "v", ParentID: "incr", Changed: changed})
+		if err != nil || len(m.Pieces) != 2 {
+			t.Fatalf("incremental with changed ranges: %v, %d chunks in pieces", err, len(m.Pieces))
+		}
+		if err := e.Delete(context.Background(), c, "incr"); err != nil {
+			t.Fatal(err)
+		}
+		target = emptyTarget(t, size)
+		if err := e.Restore(context.Background(), c, "pieces", openFile(t, target, false), nil); err != nil {
+			t.Fatal(err)
+		}
+		sameFiles(t, img, target)
 	}
 }
