@@ -7,10 +7,14 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
+	"sync"
 	"testing"
 
 	"github.com/blockvault/blockvault/pkg/blockdev"
 	"github.com/blockvault/blockvault/pkg/engine"
+	"github.com/blockvault/blockvault/pkg/repository"
+	"github.com/blockvault/blockvault/pkg/repository/posix"
 )
 
 // write puts n bytes drawn from seedName at off in the image (zeros when
@@ -163,4 +167,87 @@ func TestFullBackupFoldsPieces(t *testing.T) {
 		t.Fatalf("the second full backup has pieces %v, chunk 1 %q", full2.Pieces, full2.Chunks[1])
 	}
 	restoreAndCompare(t, e, "full2", img, size)
+}
+
+// syncWatcher is a posix repository whose batches it watches: it records
+// when a batch is synced and when the manifest is put, and can make Sync
+// fail.
+type syncWatcher struct {
+	*posix.Repository
+	mu       sync.Mutex
+	events   []string
+	failSync bool
+}
+
+func (w *syncWatcher) event(s string) {
+	w.mu.Lock()
+	defer w.mu.Unlock()
+	w.events = append(w.events, s)
+}
+
+func (w *syncWatcher) Put(ctx context.Context, name string, data []byte) error {
+	if strings.Contains(name, "/manifests/") {
+		w.event("manifest")
+	}
+	return w.Repository.Put(ctx, name, data)
+}
+
+func (w *syncWatcher) NewBatch() repository.Batch {
+	return &watchedBatch{Batch: w.Repository.NewBatch(), w: w}
+}
+
+type watchedBatch struct {
+	repository.Batch
+	w *syncWatcher
+}
+
+func (b *watchedBatch) Put(ctx context.Context, name string, data []byte) error {
+	b.w.event("batch put")
+	return b.Batch.Put(ctx, name, data)
+}
+
+func (b *watchedBatch) Sync(ctx context.Context) error {
+	if b.w.failSync {
+		return errors.New("injected: sync failed")
+	}
+	b.w.event("sync")
+	return b.Batch.Sync(ctx)
+}
+
+// TestPiecesDurableBeforeManifest: small pieces go through the
+// repository's batch, the batch is synced before the manifest is put, and
+// when the sync fails the backup fails and leaves no manifest.
+func TestPiecesDurableBeforeManifest(t *testing.T) {
+	const size = 32 * mib
+	img := makeImage(t, "random", size)
+	posixRepo, err := posix.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	w := &syncWatcher{Repository: posixRepo}
+	e, err := engine.New(w, engine.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	backup(t, e, openFile(t, img, true), "full", "")
+	changed := []engine.Range{write(t, img, chunk+8192, 8192, "d1"), write(t, img, 5*chunk, 4096, "d2")}
+
+	w.events = nil
+	if _, err := e.Backup(context.Background(), "backups", openFile(t, img, true), engine.BackupSpec{BackupID: "inc", VolumeID: "vol", ParentID: "full", Changed: changed}); err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(w.events, ", "); got != "batch put, batch put, sync, manifest" {
+		t.Fatalf("events: %s; want two batch puts, then sync, then the manifest", got)
+	}
+	restoreAndCompare(t, e, "inc", img, size)
+
+	w.events, w.failSync = nil, true
+	changed = []engine.Range{write(t, img, 2*chunk, 4096, "d3")}
+	_, err = e.Backup(context.Background(), "backups", openFile(t, img, true), engine.BackupSpec{BackupID: "inc2", VolumeID: "vol", ParentID: "inc", Changed: changed})
+	if err == nil || !strings.Contains(err.Error(), "sync failed") {
+		t.Fatalf("backup with a failing sync: %v", err)
+	}
+	if _, err := e.LoadManifest(context.Background(), "backups", "inc2"); !errors.Is(err, engine.ErrNoBackup) {
+		t.Fatalf("a backup whose chunks were not made durable has a manifest: %v", err)
+	}
 }

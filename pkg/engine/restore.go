@@ -171,7 +171,7 @@ func (e *Engine) Restore(ctx context.Context, containerName, backupID string, ds
 				off := int64(f.i) * cs
 				length := min(cs, m.Size-off)
 				if ps := m.Pieces[f.i]; ps != nil {
-					if err := e.restorePieces(c, ps, f.pieces, off, dst, &pb); err != nil {
+					if err := e.restorePieces(c, cs, ps, f.pieces, off, dst, &pb); err != nil {
 						return err
 					}
 				} else if id := m.Chunks[f.i]; id == "" {
@@ -213,11 +213,11 @@ type pieceBuffers struct {
 	chunk, plain []byte // plain: only ever passed to openChunk as its buf
 }
 
-// restorePieces writes a chunk stored in pieces at off from objs, the
-// objects its pieces name: each is checked once and its ranges copied into
-// place; zero pieces are written as zeros (holes where dst can).
-func (e *Engine) restorePieces(c *container, ps []Piece, objs map[string][]byte, off int64, dst blockdev.Device, pb *pieceBuffers) error {
-	cs := int64(c.cfg.ChunkSize)
+// restorePieces writes a chunk stored in pieces at off (chunks of cs
+// bytes) from objs, the objects its pieces name: each is checked once and
+// its ranges copied into place; zero pieces are written as zeros (holes
+// where dst can).
+func (e *Engine) restorePieces(c *container, cs int64, ps []Piece, objs map[string][]byte, off int64, dst blockdev.Device, pb *pieceBuffers) error {
 	if pb.chunk == nil {
 		pb.chunk = make([]byte, cs)
 		pb.plain = make([]byte, 0, cs)
