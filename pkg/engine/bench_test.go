@@ -79,32 +79,43 @@ func BenchmarkRestore(b *testing.B) {
 				img := makeImage(b, kind, gib)
 				e, _ := newEngine(b, keyIf(encrypted))
 				backup(b, e, openFile(b, img, true), "b", "")
-				target := emptyTarget(b, gib)
-				dst := openFile(b, target, false)
 				var peak memPeak
-				b.SetBytes(gib)
-				b.ResetTimer()
-				for i := 0; i < b.N; i++ {
-					b.StopTimer()
-					// Start from an empty target.
-					if err := dst.Zero(0, gib); err != nil {
-						b.Fatal(err)
-					}
-					peak.start()
-					b.StartTimer()
-					if err := e.Restore(context.Background(), "backups", "b", dst, nil); err != nil {
-						b.Fatal(err)
-					}
-					b.StopTimer()
-					peak.stop()
-					b.StartTimer()
-				}
-				b.StopTimer()
+				target := timedRestores(b, e, "b", &peak)
 				sameFiles(b, img, target)
 				peak.report(b)
 			})
 		}
 	}
+}
+
+// timedRestores restores backup id of a 1 GiB volume b.N times into one
+// target, emptied before each run (outside the timer), and returns the
+// target's path. peak, when not nil, samples each run's memory.
+func timedRestores(b *testing.B, e *engine.Engine, id string, peak *memPeak) string {
+	target := emptyTarget(b, gib)
+	dst := openFile(b, target, false)
+	b.SetBytes(gib)
+	b.ResetTimer()
+	for i := 0; i < b.N; i++ {
+		b.StopTimer()
+		if err := dst.Zero(0, gib); err != nil {
+			b.Fatal(err)
+		}
+		if peak != nil {
+			peak.start()
+		}
+		b.StartTimer()
+		if err := e.Restore(context.Background(), "backups", id, dst, nil); err != nil {
+			b.Fatal(err)
+		}
+		b.StopTimer()
+		if peak != nil {
+			peak.stop()
+		}
+		b.StartTimer()
+	}
+	b.StopTimer()
+	return target
 }
 
 // memPeak samples the peak memory of the runs between start and stop.
@@ -206,21 +217,7 @@ func BenchmarkRestorePieces(b *testing.B) {
 	}
 	for _, id := range []string{"full", "inc"} {
 		b.Run(id, func(b *testing.B) {
-			target := emptyTarget(b, gib)
-			dst := openFile(b, target, false)
-			b.SetBytes(gib)
-			b.ResetTimer()
-			for i := 0; i < b.N; i++ {
-				b.StopTimer()
-				if err := dst.Zero(0, gib); err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
-				if err := e.Restore(context.Background(), "backups", id, dst, nil); err != nil {
-					b.Fatal(err)
-				}
-			}
-			b.StopTimer()
+			target := timedRestores(b, e, id, nil)
 			if id == "inc" {
 				sameFiles(b, img, target)
 				b.ReportMetric(float64(len(inc.Pieces)), "chunks-in-pieces")
