@@ -16,6 +16,7 @@ import (
 	"os"
 	"strconv"
 	"strings"
+	"time"
 
 	"golang.org/x/sys/unix"
 )
@@ -31,10 +32,13 @@ func SetNice(n int) error {
 		return fmt.Errorf("nice %d: must be 0 to %d", n, Max)
 	}
 	// Threads made while the list is walked inherit from a thread that
-	// may not be set yet: walk again until a pass sets no new thread (the
-	// Go runtime makes few threads; ten passes are plenty).
-	done := map[int]bool{}
-	for pass := 0; pass < 10; pass++ {
+	// may not be set yet, and a thread still being made (its nice value
+	// already copied from its maker) may not be listed yet. So walk
+	// again, setting every thread whose nice value is not n (read, not
+	// remembered: a thread id can be reused), until two passes a moment
+	// apart find nothing to set.
+	clean := 0
+	for pass := 0; pass < 50 && clean < 2; pass++ {
 		entries, err := os.ReadDir("/proc/self/task")
 		if err != nil {
 			return fmt.Errorf("nice: list the process's threads: %w", err)
@@ -42,8 +46,11 @@ func SetNice(n int) error {
 		fresh := 0
 		for _, e := range entries {
 			tid, err := strconv.Atoi(e.Name())
-			if err != nil || done[tid] {
+			if err != nil {
 				continue
+			}
+			if cur, err := threadNice(os.Getpid(), tid); err != nil || cur == n {
+				continue // ended meanwhile, or already set
 			}
 			if err := unix.Setpriority(unix.PRIO_PROCESS, tid, n); err != nil {
 				if errors.Is(err, unix.ESRCH) {
@@ -51,12 +58,14 @@ func SetNice(n int) error {
 				}
 				return fmt.Errorf("nice %d for thread %d: %w (lowering the nice value needs CAP_SYS_NICE)", n, tid, err)
 			}
-			done[tid] = true
 			fresh++
 		}
-		if fresh == 0 {
-			return nil
+		if fresh > 0 {
+			clean = 0
+			continue
 		}
+		clean++
+		time.Sleep(time.Millisecond)
 	}
 	return nil
 }
