@@ -28,6 +28,9 @@ type Options struct {
 	Workers int
 	// Retries of a transient repository error (default 4).
 	Retries int
+	// MaxManifestPieces bounds the pieces one backup's manifest may hold
+	// (default DefaultMaxManifestPieces); see boundPieces.
+	MaxManifestPieces int
 }
 
 // Engine runs backups and restores against one repository.
@@ -64,6 +67,9 @@ func New(repo repository.Repository, opts Options) (*Engine, error) {
 	}
 	if opts.Retries <= 0 {
 		opts.Retries = 4
+	}
+	if opts.MaxManifestPieces <= 0 {
+		opts.MaxManifestPieces = DefaultMaxManifestPieces
 	}
 	dec, err := zstd.NewReader(nil, zstd.WithDecoderConcurrency(0), zstd.WithDecoderMaxMemory(128<<20))
 	if err != nil {
@@ -299,6 +305,7 @@ func (e *Engine) Backup(ctx context.Context, containerName string, src blockdev.
 		for i, rs := range changed {
 			plans[i] = planPieces(parent.piecesOf(i, cs), rs, chunkLength(size, cs, i))
 		}
+		boundPieces(parent, reuse, plans, e.opts.MaxManifestPieces)
 	}
 
 	var done, read, stored, newChunks atomic.Int64

@@ -27,6 +27,12 @@ const (
 	// incrementals, so a restore fetches a bounded number of objects per
 	// chunk; a chunk that would have more is read whole again.
 	maxPieces = 32
+	// DefaultMaxManifestPieces bounds the pieces of one manifest (a piece
+	// takes about 100 bytes of it, and as much memory while a backup or
+	// restore holds it): 2^18 is some 26 MB, about what the chunk list of
+	// a 1.5 TiB volume takes. Without a bound, scattered writes all over a
+	// large volume could give every chunk maxPieces pieces (3 KB each).
+	DefaultMaxManifestPieces = 1 << 18
 )
 
 // piecePlan is how a backup stores a chunk in pieces: pieces[k] for each k
@@ -134,6 +140,47 @@ func planPieces(base []Piece, changed []Range, length int64) *piecePlan {
 		return nil
 	}
 	return pl
+}
+
+// boundPieces keeps the manifest an incremental backup will write under
+// limit pieces: while the chunks that would be in pieces (planned in
+// plans, or kept from the parent where reuse says so) have more than limit
+// pieces in all, the chunk with the most pieces (at equal counts the
+// first) is read and stored whole instead. The chunks it picks are those
+// where pieces save the least.
+func boundPieces(parent *Manifest, reuse []bool, plans []*piecePlan, limit int) {
+	type cand struct{ i, n int }
+	var cands []cand
+	total := 0
+	for i := range plans {
+		n := 0
+		switch {
+		case plans[i] != nil:
+			n = len(plans[i].pieces)
+		case reuse[i]:
+			n = len(parent.Pieces[i])
+		}
+		if n > 0 {
+			cands = append(cands, cand{i, n})
+			total += n
+		}
+	}
+	if total <= limit {
+		return
+	}
+	sort.Slice(cands, func(a, b int) bool {
+		if cands[a].n != cands[b].n {
+			return cands[a].n > cands[b].n
+		}
+		return cands[a].i < cands[b].i
+	})
+	for _, c := range cands {
+		if total <= limit {
+			return
+		}
+		plans[c.i], reuse[c.i] = nil, false
+		total -= c.n
+	}
 }
 
 // appendRange appends the pieces that describe bytes [from, to) of a chunk

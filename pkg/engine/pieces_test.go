@@ -169,6 +169,59 @@ func TestFullBackupFoldsPieces(t *testing.T) {
 	restoreAndCompare(t, e, "full2", img, size)
 }
 
+// TestManifestPiecesBounded: an incremental keeps its manifest under the
+// engine's bound on pieces by reading whole the chunks with the most
+// pieces, its own or those it would keep from the parent, and restores
+// byte for byte.
+func TestManifestPiecesBounded(t *testing.T) {
+	const size = 32 * mib
+	repo, err := posix.New(t.TempDir())
+	if err != nil {
+		t.Fatal(err)
+	}
+	e, err := engine.New(repo, engine.Options{MaxManifestPieces: 20})
+	if err != nil {
+		t.Fatal(err)
+	}
+	img := makeImage(t, "random", size)
+	backup(t, e, openFile(t, img, true), "full", "")
+	// spread writes n blocks of 4 KiB spread over chunk i.
+	spread := func(i, n int64, name string) []engine.Range {
+		var rs []engine.Range
+		for k := int64(0); k < n; k++ {
+			rs = append(rs, write(t, img, i*chunk+4096+k*chunk/n, 4096, fmt.Sprint(name, k)))
+		}
+		return rs
+	}
+	count := func(m *engine.Manifest) (n int) {
+		for _, ps := range m.Pieces {
+			n += len(ps)
+		}
+		return n
+	}
+
+	// 17 pieces: chunk 1 in 3, chunk 2 in 9, chunk 3 in 5. All fit.
+	r1 := append(append(spread(1, 1, "a"), spread(2, 4, "b")...), spread(3, 2, "c")...)
+	inc1, read := incremental(t, e, img, "inc1", "full", r1)
+	if n := count(inc1); n != 17 || read != 7*4096 {
+		t.Fatalf("inc1: %d pieces, read %d bytes; want 17 pieces, the 7 blocks that changed", n, read)
+	}
+	// Chunk 4 in 9 more would make 26: chunk 2 (9 pieces, kept from inc1,
+	// and before chunk 4 at equal counts) is read whole instead.
+	inc2, read := incremental(t, e, img, "inc2", "inc1", spread(4, 4, "d"))
+	if n := count(inc2); n != 17 || read != chunk+4*4096 {
+		t.Errorf("inc2: %d pieces, read %d bytes; want 17 pieces, read chunk 2 whole and the 4 blocks of chunk 4", n, read)
+	}
+	if inc2.Pieces[2] != nil || inc2.Chunks[2] == "" || len(inc2.Pieces[4]) != 9 || len(inc2.Pieces[1]) != 3 || len(inc2.Pieces[3]) != 5 {
+		t.Errorf("inc2: chunk 2 %q %v, pieces of 1, 3, 4: %d, %d, %d; want chunk 2 whole, 3, 5 and 9 pieces",
+			inc2.Chunks[2], inc2.Pieces[2], len(inc2.Pieces[1]), len(inc2.Pieces[3]), len(inc2.Pieces[4]))
+	}
+	restoreAndCompare(t, e, "inc2", img, size)
+	if rep, err := e.Verify(context.Background(), "backups", "inc2"); err != nil || len(rep.Damaged) != 0 {
+		t.Fatalf("verify inc2: %v, %+v", err, rep)
+	}
+}
+
 // syncWatcher is a posix repository whose batches it watches: it records
 // when a batch is synced and when the manifest is put, and can make Sync
 // fail.
