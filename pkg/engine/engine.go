@@ -24,7 +24,8 @@ type Options struct {
 	Key []byte
 	// ChunkSize of new containers (default DefaultChunkSize).
 	ChunkSize int
-	// Workers per backup or restore (default GOMAXPROCS, at least 2).
+	// Workers per backup or restore (default GOMAXPROCS, at least 2; a
+	// restore runs one more, since its workers wait for their writes).
 	Workers int
 	// Retries of a transient repository error (default 4).
 	Retries int

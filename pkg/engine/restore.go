@@ -107,10 +107,14 @@ func (e *Engine) Restore(ctx context.Context, containerName, backupID string, ds
 	// them: the repository's reads of a stretch of large objects (data
 	// that did not compress) overlap the CPU work of the stretch before
 	// (data that did). Object buffers go round through free, as in Backup.
-	fetchers := e.opts.Workers
+	//
+	// There is one worker more than Workers: a worker waits for each
+	// write it makes (over NBD, for the volume manager's write to its
+	// disk), and the spare one keeps the CPU busy meanwhile.
+	fetchers, workers := e.opts.Workers, e.opts.Workers+1
 	ahead := max(1, restoreReadAhead/int(cs))
 	fetched := make(chan fetchedChunk, ahead)
-	free := make(chan []byte, fetchers+e.opts.Workers+ahead)
+	free := make(chan []byte, fetchers+workers+ahead)
 	for range cap(free) {
 		free <- nil
 	}
@@ -162,7 +166,7 @@ func (e *Engine) Restore(ctx context.Context, containerName, backupID string, ds
 		close(fetched)
 		return nil
 	})
-	for w := 0; w < e.opts.Workers; w++ {
+	for range workers {
 		g.Go(func() error {
 			// One plaintext buffer per worker, reused chunk after chunk.
 			buf := make([]byte, 0, cs)
