@@ -348,8 +348,10 @@ func (m *benchMeter) measure(op string, fn func() string) benchOp {
 	}
 	read0, stored0 := m.counter("read"), m.counter("stored")
 	du0 := duBytes(m.repo)
+	stopPerf := m.perf(op)
 	start := time.Now()
 	note := fn()
+	stopPerf()
 	o := benchOp{variant: m.variant, volume: m.volume, op: op, size: m.size, wall: time.Since(start), note: note}
 	bs1, vm1 := m.usage()
 	o.read, o.stored = m.counter("read")-read0, m.counter("stored")-stored0
@@ -362,6 +364,28 @@ func (m *benchMeter) measure(op string, fn func() string) benchOp {
 	m.rep.ops = append(m.rep.ops, o)
 	m.b.Logf("%s %s %s: %s MB/s, %s, read %s, stored %s", o.variant, o.volume, o.op, benchMBps(o.size, o.wall), benchSecs(o.wall), benchMiB(o.read), benchMiB(o.stored))
 	return o
+}
+
+// perf starts a system-wide `perf record -g` of op when
+// BLOCKVAULT_BENCH_PERF names a directory (the data goes there, one file per
+// variant, volume and operation) and returns what stops it.
+func (m *benchMeter) perf(op string) func() {
+	dir := os.Getenv("BLOCKVAULT_BENCH_PERF")
+	if dir == "" {
+		return func() {}
+	}
+	out := filepath.Join(dir, strings.NewReplacer(" ", "-", "%", "pct").Replace(m.variant+"-"+m.volume+"-"+op)+".perf.data")
+	cmd := exec.Command("perf", "record", "-a", "-g", "-F", "499", "-o", out)
+	if err := cmd.Start(); err != nil {
+		m.b.Fatalf("BLOCKVAULT_BENCH_PERF: %v", err)
+	}
+	time.Sleep(500 * time.Millisecond) // perf is recording
+	return func() {
+		cmd.Process.Signal(os.Interrupt)
+		if err := cmd.Wait(); err != nil {
+			m.b.Logf("perf record: %v", err)
+		}
+	}
 }
 
 func (m *benchMeter) usage() (bs, vm procUse) {
