@@ -66,7 +66,8 @@ var benchVariants = []benchVariant{
 // settings, e.g. "--chunk-size 1048576"); BLOCKVAULT_BENCH_RIVALS=off skips
 // restic and borg; BLOCKVAULT_BENCH_VOLUMES=mixed runs only the named
 // volumes (space-separated; for a quick look at one, or the 16 GiB memory
-// check).
+// check); BLOCKVAULT_BENCH_PERF=dir records each operation with perf
+// (see benchMeter.perf).
 //
 // It prints a plain text report meant for docs/: each operation's
 // throughput, bytes read and stored, the daemons' CPU and memory, a
