@@ -87,8 +87,11 @@ func TestChangedBlockTracking(t *testing.T) {
 			}
 			// The changes touch 5 chunks of 4 MiB, but only the changed
 			// ranges are read (stored as pieces of those chunks), rounded
-			// to the tracking's granularity: the bound is 3x.
-			if r, changed := inc.GetProgress().GetBytesRead(), int64(1<<20+3*4096); r > 3*changed {
+			// to the tracking's granularity, 4 KiB in both modes: the
+			// issue's bound is 3x; the writes are 4 KiB-aligned, so a
+			// tenth more is already more than the tracking should report
+			// (copy-before-write in whole 64 KiB blocks read 1.25 MiB).
+			if r, changed := inc.GetProgress().GetBytesRead(), int64(1<<20+3*4096); 10*r > 11*changed {
 				t.Fatalf("the incremental read %d bytes for %d changed", r, changed)
 			} else {
 				t.Logf("incremental after 1 MiB + 12 KiB of changes read %d bytes of %d", r, size)

@@ -48,9 +48,34 @@ type cbwSnap struct {
 	store *os.File
 	mapf  *os.File
 	saved []byte // one byte a block: 1 = saved in store
+	// written has, for a snapshot this process took, a bit for each
+	// sixteenth of a block (4 KiB at least; see sub) written since the
+	// snapshot: changed ranges finer than whole saved blocks. It lives in
+	// memory only, so a snapshot loaded after a restart has none, and its
+	// changed ranges are its saved blocks, whole.
+	written []uint16
 }
 
 func (st *volState) blocks(size int64) int64 { return (size + st.bs - 1) / st.bs }
+
+// sub is the granularity of the written maps: a sixteenth of a block, and
+// at least 4 KiB.
+func (st *volState) sub() int64 { return max(4096, st.bs/16) }
+
+// markWritten records [off, off+length) in the written maps. Called with
+// lock held exclusively, before the write.
+func (st *volState) markWritten(off, length int64) {
+	sub := st.sub()
+	for _, sn := range st.snaps {
+		if sn.written == nil {
+			continue
+		}
+		for s, end := off/sub, min(off+length, sn.size); s*sub < end; s++ {
+			pos := s * sub
+			sn.written[pos/st.bs] |= 1 << (pos % st.bs / sub)
+		}
+	}
+}
 
 // loadSnapshots reads the copy-before-write snapshots of a volume from the
 // pool (after a restart).
@@ -163,7 +188,7 @@ func (st *volState) addSnapshot(d *Driver, id string) error {
 			return err
 		}
 	}
-	st.snaps = append(st.snaps, &cbwSnap{id: id, size: st.size, store: store, mapf: mapf, saved: make([]byte, n)})
+	st.snaps = append(st.snaps, &cbwSnap{id: id, size: st.size, store: store, mapf: mapf, saved: make([]byte, n), written: make([]uint16, n)})
 	return nil
 }
 
@@ -290,6 +315,7 @@ func (st *volState) modify(off, length int64, p []byte, change func() error) err
 	if err := st.preserve(off, length); err != nil {
 		return err
 	}
+	st.markWritten(off, length)
 	return change()
 }
 

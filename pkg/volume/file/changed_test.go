@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"errors"
+	"fmt"
 	"math/rand/v2"
 	"reflect"
 	"testing"
@@ -15,8 +16,9 @@ import (
 )
 
 // TestChangedRangesAfterRestart: copy-before-write changed ranges come from
-// the snapshots' maps on disk, so a new driver on the same pool answers the
-// same.
+// the snapshots' maps: in 4 KiB sixteenths of a block from the driver that
+// took the snapshots, in whole 64 KiB blocks (the maps on disk) from a new
+// driver on the same pool. Both cover every write.
 func TestChangedRangesAfterRestart(t *testing.T) {
 	dir := t.TempDir()
 	ctx := context.Background()
@@ -46,9 +48,11 @@ func TestChangedRangesAfterRestart(t *testing.T) {
 
 	d2 := newDriver(t, dir, file.ModeCopyBeforeWrite)
 	after := mustChangedRanges(t, d2, "v", "s1", "s2")
-	want := []volume.Range{{Offset: 1 << 20, Length: 64 << 10}, {Offset: 2 << 20, Length: 64 << 10}, {Offset: 3 << 20, Length: 64 << 10}}
-	if !reflect.DeepEqual(before, want) || !reflect.DeepEqual(after, want) {
-		t.Fatalf("changed ranges before the restart %v, after %v, want %v", before, after, want)
+	// The write at 1 MiB + 100 touches two 4 KiB pages.
+	wantBefore := []volume.Range{{Offset: 1 << 20, Length: 8 << 10}, {Offset: 2 << 20, Length: 4 << 10}, {Offset: 3 << 20, Length: 4 << 10}}
+	wantAfter := []volume.Range{{Offset: 1 << 20, Length: 64 << 10}, {Offset: 2 << 20, Length: 64 << 10}, {Offset: 3 << 20, Length: 64 << 10}}
+	if !reflect.DeepEqual(before, wantBefore) || !reflect.DeepEqual(after, wantAfter) {
+		t.Fatalf("changed ranges before the restart %v (want %v), after %v (want %v)", before, wantBefore, after, wantAfter)
 	}
 	if err := d2.DeleteSnapshot(ctx, "v", "s2"); err != nil {
 		t.Fatal(err)
@@ -62,8 +66,8 @@ func TestChangedRangesAfterRestart(t *testing.T) {
 // driver reports: 1% of a 256 MiB volume rewritten in scattered 4 KiB
 // writes, then 1 MiB runs at offsets that are 4 KiB- but not 64 KiB-aligned.
 //
-// Copy-before-write reports whole blocks of 64 KiB: 16 times a scattered
-// 4 KiB write (a little less where two share a block), 17/16 of a 1 MiB run.
+// Copy-before-write saves whole blocks of 64 KiB but reports the 4 KiB
+// sixteenths of them that were written: exactly what was written.
 // Reflink compares extent maps, which XFS keeps exact to the filesystem
 // block: the allocation hints (extsize, cowextsize 1 MiB) make XFS reserve
 // 1 MiB on the first write to a shared or unallocated megabyte, but only the
@@ -78,7 +82,7 @@ func TestChangedRangesRatio(t *testing.T) {
 		maxMiBRuns  float64 // for 1 MiB runs
 		description string
 	}{
-		{file.ModeCopyBeforeWrite, false, 20, 17.0 / 16, "64 KiB blocks"},
+		{file.ModeCopyBeforeWrite, false, 1, 1, "4 KiB sixteenths of 64 KiB blocks"},
 		{file.ModeReflink, true, 1, 257.0 / 256, "FIEMAP, 4 KiB blocks"},
 	} {
 		t.Run(c.mode, func(t *testing.T) {
@@ -198,5 +202,102 @@ func mustFlush(t *testing.T, dev blockdev.Device) {
 	t.Helper()
 	if err := dev.Flush(); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// TestChangedRangesCoverDifferences: whatever is written (unaligned writes
+// across blocks, zeroing) and whenever snapshots are taken, every byte that
+// differs between two snapshots lies in their changed ranges, asked in
+// either order; also from a new driver on the same pool (after a restart).
+func TestChangedRangesCoverDifferences(t *testing.T) {
+	for _, mode := range []string{file.ModeCopyBeforeWrite, file.ModeReflink} {
+		t.Run(mode, func(t *testing.T) {
+			dir := t.TempDir()
+			if mode == file.ModeReflink {
+				dir = testenv.XFSDir(t, 1<<30)
+			}
+			dir += "/pool"
+			ctx := context.Background()
+			d := newDriver(t, dir, mode)
+			const size = 32 << 20
+			if err := d.CreateVolume(ctx, "v", size); err != nil {
+				t.Fatal(err)
+			}
+			dev, err := d.OpenVolume(ctx, "v", false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			rng := rand.New(rand.NewPCG(7, 9))
+			var snaps []string
+			// Sparse writes, so that a change reported in the wrong place
+			// leaves a difference uncovered.
+			for step := 0; step < 400; step++ {
+				off := rng.Int64N(size - 1)
+				length := min(1+rng.Int64N(24<<10), size-off)
+				switch r := rng.IntN(40); {
+				case r < 2 && len(snaps) < 8:
+					id := fmt.Sprint("s", len(snaps))
+					mustSnapshot(t, d, "v", id)
+					snaps = append(snaps, id)
+				case r < 6:
+					if err := dev.Zero(off, length); err != nil {
+						t.Fatal(err)
+					}
+				default:
+					p := make([]byte, length)
+					for i := range p {
+						p[i] = byte(rng.IntN(255) + 1)
+					}
+					mustWrite(t, dev, p, off)
+				}
+			}
+			mustSnapshot(t, d, "v", "last")
+			snaps = append(snaps, "last")
+			dev.Close()
+
+			checkAll := func(d *file.Driver, when string) {
+				images := map[string][]byte{}
+				for _, id := range snaps {
+					s, err := d.OpenSnapshot(ctx, "v", id)
+					if err != nil {
+						t.Fatal(err)
+					}
+					images[id] = make([]byte, size)
+					if _, err := s.ReadAt(images[id], 0); err != nil {
+						t.Fatal(err)
+					}
+					s.Close()
+				}
+				for i, a := range snaps {
+					for _, b := range snaps[i+1:] {
+						rs := mustChangedRanges(t, d, "v", a, b)
+						if back := mustChangedRanges(t, d, "v", b, a); !reflect.DeepEqual(rs, back) {
+							t.Fatalf("%s: changed ranges %s -> %s %v, the other way %v", when, a, b, rs, back)
+						}
+						var differ, reported int64
+						for page := int64(0); page < size; page += 4096 {
+							if bytes.Equal(images[a][page:page+4096], images[b][page:page+4096]) {
+								continue
+							}
+							for off := page; off < page+4096; off++ {
+								if images[a][off] != images[b][off] {
+									differ++
+									if !coveredBy(rs, volume.Range{Offset: off, Length: 1}) {
+										t.Fatalf("%s: byte %d differs between %s and %s, outside their %d changed ranges", when, off, a, b, len(rs))
+									}
+								}
+							}
+						}
+						for _, r := range rs {
+							reported += r.Length
+						}
+						t.Logf("%s: %s -> %s: %d bytes differ, %d reported in %d ranges", when, a, b, differ, reported, len(rs))
+					}
+				}
+			}
+			checkAll(d, "same driver")
+			d.Close()
+			checkAll(newDriver(t, dir, mode), "after a restart")
+		})
 	}
 }
