@@ -78,10 +78,12 @@ type Batcher interface {
 // bytes) that become durable together. Safe for concurrent use.
 type Batch interface {
 	// Put stores data under name atomically, as Repository.Put does, but
-	// the object may be lost in a crash until Sync returns: write nothing
-	// that names it before then. An object already stored under the name
-	// is kept as it is (it holds the same bytes), never replaced by one
-	// that is not yet durable.
+	// the object may be lost in a crash until Sync returns, and a backend
+	// may store it only in the background (s3), reporting a failure from
+	// Sync: read nothing and write nothing that names it before Sync
+	// returns. data may be reused once Put returns. An object already
+	// stored under the name is kept as it is (it holds the same bytes),
+	// never replaced by one that is not yet durable.
 	Put(ctx context.Context, name string, data []byte) error
 	// Sync makes every object put through the batch so far durable.
 	Sync(ctx context.Context) error

@@ -43,7 +43,10 @@ type Repository struct {
 	client *minio.Client
 }
 
-var _ repository.Repository = (*Repository)(nil)
+var (
+	_ repository.Repository = (*Repository)(nil)
+	_ repository.Batcher    = (*Repository)(nil)
+)
 
 // New connects to the bucket, creating it when asked.
 func New(ctx context.Context, cfg Config) (*Repository, error) {
@@ -260,4 +263,100 @@ func (r *Repository) Delete(ctx context.Context, name string) error {
 		return fmt.Errorf("delete %s: %w", name, translate(err))
 	}
 	return nil
+}
+
+// batchUploads is how many puts of a batch run at once. A batch carries
+// small objects (an incremental's pieces), each of which costs a request's
+// round trip rather than bandwidth, so many run side by side.
+const batchUploads = 16
+
+// NewBatch implements repository.Batcher. A PUT is durable once it returns,
+// so there is nothing to make durable together; what a batch gives S3 is
+// concurrency: Put copies the object and uploads it in the background, up
+// to batchUploads at once, and Sync waits for the uploads. A put that failed
+// is uploaded again by the next Sync.
+func (r *Repository) NewBatch() repository.Batch {
+	return &batch{r: r, slots: make(chan struct{}, batchUploads)}
+}
+
+type batch struct {
+	r     *Repository
+	slots chan struct{}
+	wg    sync.WaitGroup
+
+	mu     sync.Mutex
+	failed []upload // uploads that failed, for the next Sync
+}
+
+type upload struct {
+	name string
+	data []byte
+	err  error
+}
+
+// Put implements repository.Batch. A bad name is refused at once; the
+// upload's own error comes from Sync.
+func (b *batch) Put(ctx context.Context, name string, data []byte) error {
+	if _, err := b.r.key(name); err != nil {
+		return err
+	}
+	return b.start(ctx, upload{name: name, data: bytes.Clone(data)})
+}
+
+// start waits for a free slot (or ctx) and uploads u in the background. The
+// upload does not end with ctx: the caller's context may end as soon as its
+// last Put returns, before the batch is synced.
+func (b *batch) start(ctx context.Context, u upload) error {
+	select {
+	case b.slots <- struct{}{}:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	b.wg.Add(1)
+	go func() {
+		defer func() { <-b.slots; b.wg.Done() }()
+		if err := b.r.Put(context.WithoutCancel(ctx), u.name, u.data); err != nil {
+			u.err = err
+			b.mu.Lock()
+			b.failed = append(b.failed, u)
+			b.mu.Unlock()
+		}
+	}()
+	return nil
+}
+
+// Sync implements repository.Batch: it uploads again what failed before,
+// waits for every upload and reports those that failed (kept for the next
+// Sync).
+func (b *batch) Sync(ctx context.Context) error {
+	b.mu.Lock()
+	again := b.failed
+	b.failed = nil
+	b.mu.Unlock()
+	for i, u := range again {
+		u.err = nil
+		if err := b.start(ctx, u); err != nil {
+			b.mu.Lock()
+			b.failed = append(b.failed, again[i:]...)
+			b.mu.Unlock()
+			break
+		}
+	}
+	done := make(chan struct{})
+	go func() { b.wg.Wait(); close(done) }()
+	select {
+	case <-done:
+	case <-ctx.Done():
+		return ctx.Err()
+	}
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	if len(b.failed) == 0 {
+		return nil
+	}
+	errs := make([]error, 0, min(len(b.failed), 3))
+	for _, u := range b.failed[:cap(errs)] {
+		errs = append(errs, u.err)
+	}
+	return fmt.Errorf("%d objects of the batch not stored: %w", len(b.failed), errors.Join(errs...))
 }

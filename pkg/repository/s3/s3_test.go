@@ -4,6 +4,9 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"io"
+	"net"
+	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -42,4 +45,122 @@ func TestServerDownIsUnavailable(t *testing.T) {
 	if err := r.Put(ctx, "x", []byte("y")); !errors.Is(err, repository.ErrUnavailable) {
 		t.Fatalf("put to a stopped server: %v", err)
 	}
+}
+
+// switchProxy forwards TCP connections to a server while up; switched down,
+// it closes the connections it has and refuses new ones (a fault injected
+// between the repository and a real S3 server).
+type switchProxy struct {
+	addr    string
+	backend string
+	down    atomic.Bool
+	mu      sync.Mutex
+	conns   []net.Conn
+}
+
+func startProxy(t *testing.T, backend string) *switchProxy {
+	t.Helper()
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { l.Close() })
+	p := &switchProxy{addr: l.Addr().String(), backend: backend}
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			if p.down.Load() {
+				c.Close()
+				continue
+			}
+			s, err := net.Dial("tcp", backend)
+			if err != nil {
+				c.Close()
+				continue
+			}
+			p.mu.Lock()
+			p.conns = append(p.conns, c, s)
+			p.mu.Unlock()
+			go func() { io.Copy(s, c); s.Close() }()
+			go func() { io.Copy(c, s); c.Close() }()
+		}
+	}()
+	return p
+}
+
+func (p *switchProxy) setDown(down bool) {
+	p.down.Store(down)
+	if down {
+		p.mu.Lock()
+		for _, c := range p.conns {
+			c.Close()
+		}
+		p.conns = nil
+		p.mu.Unlock()
+	}
+}
+
+// TestBatch: a batch's puts are stored by the time Sync returns, from
+// buffers the caller reuses at once; a bad name is refused by Put; uploads
+// that fail while the server cannot be reached make Sync fail with
+// ErrUnavailable, and the next Sync, with the server back, stores them.
+func TestBatch(t *testing.T) {
+	srv := s3test.Start(t)
+	proxy := startProxy(t, srv.Config.Endpoint)
+	cfg := srv.Config
+	cfg.Endpoint = proxy.addr
+	cfg.MaxRetries = 1
+	r, err := s3.New(context.Background(), cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ctx := context.Background()
+	content := func(i int) []byte { return []byte(fmt.Sprintf("object %d of the batch", i)) }
+	check := func(from, to int) {
+		t.Helper()
+		for i := from; i < to; i++ {
+			got, err := r.Get(ctx, fmt.Sprintf("b/%d", i))
+			if err != nil || string(got) != string(content(i)) {
+				t.Fatalf("object %d after Sync: %q, %v", i, got, err)
+			}
+		}
+	}
+
+	b := r.NewBatch()
+	buf := make([]byte, 64)
+	for i := 0; i < 100; i++ {
+		n := copy(buf, content(i))
+		if err := b.Put(ctx, fmt.Sprintf("b/%d", i), buf[:n]); err != nil {
+			t.Fatal(err)
+		}
+		clear(buf) // the batch must have its own copy
+	}
+	if err := b.Put(ctx, "../escape", []byte("x")); err == nil {
+		t.Fatal("a batch put a bad name")
+	}
+	if err := b.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	check(0, 100)
+
+	proxy.setDown(true)
+	b = r.NewBatch()
+	for i := 100; i < 110; i++ {
+		if err := b.Put(ctx, fmt.Sprintf("b/%d", i), content(i)); err != nil {
+			t.Fatal(err)
+		}
+	}
+	sctx, cancel := context.WithTimeout(ctx, 30*time.Second)
+	defer cancel()
+	if err := b.Sync(sctx); !errors.Is(err, repository.ErrUnavailable) {
+		t.Fatalf("Sync with the server unreachable: %v, want ErrUnavailable", err)
+	}
+	proxy.setDown(false)
+	if err := b.Sync(sctx); err != nil {
+		t.Fatalf("Sync with the server back: %v", err)
+	}
+	check(100, 110)
 }
