@@ -40,7 +40,10 @@ func (src *source) defer_(f func(ctx context.Context) error) { src.undo = append
 // release closes the device and undoes every step (detach, delete the
 // temporary resource), in reverse order. Steps that fail transiently (the
 // volume manager is unreachable) stay registered, so calling release again
-// retries just those; other failures are reported and dropped (the
+// retries just those, and so do the steps after one in the same pass that
+// failed in any way: a step may fail for good only because an earlier one
+// failed for now (a snapshot is still attached because its detach could not
+// reach the database). Other failures are reported and dropped (the
 // temporary ids recorded on the backup let a restart finish the job).
 func (src *source) release(ctx context.Context) error {
 	var errs []error
@@ -49,10 +52,12 @@ func (src *source) release(ctx context.Context) error {
 		src.dev = nil
 	}
 	var keep []func(ctx context.Context) error
+	retry := false
 	for i := len(src.undo) - 1; i >= 0; i-- {
 		if err := src.undo[i](ctx); err != nil {
 			errs = append(errs, err)
-			if transient(err) {
+			retry = retry || transient(err)
+			if retry {
 				keep = append([]func(ctx context.Context) error{src.undo[i]}, keep...)
 			}
 		}
@@ -268,25 +273,26 @@ func (s *Server) persist(ctx context.Context, step func(ctx context.Context) err
 }
 
 // transient reports whether err is worth retrying: the peer (or the
-// database) is down or slow.
+// database) is down or slow. Of errors joined together, one is enough.
 func transient(err error) bool {
 	if errors.Is(err, store.ErrUnavailable) {
 		return true
 	}
 	for e := err; e != nil; e = errors.Unwrap(e) {
-		if st, ok := status.FromError(e); ok {
-			switch st.Code() {
+		if u, ok := e.(interface{ Unwrap() []error }); ok {
+			for _, x := range u.Unwrap() {
+				if transient(x) {
+					return true
+				}
+			}
+			return false
+		}
+		if g, ok := e.(interface{ GRPCStatus() *status.Status }); ok {
+			switch g.GRPCStatus().Code() {
 			case codes.Unavailable, codes.DeadlineExceeded, codes.Aborted:
 				return true
 			}
 			return false
-		}
-	}
-	if u, ok := err.(interface{ Unwrap() []error }); ok {
-		for _, e := range u.Unwrap() {
-			if transient(e) {
-				return true
-			}
 		}
 	}
 	return false
