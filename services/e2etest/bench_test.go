@@ -97,6 +97,7 @@ func BenchmarkThroughDaemons(b *testing.B) {
 
 	rep := &benchReport{size: size, started: time.Now(), machine: benchMachine(), limits: map[string]pipelineLimit{}, peakReset: true}
 	rep.dirs = append(rep.dirs, fmt.Sprintf("temp dir %s: %s", tmp, fsOf(tmp)))
+	rep.disk = diskOf(tmp)
 	tracking := "off (the flag is not in this build: incrementals read the whole volume)"
 	if cbt {
 		tracking = "on (--changed-block-tracking: a backup keeps its snapshot, the next incremental reads only the changed ranges)"
@@ -349,6 +350,7 @@ func (m *benchMeter) measure(op string, fn func() string) benchOp {
 	}
 	read0, stored0 := m.counter("read"), m.counter("stored")
 	du0 := duBytes(m.repo)
+	disk0, diskOK := readDiskStat(m.rep.disk)
 	stopPerf := m.perf(op)
 	start := time.Now()
 	note := fn()
@@ -357,6 +359,9 @@ func (m *benchMeter) measure(op string, fn func() string) benchOp {
 	bs1, vm1 := m.usage()
 	o.read, o.stored = m.counter("read")-read0, m.counter("stored")-stored0
 	o.repoGrowth = duBytes(m.repo) - du0
+	if disk1, ok := readDiskStat(m.rep.disk); ok && diskOK {
+		o.disk, o.diskOK = disk1.sub(disk0), true
+	}
 	o.bs = procUse{cpu: bs1.cpu - bs0.cpu, sys: bs1.sys - bs0.sys, peak: bs1.peak}
 	o.vm = procUse{cpu: vm1.cpu - vm0.cpu, sys: vm1.sys - vm0.sys, peak: vm1.peak}
 	if strings.HasPrefix(op, "inc") {

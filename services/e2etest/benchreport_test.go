@@ -201,7 +201,11 @@ type benchOp struct {
 	// repoGrowth is the growth of the container's directory (du).
 	repoGrowth int64
 	bs, vm     procUse // CPU used during the operation, peak RSS
-	note       string
+	// disk is what the temp dir's block device did meanwhile (diskOK:
+	// there is one).
+	disk   diskStat
+	diskOK bool
+	note   string
 }
 
 // restoreCheck is what the restored volume was compared with.
@@ -253,9 +257,11 @@ type benchReport struct {
 	// storage is the repository filesystem's write rate (storageRate).
 	storage        float64
 	storageWorkers int
-	rivals         []rivalOp
-	rivalInfo      []string
-	notes          []string
+	// disk is the stat file of the temp dir's block device (diskOf).
+	disk      string
+	rivals    []rivalOp
+	rivalInfo []string
+	notes     []string
 }
 
 func (r *benchReport) print(w io.Writer) {
@@ -298,15 +304,22 @@ func (r *benchReport) printOps(w io.Writer) {
 	fmt.Fprintln(w, "  MB/s = volume bytes / wall time (holes included); read, stored = the backup service's blockvault_bytes_total{direction}")
 	fmt.Fprintln(w, "  (stored counts every chunk put, also one the repository already held); repo+ = growth of the container's directory;")
 	fmt.Fprintln(w, "  CPU = seconds of user+system time during the step (system alone in parentheses); RSS = "+rss)
+	fmt.Fprintln(w, "  disk = the temp dir's block device during the step: busy = share of the wall time with I/O in flight (io_ticks),")
+	fmt.Fprintln(w, "  r/w = MiB read / written (what the page cache did not absorb; the loop-mounted XFS image of local writes through it)")
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', tabwriter.AlignRight)
-	fmt.Fprintln(tw, "variant\tvolume\toperation\tMB/s\twall\tread\tstored\trepo+\tbackup CPU\tbackup RSS\tvm CPU\tvm RSS\t note")
+	fmt.Fprintln(tw, "variant\tvolume\toperation\tMB/s\twall\tread\tstored\trepo+\tbackup CPU\tbackup RSS\tvm CPU\tvm RSS\tdisk busy\tdisk r/w\t note")
 	for _, o := range r.ops {
 		read, stored := benchMiB(o.read), benchMiB(o.stored)
 		if strings.HasPrefix(o.op, "restore") {
 			read, stored = "-", "-"
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t %s\n", o.variant, o.volume, o.op, benchMBps(o.size, o.wall), benchSecs(o.wall),
-			read, stored, benchMiB(o.repoGrowth), benchCPU(o.bs), benchMiB(o.bs.peak), benchCPU(o.vm), benchMiB(o.vm.peak), o.note)
+		busy, rw := "-", "-"
+		if o.diskOK && o.wall > 0 {
+			busy = fmt.Sprintf("%.0f%%", 100*o.disk.busy.Seconds()/o.wall.Seconds())
+			rw = fmt.Sprintf("%.0f/%.0f", float64(o.disk.read)/(1<<20), float64(o.disk.written)/(1<<20))
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t %s\n", o.variant, o.volume, o.op, benchMBps(o.size, o.wall), benchSecs(o.wall),
+			read, stored, benchMiB(o.repoGrowth), benchCPU(o.bs), benchMiB(o.bs.peak), benchCPU(o.vm), benchMiB(o.vm.peak), busy, rw, o.note)
 	}
 	tw.Flush()
 }
