@@ -441,7 +441,9 @@ func (d *Driver) CreateSnapshot(ctx context.Context, volumeID, snapshotID string
 		// going stalled them for as long as the flush (40-55 ms a
 		// snapshot on zram, docs/benchmarks.md).
 		return st.withStaging(newStage(d.cfg.Dir), func() error {
-			unix.Fdatasync(int(st.f.Fd()))
+			if err := st.flushForClone(); err != nil {
+				return err
+			}
 			return d.reflink(st.f, d.snapPath(volumeID, snapshotID, ".img"), 0)
 		})
 	}
@@ -549,7 +551,9 @@ func (d *Driver) CloneVolume(ctx context.Context, srcID, dstID string) error {
 	if d.mode == ModeReflink {
 		// As in CreateSnapshot: the flush too runs with the writes staged.
 		return st.withStaging(newStage(d.cfg.Dir), func() error {
-			unix.Fdatasync(int(st.f.Fd()))
+			if err := st.flushForClone(); err != nil {
+				return err
+			}
 			return d.reflink(st.f, d.volumePath(dstID), 0)
 		})
 	}

@@ -234,6 +234,29 @@ func (s *stage) applyNext(st *volState) error {
 	return nil
 }
 
+// fdatasync is unix.Fdatasync; tests replace it to make a flush fail.
+var fdatasync = unix.Fdatasync
+
+// flushForClone makes the volume's file durable before a FICLONE, which
+// then has less to write back under the inode lock. A flush that fails has
+// taken the file's writeback error with it: a client's later flush would
+// succeed although writes it was told were done may be lost. So the volume
+// fails every later write and flush instead, as when staged writes cannot
+// be applied.
+func (st *volState) flushForClone() error {
+	err := fdatasync(int(st.f.Fd()))
+	if err == nil {
+		return nil
+	}
+	err = fmt.Errorf("flushing the volume before a clone: %w", err)
+	st.lock.Lock()
+	if st.broken == nil {
+		st.broken = err
+	}
+	st.lock.Unlock()
+	return err
+}
+
 // withStaging runs clone (a FICLONE of the volume's file) while the
 // volume's writes are staged, then applies them. The clone sees the volume
 // as it was when staging began.

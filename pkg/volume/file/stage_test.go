@@ -3,6 +3,7 @@ package file
 import (
 	"bytes"
 	"context"
+	"errors"
 	"fmt"
 	"io"
 	"math/rand"
@@ -340,4 +341,57 @@ func TestSpillBoundedByFreeSpace(t *testing.T) {
 		t.Fatalf("%d MiB of %d MiB free left while spilling", after>>20, before>>20)
 	}
 	t.Logf("spilled %d MiB of %d MiB free; %d MiB free after", s.spillEnd>>20, before>>20, free()>>20)
+}
+
+// TestFailedFlushBeforeCloneBreaksTheVolume: a flush that fails before a
+// reflink snapshot or clone has taken the file's writeback error with it.
+// The snapshot or clone fails and leaves nothing, and every later write
+// and flush of the volume fails too, rather than a client's flush
+// succeeding over writes that may be lost.
+func TestFailedFlushBeforeCloneBreaksTheVolume(t *testing.T) {
+	d, err := New(Config{Dir: testenv.XFSDir(t, 1<<30) + "/pool", Mode: ModeReflink})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { d.Close() })
+	ctx := context.Background()
+	for _, op := range []string{"snapshot", "clone"} {
+		t.Run(op, func(t *testing.T) {
+			vol := "v-" + op
+			if err := d.CreateVolume(ctx, vol, 1<<20); err != nil {
+				t.Fatal(err)
+			}
+			dev, err := d.OpenVolume(ctx, vol, false)
+			if err != nil {
+				t.Fatal(err)
+			}
+			defer dev.Close()
+			data := bytes.Repeat([]byte{7}, 4096)
+			if _, err := dev.WriteAt(data, 0); err != nil {
+				t.Fatal(err)
+			}
+			fdatasync = func(int) error { return unix.EIO }
+			if op == "snapshot" {
+				err = d.CreateSnapshot(ctx, vol, "s")
+			} else {
+				err = d.CloneVolume(ctx, vol, vol+"-clone")
+			}
+			fdatasync = unix.Fdatasync
+			if !errors.Is(err, unix.EIO) {
+				t.Fatalf("%s with a failing flush: %v, want EIO", op, err)
+			}
+			if _, err := os.Stat(d.snapPath(vol, "s", ".img")); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("the failed snapshot left its file: %v", err)
+			}
+			if _, err := os.Stat(d.volumePath(vol + "-clone")); !errors.Is(err, os.ErrNotExist) {
+				t.Errorf("the failed clone left its file: %v", err)
+			}
+			if _, err := dev.WriteAt(data, 4096); !errors.Is(err, unix.EIO) {
+				t.Errorf("a write after the failed flush: %v, want it to fail with EIO", err)
+			}
+			if err := dev.Flush(); !errors.Is(err, unix.EIO) {
+				t.Errorf("a flush after the failed flush: %v, want it to fail with EIO", err)
+			}
+		})
+	}
 }
