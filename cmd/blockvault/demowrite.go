@@ -57,7 +57,15 @@ func demoWriteAndBackup(ctx context.Context, g *globals, st *stack, vol *volumev
 			rounds.Store(int64(r))
 		}
 	}()
-	time.Sleep(500 * time.Millisecond)
+	// The backup starts once the writer has written every block at least
+	// once (round 1 done), however long that takes on this machine.
+	for started := time.Now(); rounds.Load() < 1 && writeErrors.Load() == 0; time.Sleep(10 * time.Millisecond) {
+		if time.Since(started) > startTimeout {
+			stop.Store(true)
+			wg.Wait()
+			return fmt.Errorf("the writer did not finish its first round of %d blocks within %v", demoBlocks, startTimeout)
+		}
+	}
 
 	bc, done, err := g.backups()
 	if err != nil {

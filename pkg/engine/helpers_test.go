@@ -21,6 +21,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/nbd"
 	"github.com/blockvault/blockvault/pkg/repository"
 	"github.com/blockvault/blockvault/pkg/repository/posix"
+	"github.com/blockvault/blockvault/pkg/testenv"
 	"golang.org/x/sys/unix"
 )
 
@@ -443,7 +444,7 @@ func serveNBD(t testing.TB, nbdkit, img string) *nbd.Client {
 	var werr error
 	go func() { werr = cmd.Wait(); close(exited) }()
 	t.Cleanup(func() { cmd.Process.Kill(); <-exited })
-	deadline := time.Now().Add(10 * time.Second)
+	deadline := time.Now().Add(testenv.Patience)
 	for {
 		c, err := nbd.Dial(context.Background(), "unix", sock, nbd.DialOptions{})
 		if err == nil {

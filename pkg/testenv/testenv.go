@@ -8,6 +8,7 @@ import (
 	"os"
 	"os/exec"
 	"testing"
+	"time"
 )
 
 // InCI reports whether the tests run under CI (CI=true).
@@ -47,3 +48,11 @@ func RequireRoot(t testing.TB) {
 		Missing(t, "root privileges (loop devices, mounts, runuser)")
 	}
 }
+
+// Patience is how long a test waits for an event a healthy system brings
+// about (a server answering, a status reached, a line logged) before it
+// gives up and says what it waited for. It is generous on purpose: a test
+// waits on the event, never for a fixed time, so on an idle machine it
+// costs nothing, and on a loaded one (both cores busy with another build,
+// a shared CI machine) the event still comes well within it.
+const Patience = 2 * time.Minute

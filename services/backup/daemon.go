@@ -141,6 +141,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	up := daemon.NewStartup(log, "backup-service")
 	// Only ever lower the priority: a daemon started at a higher nice
 	// value (systemd's Nice=) keeps it.
 	if cur, err := cpuprio.Nice(); cfg.Nice > 0 && (err != nil || cur < cfg.Nice) {
@@ -168,6 +169,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	up.Step("database open and migrated", "database", store.Dialect(db))
 	tokenUnary, tokenStream := auth.ClientInterceptors(serviceToken)
 	creds, err := mtls.DialOption(cfg.TLS)
 	if err != nil {
@@ -193,6 +195,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 		return err
 	}
 	repo := eng.Repository()
+	up.Step("repository open", "repository", repo.Location())
 
 	quotas, err := quota.New(cfg.Quota)
 	if err != nil {
@@ -206,6 +209,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 		// Recovery is retried at the next start; new work is still accepted.
 		log.Error("recovery after restart left work undone", "err", err)
 	}
+	up.Step("recovery of interrupted jobs done")
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -224,6 +228,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 		ready.Set(true)
 		tasks = append(tasks, daemon.ServeHTTP(metrics.Handler(metrics.Registry(metrics.BackupSeries()...), ready), hl))
 	}
+	up.Step("listening")
 	log.Info("backup-service serving", "grpc", ln.Addr().String(), "volume_manager", cfg.VolumeManager,
 		"database", store.Dialect(db), "node_id", cfg.NodeID, "repository", repo.Location(), "encrypted", cfg.KeyFile != "", "version", daemon.Version)
 	return daemon.Run(ctx, tasks...)

@@ -13,6 +13,7 @@ import (
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/auth"
+	"github.com/blockvault/blockvault/pkg/testenv"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -123,7 +124,7 @@ func TestProjectsAreIsolated(t *testing.T) {
 		t.Fatalf("A backs up its volume: HTTP %d %v", code, body)
 	}
 	backupA := field(body, "backup", "id")
-	if b := waitBackupIn(t, s, "project-a", backupA, time.Minute); b.GetStatus() != "available" {
+	if b := waitBackupIn(t, s, "project-a", backupA, testenv.Patience); b.GetStatus() != "available" {
 		t.Fatalf("A's backup: %s %q", b.GetStatus(), b.GetFailReason())
 	}
 	code, body = restAs(t, s, tokB, "POST", "/v3/project-b/volumes", `{"volume": {"size": 2, "name": "b-data"}}`)

@@ -12,6 +12,7 @@ import (
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/repository/s3/s3test"
+	"github.com/blockvault/blockvault/pkg/testenv"
 )
 
 // TestSnapshotBackupAndV2Path: a backup of an available snapshot needs no
@@ -35,7 +36,7 @@ func TestSnapshotBackupAndV2Path(t *testing.T) {
 		t.Fatalf("v2 create: %d %v", code, body)
 	}
 	id := body["backup"].(map[string]any)["id"].(string)
-	b := waitBackup(t, s, id, time.Minute)
+	b := waitBackup(t, s, id, testenv.Patience)
 	if b.GetStatus() != "available" || b.GetStrategy() != "snapshot" || b.GetName() != "from-v2" || b.GetSnapshotId() != sr.GetSnapshot().GetId() {
 		t.Fatalf("snapshot backup: %v", b)
 	}
@@ -51,7 +52,7 @@ func TestSnapshotBackupAndV2Path(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	waitBackup(t, s, id, time.Minute)
+	waitBackup(t, s, id, testenv.Patience)
 	ar, err := s.Volumes.AttachVolume(ctx, &volumev1.AttachVolumeRequest{ProjectId: project, Attachment: &volumev1.AttachmentInput{
 		VolumeUuid: rr.GetRestore().GetVolumeId(), Mode: "ro", Connector: &volumev1.Connector{Host: "checker"}}})
 	if err != nil {
@@ -85,7 +86,7 @@ func TestForceDeleteCancelsARunningBackup(t *testing.T) {
 	if code, body := s.REST("POST", "/v3/"+project+"/backups/"+id+"/action", `{"os-force_delete": {}}`); code != 202 {
 		t.Fatalf("force delete: %d %v", code, body)
 	}
-	deadline := time.Now().Add(time.Minute)
+	deadline := time.Now().Add(testenv.Patience)
 	for {
 		code, body := s.REST("GET", "/v3/"+project+"/backups/"+id, nil)
 		if code == 404 {
@@ -124,7 +125,7 @@ func TestConcurrentBackupsAndIncremental(t *testing.T) {
 		ids = append(ids, cr.GetBackup().GetId())
 	}
 	sawQueue := false
-	deadline := time.Now().Add(2 * time.Minute)
+	deadline := time.Now().Add(testenv.Patience)
 	for {
 		running := s.Metric(s.BackupMetrics, "blockvault_jobs_running")
 		if running > 2 {
@@ -165,7 +166,7 @@ func TestConcurrentBackupsAndIncremental(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	inc := waitBackup(t, s, cr.GetBackup().GetId(), time.Minute)
+	inc := waitBackup(t, s, cr.GetBackup().GetId(), testenv.Patience)
 	if inc.GetStatus() != "available" || !inc.GetIsIncremental() || inc.GetParentId() != ids[0] {
 		t.Fatalf("incremental: %v", inc)
 	}
@@ -185,7 +186,7 @@ func TestConcurrentBackupsAndIncremental(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	full2 := waitBackup(t, s, cr.GetBackup().GetId(), time.Minute)
+	full2 := waitBackup(t, s, cr.GetBackup().GetId(), testenv.Patience)
 	if full2.GetStatus() != "available" || full2.GetIsIncremental() || full2.GetParentId() != "" {
 		t.Fatalf("second full backup: %v", full2)
 	}
@@ -226,12 +227,12 @@ func TestS3Repository(t *testing.T) {
 	ctx := context.Background()
 	vol, _, dev := attached(t, s, 256<<20)
 	w := startWriter(dev)
-	time.Sleep(200 * time.Millisecond)
+	w.waitRounds(t, 1)
 	cr, err := s.Backups.CreateBackup(ctx, &backupv1.CreateBackupRequest{ProjectId: project, Backup: &backupv1.BackupInput{VolumeId: vol.GetId(), Force: true}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := waitBackup(t, s, cr.GetBackup().GetId(), 2*time.Minute)
+	b := waitBackup(t, s, cr.GetBackup().GetId(), testenv.Patience)
 	w.halt()
 	if b.GetStatus() != "available" {
 		t.Fatalf("backup to S3: %s %s", b.GetStatus(), b.GetFailReason())
@@ -264,7 +265,7 @@ func TestRequestIDFollowsABackup(t *testing.T) {
 	if resp.StatusCode != 202 || resp.Header.Get("X-Request-Id") != rid {
 		t.Fatalf("HTTP %d, X-Request-Id %q", resp.StatusCode, resp.Header.Get("X-Request-Id"))
 	}
-	if b := waitBackup(t, s, out.Backup.ID, time.Minute); b.GetStatus() != "available" {
+	if b := waitBackup(t, s, out.Backup.ID, testenv.Patience); b.GetStatus() != "available" {
 		t.Fatalf("backup %s: %q", b.GetStatus(), b.GetFailReason())
 	}
 	for _, c := range []struct {

@@ -176,6 +176,21 @@ func startWriter(dev *nbd.Client) *writer {
 
 func (w *writer) halt() { w.stop.Store(true); w.wg.Wait() }
 
+// waitRounds waits until the writer has written every block n times (the
+// backup under test then starts with the writer in full swing, on a slow
+// machine as on a fast one).
+func (w *writer) waitRounds(t testing.TB, n int64) {
+	t.Helper()
+	for start := time.Now(); w.rounds.Load() < n; time.Sleep(10 * time.Millisecond) {
+		if w.errs.Load() > 0 {
+			t.Fatalf("the writer saw %d errors before round %d", w.errs.Load(), n)
+		}
+		if time.Since(start) > testenv.Patience {
+			t.Fatalf("the writer did not finish round %d within %v (%d rounds done)", n, testenv.Patience, w.rounds.Load())
+		}
+	}
+}
+
 // pointInTime checks the rounds property on a device.
 func pointInTime(dev *nbd.Client) error {
 	buf := make([]byte, blockSize)
@@ -239,7 +254,7 @@ func TestNonDisruptiveBackup(t *testing.T) {
 			ctx := context.Background()
 			vol, att, dev := attached(t, s, 256<<20)
 			w := startWriter(dev)
-			time.Sleep(300 * time.Millisecond)
+			w.waitRounds(t, 1)
 
 			// Without force an in-use volume is refused and nothing changes.
 			_, err := s.Backups.CreateBackup(ctx, &backupv1.CreateBackupRequest{ProjectId: project, Backup: &backupv1.BackupInput{VolumeId: vol.GetId()}})
@@ -261,7 +276,7 @@ func TestNonDisruptiveBackup(t *testing.T) {
 			if _, err := s.Backups.CreateBackup(ctx, &backupv1.CreateBackupRequest{ProjectId: project, Backup: &backupv1.BackupInput{VolumeId: vol.GetId(), Force: true}}); status.Code(err) != codes.InvalidArgument {
 				t.Fatalf("a concurrent backup of one volume: %v", err)
 			}
-			b := waitBackup(t, s, cr.GetBackup().GetId(), 2*time.Minute)
+			b := waitBackup(t, s, cr.GetBackup().GetId(), testenv.Patience)
 			w.halt()
 			if b.GetStatus() != "available" {
 				t.Fatalf("backup ended %s: %s", b.GetStatus(), b.GetFailReason())
@@ -298,7 +313,7 @@ func TestAvailableVolumeBackupAndRestoreChecks(t *testing.T) {
 		t.Fatalf("REST create backup: %d %v", code, body)
 	}
 	id := body["backup"].(map[string]any)["id"].(string)
-	if b := waitBackup(t, s, id, time.Minute); b.GetStatus() != "available" || b.GetStrategy() != backup.StrategyVolume {
+	if b := waitBackup(t, s, id, testenv.Patience); b.GetStatus() != "available" || b.GetStrategy() != backup.StrategyVolume {
 		t.Fatalf("backup of an available volume: %v", b)
 	}
 	if v := volumeStatus(t, s, vol.GetId()); v.GetStatus() != "available" {
@@ -315,14 +330,14 @@ func TestAvailableVolumeBackupAndRestoreChecks(t *testing.T) {
 	if code != 400 || body["badRequest"] == nil {
 		t.Fatalf("restore into an in-use volume: %d %v", code, body)
 	}
-	if b := waitBackup(t, s, id, time.Minute); b.GetStatus() != "available" {
+	if b := waitBackup(t, s, id, testenv.Patience); b.GetStatus() != "available" {
 		t.Fatalf("refused restores changed the backup to %s", b.GetStatus())
 	}
 	// Delete only from available or error; then it is gone.
 	if code, body = s.REST("DELETE", "/v3/"+project+"/backups/"+id, nil); code != 202 {
 		t.Fatalf("delete: %d %v", code, body)
 	}
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(testenv.Patience)
 	for {
 		if code, _ = s.REST("GET", "/v3/"+project+"/backups/"+id, nil); code == 404 {
 			break
@@ -348,7 +363,7 @@ func fill(t *testing.T, dev *nbd.Client) {
 
 func waitProgress(t *testing.T, s *Stack, id, op string) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
+	deadline := time.Now().Add(testenv.Patience)
 	for time.Now().Before(deadline) {
 		r, err := s.Backups.GetBackup(context.Background(), &backupv1.GetBackupRequest{ProjectId: project, BackupId: id})
 		if err == nil && r.GetBackup().GetProgress().GetOperation() == op && r.GetBackup().GetProgress().GetBytesDone() > 0 &&
@@ -376,7 +391,7 @@ func TestBackupServiceKilledMidBackup(t *testing.T) {
 	s.Backup.Kill()
 	s.Backup.Start()
 	s.WaitHealthy(s.Backup)
-	b := waitBackup(t, s, cr.GetBackup().GetId(), time.Minute)
+	b := waitBackup(t, s, cr.GetBackup().GetId(), testenv.Patience)
 	if b.GetStatus() != "error" || b.GetFailReason() != backup.MsgResetOnRestart {
 		t.Fatalf("after the restart the backup is %s: %q", b.GetStatus(), b.GetFailReason())
 	}
@@ -390,7 +405,7 @@ func TestBackupServiceKilledMidBackup(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b := waitBackup(t, s, cr.GetBackup().GetId(), 2*time.Minute); b.GetStatus() != "available" {
+	if b := waitBackup(t, s, cr.GetBackup().GetId(), testenv.Patience); b.GetStatus() != "available" {
 		t.Fatalf("second backup: %s %s", b.GetStatus(), b.GetFailReason())
 	}
 	rr, err := s.Backups.RestoreBackup(ctx, &backupv1.RestoreBackupRequest{ProjectId: project, BackupId: cr.GetBackup().GetId(), Restore: &backupv1.RestoreInput{}})
@@ -401,7 +416,7 @@ func TestBackupServiceKilledMidBackup(t *testing.T) {
 	s.Backup.Kill()
 	s.Backup.Start()
 	s.WaitHealthy(s.Backup)
-	if b := waitBackup(t, s, cr.GetBackup().GetId(), time.Minute); b.GetStatus() != "available" {
+	if b := waitBackup(t, s, cr.GetBackup().GetId(), testenv.Patience); b.GetStatus() != "available" {
 		t.Fatalf("after a killed restore the backup is %s", b.GetStatus())
 	}
 	if v := volumeStatus(t, s, rr.GetRestore().GetVolumeId()); v.GetStatus() != "error_restoring" || len(v.GetAttachments()) != 0 {
@@ -433,14 +448,14 @@ func TestFaults(t *testing.T) {
 		// The NBD connection is dialed again once the volume manager is
 		// back (its exports return under the same names): the backup goes
 		// on and completes, and it is whole.
-		b := waitBackup(t, s, cr.GetBackup().GetId(), 2*time.Minute)
+		b := waitBackup(t, s, cr.GetBackup().GetId(), testenv.Patience)
 		if b.GetStatus() != "available" {
 			t.Fatalf("backup through a volume manager crash: %s %q", b.GetStatus(), b.GetFailReason())
 		}
 		if v, err := s.Backups.VerifyBackup(ctx, &backupv1.VerifyBackupRequest{ProjectId: project, BackupId: b.GetId()}); err != nil || !v.GetOk() || v.GetChunksChecked() == 0 {
 			t.Fatalf("verify the backup made through a crash: %v %v", err, v)
 		}
-		deadline := time.Now().Add(time.Minute)
+		deadline := time.Now().Add(testenv.Patience)
 		for volumeStatus(t, s, vol.GetId()).GetStatus() != "in-use" && time.Now().Before(deadline) {
 			time.Sleep(100 * time.Millisecond)
 		}
@@ -469,7 +484,7 @@ func TestFaults(t *testing.T) {
 		if _, err := s.Volumes.DetachSnapshot(ctx, &volumev1.DetachSnapshotRequest{ProjectId: project, SnapshotId: gb.GetBackup().GetTempSnapshotId()}); err != nil {
 			t.Fatal(err)
 		}
-		b := waitBackup(t, s, id, 2*time.Minute)
+		b := waitBackup(t, s, id, testenv.Patience)
 		if b.GetStatus() != "error" || !strings.Contains(b.GetFailReason(), "read") {
 			t.Fatalf("backup whose source fails: %s %q", b.GetStatus(), b.GetFailReason())
 		}
@@ -498,7 +513,7 @@ func TestFaults(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
-		b := waitBackup(t, s, cr.GetBackup().GetId(), time.Minute)
+		b := waitBackup(t, s, cr.GetBackup().GetId(), testenv.Patience)
 		if b.GetStatus() != "error" || !strings.Contains(b.GetFailReason(), "no space") {
 			t.Fatalf("backup into a full repository: %s %q", b.GetStatus(), b.GetFailReason())
 		}

@@ -51,7 +51,7 @@ func TestChangedBlockTracking(t *testing.T) {
 				if err != nil {
 					t.Fatal(err)
 				}
-				b := waitBackup(t, s, cr.GetBackup().GetId(), 2*time.Minute)
+				b := waitBackup(t, s, cr.GetBackup().GetId(), testenv.Patience)
 				if b.GetStatus() != "available" || b.GetFailReason() != "" {
 					t.Fatalf("backup ended %s: %q", b.GetStatus(), b.GetFailReason())
 				}
@@ -111,7 +111,7 @@ func TestChangedBlockTracking(t *testing.T) {
 				t.Fatal(err)
 			}
 			w := startWriter(dev)
-			time.Sleep(300 * time.Millisecond)
+			w.waitRounds(t, 1)
 			inc2 := backup(true)
 			w.halt()
 			if w.errs.Load() != 0 {
@@ -135,7 +135,7 @@ func TestChangedBlockTracking(t *testing.T) {
 				if code, body := s.REST("DELETE", "/v3/"+project+"/backups/"+id, nil); code != 202 {
 					t.Fatalf("delete backup: %d %v", code, body)
 				}
-				waitGone(t, s, id, time.Minute)
+				waitGone(t, s, id, testenv.Patience)
 			}
 			if k := keptSnapshots(t, s, vol.GetId()); len(k) != 0 {
 				t.Fatalf("snapshots kept after every backup was deleted: %v", k)

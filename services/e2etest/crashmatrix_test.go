@@ -11,6 +11,7 @@ import (
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/testenv"
 )
 
 // TestCrashMatrix stops the backup service at each stage of a backup and
@@ -32,7 +33,7 @@ func TestCrashMatrix(t *testing.T) {
 		t.Fatal(err)
 	}
 	baseID := base.GetBackup().GetId()
-	if b := waitBackup(t, s, baseID, time.Minute); b.GetStatus() != "available" {
+	if b := waitBackup(t, s, baseID, testenv.Patience); b.GetStatus() != "available" {
 		t.Fatalf("base backup: %s %q", b.GetStatus(), b.GetFailReason())
 	}
 
@@ -71,13 +72,13 @@ func TestCrashMatrix(t *testing.T) {
 				}
 				victim.Start()
 				if victim == s.Gateway {
-					s.waitHTTP("http://" + s.Gateway.Addr + "/healthz")
+					s.waitHTTP(s.Gateway, "http://"+s.Gateway.Addr+"/healthz")
 				} else {
 					s.WaitHealthy(victim)
 				}
 				os.WriteFile(filepath.Join(fp, stage+".go"), nil, 0o644)
 
-				b := waitBackup(t, s, id, 2*time.Minute)
+				b := waitBackup(t, s, id, testenv.Patience)
 				switch {
 				case restore && b.GetStatus() != "available":
 					t.Fatalf("the restored backup is %s %q", b.GetStatus(), b.GetFailReason())
@@ -92,7 +93,7 @@ func TestCrashMatrix(t *testing.T) {
 						t.Fatalf("the available backup does not verify: %v %v", err, v)
 					}
 				}
-				deadline := time.Now().Add(time.Minute)
+				deadline := time.Now().Add(testenv.Patience)
 				for {
 					v := volumeStatus(t, s, vol.GetId())
 					tv := "available"
@@ -123,7 +124,7 @@ func TestCrashMatrix(t *testing.T) {
 	// Everything deleted: the collection that runs with each delete leaves
 	// no chunk behind, not even those of the interrupted backups.
 	arm()
-	deadline := time.Now().Add(2 * time.Minute)
+	deadline := time.Now().Add(testenv.Patience)
 	for {
 		l, err := s.Backups.ListBackups(ctx, &backupv1.ListBackupsRequest{ProjectId: project})
 		if err != nil {
@@ -163,7 +164,7 @@ func TestCrashMatrix(t *testing.T) {
 
 func waitFile(t *testing.T, path string) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
+	deadline := time.Now().Add(testenv.Patience)
 	for {
 		if _, err := os.Stat(path); err == nil {
 			return

@@ -7,6 +7,7 @@ import (
 	"time"
 
 	"github.com/blockvault/blockvault/pkg/auth"
+	"github.com/blockvault/blockvault/pkg/testenv"
 	"github.com/gophercloud/gophercloud/v2"
 	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/backups"
 	"github.com/gophercloud/gophercloud/v2/openstack/blockstorage/v3/snapshots"
@@ -168,7 +169,7 @@ func TestGophercloud(t *testing.T) {
 
 func waitGC(t *testing.T, status func() (string, error), want string) {
 	t.Helper()
-	deadline := time.Now().Add(time.Minute)
+	deadline := time.Now().Add(testenv.Patience)
 	for {
 		st, err := status()
 		if err != nil {

@@ -11,7 +11,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -27,6 +26,7 @@ import (
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/auth"
 	"github.com/blockvault/blockvault/pkg/mtls"
+	"github.com/blockvault/blockvault/pkg/testenv"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
@@ -192,29 +192,12 @@ func (s *Stack) Token(project string, roles ...string) string {
 	return auth.Mint(s.SigningKey, auth.Identity{Project: project, Roles: roles, User: "test"})
 }
 
-var (
-	portsMu sync.Mutex
-	ports   = map[string]bool{}
-)
-
-// FreeAddr returns a free 127.0.0.1 address, never the same twice in a
-// test binary.
+// FreeAddr returns a free 127.0.0.1 address, reserved for this test
+// binary (testenv.FreeAddr: below the ephemeral range, never handed out
+// twice on the machine while the binary lives).
 func FreeAddr(t testing.TB) string {
 	t.Helper()
-	portsMu.Lock()
-	defer portsMu.Unlock()
-	for {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		l.Close()
-		if !ports[addr] {
-			ports[addr] = true
-			return addr
-		}
-	}
+	return testenv.FreeAddr(t)
 }
 
 // Start brings a stack up: the volume manager and the backup service in
@@ -323,7 +306,7 @@ func Start(t testing.TB, o Options) *Stack {
 		s.Gateway = &Daemon{Name: "api-gateway", Args: append([]string{"--listen", gwAddr, "--volume-manager", vmAddr, "--backup-service", bsAddr}, gwTLS...),
 			Addr: gwAddr, Log: filepath.Join(dir, "api-gateway.log"), t: t}
 		s.Gateway.Start()
-		s.waitHTTP("http://" + gwAddr + "/healthz")
+		s.waitHTTP(s.Gateway, "http://"+gwAddr+"/healthz")
 	}
 	// The harness's own clients are an admin's when tokens are on.
 	if o.Tokens {
@@ -409,7 +392,9 @@ func (s *Stack) dial(addr string) *grpc.ClientConn {
 	return c
 }
 
-// WaitHealthy waits until d answers gRPC health checks (30 s at most).
+// WaitHealthy waits until d answers gRPC health checks with SERVING. It
+// fails at once, with the log, when d exits first, and after
+// testenv.Patience otherwise.
 func (s *Stack) WaitHealthy(d *Daemon) {
 	s.t.Helper()
 	c, err := grpc.NewClient(d.Addr, s.dialOpt)
@@ -418,34 +403,48 @@ func (s *Stack) WaitHealthy(d *Daemon) {
 	}
 	defer c.Close()
 	h := healthpb.NewHealthClient(c)
-	deadline := time.Now().Add(30 * time.Second)
+	start := time.Now()
 	for {
-		ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
 		r, err := h.Check(ctx, &healthpb.HealthCheckRequest{})
 		cancel()
 		if err == nil && r.GetStatus() == healthpb.HealthCheckResponse_SERVING {
+			if waited := time.Since(start); waited > 5*time.Second {
+				s.t.Logf("%s answered health checks after %v", d.Name, waited.Round(time.Millisecond))
+			}
 			return
 		}
-		if !d.Running() || time.Now().After(deadline) {
-			s.t.Fatalf("%s did not become healthy (%v); log:\n%s", d.Name, err, tail(d.Logs(), 40))
+		if !d.Running() {
+			s.t.Fatalf("%s exited before it answered health checks on %s (last check: %v); log:\n%s", d.Name, d.Addr, err, tail(d.Logs(), 40))
+		}
+		if time.Since(start) > testenv.Patience {
+			s.t.Fatalf("%s did not answer gRPC health checks on %s with SERVING within %v (last check: %v); log:\n%s",
+				d.Name, d.Addr, testenv.Patience, err, tail(d.Logs(), 40))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
 }
 
-func (s *Stack) waitHTTP(url string) {
+// waitHTTP waits until url answers 200 while d runs (testenv.Patience at
+// most).
+func (s *Stack) waitHTTP(d *Daemon, url string) {
 	s.t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	start := time.Now()
+	client := &http.Client{Timeout: 5 * time.Second}
 	for {
-		resp, err := http.Get(url)
+		resp, err := client.Get(url)
 		if err == nil {
 			resp.Body.Close()
 			if resp.StatusCode == 200 {
 				return
 			}
+			err = fmt.Errorf("status %s", resp.Status)
 		}
-		if time.Now().After(deadline) {
-			s.t.Fatalf("%s not healthy: %v", url, err)
+		if !d.Running() {
+			s.t.Fatalf("%s exited before %s answered (last try: %v); log:\n%s", d.Name, url, err, tail(d.Logs(), 40))
+		}
+		if time.Since(start) > testenv.Patience {
+			s.t.Fatalf("%s: %s did not answer 200 within %v (last try: %v); log:\n%s", d.Name, url, testenv.Patience, err, tail(d.Logs(), 40))
 		}
 		time.Sleep(50 * time.Millisecond)
 	}

@@ -282,7 +282,7 @@ func nbdURI(ci *volumev1.ConnectionInfo) string {
 
 func nbdtRun(t *testing.T, prog string, args ...string) {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Patience)
 	defer cancel()
 	if out, err := exec.CommandContext(ctx, prog, args...).CombinedOutput(); err != nil {
 		t.Fatalf("%s %s: %v\n%s", filepath.Base(prog), strings.Join(args, " "), err, out)

@@ -2,6 +2,7 @@ package e2etest
 
 import (
 	"context"
+	"net"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -16,10 +17,13 @@ import (
 func TestQuickstart(t *testing.T) {
 	bin := Binaries(t)
 	dir := t.TempDir()
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), 10*time.Minute)
 	defer cancel()
+	// Every port of its own: the defaults (7100, 10809, ...) may be taken
+	// by a quick start or a CI run beside this one.
 	cmd := exec.CommandContext(ctx, filepath.Join(bin, "blockvault"), "quickstart", "--exit", "--data-dir", filepath.Join(dir, "data"),
-		"--volume-manager", FreeAddr(t), "--backup-service", FreeAddr(t), "--gateway", FreeAddr(t))
+		"--volume-manager", FreeAddr(t), "--backup-service", FreeAddr(t), "--gateway", FreeAddr(t),
+		"--nbd-listen", FreeAddr(t), "--volume-manager-http", FreeAddr(t), "--backup-service-http", FreeAddr(t))
 	out, err := cmd.CombinedOutput()
 	if err != nil {
 		t.Fatalf("quickstart: %v\n%s", err, out)
@@ -30,6 +34,7 @@ func TestQuickstart(t *testing.T) {
 		"ok:              true",
 		"the writer's state at one instant",
 		"Quick start finished: every step above succeeded.",
+		"Stopping the daemons: api-gateway backup-service volume-manager stopped",
 	} {
 		if !strings.Contains(string(out), want) {
 			t.Errorf("quickstart output lacks %q:\n%s", want, out)
@@ -37,5 +42,34 @@ func TestQuickstart(t *testing.T) {
 	}
 	if out, _ := exec.Command("pgrep", "-f", filepath.Join(dir, "data")).Output(); len(strings.TrimSpace(string(out))) > 0 {
 		t.Errorf("daemons left running after quickstart --exit: pids %s", out)
+	}
+}
+
+// TestQuickstartPortTaken: a quick start whose address is taken (another
+// quick start still running, say) says at once which address, what it is
+// for and which flag moves it, and starts nothing.
+func TestQuickstartPortTaken(t *testing.T) {
+	bin := Binaries(t)
+	dir := t.TempDir()
+	taken := FreeAddr(t)
+	l, err := net.Listen("tcp", taken)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(bin, "blockvault"), "quickstart", "--exit", "--data-dir", filepath.Join(dir, "data"),
+		"--volume-manager", FreeAddr(t), "--backup-service", FreeAddr(t), "--gateway", FreeAddr(t),
+		"--nbd-listen", taken, "--volume-manager-http", FreeAddr(t), "--backup-service-http", FreeAddr(t))
+	out, err := cmd.CombinedOutput()
+	if err == nil {
+		t.Fatalf("quickstart with its NBD address taken succeeded:\n%s", out)
+	}
+	if want := taken + " (volume-manager NBD, flag --nbd-listen) is taken"; !strings.Contains(string(out), want) {
+		t.Fatalf("quickstart's error lacks %q:\n%s", want, out)
+	}
+	if strings.Contains(string(out), "Starting the daemons") {
+		t.Fatalf("quickstart started daemons with an address taken:\n%s", out)
 	}
 }

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/blockvault/blockvault/pkg/auth"
+	"github.com/blockvault/blockvault/pkg/testenv"
 )
 
 // TestQuotas: past a project's quota of volumes, gigabytes, snapshots,
@@ -99,7 +100,7 @@ func TestQuotas(t *testing.T) {
 		t.Fatalf("first backup: %d %v", code, body)
 	}
 	b1 := field(body, "backup", "id")
-	waitBackupIn(t, s, "quota-a", b1, time.Minute)
+	waitBackupIn(t, s, "quota-a", b1, testenv.Patience)
 	code, body = backup(v1)
 	over("2 more backup GiB with 2 of 3 used", code, body, "Requested backup exceeds allowed Backup gigabytes quota. Requested 2G, quota is 3G and 2G has been consumed.")
 	if _, body = restAs(t, s, tok, "GET", "/v3/quota-a/volumes/"+v1, ""); field(body, "volume", "status") != "available" {
@@ -109,7 +110,7 @@ func TestQuotas(t *testing.T) {
 	if code != 202 {
 		t.Fatalf("second backup: %d %v", code, body)
 	}
-	waitBackupIn(t, s, "quota-a", field(body, "backup", "id"), time.Minute)
+	waitBackupIn(t, s, "quota-a", field(body, "backup", "id"), testenv.Patience)
 	code, body = backup(v2)
 	over("a third backup", code, body, "BackupLimitExceeded: Maximum number of backups allowed (2) exceeded for quota 'backups'.")
 	if n := count("/v3/quota-a/backups", "backups"); n != 2 {
@@ -130,7 +131,7 @@ func TestQuotas(t *testing.T) {
 	if code, _ := restAs(t, s, tok, "DELETE", "/v3/quota-a/backups/"+b1, ""); code != 202 {
 		t.Fatalf("delete backup: %d", code)
 	}
-	deadline := time.Now().Add(time.Minute)
+	deadline := time.Now().Add(testenv.Patience)
 	for count("/v3/quota-a/backups", "backups") != 1 {
 		if time.Now().After(deadline) {
 			t.Fatal("the deleted backup is still listed")

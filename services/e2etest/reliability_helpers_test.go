@@ -25,6 +25,7 @@ import (
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/nbd"
+	"github.com/blockvault/blockvault/pkg/testenv"
 )
 
 // ---- a PostgreSQL cluster the test owns ----------------------------------
@@ -140,7 +141,7 @@ func relRestored(t *testing.T, s *Stack, backupID string) (dev *nbd.Client, done
 	if err != nil {
 		t.Fatalf("restore: %v", err)
 	}
-	if b := waitBackup(t, s, backupID, 2*time.Minute); b.GetStatus() != "available" || b.GetFailReason() != "" {
+	if b := waitBackup(t, s, backupID, testenv.Patience); b.GetStatus() != "available" || b.GetFailReason() != "" {
 		t.Fatalf("after the restore the backup is %s: %q", b.GetStatus(), b.GetFailReason())
 	}
 	vid := rr.GetRestore().GetVolumeId()
@@ -186,7 +187,7 @@ func relLogOnFailure(t *testing.T, s *Stack) {
 // verified runs VerifyBackup and fails unless it is ok with chunks checked.
 func relVerify(t *testing.T, s *Stack, id string) int64 {
 	t.Helper()
-	ctx, cancel := context.WithTimeout(context.Background(), time.Minute)
+	ctx, cancel := context.WithTimeout(context.Background(), testenv.Patience)
 	defer cancel()
 	v, err := s.Backups.VerifyBackup(ctx, &backupv1.VerifyBackupRequest{ProjectId: project, BackupId: id})
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/repository/s3/s3test"
 	"github.com/blockvault/blockvault/pkg/store/storetest"
+	"github.com/blockvault/blockvault/pkg/testenv"
 )
 
 // TestReliabilityBackupSurvivesCrashAtAvailable: the moment GetBackup says
@@ -35,7 +36,7 @@ func TestReliabilityBackupSurvivesCrashAtAvailable(t *testing.T) {
 	// rounds, going on during the backup.
 	static := relFill(t, dev, blocks*blockSize, 128<<20)
 	w := startWriter(dev)
-	time.Sleep(300 * time.Millisecond)
+	w.waitRounds(t, 1)
 
 	cr, err := s.Backups.CreateBackup(ctx, &backupv1.CreateBackupRequest{ProjectId: project, Backup: &backupv1.BackupInput{VolumeId: vol.GetId(), Force: true, Name: "before-the-crash"}})
 	if err != nil {
@@ -44,7 +45,7 @@ func TestReliabilityBackupSurvivesCrashAtAvailable(t *testing.T) {
 	id := cr.GetBackup().GetId()
 	// Ask as fast as the service answers; kill it the moment it says available.
 	var b *backupv1.Backup
-	deadline := time.Now().Add(2 * time.Minute)
+	deadline := time.Now().Add(testenv.Patience)
 	polls := 0
 	for {
 		if b, err = relGetBackup(s, id); err != nil {
@@ -100,7 +101,7 @@ func TestReliabilityBackupSurvivesCrashAtAvailable(t *testing.T) {
 	if err != nil {
 		t.Fatalf("incremental after the crash: %v", err)
 	}
-	inc := waitBackup(t, s, cr.GetBackup().GetId(), 2*time.Minute)
+	inc := waitBackup(t, s, cr.GetBackup().GetId(), testenv.Patience)
 	if inc.GetStatus() != "available" || !inc.GetIsIncremental() || inc.GetParentId() != id {
 		t.Fatalf("incremental after the crash: %s %q incremental=%v parent %q (want %s)", inc.GetStatus(), inc.GetFailReason(), inc.GetIsIncremental(), inc.GetParentId(), id)
 	}
@@ -380,7 +381,7 @@ func TestReliabilityPostgresRestartDuringBackup(t *testing.T) {
 	default:
 		t.Fatalf("the backup is still %s 3 minutes after PostgreSQL came back", b.GetStatus())
 	}
-	if v := relWaitVolume(t, s, vol.GetId(), "in-use", time.Minute); v.GetStatus() != "in-use" || len(v.GetAttachments()) != 1 {
+	if v := relWaitVolume(t, s, vol.GetId(), "in-use", testenv.Patience); v.GetStatus() != "in-use" || len(v.GetAttachments()) != 1 {
 		t.Fatalf("the volume is %s with %d attachments after the backup", v.GetStatus(), len(v.GetAttachments()))
 	}
 	noLeftovers(t, s, 1)
@@ -390,7 +391,7 @@ func TestReliabilityPostgresRestartDuringBackup(t *testing.T) {
 	if err != nil {
 		t.Fatalf("a backup after the PostgreSQL restart: %v", err)
 	}
-	if b := waitBackup(t, s, cr.GetBackup().GetId(), 2*time.Minute); b.GetStatus() != "available" {
+	if b := waitBackup(t, s, cr.GetBackup().GetId(), testenv.Patience); b.GetStatus() != "available" {
 		t.Fatalf("a backup after the PostgreSQL restart ended %s: %q", b.GetStatus(), b.GetFailReason())
 	}
 	noLeftovers(t, s, 1)
@@ -464,7 +465,7 @@ func relOutageAtTheEnd(t *testing.T, s *Stack, pg *storetest.Cluster, volID, vol
 	default:
 		t.Errorf("the backup is still %s 90 s after PostgreSQL came back (fail_reason %q, temp snapshot %q)", b.GetStatus(), b.GetFailReason(), b.GetTempSnapshotId())
 	}
-	if v := relWaitVolume(t, s, volID, volStatus, 10*time.Second); v.GetStatus() != volStatus {
+	if v := relWaitVolume(t, s, volID, volStatus, testenv.Patience); v.GetStatus() != volStatus {
 		t.Errorf("the volume is %s (previous %q) after the backup, want %s", v.GetStatus(), v.GetPreviousStatus(), volStatus)
 	}
 	noLeftovers(t, s, userExports)

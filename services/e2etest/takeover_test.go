@@ -11,6 +11,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/store/backupdb"
 	"github.com/blockvault/blockvault/pkg/store/storetest"
+	"github.com/blockvault/blockvault/pkg/testenv"
 )
 
 // TestTwoBackupServicesTakeOver: two backup-service processes (nodes A and
@@ -63,7 +64,7 @@ func TestTwoBackupServicesTakeOver(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if b := waitBackup(t, s, cr2.GetBackup().GetId(), 2*time.Minute); b.GetStatus() != "available" {
+	if b := waitBackup(t, s, cr2.GetBackup().GetId(), testenv.Patience); b.GetStatus() != "available" {
 		t.Fatalf("backup for the restore: %s %q", b.GetStatus(), b.GetFailReason())
 	}
 
@@ -107,7 +108,7 @@ func TestTwoBackupServicesTakeOver(t *testing.T) {
 
 	// Node B takes over once the 3 s lease has lapsed.
 	bBackups := backupv1.NewBackupServiceClient(s.dial(bAddr))
-	deadline := time.Now().Add(time.Minute)
+	deadline := time.Now().Add(testenv.Patience)
 	var got *backupv1.Backup
 	for {
 		r, err := bBackups.GetBackup(ctx, &backupv1.GetBackupRequest{ProjectId: project, BackupId: id})
@@ -127,7 +128,7 @@ func TestTwoBackupServicesTakeOver(t *testing.T) {
 	if time.Since(killed) < 1500*time.Millisecond {
 		t.Fatalf("taken over %v after the kill, before the 3 s lease could lapse", time.Since(killed))
 	}
-	deadline = time.Now().Add(30 * time.Second)
+	deadline = time.Now().Add(testenv.Patience)
 	for volumeStatus(t, s, vol.GetId()).GetStatus() != "in-use" && time.Now().Before(deadline) {
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -135,7 +136,7 @@ func TestTwoBackupServicesTakeOver(t *testing.T) {
 		t.Fatalf("the volume is %s after the takeover", v.GetStatus())
 	}
 	// The restore: the backup available again, the target error_restoring.
-	deadline = time.Now().Add(30 * time.Second)
+	deadline = time.Now().Add(testenv.Patience)
 	for {
 		r, err := bBackups.GetBackup(ctx, &backupv1.GetBackupRequest{ProjectId: project, BackupId: cr2.GetBackup().GetId()})
 		if err == nil && r.GetBackup().GetStatus() == "available" {

@@ -15,6 +15,7 @@ import (
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/mtls"
 	"github.com/blockvault/blockvault/pkg/nbd"
+	"github.com/blockvault/blockvault/pkg/testenv"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/credentials/insecure"
 )
@@ -38,7 +39,7 @@ func TestMutualTLS(t *testing.T) {
 	if code != 202 {
 		t.Fatalf("backup over the gateway: %d %v", code, body)
 	}
-	if b := waitBackup(t, s, field(body, "backup", "id"), time.Minute); b.GetStatus() != "available" {
+	if b := waitBackup(t, s, field(body, "backup", "id"), testenv.Patience); b.GetStatus() != "available" {
 		t.Fatalf("backup: %s %q", b.GetStatus(), b.GetFailReason())
 	}
 	// The data plane too: an attached volume's export requires TLS with a
@@ -87,12 +88,12 @@ func TestMutualTLS(t *testing.T) {
 	// A forced backup of the in-use volume reads its snapshot over TLS
 	// while a writer writes over TLS; the restore is a point in time.
 	w := startWriter(dev)
-	time.Sleep(200 * time.Millisecond)
+	w.waitRounds(t, 1)
 	cr, err := s.Backups.CreateBackup(context.Background(), &backupv1.CreateBackupRequest{ProjectId: project, Backup: &backupv1.BackupInput{VolumeId: v.GetId(), Force: true}})
 	if err != nil {
 		t.Fatal(err)
 	}
-	b := waitBackup(t, s, cr.GetBackup().GetId(), 2*time.Minute)
+	b := waitBackup(t, s, cr.GetBackup().GetId(), testenv.Patience)
 	w.halt()
 	if b.GetStatus() != "available" || b.GetStrategy() != "attached-snapshot" || w.errs.Load() != 0 {
 		t.Fatalf("backup of the in-use volume over TLS: %s %q strategy %s, writer errors %d", b.GetStatus(), b.GetFailReason(), b.GetStrategy(), w.errs.Load())

@@ -114,6 +114,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	if err := cfg.Validate(); err != nil {
 		return err
 	}
+	up := daemon.NewStartup(log, "volume-manager")
 	authn, err := auth.New(cfg.Auth)
 	if err != nil {
 		return err
@@ -130,11 +131,13 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	up.Step("database open and migrated", "database", store.Dialect(db))
 	driver, err := file.New(file.Config{Dir: filepath.Join(cfg.DataDir, "pool"), Mode: cfg.FileMode,
 		DisableSnapshotOpen: cfg.DisableSnapshotExport, Logger: log})
 	if err != nil {
 		return err
 	}
+	up.Step("storage driver ready", "driver", driver.Name(), "mode", driver.Capabilities().Mode)
 
 	nbdLn, err := net.Listen("tcp", cfg.NBDListen)
 	if err != nil {
@@ -163,6 +166,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 		return err
 	}
 	defer srv.Close()
+	up.Step("volumes, attachments and exports restored")
 
 	ln, err := net.Listen("tcp", cfg.Listen)
 	if err != nil {
@@ -179,6 +183,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	volumev1.RegisterVolumeManagerServiceServer(gs, srv)
 	gs.Health.SetServingStatus(volumev1.VolumeManagerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	caps := driver.Capabilities()
+	up.Step("listening")
 	log.Info("volume-manager serving", "grpc", ln.Addr().String(), "nbd", nbdLn.Addr().String(),
 		"nbd_tls", nbdTLS != nil, "driver", driver.Name(), "mode", caps.Mode, "database", store.Dialect(db), "node_id", cfg.NodeID, "version", daemon.Version)
 	tasks := []daemon.Task{daemon.ServeGRPC(gs, ln)}

@@ -8,7 +8,6 @@ import (
 	"context"
 	"database/sql"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"os/user"
@@ -97,7 +96,7 @@ func NewCluster(t testing.TB) *Cluster {
 	t.Helper()
 	c := initCluster(t)
 	t.Cleanup(c.remove)
-	c.port = freePort(t)
+	c.port = testenv.FreePort(t)
 	c.Start(t)
 	return c
 }
@@ -142,7 +141,7 @@ func (c *Cluster) pgctl(args ...string) ([]byte, error) {
 
 func (c *Cluster) start() error {
 	opts := fmt.Sprintf("-p %d -k %s -c listen_addresses=127.0.0.1 -c fsync=off -c full_page_writes=off -c max_connections=200", c.port, c.dir)
-	out, err := c.pgctl("-l", filepath.Join(c.dir, "log"), "-o", opts, "-w", "-t", "60", "start")
+	out, err := c.pgctl("-l", filepath.Join(c.dir, "log"), "-o", opts, "-w", "-t", "120", "start")
 	if err != nil {
 		log, _ := os.ReadFile(filepath.Join(c.dir, "log"))
 		return fmt.Errorf("pg_ctl start: %v: %s\n%s", err, out, log)
@@ -164,14 +163,14 @@ func (c *Cluster) Start(t testing.TB) {
 // "immediate" (a crash: WAL recovery at the next start).
 func (c *Cluster) Stop(t testing.TB, mode string) {
 	t.Helper()
-	if out, err := c.pgctl("-m", mode, "-w", "-t", "60", "stop"); err != nil {
+	if out, err := c.pgctl("-m", mode, "-w", "-t", "120", "stop"); err != nil {
 		t.Fatalf("storetest: pg_ctl stop -m %s: %v: %s", mode, err, out)
 	}
 }
 
 func (c *Cluster) waitReady(t testing.TB) {
 	t.Helper()
-	deadline := time.Now().Add(30 * time.Second)
+	deadline := time.Now().Add(testenv.Patience)
 	for {
 		db, err := sql.Open("pgx", c.URL("postgres"))
 		if err == nil {
@@ -184,7 +183,7 @@ func (c *Cluster) waitReady(t testing.TB) {
 			return
 		}
 		if time.Now().After(deadline) {
-			t.Fatalf("storetest: PostgreSQL did not accept connections: %v", err)
+			t.Fatalf("storetest: PostgreSQL on port %d did not accept connections within %v: %v", c.port, testenv.Patience, err)
 		}
 		time.Sleep(100 * time.Millisecond)
 	}
@@ -200,7 +199,7 @@ func sharedCluster(t testing.TB) *Cluster {
 	}
 	c := initCluster(t)
 	for attempt := 0; ; attempt++ {
-		c.port = freePort(t)
+		c.port = testenv.FreePort(t)
 		err := c.start()
 		if err == nil {
 			break
@@ -234,13 +233,4 @@ func pgBinDir() string {
 		}
 	}
 	return best
-}
-
-func freePort(t testing.TB) int {
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer l.Close()
-	return l.Addr().(*net.TCPAddr).Port
 }

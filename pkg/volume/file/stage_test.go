@@ -204,8 +204,8 @@ func stagingModel(t *testing.T, seed int64) {
 	var stagedOps, spilled int64
 	err := st.withStaging(s, func() error {
 		close(start)
-		// Until the stage is full (the writer then waits) or long enough.
-		deadline := time.Now().Add(2 * time.Second)
+		// Until the stage is full (the writer then waits).
+		deadline := time.Now().Add(testenv.Patience)
 		for time.Now().Before(deadline) {
 			s.mu.Lock()
 			full := s.spillEnd > s.spillLimit-(96<<10)

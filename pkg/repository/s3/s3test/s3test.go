@@ -8,7 +8,6 @@ import (
 	"crypto/rand"
 	"encoding/hex"
 	"fmt"
-	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -46,12 +45,8 @@ func Start(t testing.TB) *Server {
 	rand.Read(key)
 	access, secret := "AK"+hex.EncodeToString(key), hex.EncodeToString(append(key, key...))
 	for attempt := 0; attempt < 3; attempt++ {
-		l, err := net.Listen("tcp", "127.0.0.1:0")
-		if err != nil {
-			t.Fatal(err)
-		}
-		addr := l.Addr().String()
-		l.Close()
+		addr := testenv.FreeAddr(t)
+		var err error
 		logPath := filepath.Join(dir, fmt.Sprintf("versitygw-%d.log", attempt))
 		logf, _ := os.Create(logPath)
 		cmd := exec.Command(bin, "--port", addr, "--access", access, "--secret", secret, "posix", data)
@@ -63,7 +58,7 @@ func Start(t testing.TB) *Server {
 		go func() { cmd.Wait(); logf.Close(); close(s.done) }()
 		t.Cleanup(s.Stop)
 		cfg := s3.Config{Endpoint: addr, Bucket: "blockvault-test", AccessKey: access, SecretKey: secret, Region: "us-east-1", CreateBucket: true}
-		deadline := time.Now().Add(20 * time.Second)
+		deadline := time.Now().Add(testenv.Patience)
 		for time.Now().Before(deadline) {
 			select {
 			case <-s.done:
@@ -82,7 +77,7 @@ func Start(t testing.TB) *Server {
 		}
 		s.Stop()
 		log, _ := os.ReadFile(logPath)
-		t.Logf("versitygw did not start on %s (attempt %d): %v\n%s", addr, attempt, err, log)
+		t.Logf("versitygw did not answer on %s within %v (attempt %d): %v\n%s", addr, testenv.Patience, attempt, err, log)
 	}
 	t.Fatal("could not start versitygw")
 	return nil
