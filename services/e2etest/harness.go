@@ -49,7 +49,13 @@ func Binaries(t testing.TB) string {
 		}
 		_, file, _, _ := runtime.Caller(0)
 		root := filepath.Join(filepath.Dir(file), "..", "..")
-		cmd := exec.Command("go", "build", "-o", dir+"/", "./cmd/...")
+		args := []string{"build", "-o", dir + "/"}
+		if os.Getenv("BLOCKVAULT_TEST_RACE") != "" {
+			// The daemons run with the race detector; a race they report
+			// fails the test that ran them (see Start's cleanup).
+			args = append(args, "-race")
+		}
+		cmd := exec.Command("go", append(args, "./cmd/...")...)
 		cmd.Dir = root
 		if out, err := cmd.CombinedOutput(); err != nil {
 			buildErr = fmt.Errorf("go build: %v\n%s", err, out)
@@ -275,6 +281,17 @@ func Start(t testing.TB, o Options) *Stack {
 				d.signal(syscall.SIGQUIT)
 			}
 			d.Stop()
+		}
+		// Daemons built with BLOCKVAULT_TEST_RACE=1 write the races they
+		// find to their logs, up to their exit.
+		for _, d := range []*Daemon{s.Gateway, s.Backup, s.VolumeManager} {
+			if d == nil {
+				continue
+			}
+			if _, race, found := strings.Cut(d.Logs(), "WARNING: DATA RACE"); found {
+				t.Errorf("%s reported a data race:\nWARNING: DATA RACE%s", d.Name, head(race, 80))
+				failed = true
+			}
 		}
 		if failed {
 			keep := os.Getenv("BLOCKVAULT_TEST_LOGS")
