@@ -3,6 +3,7 @@ package e2etest
 import (
 	"context"
 	"net"
+	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
@@ -25,6 +26,17 @@ func TestQuickstart(t *testing.T) {
 		"--volume-manager", FreeAddr(t), "--backup-service", FreeAddr(t), "--gateway", FreeAddr(t),
 		"--nbd-listen", FreeAddr(t), "--volume-manager-http", FreeAddr(t), "--backup-service-http", FreeAddr(t))
 	out, err := cmd.CombinedOutput()
+	t.Cleanup(func() {
+		// The data dir goes with the test: a failed run shows the daemons'
+		// logs first, start-up steps and all.
+		if t.Failed() {
+			logs, _ := filepath.Glob(filepath.Join(dir, "data", "logs", "*.log"))
+			for _, l := range logs {
+				b, _ := os.ReadFile(l)
+				t.Logf("---- %s ----\n%s", filepath.Base(l), tail(withoutRPCLines(string(b)), 40))
+			}
+		}
+	})
 	if err != nil {
 		t.Fatalf("quickstart: %v\n%s", err, out)
 	}
