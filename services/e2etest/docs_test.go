@@ -127,6 +127,7 @@ type binaryFacts struct {
 	daemons map[string]map[string]flagInfo
 	cli     *cliCommand
 	any     map[string]bool // every flag of every binary and command
+	make    map[string]bool // the Makefile's targets
 	// commands and flags count what the checks looked at.
 	commands, flags int
 }
@@ -210,6 +211,14 @@ func readBinaryFacts(t *testing.T) *binaryFacts {
 		}
 	}
 	f.cli = cliTree(t)
+	mk, err := os.ReadFile(filepath.Join(repoRoot(), "Makefile"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	f.make = map[string]bool{}
+	for _, m := range regexp.MustCompile(`(?m)^([a-z][a-z0-9-]*):`).FindAllStringSubmatch(string(mk), -1) {
+		f.make[m[1]] = true
+	}
 	var walk func(c *cliCommand)
 	walk = func(c *cliCommand) {
 		for name := range c.flags {
@@ -292,6 +301,8 @@ func shellWords(s string) []string {
 // commandStart finds our binaries' names as commands in a line of shell.
 var commandStart = regexp.MustCompile(`(?:^|[\s(|;&])(?:\./)?(?:bin/)?(blockvault|volume-manager|backup-service|api-gateway)(?:\s|$)`)
 
+var makeTarget = regexp.MustCompile(`(?:^|[\s(|;&])make(?: -s)? ([a-z][a-z0-9-]*)`)
+
 // withoutComment drops a shell comment (an unquoted # at a word's start).
 func withoutComment(l string) string {
 	quote := byte(0)
@@ -372,6 +383,12 @@ func (f *binaryFacts) checkShell(line string) []string {
 	for _, m := range commandStart.FindAllStringSubmatchIndex(line, -1) {
 		bin := line[m[2]:m[3]]
 		probs = append(probs, f.checkCommand(bin, shellWords(line[m[3]:]))...)
+	}
+	for _, m := range makeTarget.FindAllStringSubmatch(line, -1) {
+		f.commands++
+		if !f.make[m[1]] {
+			probs = append(probs, fmt.Sprintf("the Makefile has no target %q", m[1]))
+		}
 	}
 	if m := regexp.MustCompile(`QUICKSTART_FLAGS=(\S+)`).FindStringSubmatch(line); m != nil {
 		probs = append(probs, f.checkCommand("blockvault", []string{"quickstart", m[1]})...)
@@ -624,13 +641,13 @@ func TestDocsMatchBinaries(t *testing.T) {
 		// that lacks it, a CLI command that does not exist and a daemon
 		// flag that does not exist on a command line.
 		bad := strings.Replace(texts["README.md"], "- api-gateway: `--listen`,", "- api-gateway: `--listen`, `--no-such-flag`, `--nbd-listen`,", 1)
-		bad = strings.Replace(bad, "bin/blockvault volume list\n", "bin/blockvault volume lists\nbin/volume-manager --listen 127.0.0.1:1 --bogus x\n", 1)
+		bad = strings.Replace(bad, "bin/blockvault volume list\n", "bin/blockvault volume lists\nbin/volume-manager --listen 127.0.0.1:1 --bogus x\nmake quickstrat\n", 1)
 		if bad == texts["README.md"] {
 			t.Fatal("the README's lines this test alters are gone: update the test")
 		}
 		probs := strings.Join(facts.checkDocument(bad, true), "\n")
 		for _, want := range []string{"`--no-such-flag`: no binary has this flag", "`--nbd-listen` is listed for api-gateway",
-			`blockvault volume has no command "lists"`, "volume-manager has no flag --bogus"} {
+			`blockvault volume has no command "lists"`, "volume-manager has no flag --bogus", `the Makefile has no target "quickstrat"`} {
 			if !strings.Contains(probs, want) {
 				t.Errorf("the checker missed %q; it found:\n%s", want, probs)
 			}
@@ -654,6 +671,50 @@ func TestDocsMatchBinaries(t *testing.T) {
 		}
 		if !strings.Contains(texts["README.md"], "go install "+pin+"\n") {
 			t.Errorf("the README does not say to install grpcurl as .ci/tools.sh does (go install %s)", pin)
+		}
+		// Every pinned tool the README names, at the version tools.sh pins.
+		named := 0
+		for _, m := range regexp.MustCompile(`"([a-z0-9-]+) \S+@(v[0-9.]+)"`).FindAllStringSubmatch(string(tools), -1) {
+			if strings.Contains(texts["README.md"], m[1]) {
+				named++
+				if !regexp.MustCompile(regexp.QuoteMeta(m[1]) + `[^,;()]*?` + regexp.QuoteMeta(m[2]) + `\b`).MatchString(strings.ReplaceAll(texts["README.md"], "\n", " ")) {
+					t.Errorf("the README names %s but not at its pinned version %s", m[1], m[2])
+				}
+			}
+		}
+		if buf := regexp.MustCompile(`BUF_VERSION=(\S+)`).FindStringSubmatch(string(tools)); buf == nil || !strings.Contains(texts["README.md"], "buf "+buf[1]) {
+			t.Errorf("the README does not give buf's pinned version (.ci/tools.sh: %v)", buf)
+		}
+		if named < 5 {
+			t.Errorf("the README names %d of .ci/tools.sh's Go tools, want the four protoc plugins and grpcurl", named)
+		}
+	})
+
+	t.Run("dependencies", func(t *testing.T) {
+		// Each module go.mod requires directly is named in the README's
+		// "Dependencies, and why" (its path, or the end of it).
+		gomod, err := os.ReadFile(filepath.Join(root, "go.mod"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		_, section, _ := strings.Cut(texts["README.md"], "## Dependencies, and why")
+		var spans []string
+		for _, m := range inlineCode.FindAllStringSubmatch(section, -1) {
+			spans = append(spans, m[1])
+		}
+		direct := 0
+		for _, l := range strings.Split(string(gomod), "\n") {
+			f := strings.Fields(l)
+			if len(f) != 2 || strings.Contains(l, "// indirect") || !strings.Contains(f[0], ".") || !strings.HasPrefix(f[1], "v") {
+				continue
+			}
+			direct++
+			if !slices.ContainsFunc(spans, func(s string) bool { return s == f[0] || strings.HasSuffix(f[0], "/"+s) }) {
+				t.Errorf("go.mod requires %s; the README's \"Dependencies, and why\" does not say why", f[0])
+			}
+		}
+		if direct < 10 {
+			t.Fatalf("read %d direct requirements from go.mod", direct)
 		}
 	})
 
