@@ -301,6 +301,11 @@ func shellWords(s string) []string {
 // commandStart finds our binaries' names as commands in a line of shell.
 var commandStart = regexp.MustCompile(`(?:^|[\s(|;&])(?:\./)?(?:bin/)?(blockvault|volume-manager|backup-service|api-gateway)(?:\s|$)`)
 
+var (
+	confFile = regexp.MustCompile(`^# \S*/(volume-manager|backup-service|api-gateway)\.conf$`)
+	confLine = regexp.MustCompile(`^([a-z][a-z0-9-]*): \S`)
+)
+
 var makeTarget = regexp.MustCompile(`(?:^|[\s(|;&])make(?: -s)? ([a-z][a-z0-9-]*)`)
 
 // withoutComment drops a shell comment (an unquoted # at a word's start).
@@ -416,6 +421,7 @@ func (f *binaryFacts) checkDocument(text string, commands bool) []string {
 	var probs []string
 	lines := strings.Split(text, "\n")
 	fence := ""
+	confOf := ""        // the daemon whose config file a text block shows
 	var bullet []string // the daemons of the bullet being read
 	for n := 0; n < len(lines); n++ {
 		l, at := lines[n], n+1
@@ -428,7 +434,20 @@ func (f *binaryFacts) checkDocument(text string, commands bool) []string {
 			if fence == "" {
 				fence = strings.TrimPrefix(t, "```") + " "
 			} else {
-				fence = ""
+				fence, confOf = "", ""
+			}
+			continue
+		}
+		// A config file: "# /etc/blockvault/backup-service.conf", then
+		// "key: value" lines whose keys are the daemon's flags.
+		if m := confFile.FindStringSubmatch(l); fence != "" && m != nil {
+			confOf = m[1]
+			continue
+		}
+		if m := confLine.FindStringSubmatch(l); confOf != "" && m != nil {
+			f.flags++
+			if !hasFlag(f.daemons[confOf], m[1]) {
+				report([]string{fmt.Sprintf("config key %q: %s has no flag --%s", m[1], confOf, m[1])})
 			}
 			continue
 		}
@@ -641,13 +660,15 @@ func TestDocsMatchBinaries(t *testing.T) {
 		// that lacks it, a CLI command that does not exist and a daemon
 		// flag that does not exist on a command line.
 		bad := strings.Replace(texts["README.md"], "- api-gateway: `--listen`,", "- api-gateway: `--listen`, `--no-such-flag`, `--nbd-listen`,", 1)
+		bad = strings.Replace(bad, "### Configuration\n", "### Configuration\n\n```text\n# /etc/blockvault/api-gateway.conf\nlisten: 1.2.3.4:5\nmax-concurrent: 4\n```\n", 1)
 		bad = strings.Replace(bad, "bin/blockvault volume list\n", "bin/blockvault volume lists\nbin/volume-manager --listen 127.0.0.1:1 --bogus x\nmake quickstrat\n", 1)
 		if bad == texts["README.md"] {
 			t.Fatal("the README's lines this test alters are gone: update the test")
 		}
 		probs := strings.Join(facts.checkDocument(bad, true), "\n")
 		for _, want := range []string{"`--no-such-flag`: no binary has this flag", "`--nbd-listen` is listed for api-gateway",
-			`blockvault volume has no command "lists"`, "volume-manager has no flag --bogus", `the Makefile has no target "quickstrat"`} {
+			`blockvault volume has no command "lists"`, "volume-manager has no flag --bogus", `the Makefile has no target "quickstrat"`,
+			`config key "max-concurrent": api-gateway has no flag --max-concurrent`} {
 			if !strings.Contains(probs, want) {
 				t.Errorf("the checker missed %q; it found:\n%s", want, probs)
 			}
