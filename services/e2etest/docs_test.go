@@ -711,6 +711,40 @@ func TestDocsMatchBinaries(t *testing.T) {
 		}
 	})
 
+	t.Run("test names", func(t *testing.T) {
+		// Each test, fuzz target or benchmark a document cites as proof
+		// exists.
+		defined := map[string]bool{}
+		err := filepath.WalkDir(root, func(path string, d os.DirEntry, err error) error {
+			if err != nil || d.IsDir() || !strings.HasSuffix(path, "_test.go") {
+				return err
+			}
+			b, err := os.ReadFile(path)
+			for _, m := range regexp.MustCompile(`(?m)^func ((?:Test|Fuzz|Benchmark)\w+)\(`).FindAllStringSubmatch(string(b), -1) {
+				defined[m[1]] = true
+			}
+			return err
+		})
+		if err != nil {
+			t.Fatal(err)
+		}
+		cited := 0
+		for name, text := range texts {
+			for _, m := range regexp.MustCompile(`\b(?:Test|Fuzz|Benchmark)[A-Z]\w*`).FindAllString(text, -1) {
+				if regexp.MustCompile(`[0-9]{6,}$`).MatchString(m) {
+					continue // a temporary directory's name in a report
+				}
+				cited++
+				if !defined[m] {
+					t.Errorf("%s cites %s, which no _test.go file defines", name, m)
+				}
+			}
+		}
+		if cited < 20 {
+			t.Fatalf("found %d citations of tests in the documents", cited)
+		}
+	})
+
 	t.Run("dependencies", func(t *testing.T) {
 		// Each module go.mod requires directly is named in the README's
 		// "Dependencies, and why" (its path, or the end of it).
