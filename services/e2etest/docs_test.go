@@ -851,6 +851,13 @@ func TestDocsMatchBinaries(t *testing.T) {
 				t.Errorf("the gateway's /metrics lacks %s:\n%s", series, m)
 			}
 		}
+		// --http-listen "" turns the backup service's HTTP port off.
+		bsOff := &Daemon{Name: "backup-service", Args: []string{"--listen", FreeAddr(t), "--http-listen", "", "--data-dir", filepath.Join(dir, "bs-off"),
+			"--auth", "noauth", "--volume-manager", addrs["volume-manager"]["--listen"]}, Log: filepath.Join(dir, "backup-service-off.log"), t: t}
+		bsOff.Start()
+		t.Cleanup(bsOff.Stop)
+		waitListening(t, bsOff, []int{portOf(bsOff.Args[1])})
+		bsOff.Stop()
 		// --http-listen moves /metrics and /readyz to a port of their own.
 		gw.Stop()
 		mon := FreeAddr(t)
