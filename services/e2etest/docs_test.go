@@ -818,7 +818,7 @@ func TestDocsMatchBinaries(t *testing.T) {
 			return d
 		}
 		start("volume-manager", "--data-dir", filepath.Join(dir, "vm"), "--auth", "noauth", "--node-id", "n1")
-		start("backup-service", "--data-dir", filepath.Join(dir, "bs"), "--auth", "noauth", "--node-id", "n2",
+		bs := start("backup-service", "--data-dir", filepath.Join(dir, "bs"), "--auth", "noauth", "--node-id", "n2",
 			"--volume-manager", addrs["volume-manager"]["--listen"])
 		backends := []string{"--volume-manager", addrs["volume-manager"]["--listen"], "--backup-service", addrs["backup-service"]["--listen"]}
 		gw := start("api-gateway", backends...)
@@ -874,6 +874,15 @@ func TestDocsMatchBinaries(t *testing.T) {
 		}
 		if code, _ := httpGet(t, rest+"/healthz"); code != 200 {
 			t.Errorf("GET /healthz on the REST port with --http-listen set: %d, want 200", code)
+		}
+		// The gateway's /readyz: 503 once a daemon behind it is gone.
+		bs.Stop()
+		deadline := time.Now().Add(10 * time.Second)
+		for code, _ := httpGet(t, "http://"+mon+"/readyz"); code != http.StatusServiceUnavailable; code, _ = httpGet(t, "http://"+mon+"/readyz") {
+			if time.Now().After(deadline) {
+				t.Fatalf("the gateway's /readyz answers %d with the backup service stopped, want 503", code)
+			}
+			time.Sleep(100 * time.Millisecond)
 		}
 	})
 }
