@@ -11,9 +11,11 @@ import (
 	"os"
 	"os/signal"
 	"syscall"
+	"time"
 
 	"github.com/blockvault/blockvault/pkg/config"
 	"github.com/blockvault/blockvault/pkg/daemon"
+	"github.com/blockvault/blockvault/pkg/metrics"
 	"github.com/blockvault/blockvault/pkg/mtls"
 	"github.com/blockvault/blockvault/services/gateway"
 	"google.golang.org/grpc"
@@ -35,6 +37,7 @@ func run() error {
 	listen := fs.String("listen", "127.0.0.1:8776", "HTTP listen address")
 	volumes := fs.String("volume-manager", "127.0.0.1:7100", "volume manager gRPC address")
 	backups := fs.String("backup-service", "127.0.0.1:7200", "backup service gRPC address")
+	httpListen := fs.String("http-listen", "", "address of its own for /metrics, /healthz and /readyz (empty: /metrics and /readyz are served on --listen beside the REST API)")
 	logLevel := fs.String("log-level", "info", "log level: debug, info, warn, error")
 	logFormat := fs.String("log-format", "text", "log format: text or json")
 	version := fs.Bool("version", false, "print the version and exit")
@@ -78,10 +81,25 @@ func run() error {
 	if err != nil {
 		return err
 	}
+	// Monitoring: every REST request is counted and timed; /readyz says
+	// whether both daemons answer their health checks.
+	ready := &metrics.Ready{}
+	go gateway.WatchBackends(ctx, ready, 2*time.Second, vc, bc)
+	mon := metrics.Handler(metrics.Registry(metrics.GatewaySeries()...), ready)
+	api := gateway.Observe(h)
 	ln, err := net.Listen("tcp", *listen)
 	if err != nil {
 		return err
 	}
-	log.Info("api-gateway serving", "http", ln.Addr().String(), "volume_manager", *volumes, "backup_service", *backups, "version", daemon.Version)
-	return daemon.Run(ctx, daemon.ServeHTTP(h, ln))
+	if *httpListen == "" {
+		log.Info("api-gateway serving", "http", ln.Addr().String(), "metrics", "on the REST port", "volume_manager", *volumes, "backup_service", *backups, "version", daemon.Version)
+		return daemon.Run(ctx, daemon.ServeHTTP(gateway.WithMonitoring(api, mon), ln))
+	}
+	hl, err := net.Listen("tcp", *httpListen)
+	if err != nil {
+		ln.Close()
+		return fmt.Errorf("http-listen: %w", err)
+	}
+	log.Info("api-gateway serving", "http", ln.Addr().String(), "metrics", hl.Addr().String(), "volume_manager", *volumes, "backup_service", *backups, "version", daemon.Version)
+	return daemon.Run(ctx, daemon.ServeHTTP(api, ln), daemon.ServeHTTP(mon, hl))
 }

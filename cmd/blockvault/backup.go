@@ -9,7 +9,10 @@ import (
 	"strconv"
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
+	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/lifecycle"
 	"github.com/spf13/cobra"
+	"google.golang.org/protobuf/proto"
 )
 
 func backupCmd(g *globals) *cobra.Command {
@@ -119,10 +122,8 @@ func backupCmd(g *globals) *cobra.Command {
 			if _, err := c.DeleteBackup(cmd.Context(), &backupv1.DeleteBackupRequest{ProjectId: g.project, BackupId: args[0]}); err != nil {
 				return err
 			}
-			if g.output == "table" {
-				fmt.Fprintln(stdout, "deleting", args[0])
-			}
-			return nil
+			return g.said(map[string]string{"id": args[0], "status": "deleting"},
+				"backup %s: deletion started (status deleting; it is gone from backup list when done)", args[0])
 		},
 	}
 
@@ -147,12 +148,16 @@ func backupCmd(g *globals) *cobra.Command {
 				return printJSON(stdout, r)
 			}
 			if g.output == "table" {
-				fields(stdout, "backup_id", r.GetRestore().GetBackupId(), "volume_id", r.GetRestore().GetVolumeId())
+				fields(stdout, "backup_id", r.GetRestore().GetBackupId(), "volume_id", r.GetRestore().GetVolumeId(),
+					"volume_name", r.GetRestore().GetVolumeName())
 			}
-			if restoreWait {
-				return g.watch(cmd.Context(), c, args[0])
+			if !restoreWait {
+				return nil
 			}
-			return nil
+			if _, err := g.follow(cmd.Context(), c, args[0]); err != nil {
+				return err
+			}
+			return g.showRestored(cmd.Context(), r.GetRestore())
 		},
 	}
 	restore.Flags().StringVar(&restoreVolume, "volume", "", "an existing available volume to restore into")
@@ -259,9 +264,25 @@ func (g *globals) showBackup(b *backupv1.Backup) error {
 // watch follows a backup until it reaches a steady status, drawing progress;
 // a backup that ends in error makes the command fail with exit code 4.
 func (g *globals) watch(ctx context.Context, c backupv1.BackupServiceClient, id string) error {
-	stream, err := c.WatchBackup(ctx, &backupv1.WatchBackupRequest{ProjectId: g.project, BackupId: id})
+	last, err := g.follow(ctx, c, id)
 	if err != nil {
 		return err
+	}
+	if g.output == "table" {
+		fields(stdout, "id", last.GetId(), "status", last.GetStatus(), "fail_reason", last.GetFailReason())
+	}
+	if last.GetStatus() == "error" {
+		return failedError{fmt.Errorf("backup %s failed: %s", id, last.GetFailReason())}
+	}
+	return nil
+}
+
+// follow draws a backup's progress until it reaches a steady status, and
+// returns it as it was then.
+func (g *globals) follow(ctx context.Context, c backupv1.BackupServiceClient, id string) (*backupv1.Backup, error) {
+	stream, err := c.WatchBackup(ctx, &backupv1.WatchBackupRequest{ProjectId: g.project, BackupId: id})
+	if err != nil {
+		return nil, err
 	}
 	p := newProgressPrinter(g)
 	var last *backupv1.Backup
@@ -272,20 +293,48 @@ func (g *globals) watch(ctx context.Context, c backupv1.BackupServiceClient, id 
 		}
 		if err != nil {
 			p.finish()
-			return err
+			return nil, err
 		}
 		last = r.GetBackup()
 		p.update(last)
 	}
 	p.finish()
 	if last == nil {
-		return fmt.Errorf("backup %s: the watch ended without news", id)
+		return nil, fmt.Errorf("backup %s: the watch ended without news", id)
 	}
-	if g.output == "table" {
-		fields(stdout, "id", last.GetId(), "status", last.GetStatus(), "fail_reason", last.GetFailReason())
+	return last, nil
+}
+
+// showRestored prints, at the end of a waited-for restore, the volume the
+// data went to (the last JSON line with --output json: {"restore": ...,
+// "volume": ...}); a restore that failed (the volume is error_restoring)
+// makes the command fail with exit code 4.
+func (g *globals) showRestored(ctx context.Context, res *backupv1.RestoreResult) error {
+	vc, done, err := g.volumes()
+	if err != nil {
+		return err
 	}
-	if last.GetStatus() == "error" {
-		return failedError{fmt.Errorf("backup %s failed: %s", id, last.GetFailReason())}
+	defer done()
+	r, err := vc.GetVolume(ctx, &volumev1.GetVolumeRequest{ProjectId: g.project, VolumeId: res.GetVolumeId()})
+	if err != nil {
+		return fmt.Errorf("the restore of backup %s ended; volume %s: %w", res.GetBackupId(), res.GetVolumeId(), err)
+	}
+	v := r.GetVolume()
+	if g.output == "json" {
+		if err := printJSONObject(stdout, map[string]proto.Message{"restore": res, "volume": v}); err != nil {
+			return err
+		}
+	} else {
+		if v.GetStatus() == lifecycle.VolumeErrorRestoring {
+			fmt.Fprintf(stdout, "the restore of backup %s into volume %s (%s) failed\n", res.GetBackupId(), v.GetId(), v.GetName())
+		} else {
+			fmt.Fprintf(stdout, "backup %s restored into volume %s (%s)\n", res.GetBackupId(), v.GetId(), v.GetName())
+		}
+		fields(stdout, "volume_id", v.GetId(), "volume_name", v.GetName(), "volume_status", v.GetStatus(),
+			"volume_size", humanBytes(v.GetSizeBytes()), "fail_reason", v.GetFailReason())
+	}
+	if v.GetStatus() == lifecycle.VolumeErrorRestoring {
+		return failedError{fmt.Errorf("volume %s is %s: %s", v.GetId(), v.GetStatus(), v.GetFailReason())}
 	}
 	return nil
 }

@@ -1,6 +1,7 @@
 package main
 
 import (
+	"encoding/json"
 	"fmt"
 	"io"
 	"os"
@@ -63,6 +64,40 @@ func printJSON(w io.Writer, m proto.Message) error {
 		return err
 	}
 	_, err = fmt.Fprintln(w, string(b))
+	return err
+}
+
+// printJSONObject writes one line of JSON: an object of the messages, by
+// key.
+func printJSONObject(w io.Writer, msgs map[string]proto.Message) error {
+	obj := map[string]json.RawMessage{}
+	for k, m := range msgs {
+		b, err := jsonOut.Marshal(m)
+		if err != nil {
+			return err
+		}
+		obj[k] = b
+	}
+	b, err := json.Marshal(obj)
+	if err != nil {
+		return err
+	}
+	_, err = fmt.Fprintln(w, string(b))
+	return err
+}
+
+// said reports what a command did that returns nothing to show: the
+// sentence in table output, obj with --output json.
+func (g *globals) said(obj map[string]string, format string, args ...any) error {
+	if g.output == "json" {
+		b, err := json.Marshal(obj)
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintln(stdout, string(b))
+		return err
+	}
+	_, err := fmt.Fprintf(stdout, format+"\n", args...)
 	return err
 }
 

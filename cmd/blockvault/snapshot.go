@@ -1,8 +1,6 @@
 package main
 
 import (
-	"fmt"
-
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/spf13/cobra"
 )
@@ -91,10 +89,7 @@ func snapshotCmd(g *globals) *cobra.Command {
 			if _, err := c.DeleteSnapshot(cmd.Context(), &volumev1.DeleteSnapshotRequest{ProjectId: g.project, SnapshotId: args[0]}); err != nil {
 				return err
 			}
-			if g.output == "table" {
-				fmt.Fprintln(stdout, "deleted", args[0])
-			}
-			return nil
+			return g.said(map[string]string{"id": args[0], "status": "deleted"}, "snapshot %s deleted", args[0])
 		},
 	}
 	cmd.AddCommand(create, list, show, del)

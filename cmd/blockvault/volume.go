@@ -99,6 +99,9 @@ func volumeCmd(g *globals) *cobra.Command {
 			if err != nil {
 				return err
 			}
+			if g.output == "table" {
+				fmt.Fprintf(stdout, "volume %s extended to %s\n", r.GetVolume().GetId(), humanBytes(r.GetVolume().GetSizeBytes()))
+			}
 			return g.showVolume(r.GetVolume())
 		},
 	}
@@ -118,10 +121,7 @@ func volumeCmd(g *globals) *cobra.Command {
 			if _, err := c.DeleteVolume(cmd.Context(), &volumev1.DeleteVolumeRequest{ProjectId: g.project, VolumeId: args[0]}); err != nil {
 				return err
 			}
-			if g.output == "table" {
-				fmt.Fprintln(stdout, "deleted", args[0])
-			}
-			return nil
+			return g.said(map[string]string{"id": args[0], "status": "deleted"}, "volume %s deleted", args[0])
 		},
 	}
 
@@ -167,10 +167,7 @@ func volumeCmd(g *globals) *cobra.Command {
 			if _, err := c.DetachVolume(cmd.Context(), &volumev1.DetachVolumeRequest{ProjectId: g.project, AttachmentId: args[0]}); err != nil {
 				return err
 			}
-			if g.output == "table" {
-				fmt.Fprintln(stdout, "detached", args[0])
-			}
-			return nil
+			return g.said(map[string]string{"attachment_id": args[0], "status": "detached"}, "attachment %s detached (its export is gone)", args[0])
 		},
 	}
 	cmd.AddCommand(create, list, show, extend, del, attach, detach)

@@ -51,6 +51,21 @@ var (
 	}, []string{"operation", "result"})
 )
 
+// Gateway series.
+var (
+	// HTTPRequests counts the gateway's answered requests by method, route
+	// (the OpenAPI path template, e.g. /v3/{project_id}/volumes/{volume_id})
+	// and status code.
+	HTTPRequests = prometheus.NewCounterVec(prometheus.CounterOpts{
+		Namespace: "blockvault", Name: "http_requests_total", Help: "REST requests answered by the gateway, by method, route and status code.",
+	}, []string{"method", "route", "code"})
+	// HTTPSeconds is how long the gateway took to answer, by method and route.
+	HTTPSeconds = prometheus.NewHistogramVec(prometheus.HistogramOpts{
+		Namespace: "blockvault", Name: "http_request_duration_seconds", Help: "Time the gateway took to answer REST requests, by method and route.",
+		Buckets: prometheus.ExponentialBuckets(0.001, 2, 15),
+	}, []string{"method", "route"})
+)
+
 // Registry returns a registry with the Go and process collectors and the
 // given series.
 func Registry(series ...prometheus.Collector) *prometheus.Registry {
@@ -68,6 +83,11 @@ func BackupSeries() []prometheus.Collector {
 // VolumeSeries are the volume manager's series.
 func VolumeSeries() []prometheus.Collector {
 	return []prometheus.Collector{Exports, VolumeOps}
+}
+
+// GatewaySeries are the api-gateway's series.
+func GatewaySeries() []prometheus.Collector {
+	return []prometheus.Collector{HTTPRequests, HTTPSeconds}
 }
 
 // Ready is a readiness flag: /readyz answers 200 once Set(true).

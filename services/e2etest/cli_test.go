@@ -2,8 +2,11 @@ package e2etest
 
 import (
 	"bufio"
+	"bytes"
 	"context"
+	cryptorand "crypto/rand"
 	"encoding/json"
+	"errors"
 	"fmt"
 	"os"
 	"os/exec"
@@ -14,8 +17,12 @@ import (
 	"testing"
 	"time"
 
+	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
+	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/nbd"
 	"github.com/blockvault/blockvault/pkg/testenv"
+	"google.golang.org/grpc/codes"
+	"google.golang.org/grpc/status"
 )
 
 // fillText writes text-like data (compressible, each 4 MiB chunk distinct)
@@ -232,4 +239,164 @@ func runPiped(t *testing.T, bin, args string) []string {
 		t.Fatalf("blockvault %s: %v\n%s", args, err, stderr.String())
 	}
 	return lines
+}
+
+// runCLI runs the CLI with args and returns its stdout, its stderr and its
+// exit code.
+func runCLI(t *testing.T, args ...string) (stdout, stderr string, code int) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+	defer cancel()
+	cmd := exec.CommandContext(ctx, filepath.Join(Binaries(t), "blockvault"), args...)
+	var o, e strings.Builder
+	cmd.Stdout, cmd.Stderr = &o, &e
+	err := cmd.Run()
+	var ee *exec.ExitError
+	switch {
+	case err == nil:
+	case errors.As(err, &ee):
+		code = ee.ExitCode()
+	default:
+		t.Fatalf("blockvault %s: %v", strings.Join(args, " "), err)
+	}
+	return o.String(), e.String(), code
+}
+
+// TestCLISaysWhatItDid: `backup restore --wait` ends with the volume the
+// data went to (id, name, status; in the last JSON line with -o json), and
+// that volume holds the data; a restore that fails exits 4 and says so;
+// `volume extend` and `volume delete` say what they did.
+func TestCLISaysWhatItDid(t *testing.T) {
+	repo := filepath.Join(t.TempDir(), "repository")
+	s := Start(t, Options{NoGateway: true, RepositoryDir: repo})
+	ctx := context.Background()
+	flags := []string{"--volume-manager", s.VolumeManager.Addr, "--backup-service", s.Backup.Addr, "--project", project}
+	cli := func(args ...string) (string, string, int) { t.Helper(); return runCLI(t, append(flags, args...)...) }
+
+	vol, att, dev := attached(t, s, 64<<20)
+	want := make([]byte, 8<<20)
+	cryptorand.Read(want)
+	if _, err := dev.WriteAt(want, 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := dev.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	dev.Close()
+	if _, err := s.Volumes.DetachVolume(ctx, &volumev1.DetachVolumeRequest{ProjectId: project, AttachmentId: att.GetId()}); err != nil {
+		t.Fatal(err)
+	}
+	cr, err := s.Backups.CreateBackup(ctx, &backupv1.CreateBackupRequest{ProjectId: project, Backup: &backupv1.BackupInput{VolumeId: vol.GetId()}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	bk := cr.GetBackup().GetId()
+	if b := waitBackup(t, s, bk, time.Minute); b.GetStatus() != "available" {
+		t.Fatalf("backup: %s %q", b.GetStatus(), b.GetFailReason())
+	}
+
+	// Into a new volume, table output: the last lines name the volume.
+	out, errOut, code := cli("backup", "restore", bk, "--wait", "--name", "restored-by-cli")
+	if code != 0 {
+		t.Fatalf("backup restore --wait exited %d: %s\n%s", code, errOut, out)
+	}
+	m := regexp.MustCompile(`(?m)^backup ` + bk + ` restored into volume (\S+) \(restored-by-cli\)$`).FindStringSubmatch(out)
+	if m == nil {
+		t.Fatalf("backup restore --wait does not say which volume the data went to:\n%s", out)
+	}
+	for _, f := range []string{`volume_id:\s+` + m[1], `volume_name:\s+restored-by-cli`, `volume_status:\s+available`} {
+		if !regexp.MustCompile(`(?m)^` + f + `$`).MatchString(out) {
+			t.Fatalf("backup restore --wait output lacks a line %q:\n%s", f, out)
+		}
+	}
+	t.Logf("restore --wait printed:\n%s", out)
+	if v := volumeStatus(t, s, m[1]); v.GetName() != "restored-by-cli" || v.GetStatus() != "available" {
+		t.Fatalf("the volume the CLI named is %q %s", v.GetName(), v.GetStatus())
+	}
+	ar, err := s.Volumes.AttachVolume(ctx, &volumev1.AttachVolumeRequest{ProjectId: project, Attachment: &volumev1.AttachmentInput{
+		VolumeUuid: m[1], Mode: "ro", Connector: &volumev1.Connector{Host: "checker"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	rdev := dialExportWith(t, ar.GetAttachment().GetConnectionInfo(), s.TLS)
+	got := make([]byte, len(want))
+	if _, err := rdev.ReadAt(got, 0); err != nil {
+		t.Fatal(err)
+	}
+	rdev.Close()
+	if !bytes.Equal(got, want) {
+		t.Fatal("the volume the CLI named does not hold the backup's data")
+	}
+	if _, err := s.Volumes.DetachVolume(ctx, &volumev1.DetachVolumeRequest{ProjectId: project, AttachmentId: ar.GetAttachment().GetId()}); err != nil {
+		t.Fatal(err)
+	}
+
+	// Into an existing volume, -o json: progress lines, then one object
+	// with the restore and the volume.
+	target, err := s.Volumes.CreateVolume(ctx, &volumev1.CreateVolumeRequest{ProjectId: project, Volume: &volumev1.VolumeInput{SizeBytes: 64 << 20, Name: "target"}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	tid := target.GetVolume().GetId()
+	out, errOut, code = cli("-o", "json", "backup", "restore", bk, "--wait", "--volume", tid)
+	if code != 0 {
+		t.Fatalf("-o json backup restore --wait --volume exited %d: %s\n%s", code, errOut, out)
+	}
+	lines := strings.Split(strings.TrimSpace(out), "\n")
+	var last struct {
+		Restore struct {
+			BackupID string `json:"backup_id"`
+			VolumeID string `json:"volume_id"`
+		} `json:"restore"`
+		Volume struct {
+			ID, Name, Status string
+		} `json:"volume"`
+	}
+	if err := json.Unmarshal([]byte(lines[len(lines)-1]), &last); err != nil {
+		t.Fatalf("last line is not JSON: %v\n%s", err, out)
+	}
+	if last.Restore.BackupID != bk || last.Restore.VolumeID != tid || last.Volume.ID != tid || last.Volume.Name != "target" || last.Volume.Status != "available" {
+		t.Fatalf("last JSON line %+v, want the restore of %s into %s (target, available):\n%s", last, bk, tid, out)
+	}
+	if len(lines) < 2 {
+		t.Fatalf("no progress lines before the result:\n%s", out)
+	}
+
+	// A restore that fails (every chunk of the repository damaged): exit
+	// code 4, and the volume is named with its status.
+	chunks, _ := filepath.Glob(filepath.Join(repo, "backups", "chunks", "*", "*"))
+	if len(chunks) == 0 {
+		t.Fatalf("no chunk files under %s", repo)
+	}
+	for _, c := range chunks {
+		if err := os.WriteFile(c, []byte("damaged"), 0o644); err != nil {
+			t.Fatal(err)
+		}
+	}
+	out, errOut, code = cli("backup", "restore", bk, "--wait", "--name", "doomed")
+	if code != 4 || !regexp.MustCompile(`(?m)^volume_status:\s+error_restoring$`).MatchString(out) ||
+		!strings.Contains(out, "(doomed) failed") || !strings.Contains(errOut, "corrupt") {
+		t.Fatalf("a failing restore --wait exited %d (want 4); stdout:\n%s\nstderr:\n%s", code, out, errOut)
+	}
+	t.Logf("failing restore --wait: stderr %q", errOut)
+
+	// extend and delete say what they did.
+	out, errOut, code = cli("volume", "extend", tid, "--size", "1")
+	if code != 0 || !strings.HasPrefix(out, "volume "+tid+" extended to 1.0 GiB\n") {
+		t.Fatalf("volume extend exited %d, printed:\n%s%s", code, out, errOut)
+	}
+	if v := volumeStatus(t, s, tid); v.GetSizeBytes() != 1<<30 {
+		t.Fatalf("after extend the volume has %d bytes", v.GetSizeBytes())
+	}
+	out, errOut, code = cli("volume", "delete", tid)
+	if code != 0 || out != "volume "+tid+" deleted\n" {
+		t.Fatalf("volume delete exited %d, printed:\n%s%s", code, out, errOut)
+	}
+	if _, err := s.Volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{ProjectId: project, VolumeId: tid}); status.Code(err) != codes.NotFound {
+		t.Fatalf("the deleted volume: %v", err)
+	}
+	out, errOut, code = cli("-o", "json", "volume", "delete", m[1])
+	if code != 0 || strings.TrimSpace(out) != `{"id":"`+m[1]+`","status":"deleted"}` {
+		t.Fatalf("-o json volume delete exited %d, printed:\n%s%s", code, out, errOut)
+	}
 }
