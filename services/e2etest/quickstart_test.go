@@ -1,14 +1,19 @@
 package e2etest
 
 import (
+	"bytes"
 	"context"
 	"net"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
+	"syscall"
 	"testing"
 	"time"
+
+	"github.com/blockvault/blockvault/pkg/testenv"
 )
 
 // TestQuickstart runs the README's first command's program, `blockvault
@@ -84,4 +89,72 @@ func TestQuickstartPortTaken(t *testing.T) {
 	if strings.Contains(string(out), "Starting the daemons") {
 		t.Fatalf("quickstart started daemons with an address taken:\n%s", out)
 	}
+}
+
+// TestQuickstartCtrlC: a quick start left running stops its daemons on
+// Ctrl-C (SIGINT to its process group, as a terminal sends it), says so,
+// and leaves none behind.
+func TestQuickstartCtrlC(t *testing.T) {
+	bin := Binaries(t)
+	dir := t.TempDir()
+	var out syncBuffer
+	cmd := exec.Command(filepath.Join(bin, "blockvault"), "quickstart", "--data-dir", filepath.Join(dir, "data"),
+		"--volume-manager", FreeAddr(t), "--backup-service", FreeAddr(t), "--gateway", FreeAddr(t),
+		"--nbd-listen", FreeAddr(t), "--volume-manager-http", FreeAddr(t), "--backup-service-http", FreeAddr(t))
+	cmd.Stdout, cmd.Stderr = &out, &out
+	cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- cmd.Wait() }()
+	t.Cleanup(func() {
+		syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL)
+		exec.Command("pkill", "-KILL", "-f", filepath.Join(dir, "data")).Run()
+	})
+	for start := time.Now(); !strings.Contains(out.String(), "press Ctrl-C to stop them"); time.Sleep(100 * time.Millisecond) {
+		select {
+		case err := <-done:
+			t.Fatalf("quickstart exited before it waited for Ctrl-C (%v):\n%s", err, out.String())
+		default:
+		}
+		if time.Since(start) > 2*testenv.Patience {
+			t.Fatalf("quickstart did not get to its Ctrl-C prompt within %v:\n%s", 2*testenv.Patience, out.String())
+		}
+	}
+	if err := syscall.Kill(-cmd.Process.Pid, syscall.SIGINT); err != nil {
+		t.Fatal(err)
+	}
+	select {
+	case err := <-done:
+		if err != nil {
+			t.Fatalf("quickstart after Ctrl-C: %v\n%s", err, out.String())
+		}
+	case <-time.After(testenv.Patience):
+		t.Fatalf("quickstart still runs %v after Ctrl-C:\n%s", testenv.Patience, out.String())
+	}
+	if want := "Stopping the daemons: api-gateway backup-service volume-manager stopped"; !strings.Contains(out.String(), want) {
+		t.Errorf("after Ctrl-C the quick start did not say %q:\n%s", want, out.String())
+	}
+	if pids, _ := exec.Command("pgrep", "-f", filepath.Join(dir, "data")).Output(); len(strings.TrimSpace(string(pids))) > 0 {
+		t.Errorf("daemons left running after Ctrl-C: pids %s", pids)
+	}
+}
+
+// syncBuffer is a bytes.Buffer a process writes to while the test reads it.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+
+func (s *syncBuffer) String() string {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.String()
 }
