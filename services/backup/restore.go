@@ -65,7 +65,7 @@ func (s *Server) RestoreBackup(ctx context.Context, req *backupv1.RestoreBackupR
 		}
 		return nil, err
 	}
-	bv, err := s.volumes.BeginRestore(ctx, &volumev1.BeginRestoreRequest{ProjectId: b.ProjectID, VolumeId: volID, MinSizeBytes: b.SizeBytes})
+	bv, err := s.internal.BeginRestore(ctx, &volumev1.BeginRestoreRequest{ProjectId: b.ProjectID, VolumeId: volID, MinSizeBytes: b.SizeBytes})
 	if err != nil {
 		s.db.Transition(context.WithoutCancel(ctx), b.ID, []string{lifecycle.BackupRestoring}, lifecycle.BackupAvailable, map[string]any{"restore_volume_id": ""})
 		undoVolume()
@@ -120,7 +120,7 @@ func (s *Server) runRestore(ctx context.Context, backupID, volID string) {
 		end.FailReason = failReason("restore of backup "+b.ID, err)
 	}
 	if eerr := s.persist(cleanupCtx, func(ctx context.Context) error {
-		_, err := s.volumes.EndRestore(ctx, end)
+		_, err := s.internal.EndRestore(ctx, end)
 		return err
 	}); eerr != nil {
 		log.Error("end restore", "err", eerr)

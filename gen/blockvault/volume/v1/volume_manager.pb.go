@@ -6,8 +6,9 @@
 
 // The volume manager: volumes, snapshots, attachments and exports, beside the
 // storage. Field names and shapes follow the Block Storage API v3 so the REST
-// gateway can serve it unchanged; RPCs without an HTTP rule are internal (the
-// backup service calls them).
+// gateway can serve it unchanged. What only blockvault's own daemons call
+// (the backup service) is VolumeManagerInternalService, in
+// volume_manager_internal.proto.
 
 package volumev1
 
@@ -944,13 +945,8 @@ type VolumeInput struct {
 	VolumeType       string            `protobuf:"bytes,9,opt,name=volume_type,json=volumeType,proto3" json:"volume_type,omitempty"`
 	Metadata         map[string]string `protobuf:"bytes,10,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Multiattach      bool              `protobuf:"varint,11,opt,name=multiattach,proto3" json:"multiattach,omitempty"`
-	// Internal: the backup service marks its temporary clones.
-	Temporary bool `protobuf:"varint,12,opt,name=temporary,proto3" json:"temporary,omitempty"`
-	// Internal: the id to create the volume with (a UUID). The backup service
-	// records the id of a temporary volume before the volume exists.
-	Id            string `protobuf:"bytes,13,opt,name=id,proto3" json:"id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	unknownFields    protoimpl.UnknownFields
+	sizeCache        protoimpl.SizeCache
 }
 
 func (x *VolumeInput) Reset() {
@@ -1058,20 +1054,6 @@ func (x *VolumeInput) GetMultiattach() bool {
 		return x.Multiattach
 	}
 	return false
-}
-
-func (x *VolumeInput) GetTemporary() bool {
-	if x != nil {
-		return x.Temporary
-	}
-	return false
-}
-
-func (x *VolumeInput) GetId() string {
-	if x != nil {
-		return x.Id
-	}
-	return ""
 }
 
 // CreateVolumeRequest is the request of CreateVolume.
@@ -2243,13 +2225,8 @@ type SnapshotInput struct {
 	Name        string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	Description string                 `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
 	// Needed to snapshot an in-use volume.
-	Force    bool              `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
-	Metadata map[string]string `protobuf:"bytes,5,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// Internal: the backup service marks its temporary snapshots.
-	Temporary bool `protobuf:"varint,6,opt,name=temporary,proto3" json:"temporary,omitempty"`
-	// Internal: the id to create the snapshot with (a UUID), recorded by the
-	// backup service before the snapshot exists.
-	Id            string `protobuf:"bytes,7,opt,name=id,proto3" json:"id,omitempty"`
+	Force         bool              `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
+	Metadata      map[string]string `protobuf:"bytes,5,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -2317,20 +2294,6 @@ func (x *SnapshotInput) GetMetadata() map[string]string {
 		return x.Metadata
 	}
 	return nil
-}
-
-func (x *SnapshotInput) GetTemporary() bool {
-	if x != nil {
-		return x.Temporary
-	}
-	return false
-}
-
-func (x *SnapshotInput) GetId() string {
-	if x != nil {
-		return x.Id
-	}
-	return ""
 }
 
 // CreateSnapshotRequest is the request of CreateSnapshot.
@@ -2766,671 +2729,6 @@ func (*DeleteSnapshotResponse) Descriptor() ([]byte, []int) {
 	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{38}
 }
 
-// BeginBackupRequest is the request of BeginBackup.
-type BeginBackupRequest struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	ProjectId string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
-	// The volume to back up; or, with snapshot_id, the snapshot's volume.
-	VolumeId string `protobuf:"bytes,2,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
-	// Back up this snapshot instead of the volume.
-	SnapshotId string `protobuf:"bytes,3,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`
-	// Required when the volume is in-use.
-	Force         bool `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *BeginBackupRequest) Reset() {
-	*x = BeginBackupRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[39]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *BeginBackupRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*BeginBackupRequest) ProtoMessage() {}
-
-func (x *BeginBackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[39]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use BeginBackupRequest.ProtoReflect.Descriptor instead.
-func (*BeginBackupRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{39}
-}
-
-func (x *BeginBackupRequest) GetProjectId() string {
-	if x != nil {
-		return x.ProjectId
-	}
-	return ""
-}
-
-func (x *BeginBackupRequest) GetVolumeId() string {
-	if x != nil {
-		return x.VolumeId
-	}
-	return ""
-}
-
-func (x *BeginBackupRequest) GetSnapshotId() string {
-	if x != nil {
-		return x.SnapshotId
-	}
-	return ""
-}
-
-func (x *BeginBackupRequest) GetForce() bool {
-	if x != nil {
-		return x.Force
-	}
-	return false
-}
-
-// BeginBackupResponse is the response of BeginBackup.
-type BeginBackupResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Volume        *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
-	Snapshot      *Snapshot              `protobuf:"bytes,2,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *BeginBackupResponse) Reset() {
-	*x = BeginBackupResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[40]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *BeginBackupResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*BeginBackupResponse) ProtoMessage() {}
-
-func (x *BeginBackupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[40]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use BeginBackupResponse.ProtoReflect.Descriptor instead.
-func (*BeginBackupResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{40}
-}
-
-func (x *BeginBackupResponse) GetVolume() *Volume {
-	if x != nil {
-		return x.Volume
-	}
-	return nil
-}
-
-func (x *BeginBackupResponse) GetSnapshot() *Snapshot {
-	if x != nil {
-		return x.Snapshot
-	}
-	return nil
-}
-
-// EndBackupRequest is the request of EndBackup.
-type EndBackupRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ProjectId     string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
-	VolumeId      string                 `protobuf:"bytes,2,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
-	SnapshotId    string                 `protobuf:"bytes,3,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *EndBackupRequest) Reset() {
-	*x = EndBackupRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[41]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *EndBackupRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*EndBackupRequest) ProtoMessage() {}
-
-func (x *EndBackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[41]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use EndBackupRequest.ProtoReflect.Descriptor instead.
-func (*EndBackupRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{41}
-}
-
-func (x *EndBackupRequest) GetProjectId() string {
-	if x != nil {
-		return x.ProjectId
-	}
-	return ""
-}
-
-func (x *EndBackupRequest) GetVolumeId() string {
-	if x != nil {
-		return x.VolumeId
-	}
-	return ""
-}
-
-func (x *EndBackupRequest) GetSnapshotId() string {
-	if x != nil {
-		return x.SnapshotId
-	}
-	return ""
-}
-
-// EndBackupResponse is the response of EndBackup.
-type EndBackupResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Volume        *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
-	Snapshot      *Snapshot              `protobuf:"bytes,2,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *EndBackupResponse) Reset() {
-	*x = EndBackupResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[42]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *EndBackupResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*EndBackupResponse) ProtoMessage() {}
-
-func (x *EndBackupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[42]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use EndBackupResponse.ProtoReflect.Descriptor instead.
-func (*EndBackupResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{42}
-}
-
-func (x *EndBackupResponse) GetVolume() *Volume {
-	if x != nil {
-		return x.Volume
-	}
-	return nil
-}
-
-func (x *EndBackupResponse) GetSnapshot() *Snapshot {
-	if x != nil {
-		return x.Snapshot
-	}
-	return nil
-}
-
-// BeginRestoreRequest is the request of BeginRestore.
-type BeginRestoreRequest struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	ProjectId string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
-	VolumeId  string                 `protobuf:"bytes,2,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
-	// The volume must be at least this large.
-	MinSizeBytes  int64 `protobuf:"varint,3,opt,name=min_size_bytes,json=minSizeBytes,proto3" json:"min_size_bytes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *BeginRestoreRequest) Reset() {
-	*x = BeginRestoreRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[43]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *BeginRestoreRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*BeginRestoreRequest) ProtoMessage() {}
-
-func (x *BeginRestoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[43]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use BeginRestoreRequest.ProtoReflect.Descriptor instead.
-func (*BeginRestoreRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{43}
-}
-
-func (x *BeginRestoreRequest) GetProjectId() string {
-	if x != nil {
-		return x.ProjectId
-	}
-	return ""
-}
-
-func (x *BeginRestoreRequest) GetVolumeId() string {
-	if x != nil {
-		return x.VolumeId
-	}
-	return ""
-}
-
-func (x *BeginRestoreRequest) GetMinSizeBytes() int64 {
-	if x != nil {
-		return x.MinSizeBytes
-	}
-	return 0
-}
-
-// BeginRestoreResponse is the response of BeginRestore.
-type BeginRestoreResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Volume        *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *BeginRestoreResponse) Reset() {
-	*x = BeginRestoreResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[44]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *BeginRestoreResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*BeginRestoreResponse) ProtoMessage() {}
-
-func (x *BeginRestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[44]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use BeginRestoreResponse.ProtoReflect.Descriptor instead.
-func (*BeginRestoreResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{44}
-}
-
-func (x *BeginRestoreResponse) GetVolume() *Volume {
-	if x != nil {
-		return x.Volume
-	}
-	return nil
-}
-
-// EndRestoreRequest is the request of EndRestore.
-type EndRestoreRequest struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	ProjectId string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
-	VolumeId  string                 `protobuf:"bytes,2,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
-	// False leaves the volume error_restoring.
-	Success       bool   `protobuf:"varint,3,opt,name=success,proto3" json:"success,omitempty"`
-	FailReason    string `protobuf:"bytes,4,opt,name=fail_reason,json=failReason,proto3" json:"fail_reason,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *EndRestoreRequest) Reset() {
-	*x = EndRestoreRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[45]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *EndRestoreRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*EndRestoreRequest) ProtoMessage() {}
-
-func (x *EndRestoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[45]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use EndRestoreRequest.ProtoReflect.Descriptor instead.
-func (*EndRestoreRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{45}
-}
-
-func (x *EndRestoreRequest) GetProjectId() string {
-	if x != nil {
-		return x.ProjectId
-	}
-	return ""
-}
-
-func (x *EndRestoreRequest) GetVolumeId() string {
-	if x != nil {
-		return x.VolumeId
-	}
-	return ""
-}
-
-func (x *EndRestoreRequest) GetSuccess() bool {
-	if x != nil {
-		return x.Success
-	}
-	return false
-}
-
-func (x *EndRestoreRequest) GetFailReason() string {
-	if x != nil {
-		return x.FailReason
-	}
-	return ""
-}
-
-// EndRestoreResponse is the response of EndRestore.
-type EndRestoreResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Volume        *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *EndRestoreResponse) Reset() {
-	*x = EndRestoreResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[46]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *EndRestoreResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*EndRestoreResponse) ProtoMessage() {}
-
-func (x *EndRestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[46]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use EndRestoreResponse.ProtoReflect.Descriptor instead.
-func (*EndRestoreResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{46}
-}
-
-func (x *EndRestoreResponse) GetVolume() *Volume {
-	if x != nil {
-		return x.Volume
-	}
-	return nil
-}
-
-// AttachSnapshotRequest is the request of AttachSnapshot.
-type AttachSnapshotRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ProjectId     string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
-	SnapshotId    string                 `protobuf:"bytes,2,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`
-	Connector     *Connector             `protobuf:"bytes,3,opt,name=connector,proto3" json:"connector,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *AttachSnapshotRequest) Reset() {
-	*x = AttachSnapshotRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[47]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *AttachSnapshotRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*AttachSnapshotRequest) ProtoMessage() {}
-
-func (x *AttachSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[47]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use AttachSnapshotRequest.ProtoReflect.Descriptor instead.
-func (*AttachSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{47}
-}
-
-func (x *AttachSnapshotRequest) GetProjectId() string {
-	if x != nil {
-		return x.ProjectId
-	}
-	return ""
-}
-
-func (x *AttachSnapshotRequest) GetSnapshotId() string {
-	if x != nil {
-		return x.SnapshotId
-	}
-	return ""
-}
-
-func (x *AttachSnapshotRequest) GetConnector() *Connector {
-	if x != nil {
-		return x.Connector
-	}
-	return nil
-}
-
-// AttachSnapshotResponse is the response of AttachSnapshot.
-type AttachSnapshotResponse struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	ConnectionInfo *ConnectionInfo        `protobuf:"bytes,1,opt,name=connection_info,json=connectionInfo,proto3" json:"connection_info,omitempty"`
-	Snapshot       *Snapshot              `protobuf:"bytes,2,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
-}
-
-func (x *AttachSnapshotResponse) Reset() {
-	*x = AttachSnapshotResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[48]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *AttachSnapshotResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*AttachSnapshotResponse) ProtoMessage() {}
-
-func (x *AttachSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[48]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use AttachSnapshotResponse.ProtoReflect.Descriptor instead.
-func (*AttachSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{48}
-}
-
-func (x *AttachSnapshotResponse) GetConnectionInfo() *ConnectionInfo {
-	if x != nil {
-		return x.ConnectionInfo
-	}
-	return nil
-}
-
-func (x *AttachSnapshotResponse) GetSnapshot() *Snapshot {
-	if x != nil {
-		return x.Snapshot
-	}
-	return nil
-}
-
-// DetachSnapshotRequest is the request of DetachSnapshot.
-type DetachSnapshotRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ProjectId     string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
-	SnapshotId    string                 `protobuf:"bytes,2,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *DetachSnapshotRequest) Reset() {
-	*x = DetachSnapshotRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[49]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *DetachSnapshotRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*DetachSnapshotRequest) ProtoMessage() {}
-
-func (x *DetachSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[49]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use DetachSnapshotRequest.ProtoReflect.Descriptor instead.
-func (*DetachSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{49}
-}
-
-func (x *DetachSnapshotRequest) GetProjectId() string {
-	if x != nil {
-		return x.ProjectId
-	}
-	return ""
-}
-
-func (x *DetachSnapshotRequest) GetSnapshotId() string {
-	if x != nil {
-		return x.SnapshotId
-	}
-	return ""
-}
-
-// DetachSnapshotResponse is the response of DetachSnapshot.
-type DetachSnapshotResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *DetachSnapshotResponse) Reset() {
-	*x = DetachSnapshotResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[50]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *DetachSnapshotResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*DetachSnapshotResponse) ProtoMessage() {}
-
-func (x *DetachSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[50]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use DetachSnapshotResponse.ProtoReflect.Descriptor instead.
-func (*DetachSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{50}
-}
-
 // GetCapabilitiesRequest is the request of GetCapabilities.
 type GetCapabilitiesRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -3440,7 +2738,7 @@ type GetCapabilitiesRequest struct {
 
 func (x *GetCapabilitiesRequest) Reset() {
 	*x = GetCapabilitiesRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[51]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3452,7 +2750,7 @@ func (x *GetCapabilitiesRequest) String() string {
 func (*GetCapabilitiesRequest) ProtoMessage() {}
 
 func (x *GetCapabilitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[51]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3465,7 +2763,7 @@ func (x *GetCapabilitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapabilitiesRequest.ProtoReflect.Descriptor instead.
 func (*GetCapabilitiesRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{51}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{39}
 }
 
 // GetCapabilitiesResponse is the response of GetCapabilities.
@@ -3478,7 +2776,7 @@ type GetCapabilitiesResponse struct {
 
 func (x *GetCapabilitiesResponse) Reset() {
 	*x = GetCapabilitiesResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[52]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3490,7 +2788,7 @@ func (x *GetCapabilitiesResponse) String() string {
 func (*GetCapabilitiesResponse) ProtoMessage() {}
 
 func (x *GetCapabilitiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[52]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3503,179 +2801,12 @@ func (x *GetCapabilitiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapabilitiesResponse.ProtoReflect.Descriptor instead.
 func (*GetCapabilitiesResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{52}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetCapabilitiesResponse) GetCapabilities() *Capabilities {
 	if x != nil {
 		return x.Capabilities
-	}
-	return nil
-}
-
-// GetChangedRangesRequest is the request of GetChangedRanges.
-type GetChangedRangesRequest struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	ProjectId      string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
-	VolumeId       string                 `protobuf:"bytes,2,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
-	FromSnapshotId string                 `protobuf:"bytes,3,opt,name=from_snapshot_id,json=fromSnapshotId,proto3" json:"from_snapshot_id,omitempty"`
-	ToSnapshotId   string                 `protobuf:"bytes,4,opt,name=to_snapshot_id,json=toSnapshotId,proto3" json:"to_snapshot_id,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
-}
-
-func (x *GetChangedRangesRequest) Reset() {
-	*x = GetChangedRangesRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[53]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GetChangedRangesRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GetChangedRangesRequest) ProtoMessage() {}
-
-func (x *GetChangedRangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[53]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GetChangedRangesRequest.ProtoReflect.Descriptor instead.
-func (*GetChangedRangesRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{53}
-}
-
-func (x *GetChangedRangesRequest) GetProjectId() string {
-	if x != nil {
-		return x.ProjectId
-	}
-	return ""
-}
-
-func (x *GetChangedRangesRequest) GetVolumeId() string {
-	if x != nil {
-		return x.VolumeId
-	}
-	return ""
-}
-
-func (x *GetChangedRangesRequest) GetFromSnapshotId() string {
-	if x != nil {
-		return x.FromSnapshotId
-	}
-	return ""
-}
-
-func (x *GetChangedRangesRequest) GetToSnapshotId() string {
-	if x != nil {
-		return x.ToSnapshotId
-	}
-	return ""
-}
-
-// ByteRange is [offset, offset+length).
-type ByteRange struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Offset        int64                  `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"`
-	Length        int64                  `protobuf:"varint,2,opt,name=length,proto3" json:"length,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *ByteRange) Reset() {
-	*x = ByteRange{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[54]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *ByteRange) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*ByteRange) ProtoMessage() {}
-
-func (x *ByteRange) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[54]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use ByteRange.ProtoReflect.Descriptor instead.
-func (*ByteRange) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{54}
-}
-
-func (x *ByteRange) GetOffset() int64 {
-	if x != nil {
-		return x.Offset
-	}
-	return 0
-}
-
-func (x *ByteRange) GetLength() int64 {
-	if x != nil {
-		return x.Length
-	}
-	return 0
-}
-
-// GetChangedRangesResponse is the response of GetChangedRanges.
-type GetChangedRangesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ranges        []*ByteRange           `protobuf:"bytes,1,rep,name=ranges,proto3" json:"ranges,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *GetChangedRangesResponse) Reset() {
-	*x = GetChangedRangesResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[55]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *GetChangedRangesResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*GetChangedRangesResponse) ProtoMessage() {}
-
-func (x *GetChangedRangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[55]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use GetChangedRangesResponse.ProtoReflect.Descriptor instead.
-func (*GetChangedRangesResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{55}
-}
-
-func (x *GetChangedRangesResponse) GetRanges() []*ByteRange {
-	if x != nil {
-		return x.Ranges
 	}
 	return nil
 }
@@ -3796,7 +2927,7 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	" \x01(\x03R\n" +
 	"totalBytes\x12\x1d\n" +
 	"\n" +
-	"free_bytes\x18\v \x01(\x03R\tfreeBytes\"\xff\x03\n" +
+	"free_bytes\x18\v \x01(\x03R\tfreeBytes\"\xec\x03\n" +
 	"\vVolumeInput\x12\x12\n" +
 	"\x04size\x18\x01 \x01(\x05R\x04size\x12\x1d\n" +
 	"\n" +
@@ -3812,12 +2943,10 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"volumeType\x12K\n" +
 	"\bmetadata\x18\n" +
 	" \x03(\v2/.blockvault.volume.v1.VolumeInput.MetadataEntryR\bmetadata\x12 \n" +
-	"\vmultiattach\x18\v \x01(\bR\vmultiattach\x12\x1c\n" +
-	"\ttemporary\x18\f \x01(\bR\ttemporary\x12\x0e\n" +
-	"\x02id\x18\r \x01(\tR\x02id\x1a;\n" +
+	"\vmultiattach\x18\v \x01(\bR\vmultiattach\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"o\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\f\x10\rJ\x04\b\r\x10\x0eR\ttemporaryR\x02id\"o\n" +
 	"\x13CreateVolumeRequest\x12\x1d\n" +
 	"\n" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x129\n" +
@@ -3898,18 +3027,16 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\n" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x12#\n" +
 	"\rattachment_id\x18\x02 \x01(\tR\fattachmentId\"\x16\n" +
-	"\x14DetachVolumeResponse\"\xb2\x02\n" +
+	"\x14DetachVolumeResponse\"\x9f\x02\n" +
 	"\rSnapshotInput\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x03 \x01(\tR\vdescription\x12\x14\n" +
 	"\x05force\x18\x04 \x01(\bR\x05force\x12M\n" +
-	"\bmetadata\x18\x05 \x03(\v21.blockvault.volume.v1.SnapshotInput.MetadataEntryR\bmetadata\x12\x1c\n" +
-	"\ttemporary\x18\x06 \x01(\bR\ttemporary\x12\x0e\n" +
-	"\x02id\x18\a \x01(\tR\x02id\x1a;\n" +
+	"\bmetadata\x18\x05 \x03(\v21.blockvault.volume.v1.SnapshotInput.MetadataEntryR\bmetadata\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"w\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\x06\x10\aJ\x04\b\a\x10\bR\ttemporaryR\x02id\"w\n" +
 	"\x15CreateSnapshotRequest\x12\x1d\n" +
 	"\n" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x12?\n" +
@@ -3941,71 +3068,10 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1f\n" +
 	"\vsnapshot_id\x18\x02 \x01(\tR\n" +
 	"snapshotId\"\x18\n" +
-	"\x16DeleteSnapshotResponse\"\x87\x01\n" +
-	"\x12BeginBackupRequest\x12\x1d\n" +
-	"\n" +
-	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1b\n" +
-	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12\x1f\n" +
-	"\vsnapshot_id\x18\x03 \x01(\tR\n" +
-	"snapshotId\x12\x14\n" +
-	"\x05force\x18\x04 \x01(\bR\x05force\"\x87\x01\n" +
-	"\x13BeginBackupResponse\x124\n" +
-	"\x06volume\x18\x01 \x01(\v2\x1c.blockvault.volume.v1.VolumeR\x06volume\x12:\n" +
-	"\bsnapshot\x18\x02 \x01(\v2\x1e.blockvault.volume.v1.SnapshotR\bsnapshot\"o\n" +
-	"\x10EndBackupRequest\x12\x1d\n" +
-	"\n" +
-	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1b\n" +
-	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12\x1f\n" +
-	"\vsnapshot_id\x18\x03 \x01(\tR\n" +
-	"snapshotId\"\x85\x01\n" +
-	"\x11EndBackupResponse\x124\n" +
-	"\x06volume\x18\x01 \x01(\v2\x1c.blockvault.volume.v1.VolumeR\x06volume\x12:\n" +
-	"\bsnapshot\x18\x02 \x01(\v2\x1e.blockvault.volume.v1.SnapshotR\bsnapshot\"w\n" +
-	"\x13BeginRestoreRequest\x12\x1d\n" +
-	"\n" +
-	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1b\n" +
-	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12$\n" +
-	"\x0emin_size_bytes\x18\x03 \x01(\x03R\fminSizeBytes\"L\n" +
-	"\x14BeginRestoreResponse\x124\n" +
-	"\x06volume\x18\x01 \x01(\v2\x1c.blockvault.volume.v1.VolumeR\x06volume\"\x8a\x01\n" +
-	"\x11EndRestoreRequest\x12\x1d\n" +
-	"\n" +
-	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1b\n" +
-	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12\x18\n" +
-	"\asuccess\x18\x03 \x01(\bR\asuccess\x12\x1f\n" +
-	"\vfail_reason\x18\x04 \x01(\tR\n" +
-	"failReason\"J\n" +
-	"\x12EndRestoreResponse\x124\n" +
-	"\x06volume\x18\x01 \x01(\v2\x1c.blockvault.volume.v1.VolumeR\x06volume\"\x96\x01\n" +
-	"\x15AttachSnapshotRequest\x12\x1d\n" +
-	"\n" +
-	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1f\n" +
-	"\vsnapshot_id\x18\x02 \x01(\tR\n" +
-	"snapshotId\x12=\n" +
-	"\tconnector\x18\x03 \x01(\v2\x1f.blockvault.volume.v1.ConnectorR\tconnector\"\xa3\x01\n" +
-	"\x16AttachSnapshotResponse\x12M\n" +
-	"\x0fconnection_info\x18\x01 \x01(\v2$.blockvault.volume.v1.ConnectionInfoR\x0econnectionInfo\x12:\n" +
-	"\bsnapshot\x18\x02 \x01(\v2\x1e.blockvault.volume.v1.SnapshotR\bsnapshot\"W\n" +
-	"\x15DetachSnapshotRequest\x12\x1d\n" +
-	"\n" +
-	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1f\n" +
-	"\vsnapshot_id\x18\x02 \x01(\tR\n" +
-	"snapshotId\"\x18\n" +
-	"\x16DetachSnapshotResponse\"\x18\n" +
+	"\x16DeleteSnapshotResponse\"\x18\n" +
 	"\x16GetCapabilitiesRequest\"a\n" +
 	"\x17GetCapabilitiesResponse\x12F\n" +
-	"\fcapabilities\x18\x01 \x01(\v2\".blockvault.volume.v1.CapabilitiesR\fcapabilities\"\xa5\x01\n" +
-	"\x17GetChangedRangesRequest\x12\x1d\n" +
-	"\n" +
-	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1b\n" +
-	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12(\n" +
-	"\x10from_snapshot_id\x18\x03 \x01(\tR\x0efromSnapshotId\x12$\n" +
-	"\x0eto_snapshot_id\x18\x04 \x01(\tR\ftoSnapshotId\";\n" +
-	"\tByteRange\x12\x16\n" +
-	"\x06offset\x18\x01 \x01(\x03R\x06offset\x12\x16\n" +
-	"\x06length\x18\x02 \x01(\x03R\x06length\"S\n" +
-	"\x18GetChangedRangesResponse\x127\n" +
-	"\x06ranges\x18\x01 \x03(\v2\x1f.blockvault.volume.v1.ByteRangeR\x06ranges2\xe3\x15\n" +
+	"\fcapabilities\x18\x01 \x01(\v2\".blockvault.volume.v1.CapabilitiesR\fcapabilities2\x8c\x10\n" +
 	"\x14VolumeManagerService\x12\x8a\x01\n" +
 	"\fCreateVolume\x12).blockvault.volume.v1.CreateVolumeRequest\x1a*.blockvault.volume.v1.CreateVolumeResponse\"#\x82\xd3\xe4\x93\x02\x1d:\x01*\"\x18/v3/{project_id}/volumes\x12\x8a\x01\n" +
 	"\tGetVolume\x12&.blockvault.volume.v1.GetVolumeRequest\x1a'.blockvault.volume.v1.GetVolumeResponse\",\x82\xd3\xe4\x93\x02&\x12$/v3/{project_id}/volumes/{volume_id}\x12\xa7\x01\n" +
@@ -4019,16 +3085,8 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\x0eCreateSnapshot\x12+.blockvault.volume.v1.CreateSnapshotRequest\x1a,.blockvault.volume.v1.CreateSnapshotResponse\"%\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/v3/{project_id}/snapshots\x12\x94\x01\n" +
 	"\vGetSnapshot\x12(.blockvault.volume.v1.GetSnapshotRequest\x1a).blockvault.volume.v1.GetSnapshotResponse\"0\x82\xd3\xe4\x93\x02*\x12(/v3/{project_id}/snapshots/{snapshot_id}\x12\xb1\x01\n" +
 	"\rListSnapshots\x12*.blockvault.volume.v1.ListSnapshotsRequest\x1a+.blockvault.volume.v1.ListSnapshotsResponse\"G\x82\xd3\xe4\x93\x02AZ\x1c\x12\x1a/v3/{project_id}/snapshots\x12!/v3/{project_id}/snapshots/detail\x12\x9d\x01\n" +
-	"\x0eDeleteSnapshot\x12+.blockvault.volume.v1.DeleteSnapshotRequest\x1a,.blockvault.volume.v1.DeleteSnapshotResponse\"0\x82\xd3\xe4\x93\x02**(/v3/{project_id}/snapshots/{snapshot_id}\x12b\n" +
-	"\vBeginBackup\x12(.blockvault.volume.v1.BeginBackupRequest\x1a).blockvault.volume.v1.BeginBackupResponse\x12\\\n" +
-	"\tEndBackup\x12&.blockvault.volume.v1.EndBackupRequest\x1a'.blockvault.volume.v1.EndBackupResponse\x12e\n" +
-	"\fBeginRestore\x12).blockvault.volume.v1.BeginRestoreRequest\x1a*.blockvault.volume.v1.BeginRestoreResponse\x12_\n" +
-	"\n" +
-	"EndRestore\x12'.blockvault.volume.v1.EndRestoreRequest\x1a(.blockvault.volume.v1.EndRestoreResponse\x12k\n" +
-	"\x0eAttachSnapshot\x12+.blockvault.volume.v1.AttachSnapshotRequest\x1a,.blockvault.volume.v1.AttachSnapshotResponse\x12k\n" +
-	"\x0eDetachSnapshot\x12+.blockvault.volume.v1.DetachSnapshotRequest\x1a,.blockvault.volume.v1.DetachSnapshotResponse\x12n\n" +
-	"\x0fGetCapabilities\x12,.blockvault.volume.v1.GetCapabilitiesRequest\x1a-.blockvault.volume.v1.GetCapabilitiesResponse\x12q\n" +
-	"\x10GetChangedRanges\x12-.blockvault.volume.v1.GetChangedRangesRequest\x1a..blockvault.volume.v1.GetChangedRangesResponseBDZBgithub.com/blockvault/blockvault/gen/blockvault/volume/v1;volumev1b\x06proto3"
+	"\x0eDeleteSnapshot\x12+.blockvault.volume.v1.DeleteSnapshotRequest\x1a,.blockvault.volume.v1.DeleteSnapshotResponse\"0\x82\xd3\xe4\x93\x02**(/v3/{project_id}/snapshots/{snapshot_id}\x12n\n" +
+	"\x0fGetCapabilities\x12,.blockvault.volume.v1.GetCapabilitiesRequest\x1a-.blockvault.volume.v1.GetCapabilitiesResponseBDZBgithub.com/blockvault/blockvault/gen/blockvault/volume/v1;volumev1b\x06proto3"
 
 var (
 	file_blockvault_volume_v1_volume_manager_proto_rawDescOnce sync.Once
@@ -4042,7 +3100,7 @@ func file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP() []byte {
 	return file_blockvault_volume_v1_volume_manager_proto_rawDescData
 }
 
-var file_blockvault_volume_v1_volume_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
+var file_blockvault_volume_v1_volume_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
 var file_blockvault_volume_v1_volume_manager_proto_goTypes = []any{
 	(*Volume)(nil),                    // 0: blockvault.volume.v1.Volume
 	(*Link)(nil),                      // 1: blockvault.volume.v1.Link
@@ -4083,36 +3141,21 @@ var file_blockvault_volume_v1_volume_manager_proto_goTypes = []any{
 	(*ListSnapshotsResponse)(nil),     // 36: blockvault.volume.v1.ListSnapshotsResponse
 	(*DeleteSnapshotRequest)(nil),     // 37: blockvault.volume.v1.DeleteSnapshotRequest
 	(*DeleteSnapshotResponse)(nil),    // 38: blockvault.volume.v1.DeleteSnapshotResponse
-	(*BeginBackupRequest)(nil),        // 39: blockvault.volume.v1.BeginBackupRequest
-	(*BeginBackupResponse)(nil),       // 40: blockvault.volume.v1.BeginBackupResponse
-	(*EndBackupRequest)(nil),          // 41: blockvault.volume.v1.EndBackupRequest
-	(*EndBackupResponse)(nil),         // 42: blockvault.volume.v1.EndBackupResponse
-	(*BeginRestoreRequest)(nil),       // 43: blockvault.volume.v1.BeginRestoreRequest
-	(*BeginRestoreResponse)(nil),      // 44: blockvault.volume.v1.BeginRestoreResponse
-	(*EndRestoreRequest)(nil),         // 45: blockvault.volume.v1.EndRestoreRequest
-	(*EndRestoreResponse)(nil),        // 46: blockvault.volume.v1.EndRestoreResponse
-	(*AttachSnapshotRequest)(nil),     // 47: blockvault.volume.v1.AttachSnapshotRequest
-	(*AttachSnapshotResponse)(nil),    // 48: blockvault.volume.v1.AttachSnapshotResponse
-	(*DetachSnapshotRequest)(nil),     // 49: blockvault.volume.v1.DetachSnapshotRequest
-	(*DetachSnapshotResponse)(nil),    // 50: blockvault.volume.v1.DetachSnapshotResponse
-	(*GetCapabilitiesRequest)(nil),    // 51: blockvault.volume.v1.GetCapabilitiesRequest
-	(*GetCapabilitiesResponse)(nil),   // 52: blockvault.volume.v1.GetCapabilitiesResponse
-	(*GetChangedRangesRequest)(nil),   // 53: blockvault.volume.v1.GetChangedRangesRequest
-	(*ByteRange)(nil),                 // 54: blockvault.volume.v1.ByteRange
-	(*GetChangedRangesResponse)(nil),  // 55: blockvault.volume.v1.GetChangedRangesResponse
-	nil,                               // 56: blockvault.volume.v1.Volume.MetadataEntry
-	nil,                               // 57: blockvault.volume.v1.Snapshot.MetadataEntry
-	nil,                               // 58: blockvault.volume.v1.VolumeInput.MetadataEntry
-	nil,                               // 59: blockvault.volume.v1.SnapshotInput.MetadataEntry
+	(*GetCapabilitiesRequest)(nil),    // 39: blockvault.volume.v1.GetCapabilitiesRequest
+	(*GetCapabilitiesResponse)(nil),   // 40: blockvault.volume.v1.GetCapabilitiesResponse
+	nil,                               // 41: blockvault.volume.v1.Volume.MetadataEntry
+	nil,                               // 42: blockvault.volume.v1.Snapshot.MetadataEntry
+	nil,                               // 43: blockvault.volume.v1.VolumeInput.MetadataEntry
+	nil,                               // 44: blockvault.volume.v1.SnapshotInput.MetadataEntry
 }
 var file_blockvault_volume_v1_volume_manager_proto_depIdxs = []int32{
 	2,  // 0: blockvault.volume.v1.Volume.attachments:type_name -> blockvault.volume.v1.Attachment
-	56, // 1: blockvault.volume.v1.Volume.metadata:type_name -> blockvault.volume.v1.Volume.MetadataEntry
+	41, // 1: blockvault.volume.v1.Volume.metadata:type_name -> blockvault.volume.v1.Volume.MetadataEntry
 	1,  // 2: blockvault.volume.v1.Volume.links:type_name -> blockvault.volume.v1.Link
 	3,  // 3: blockvault.volume.v1.Attachment.connection_info:type_name -> blockvault.volume.v1.ConnectionInfo
 	4,  // 4: blockvault.volume.v1.ConnectionInfo.data:type_name -> blockvault.volume.v1.ConnectionData
-	57, // 5: blockvault.volume.v1.Snapshot.metadata:type_name -> blockvault.volume.v1.Snapshot.MetadataEntry
-	58, // 6: blockvault.volume.v1.VolumeInput.metadata:type_name -> blockvault.volume.v1.VolumeInput.MetadataEntry
+	42, // 5: blockvault.volume.v1.Snapshot.metadata:type_name -> blockvault.volume.v1.Snapshot.MetadataEntry
+	43, // 6: blockvault.volume.v1.VolumeInput.metadata:type_name -> blockvault.volume.v1.VolumeInput.MetadataEntry
 	8,  // 7: blockvault.volume.v1.CreateVolumeRequest.volume:type_name -> blockvault.volume.v1.VolumeInput
 	0,  // 8: blockvault.volume.v1.CreateVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
 	0,  // 9: blockvault.volume.v1.GetVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
@@ -4125,70 +3168,46 @@ var file_blockvault_volume_v1_volume_manager_proto_depIdxs = []int32{
 	5,  // 16: blockvault.volume.v1.AttachmentInput.connector:type_name -> blockvault.volume.v1.Connector
 	25, // 17: blockvault.volume.v1.AttachVolumeRequest.attachment:type_name -> blockvault.volume.v1.AttachmentInput
 	2,  // 18: blockvault.volume.v1.AttachVolumeResponse.attachment:type_name -> blockvault.volume.v1.Attachment
-	59, // 19: blockvault.volume.v1.SnapshotInput.metadata:type_name -> blockvault.volume.v1.SnapshotInput.MetadataEntry
+	44, // 19: blockvault.volume.v1.SnapshotInput.metadata:type_name -> blockvault.volume.v1.SnapshotInput.MetadataEntry
 	30, // 20: blockvault.volume.v1.CreateSnapshotRequest.snapshot:type_name -> blockvault.volume.v1.SnapshotInput
 	6,  // 21: blockvault.volume.v1.CreateSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
 	6,  // 22: blockvault.volume.v1.GetSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
 	6,  // 23: blockvault.volume.v1.ListSnapshotsResponse.snapshots:type_name -> blockvault.volume.v1.Snapshot
 	1,  // 24: blockvault.volume.v1.ListSnapshotsResponse.snapshots_links:type_name -> blockvault.volume.v1.Link
-	0,  // 25: blockvault.volume.v1.BeginBackupResponse.volume:type_name -> blockvault.volume.v1.Volume
-	6,  // 26: blockvault.volume.v1.BeginBackupResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
-	0,  // 27: blockvault.volume.v1.EndBackupResponse.volume:type_name -> blockvault.volume.v1.Volume
-	6,  // 28: blockvault.volume.v1.EndBackupResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
-	0,  // 29: blockvault.volume.v1.BeginRestoreResponse.volume:type_name -> blockvault.volume.v1.Volume
-	0,  // 30: blockvault.volume.v1.EndRestoreResponse.volume:type_name -> blockvault.volume.v1.Volume
-	5,  // 31: blockvault.volume.v1.AttachSnapshotRequest.connector:type_name -> blockvault.volume.v1.Connector
-	3,  // 32: blockvault.volume.v1.AttachSnapshotResponse.connection_info:type_name -> blockvault.volume.v1.ConnectionInfo
-	6,  // 33: blockvault.volume.v1.AttachSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
-	7,  // 34: blockvault.volume.v1.GetCapabilitiesResponse.capabilities:type_name -> blockvault.volume.v1.Capabilities
-	54, // 35: blockvault.volume.v1.GetChangedRangesResponse.ranges:type_name -> blockvault.volume.v1.ByteRange
-	9,  // 36: blockvault.volume.v1.VolumeManagerService.CreateVolume:input_type -> blockvault.volume.v1.CreateVolumeRequest
-	11, // 37: blockvault.volume.v1.VolumeManagerService.GetVolume:input_type -> blockvault.volume.v1.GetVolumeRequest
-	13, // 38: blockvault.volume.v1.VolumeManagerService.ListVolumes:input_type -> blockvault.volume.v1.ListVolumesRequest
-	15, // 39: blockvault.volume.v1.VolumeManagerService.DeleteVolume:input_type -> blockvault.volume.v1.DeleteVolumeRequest
-	17, // 40: blockvault.volume.v1.VolumeManagerService.ExtendVolume:input_type -> blockvault.volume.v1.ExtendVolumeRequest
-	21, // 41: blockvault.volume.v1.VolumeManagerService.VolumeAction:input_type -> blockvault.volume.v1.VolumeActionRequest
-	23, // 42: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:input_type -> blockvault.volume.v1.ResetVolumeStatusRequest
-	26, // 43: blockvault.volume.v1.VolumeManagerService.AttachVolume:input_type -> blockvault.volume.v1.AttachVolumeRequest
-	28, // 44: blockvault.volume.v1.VolumeManagerService.DetachVolume:input_type -> blockvault.volume.v1.DetachVolumeRequest
-	31, // 45: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:input_type -> blockvault.volume.v1.CreateSnapshotRequest
-	33, // 46: blockvault.volume.v1.VolumeManagerService.GetSnapshot:input_type -> blockvault.volume.v1.GetSnapshotRequest
-	35, // 47: blockvault.volume.v1.VolumeManagerService.ListSnapshots:input_type -> blockvault.volume.v1.ListSnapshotsRequest
-	37, // 48: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:input_type -> blockvault.volume.v1.DeleteSnapshotRequest
-	39, // 49: blockvault.volume.v1.VolumeManagerService.BeginBackup:input_type -> blockvault.volume.v1.BeginBackupRequest
-	41, // 50: blockvault.volume.v1.VolumeManagerService.EndBackup:input_type -> blockvault.volume.v1.EndBackupRequest
-	43, // 51: blockvault.volume.v1.VolumeManagerService.BeginRestore:input_type -> blockvault.volume.v1.BeginRestoreRequest
-	45, // 52: blockvault.volume.v1.VolumeManagerService.EndRestore:input_type -> blockvault.volume.v1.EndRestoreRequest
-	47, // 53: blockvault.volume.v1.VolumeManagerService.AttachSnapshot:input_type -> blockvault.volume.v1.AttachSnapshotRequest
-	49, // 54: blockvault.volume.v1.VolumeManagerService.DetachSnapshot:input_type -> blockvault.volume.v1.DetachSnapshotRequest
-	51, // 55: blockvault.volume.v1.VolumeManagerService.GetCapabilities:input_type -> blockvault.volume.v1.GetCapabilitiesRequest
-	53, // 56: blockvault.volume.v1.VolumeManagerService.GetChangedRanges:input_type -> blockvault.volume.v1.GetChangedRangesRequest
-	10, // 57: blockvault.volume.v1.VolumeManagerService.CreateVolume:output_type -> blockvault.volume.v1.CreateVolumeResponse
-	12, // 58: blockvault.volume.v1.VolumeManagerService.GetVolume:output_type -> blockvault.volume.v1.GetVolumeResponse
-	14, // 59: blockvault.volume.v1.VolumeManagerService.ListVolumes:output_type -> blockvault.volume.v1.ListVolumesResponse
-	16, // 60: blockvault.volume.v1.VolumeManagerService.DeleteVolume:output_type -> blockvault.volume.v1.DeleteVolumeResponse
-	18, // 61: blockvault.volume.v1.VolumeManagerService.ExtendVolume:output_type -> blockvault.volume.v1.ExtendVolumeResponse
-	22, // 62: blockvault.volume.v1.VolumeManagerService.VolumeAction:output_type -> blockvault.volume.v1.VolumeActionResponse
-	24, // 63: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:output_type -> blockvault.volume.v1.ResetVolumeStatusResponse
-	27, // 64: blockvault.volume.v1.VolumeManagerService.AttachVolume:output_type -> blockvault.volume.v1.AttachVolumeResponse
-	29, // 65: blockvault.volume.v1.VolumeManagerService.DetachVolume:output_type -> blockvault.volume.v1.DetachVolumeResponse
-	32, // 66: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:output_type -> blockvault.volume.v1.CreateSnapshotResponse
-	34, // 67: blockvault.volume.v1.VolumeManagerService.GetSnapshot:output_type -> blockvault.volume.v1.GetSnapshotResponse
-	36, // 68: blockvault.volume.v1.VolumeManagerService.ListSnapshots:output_type -> blockvault.volume.v1.ListSnapshotsResponse
-	38, // 69: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:output_type -> blockvault.volume.v1.DeleteSnapshotResponse
-	40, // 70: blockvault.volume.v1.VolumeManagerService.BeginBackup:output_type -> blockvault.volume.v1.BeginBackupResponse
-	42, // 71: blockvault.volume.v1.VolumeManagerService.EndBackup:output_type -> blockvault.volume.v1.EndBackupResponse
-	44, // 72: blockvault.volume.v1.VolumeManagerService.BeginRestore:output_type -> blockvault.volume.v1.BeginRestoreResponse
-	46, // 73: blockvault.volume.v1.VolumeManagerService.EndRestore:output_type -> blockvault.volume.v1.EndRestoreResponse
-	48, // 74: blockvault.volume.v1.VolumeManagerService.AttachSnapshot:output_type -> blockvault.volume.v1.AttachSnapshotResponse
-	50, // 75: blockvault.volume.v1.VolumeManagerService.DetachSnapshot:output_type -> blockvault.volume.v1.DetachSnapshotResponse
-	52, // 76: blockvault.volume.v1.VolumeManagerService.GetCapabilities:output_type -> blockvault.volume.v1.GetCapabilitiesResponse
-	55, // 77: blockvault.volume.v1.VolumeManagerService.GetChangedRanges:output_type -> blockvault.volume.v1.GetChangedRangesResponse
-	57, // [57:78] is the sub-list for method output_type
-	36, // [36:57] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	7,  // 25: blockvault.volume.v1.GetCapabilitiesResponse.capabilities:type_name -> blockvault.volume.v1.Capabilities
+	9,  // 26: blockvault.volume.v1.VolumeManagerService.CreateVolume:input_type -> blockvault.volume.v1.CreateVolumeRequest
+	11, // 27: blockvault.volume.v1.VolumeManagerService.GetVolume:input_type -> blockvault.volume.v1.GetVolumeRequest
+	13, // 28: blockvault.volume.v1.VolumeManagerService.ListVolumes:input_type -> blockvault.volume.v1.ListVolumesRequest
+	15, // 29: blockvault.volume.v1.VolumeManagerService.DeleteVolume:input_type -> blockvault.volume.v1.DeleteVolumeRequest
+	17, // 30: blockvault.volume.v1.VolumeManagerService.ExtendVolume:input_type -> blockvault.volume.v1.ExtendVolumeRequest
+	21, // 31: blockvault.volume.v1.VolumeManagerService.VolumeAction:input_type -> blockvault.volume.v1.VolumeActionRequest
+	23, // 32: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:input_type -> blockvault.volume.v1.ResetVolumeStatusRequest
+	26, // 33: blockvault.volume.v1.VolumeManagerService.AttachVolume:input_type -> blockvault.volume.v1.AttachVolumeRequest
+	28, // 34: blockvault.volume.v1.VolumeManagerService.DetachVolume:input_type -> blockvault.volume.v1.DetachVolumeRequest
+	31, // 35: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:input_type -> blockvault.volume.v1.CreateSnapshotRequest
+	33, // 36: blockvault.volume.v1.VolumeManagerService.GetSnapshot:input_type -> blockvault.volume.v1.GetSnapshotRequest
+	35, // 37: blockvault.volume.v1.VolumeManagerService.ListSnapshots:input_type -> blockvault.volume.v1.ListSnapshotsRequest
+	37, // 38: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:input_type -> blockvault.volume.v1.DeleteSnapshotRequest
+	39, // 39: blockvault.volume.v1.VolumeManagerService.GetCapabilities:input_type -> blockvault.volume.v1.GetCapabilitiesRequest
+	10, // 40: blockvault.volume.v1.VolumeManagerService.CreateVolume:output_type -> blockvault.volume.v1.CreateVolumeResponse
+	12, // 41: blockvault.volume.v1.VolumeManagerService.GetVolume:output_type -> blockvault.volume.v1.GetVolumeResponse
+	14, // 42: blockvault.volume.v1.VolumeManagerService.ListVolumes:output_type -> blockvault.volume.v1.ListVolumesResponse
+	16, // 43: blockvault.volume.v1.VolumeManagerService.DeleteVolume:output_type -> blockvault.volume.v1.DeleteVolumeResponse
+	18, // 44: blockvault.volume.v1.VolumeManagerService.ExtendVolume:output_type -> blockvault.volume.v1.ExtendVolumeResponse
+	22, // 45: blockvault.volume.v1.VolumeManagerService.VolumeAction:output_type -> blockvault.volume.v1.VolumeActionResponse
+	24, // 46: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:output_type -> blockvault.volume.v1.ResetVolumeStatusResponse
+	27, // 47: blockvault.volume.v1.VolumeManagerService.AttachVolume:output_type -> blockvault.volume.v1.AttachVolumeResponse
+	29, // 48: blockvault.volume.v1.VolumeManagerService.DetachVolume:output_type -> blockvault.volume.v1.DetachVolumeResponse
+	32, // 49: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:output_type -> blockvault.volume.v1.CreateSnapshotResponse
+	34, // 50: blockvault.volume.v1.VolumeManagerService.GetSnapshot:output_type -> blockvault.volume.v1.GetSnapshotResponse
+	36, // 51: blockvault.volume.v1.VolumeManagerService.ListSnapshots:output_type -> blockvault.volume.v1.ListSnapshotsResponse
+	38, // 52: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:output_type -> blockvault.volume.v1.DeleteSnapshotResponse
+	40, // 53: blockvault.volume.v1.VolumeManagerService.GetCapabilities:output_type -> blockvault.volume.v1.GetCapabilitiesResponse
+	40, // [40:54] is the sub-list for method output_type
+	26, // [26:40] is the sub-list for method input_type
+	26, // [26:26] is the sub-list for extension type_name
+	26, // [26:26] is the sub-list for extension extendee
+	0,  // [0:26] is the sub-list for field type_name
 }
 
 func init() { file_blockvault_volume_v1_volume_manager_proto_init() }
@@ -4206,7 +3225,7 @@ func file_blockvault_volume_v1_volume_manager_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_blockvault_volume_v1_volume_manager_proto_rawDesc), len(file_blockvault_volume_v1_volume_manager_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   60,
+			NumMessages:   45,
 			NumExtensions: 0,
 			NumServices:   1,
 		},
