@@ -60,7 +60,9 @@ type BackupServiceClient interface {
 	WatchBackup(ctx context.Context, in *WatchBackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchBackupResponse], error)
 	// VerifyBackup re-reads every chunk of a backup and reports damage.
 	VerifyBackup(ctx context.Context, in *VerifyBackupRequest, opts ...grpc.CallOption) (*VerifyBackupResponse, error)
-	// ExportBackupRecord returns a record another deployment can import.
+	// ExportBackupRecord returns a record another deployment can import. A
+	// member's record leaves out the repository's location (a server-side
+	// path or an S3 endpoint); an admin's has it.
 	ExportBackupRecord(ctx context.Context, in *ExportBackupRecordRequest, opts ...grpc.CallOption) (*ExportBackupRecordResponse, error)
 	// ImportBackupRecord registers a backup from an exported record (HTTP 201).
 	ImportBackupRecord(ctx context.Context, in *ImportBackupRecordRequest, opts ...grpc.CallOption) (*ImportBackupRecordResponse, error)
@@ -208,7 +210,9 @@ type BackupServiceServer interface {
 	WatchBackup(*WatchBackupRequest, grpc.ServerStreamingServer[WatchBackupResponse]) error
 	// VerifyBackup re-reads every chunk of a backup and reports damage.
 	VerifyBackup(context.Context, *VerifyBackupRequest) (*VerifyBackupResponse, error)
-	// ExportBackupRecord returns a record another deployment can import.
+	// ExportBackupRecord returns a record another deployment can import. A
+	// member's record leaves out the repository's location (a server-side
+	// path or an S3 endpoint); an admin's has it.
 	ExportBackupRecord(context.Context, *ExportBackupRecordRequest) (*ExportBackupRecordResponse, error)
 	// ImportBackupRecord registers a backup from an exported record (HTTP 201).
 	ImportBackupRecord(context.Context, *ImportBackupRecordRequest) (*ImportBackupRecordResponse, error)
