@@ -12,6 +12,7 @@ import (
 	"io"
 	"log/slog"
 	"net/http"
+	"regexp"
 	"strings"
 	"time"
 
@@ -104,7 +105,7 @@ func New(ctx context.Context, cfg Config) (http.Handler, error) {
 		w.Write(openAPI)
 	})
 	root.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
-	root.Handle("/", recordKeys(mux))
+	root.Handle("/", recordKeys(streamErrors(mux)))
 	return logRequests(log, limitBody(root)), nil
 }
 
@@ -194,16 +195,172 @@ func HTTPStatus(c codes.Code) int {
 }
 
 func errorHandler(ctx context.Context, _ *runtime.ServeMux, _ runtime.Marshaler, w http.ResponseWriter, r *http.Request, err error) {
-	s := status.Convert(err)
+	code, msg := restError(status.Convert(err))
+	writeError(w, code, msg)
+}
+
+// restError is the HTTP status and message of a gRPC status: the daemons'
+// messages as they are, the gateway's decoders' reworded (apiMessage).
+func restError(s *status.Status) (int, string) {
 	code := HTTPStatus(s.Code())
 	msg := s.Message()
 	if s.Code() == codes.InvalidArgument && strings.Contains(msg, "http: request body too large") {
-		code, msg = http.StatusBadRequest, fmt.Sprintf("request body is larger than the limit of %d bytes", MaxBodyBytes)
+		return http.StatusBadRequest, fmt.Sprintf("request body is larger than the limit of %d bytes", MaxBodyBytes)
+	}
+	if s.Code() == codes.InvalidArgument {
+		msg = apiMessage(msg)
 	}
 	if s.Code() == codes.Unavailable {
 		msg = "a backend service is unavailable: " + msg
 	}
-	writeError(w, code, msg)
+	return code, msg
+}
+
+// The decoders' messages: protojson's for the body, grpc-gateway's for
+// query and path parameters, encoding/json's for what is not JSON.
+var (
+	reUnknownField = regexp.MustCompile(`^proto:[ \x{00a0}]\(line (\d+):(\d+)\): unknown field "([^"]*)"$`)
+	reInvalidValue = regexp.MustCompile(`^proto:[ \x{00a0}]\(line \d+:\d+\): invalid value for (\w+) field (\w+): (.*)$`)
+	reDuplicate    = regexp.MustCompile(`^proto:[ \x{00a0}]\(line \d+:\d+\): duplicate field "([^"]*)"$`)
+	reSyntax       = regexp.MustCompile(`^proto:[ \x{00a0}]syntax error \(line (\d+):(\d+)\): (?:unexpected token )?(.*)$`)
+	reProtoOther   = regexp.MustCompile(`^proto:[ \x{00a0}]\(line (\d+):(\d+)\): (.*)$`)
+	reQuery        = regexp.MustCompile(`^parsing field "([^"]*)": strconv\.Parse(\w+): parsing "(.*)": (.*)$`)
+	rePath         = regexp.MustCompile(`^type mismatch, parameter: (\S+), error: `)
+	reCamel        = regexp.MustCompile(`[A-Z]`)
+)
+
+// kinds names, in the API's words, what a field of a proto kind takes.
+var kinds = map[string]string{
+	"int32": "an integer", "int64": "an integer", "uint32": "an integer", "uint64": "an integer",
+	"sint32": "an integer", "sint64": "an integer", "fixed32": "an integer", "fixed64": "an integer",
+	"sfixed32": "an integer", "sfixed64": "an integer", "bool": "a boolean (true or false)",
+	"string": "a string", "float": "a number", "double": "a number", "enum": "one of the field's values",
+}
+
+// snake turns protojson's JSON name of a field (newSize) back into the
+// API's (new_size).
+func snake(name string) string {
+	return reCamel.ReplaceAllStringFunc(name, func(c string) string { return "_" + strings.ToLower(c) })
+}
+
+// apiMessage rewords a decoder's message about a bad request ("proto:
+// (line 1:24): unknown field \"foo\"") in the API's words ("Invalid input:
+// the request body has an unknown field \"foo\" (line 1, column 24)."); a
+// daemon's message is returned as it is.
+func apiMessage(msg string) string {
+	if m := reUnknownField.FindStringSubmatch(msg); m != nil {
+		return fmt.Sprintf("Invalid input: the request body has an unknown field %q (line %s, column %s).", m[3], m[1], m[2])
+	}
+	if m := reInvalidValue.FindStringSubmatch(msg); m != nil {
+		want := kinds[m[1]]
+		if want == "" {
+			want = "a " + m[1]
+		}
+		return fmt.Sprintf("Invalid input for field/attribute %s. Value: %s. It must be %s.", snake(m[2]), m[3], want)
+	}
+	if m := reDuplicate.FindStringSubmatch(msg); m != nil {
+		return fmt.Sprintf("Invalid input: the field %q is given twice in the request body.", snake(m[1]))
+	}
+	if m := reSyntax.FindStringSubmatch(msg); m != nil {
+		return fmt.Sprintf("Malformed request body: unexpected %s at line %s, column %s (a value of the wrong JSON type, or not JSON).", m[3], m[1], m[2])
+	}
+	if m := reProtoOther.FindStringSubmatch(msg); m != nil {
+		return fmt.Sprintf("Invalid input: %s (line %s, column %s).", m[3], m[1], m[2])
+	}
+	if m := reQuery.FindStringSubmatch(msg); m != nil {
+		want := "an integer"
+		switch m[2] {
+		case "Bool":
+			want = "a boolean (true, false, 1 or 0)"
+		case "Float":
+			want = "a number"
+		}
+		if m[4] == "value out of range" {
+			return fmt.Sprintf("Invalid input for query parameter %s. Value: %s. It is out of range.", m[1], m[3])
+		}
+		return fmt.Sprintf("Invalid input for query parameter %s. Value: %s. It must be %s.", m[1], m[3], want)
+	}
+	if m := rePath.FindStringSubmatch(msg); m != nil {
+		return fmt.Sprintf("Invalid input for path parameter %s.", m[1])
+	}
+	switch {
+	case msg == "unexpected EOF":
+		return "Malformed request body: the JSON ends before it is complete."
+	case strings.HasPrefix(msg, "invalid character "), strings.HasPrefix(msg, "json: "):
+		return "Malformed request body: " + strings.TrimPrefix(msg, "json: ") + "."
+	}
+	return msg
+}
+
+// streamErrors puts the error of a streaming response (the watch
+// endpoint) in the API's shape: grpc-gateway writes it as a chunk
+// {"error": {"code": <gRPC code>, "message": ...}} with its own HTTP
+// status; this writes {"itemNotFound": {"code": 404, "message": ...}} and
+// the status HTTPStatus gives, as every other error.
+func streamErrors(h http.Handler) http.Handler {
+	return http.HandlerFunc(func(w http.ResponseWriter, r *http.Request) {
+		if r.Method != http.MethodGet || !strings.HasSuffix(r.URL.Path, "/watch") {
+			h.ServeHTTP(w, r)
+			return
+		}
+		h.ServeHTTP(&streamErrorWriter{ResponseWriter: w}, r)
+	})
+}
+
+type streamErrorWriter struct {
+	http.ResponseWriter
+	pending int // a status not written yet: the first chunk decides
+	wrote   bool
+}
+
+func (w *streamErrorWriter) WriteHeader(code int) {
+	if !w.wrote {
+		w.pending = code
+	}
+}
+
+func (w *streamErrorWriter) header(code int) {
+	if w.wrote {
+		return
+	}
+	w.wrote = true
+	if code == 0 {
+		code = http.StatusOK
+	}
+	w.ResponseWriter.WriteHeader(code)
+}
+
+func (w *streamErrorWriter) Write(p []byte) (int, error) {
+	var chunk map[string]json.RawMessage
+	if json.Unmarshal(p, &chunk) == nil && len(chunk) == 1 && chunk["error"] != nil {
+		var st struct {
+			Code    codes.Code `json:"code"`
+			Message string     `json:"message"`
+		}
+		if json.Unmarshal(chunk["error"], &st) == nil {
+			code, msg := restError(status.New(st.Code, st.Message))
+			if !w.wrote {
+				w.Header().Set("Content-Type", "application/json")
+				if code == http.StatusRequestEntityTooLarge {
+					w.Header().Set("Retry-After", "0")
+				}
+			}
+			w.header(code)
+			if _, err := w.ResponseWriter.Write(errorBody(code, msg)); err != nil {
+				return 0, err
+			}
+			return len(p), nil
+		}
+	}
+	w.header(w.pending)
+	return w.ResponseWriter.Write(p)
+}
+
+func (w *streamErrorWriter) Flush() {
+	w.header(w.pending)
+	if f, ok := w.ResponseWriter.(http.Flusher); ok {
+		f.Flush()
+	}
 }
 
 func routingErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.Marshaler, w http.ResponseWriter, r *http.Request, httpStatus int) {
@@ -219,14 +376,21 @@ func routingErrorHandler(ctx context.Context, mux *runtime.ServeMux, m runtime.M
 
 // writeError writes {"<kind>": {"code": N, "message": "..."}}.
 func writeError(w http.ResponseWriter, code int, msg string) {
-	kind := faultKinds[code]
-	if kind == "" {
-		kind = "computeFault"
-	}
 	if code == http.StatusRequestEntityTooLarge {
 		w.Header().Set("Retry-After", "0")
 	}
 	w.Header().Set("Content-Type", "application/json")
 	w.WriteHeader(code)
-	json.NewEncoder(w).Encode(map[string]any{kind: map[string]any{"code": code, "message": msg}})
+	w.Write(append(errorBody(code, msg), '\n'))
+}
+
+// errorBody is {"<kind>": {"code": N, "message": "..."}}, the kind the
+// Block Storage API gives the status (computeFault for the rest).
+func errorBody(code int, msg string) []byte {
+	kind := faultKinds[code]
+	if kind == "" {
+		kind = "computeFault"
+	}
+	b, _ := json.Marshal(map[string]any{kind: map[string]any{"code": code, "message": msg}})
+	return b
 }
