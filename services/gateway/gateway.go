@@ -5,6 +5,7 @@
 package gateway
 
 import (
+	"bytes"
 	"context"
 	_ "embed"
 	"encoding/json"
@@ -26,6 +27,7 @@ import (
 	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 	"google.golang.org/protobuf/proto"
+	"google.golang.org/protobuf/reflect/protoreflect"
 )
 
 // openAPI is the OpenAPI document generated from the protos (make generate
@@ -69,10 +71,10 @@ func New(ctx context.Context, cfg Config) (http.Handler, error) {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	marshaler := &runtime.JSONPb{
+	marshaler := &apiMarshaler{JSONPb: &runtime.JSONPb{
 		MarshalOptions:   protojson.MarshalOptions{UseProtoNames: true, EmitUnpopulated: true},
 		UnmarshalOptions: protojson.UnmarshalOptions{DiscardUnknown: false},
-	}
+	}}
 	mux := runtime.NewServeMux(
 		runtime.WithMarshalerOption(runtime.MIMEWildcard, marshaler),
 		runtime.WithErrorHandler(errorHandler),
@@ -107,6 +109,94 @@ func New(ctx context.Context, cfg Config) (http.Handler, error) {
 	root.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	root.Handle("/", recordKeys(streamErrors(mux)))
 	return logRequests(log, limitBody(root)), nil
+}
+
+// apiMarshaler is grpc-gateway's JSON marshaler, with the Block Storage
+// API's rule for integers given as strings: protojson takes "1e1" or
+// "-1" for an integer field, the API takes a string of digits only
+// ("size": "2" is a size, as its schema's pattern ^[0-9]+$ says).
+type apiMarshaler struct{ *runtime.JSONPb }
+
+// NewDecoder checks the integer fields of the request body, then decodes
+// it as protojson does.
+func (m *apiMarshaler) NewDecoder(r io.Reader) runtime.Decoder {
+	return runtime.DecoderFunc(func(v any) error {
+		raw, err := io.ReadAll(r)
+		if err != nil {
+			return err
+		}
+		if msg, ok := v.(proto.Message); ok && len(bytes.TrimSpace(raw)) > 0 {
+			var body any
+			dec := json.NewDecoder(bytes.NewReader(raw))
+			dec.UseNumber()
+			if dec.Decode(&body) == nil {
+				if err := checkIntegerStrings(body, msg.ProtoReflect().Descriptor()); err != nil {
+					return err
+				}
+			}
+		}
+		return m.JSONPb.NewDecoder(bytes.NewReader(raw)).Decode(v)
+	})
+}
+
+var reDigits = regexp.MustCompile(`^[0-9]+$`)
+
+// checkIntegerStrings walks a decoded JSON body beside the message it
+// decodes into and refuses a string that is not all digits where the
+// message has an integer field.
+func checkIntegerStrings(v any, md protoreflect.MessageDescriptor) error {
+	obj, ok := v.(map[string]any)
+	if !ok {
+		return nil
+	}
+	for key, val := range obj {
+		fd := md.Fields().ByJSONName(key)
+		if fd == nil {
+			fd = md.Fields().ByTextName(key)
+		}
+		if fd == nil {
+			continue
+		}
+		var err error
+		switch {
+		case fd.IsMap():
+			if m, ok := val.(map[string]any); ok {
+				for _, e := range m {
+					if err = checkIntegerValue(string(fd.Name()), e, fd.MapValue()); err != nil {
+						break
+					}
+				}
+			}
+		case fd.IsList():
+			if l, ok := val.([]any); ok {
+				for _, e := range l {
+					if err = checkIntegerValue(string(fd.Name()), e, fd); err != nil {
+						break
+					}
+				}
+			}
+		default:
+			err = checkIntegerValue(string(fd.Name()), val, fd)
+		}
+		if err != nil {
+			return err
+		}
+	}
+	return nil
+}
+
+func checkIntegerValue(name string, v any, fd protoreflect.FieldDescriptor) error {
+	switch fd.Kind() {
+	case protoreflect.MessageKind, protoreflect.GroupKind:
+		return checkIntegerStrings(v, fd.Message())
+	case protoreflect.Int32Kind, protoreflect.Int64Kind, protoreflect.Uint32Kind, protoreflect.Uint64Kind,
+		protoreflect.Sint32Kind, protoreflect.Sint64Kind, protoreflect.Fixed32Kind, protoreflect.Fixed64Kind,
+		protoreflect.Sfixed32Kind, protoreflect.Sfixed64Kind:
+		if s, ok := v.(string); ok && !reDigits.MatchString(s) {
+			return fmt.Errorf("Invalid input for field/attribute %s. Value: %q. It must be an integer.", name, s)
+		}
+	}
+	return nil
 }
 
 func limitBody(h http.Handler) http.Handler {

@@ -89,6 +89,15 @@ func (s *Server) createVolume(ctx context.Context, req *volumev1.CreateVolumeReq
 			return nil, c
 		}
 	}
+	for _, f := range []struct{ name, value, what string }{
+		{"consistencygroup_id", in.GetConsistencygroupId(), "consistency groups"},
+		{"group_id", in.GetGroupId(), "groups"},
+		{"imageRef", in.GetImageRef(), "volumes from images"},
+	} {
+		if f.value != "" {
+			return nil, rpcerr.Invalid("%s: %s are not supported; leave it out or null", f.name, f.what)
+		}
+	}
 	if in.GetBackupId() != "" {
 		return nil, rpcerr.Invalid("backup_id: create the volume by restoring the backup (POST /v3/{project_id}/backups/{backup_id}/restore)")
 	}
@@ -388,8 +397,16 @@ func (s *Server) VolumeAction(ctx context.Context, req *volumev1.VolumeActionReq
 		if err != nil {
 			return nil, err
 		}
+	case *volumev1.VolumeActionRequest_OsAttach:
+		if err := s.osAttach(ctx, req.GetProjectId(), req.GetVolumeId(), a.OsAttach); err != nil {
+			return nil, err
+		}
+	case *volumev1.VolumeActionRequest_OsDetach:
+		if err := s.osDetach(ctx, req.GetProjectId(), req.GetVolumeId(), a.OsDetach); err != nil {
+			return nil, err
+		}
 	default:
-		return nil, rpcerr.Invalid("the action body must hold one of os-extend, os-reset_status")
+		return nil, rpcerr.Invalid("the action body must hold one of os-extend, os-reset_status, os-attach, os-detach")
 	}
 	return &volumev1.VolumeActionResponse{}, nil
 }

@@ -945,8 +945,14 @@ type VolumeInput struct {
 	VolumeType       string            `protobuf:"bytes,9,opt,name=volume_type,json=volumeType,proto3" json:"volume_type,omitempty"`
 	Metadata         map[string]string `protobuf:"bytes,10,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Multiattach      bool              `protobuf:"varint,11,opt,name=multiattach,proto3" json:"multiattach,omitempty"`
-	unknownFields    protoimpl.UnknownFields
-	sizeCache        protoimpl.SizeCache
+	// The openstack CLI (python-cinderclient) sends these, null when not
+	// asked for. Consistency groups, groups and volumes from images are not
+	// supported: null or empty is accepted, a value is refused.
+	ConsistencygroupId string `protobuf:"bytes,14,opt,name=consistencygroup_id,json=consistencygroupId,proto3" json:"consistencygroup_id,omitempty"`
+	GroupId            string `protobuf:"bytes,15,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	ImageRef           string `protobuf:"bytes,16,opt,name=image_ref,json=imageRef,proto3" json:"image_ref,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *VolumeInput) Reset() {
@@ -1054,6 +1060,27 @@ func (x *VolumeInput) GetMultiattach() bool {
 		return x.Multiattach
 	}
 	return false
+}
+
+func (x *VolumeInput) GetConsistencygroupId() string {
+	if x != nil {
+		return x.ConsistencygroupId
+	}
+	return ""
+}
+
+func (x *VolumeInput) GetGroupId() string {
+	if x != nil {
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *VolumeInput) GetImageRef() string {
+	if x != nil {
+		return x.ImageRef
+	}
+	return ""
 }
 
 // CreateVolumeRequest is the request of CreateVolume.
@@ -1719,6 +1746,124 @@ func (x *ResetStatusAction) GetMigrationStatus() string {
 	return ""
 }
 
+// AttachAction is the body of os-attach: a compute service marks the
+// volume in use by an instance (or a host); no export is made.
+type AttachAction struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	InstanceUuid string                 `protobuf:"bytes,1,opt,name=instance_uuid,json=instanceUuid,proto3" json:"instance_uuid,omitempty"`
+	HostName     string                 `protobuf:"bytes,2,opt,name=host_name,json=hostName,proto3" json:"host_name,omitempty"`
+	// Where the instance sees the volume (recorded by the caller; accepted).
+	Mountpoint string `protobuf:"bytes,3,opt,name=mountpoint,proto3" json:"mountpoint,omitempty"`
+	// "rw" (default) or "ro".
+	Mode          string `protobuf:"bytes,4,opt,name=mode,proto3" json:"mode,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachAction) Reset() {
+	*x = AttachAction{}
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachAction) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachAction) ProtoMessage() {}
+
+func (x *AttachAction) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachAction.ProtoReflect.Descriptor instead.
+func (*AttachAction) Descriptor() ([]byte, []int) {
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *AttachAction) GetInstanceUuid() string {
+	if x != nil {
+		return x.InstanceUuid
+	}
+	return ""
+}
+
+func (x *AttachAction) GetHostName() string {
+	if x != nil {
+		return x.HostName
+	}
+	return ""
+}
+
+func (x *AttachAction) GetMountpoint() string {
+	if x != nil {
+		return x.Mountpoint
+	}
+	return ""
+}
+
+func (x *AttachAction) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+// DetachAction is the body of os-detach.
+type DetachAction struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The attachment to remove; empty for a volume's only attachment.
+	AttachmentId  string `protobuf:"bytes,1,opt,name=attachment_id,json=attachmentId,proto3" json:"attachment_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DetachAction) Reset() {
+	*x = DetachAction{}
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DetachAction) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DetachAction) ProtoMessage() {}
+
+func (x *DetachAction) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DetachAction.ProtoReflect.Descriptor instead.
+func (*DetachAction) Descriptor() ([]byte, []int) {
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *DetachAction) GetAttachmentId() string {
+	if x != nil {
+		return x.AttachmentId
+	}
+	return ""
+}
+
 // VolumeActionRequest is the request of VolumeAction.
 type VolumeActionRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -1728,6 +1873,8 @@ type VolumeActionRequest struct {
 	//
 	//	*VolumeActionRequest_OsExtend
 	//	*VolumeActionRequest_OsResetStatus
+	//	*VolumeActionRequest_OsAttach
+	//	*VolumeActionRequest_OsDetach
 	Action        isVolumeActionRequest_Action `protobuf_oneof:"action"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1735,7 +1882,7 @@ type VolumeActionRequest struct {
 
 func (x *VolumeActionRequest) Reset() {
 	*x = VolumeActionRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[21]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1747,7 +1894,7 @@ func (x *VolumeActionRequest) String() string {
 func (*VolumeActionRequest) ProtoMessage() {}
 
 func (x *VolumeActionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[21]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1760,7 +1907,7 @@ func (x *VolumeActionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeActionRequest.ProtoReflect.Descriptor instead.
 func (*VolumeActionRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{21}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *VolumeActionRequest) GetProjectId() string {
@@ -1802,6 +1949,24 @@ func (x *VolumeActionRequest) GetOsResetStatus() *ResetStatusAction {
 	return nil
 }
 
+func (x *VolumeActionRequest) GetOsAttach() *AttachAction {
+	if x != nil {
+		if x, ok := x.Action.(*VolumeActionRequest_OsAttach); ok {
+			return x.OsAttach
+		}
+	}
+	return nil
+}
+
+func (x *VolumeActionRequest) GetOsDetach() *DetachAction {
+	if x != nil {
+		if x, ok := x.Action.(*VolumeActionRequest_OsDetach); ok {
+			return x.OsDetach
+		}
+	}
+	return nil
+}
+
 type isVolumeActionRequest_Action interface {
 	isVolumeActionRequest_Action()
 }
@@ -1814,9 +1979,21 @@ type VolumeActionRequest_OsResetStatus struct {
 	OsResetStatus *ResetStatusAction `protobuf:"bytes,4,opt,name=os_reset_status,json=os-reset_status,proto3,oneof"`
 }
 
+type VolumeActionRequest_OsAttach struct {
+	OsAttach *AttachAction `protobuf:"bytes,5,opt,name=os_attach,json=os-attach,proto3,oneof"`
+}
+
+type VolumeActionRequest_OsDetach struct {
+	OsDetach *DetachAction `protobuf:"bytes,6,opt,name=os_detach,json=os-detach,proto3,oneof"`
+}
+
 func (*VolumeActionRequest_OsExtend) isVolumeActionRequest_Action() {}
 
 func (*VolumeActionRequest_OsResetStatus) isVolumeActionRequest_Action() {}
+
+func (*VolumeActionRequest_OsAttach) isVolumeActionRequest_Action() {}
+
+func (*VolumeActionRequest_OsDetach) isVolumeActionRequest_Action() {}
 
 // VolumeActionResponse is the response of VolumeAction (empty, 202).
 type VolumeActionResponse struct {
@@ -1827,7 +2004,7 @@ type VolumeActionResponse struct {
 
 func (x *VolumeActionResponse) Reset() {
 	*x = VolumeActionResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[22]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1839,7 +2016,7 @@ func (x *VolumeActionResponse) String() string {
 func (*VolumeActionResponse) ProtoMessage() {}
 
 func (x *VolumeActionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[22]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1852,7 +2029,7 @@ func (x *VolumeActionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeActionResponse.ProtoReflect.Descriptor instead.
 func (*VolumeActionResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{22}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{24}
 }
 
 // ResetVolumeStatusRequest is the request of ResetVolumeStatus.
@@ -1867,7 +2044,7 @@ type ResetVolumeStatusRequest struct {
 
 func (x *ResetVolumeStatusRequest) Reset() {
 	*x = ResetVolumeStatusRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[23]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1879,7 +2056,7 @@ func (x *ResetVolumeStatusRequest) String() string {
 func (*ResetVolumeStatusRequest) ProtoMessage() {}
 
 func (x *ResetVolumeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[23]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1892,7 +2069,7 @@ func (x *ResetVolumeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetVolumeStatusRequest.ProtoReflect.Descriptor instead.
 func (*ResetVolumeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{23}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ResetVolumeStatusRequest) GetProjectId() string {
@@ -1926,7 +2103,7 @@ type ResetVolumeStatusResponse struct {
 
 func (x *ResetVolumeStatusResponse) Reset() {
 	*x = ResetVolumeStatusResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[24]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1938,7 +2115,7 @@ func (x *ResetVolumeStatusResponse) String() string {
 func (*ResetVolumeStatusResponse) ProtoMessage() {}
 
 func (x *ResetVolumeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[24]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1951,7 +2128,7 @@ func (x *ResetVolumeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetVolumeStatusResponse.ProtoReflect.Descriptor instead.
 func (*ResetVolumeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{24}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ResetVolumeStatusResponse) GetVolume() *Volume {
@@ -1974,7 +2151,7 @@ type AttachmentInput struct {
 
 func (x *AttachmentInput) Reset() {
 	*x = AttachmentInput{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[25]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1986,7 +2163,7 @@ func (x *AttachmentInput) String() string {
 func (*AttachmentInput) ProtoMessage() {}
 
 func (x *AttachmentInput) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[25]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1999,7 +2176,7 @@ func (x *AttachmentInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachmentInput.ProtoReflect.Descriptor instead.
 func (*AttachmentInput) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{25}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AttachmentInput) GetVolumeUuid() string {
@@ -2041,7 +2218,7 @@ type AttachVolumeRequest struct {
 
 func (x *AttachVolumeRequest) Reset() {
 	*x = AttachVolumeRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[26]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2053,7 +2230,7 @@ func (x *AttachVolumeRequest) String() string {
 func (*AttachVolumeRequest) ProtoMessage() {}
 
 func (x *AttachVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[26]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2066,7 +2243,7 @@ func (x *AttachVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachVolumeRequest.ProtoReflect.Descriptor instead.
 func (*AttachVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{26}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AttachVolumeRequest) GetProjectId() string {
@@ -2093,7 +2270,7 @@ type AttachVolumeResponse struct {
 
 func (x *AttachVolumeResponse) Reset() {
 	*x = AttachVolumeResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[27]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2105,7 +2282,7 @@ func (x *AttachVolumeResponse) String() string {
 func (*AttachVolumeResponse) ProtoMessage() {}
 
 func (x *AttachVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[27]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2118,7 +2295,7 @@ func (x *AttachVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachVolumeResponse.ProtoReflect.Descriptor instead.
 func (*AttachVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{27}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *AttachVolumeResponse) GetAttachment() *Attachment {
@@ -2139,7 +2316,7 @@ type DetachVolumeRequest struct {
 
 func (x *DetachVolumeRequest) Reset() {
 	*x = DetachVolumeRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[28]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2151,7 +2328,7 @@ func (x *DetachVolumeRequest) String() string {
 func (*DetachVolumeRequest) ProtoMessage() {}
 
 func (x *DetachVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[28]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2164,7 +2341,7 @@ func (x *DetachVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DetachVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{28}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DetachVolumeRequest) GetProjectId() string {
@@ -2190,7 +2367,7 @@ type DetachVolumeResponse struct {
 
 func (x *DetachVolumeResponse) Reset() {
 	*x = DetachVolumeResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[29]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2202,7 +2379,7 @@ func (x *DetachVolumeResponse) String() string {
 func (*DetachVolumeResponse) ProtoMessage() {}
 
 func (x *DetachVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[29]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2215,7 +2392,7 @@ func (x *DetachVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DetachVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{29}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{31}
 }
 
 // SnapshotInput is the body of a create snapshot request.
@@ -2233,7 +2410,7 @@ type SnapshotInput struct {
 
 func (x *SnapshotInput) Reset() {
 	*x = SnapshotInput{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[30]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2245,7 +2422,7 @@ func (x *SnapshotInput) String() string {
 func (*SnapshotInput) ProtoMessage() {}
 
 func (x *SnapshotInput) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[30]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2258,7 +2435,7 @@ func (x *SnapshotInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotInput.ProtoReflect.Descriptor instead.
 func (*SnapshotInput) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{30}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SnapshotInput) GetVolumeId() string {
@@ -2307,7 +2484,7 @@ type CreateSnapshotRequest struct {
 
 func (x *CreateSnapshotRequest) Reset() {
 	*x = CreateSnapshotRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[31]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2319,7 +2496,7 @@ func (x *CreateSnapshotRequest) String() string {
 func (*CreateSnapshotRequest) ProtoMessage() {}
 
 func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[31]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2332,7 +2509,7 @@ func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{31}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CreateSnapshotRequest) GetProjectId() string {
@@ -2359,7 +2536,7 @@ type CreateSnapshotResponse struct {
 
 func (x *CreateSnapshotResponse) Reset() {
 	*x = CreateSnapshotResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[32]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2371,7 +2548,7 @@ func (x *CreateSnapshotResponse) String() string {
 func (*CreateSnapshotResponse) ProtoMessage() {}
 
 func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[32]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2384,7 +2561,7 @@ func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{32}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CreateSnapshotResponse) GetSnapshot() *Snapshot {
@@ -2405,7 +2582,7 @@ type GetSnapshotRequest struct {
 
 func (x *GetSnapshotRequest) Reset() {
 	*x = GetSnapshotRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[33]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2417,7 +2594,7 @@ func (x *GetSnapshotRequest) String() string {
 func (*GetSnapshotRequest) ProtoMessage() {}
 
 func (x *GetSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[33]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2430,7 +2607,7 @@ func (x *GetSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*GetSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{33}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetSnapshotRequest) GetProjectId() string {
@@ -2457,7 +2634,7 @@ type GetSnapshotResponse struct {
 
 func (x *GetSnapshotResponse) Reset() {
 	*x = GetSnapshotResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[34]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2469,7 +2646,7 @@ func (x *GetSnapshotResponse) String() string {
 func (*GetSnapshotResponse) ProtoMessage() {}
 
 func (x *GetSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[34]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2482,7 +2659,7 @@ func (x *GetSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*GetSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{34}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetSnapshotResponse) GetSnapshot() *Snapshot {
@@ -2509,7 +2686,7 @@ type ListSnapshotsRequest struct {
 
 func (x *ListSnapshotsRequest) Reset() {
 	*x = ListSnapshotsRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[35]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2521,7 +2698,7 @@ func (x *ListSnapshotsRequest) String() string {
 func (*ListSnapshotsRequest) ProtoMessage() {}
 
 func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[35]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2534,7 +2711,7 @@ func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsRequest.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{35}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListSnapshotsRequest) GetProjectId() string {
@@ -2597,7 +2774,7 @@ type ListSnapshotsResponse struct {
 
 func (x *ListSnapshotsResponse) Reset() {
 	*x = ListSnapshotsResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[36]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2609,7 +2786,7 @@ func (x *ListSnapshotsResponse) String() string {
 func (*ListSnapshotsResponse) ProtoMessage() {}
 
 func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[36]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2622,7 +2799,7 @@ func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsResponse.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{36}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListSnapshotsResponse) GetSnapshots() []*Snapshot {
@@ -2650,7 +2827,7 @@ type DeleteSnapshotRequest struct {
 
 func (x *DeleteSnapshotRequest) Reset() {
 	*x = DeleteSnapshotRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[37]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2662,7 +2839,7 @@ func (x *DeleteSnapshotRequest) String() string {
 func (*DeleteSnapshotRequest) ProtoMessage() {}
 
 func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[37]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2675,7 +2852,7 @@ func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{37}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DeleteSnapshotRequest) GetProjectId() string {
@@ -2701,7 +2878,7 @@ type DeleteSnapshotResponse struct {
 
 func (x *DeleteSnapshotResponse) Reset() {
 	*x = DeleteSnapshotResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[38]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2713,7 +2890,7 @@ func (x *DeleteSnapshotResponse) String() string {
 func (*DeleteSnapshotResponse) ProtoMessage() {}
 
 func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[38]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2726,7 +2903,7 @@ func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{38}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{40}
 }
 
 // GetCapabilitiesRequest is the request of GetCapabilities.
@@ -2738,7 +2915,7 @@ type GetCapabilitiesRequest struct {
 
 func (x *GetCapabilitiesRequest) Reset() {
 	*x = GetCapabilitiesRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[39]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2750,7 +2927,7 @@ func (x *GetCapabilitiesRequest) String() string {
 func (*GetCapabilitiesRequest) ProtoMessage() {}
 
 func (x *GetCapabilitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[39]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2763,7 +2940,7 @@ func (x *GetCapabilitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapabilitiesRequest.ProtoReflect.Descriptor instead.
 func (*GetCapabilitiesRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{39}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{41}
 }
 
 // GetCapabilitiesResponse is the response of GetCapabilities.
@@ -2776,7 +2953,7 @@ type GetCapabilitiesResponse struct {
 
 func (x *GetCapabilitiesResponse) Reset() {
 	*x = GetCapabilitiesResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[40]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2788,7 +2965,7 @@ func (x *GetCapabilitiesResponse) String() string {
 func (*GetCapabilitiesResponse) ProtoMessage() {}
 
 func (x *GetCapabilitiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[40]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2801,7 +2978,7 @@ func (x *GetCapabilitiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapabilitiesResponse.ProtoReflect.Descriptor instead.
 func (*GetCapabilitiesResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{40}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetCapabilitiesResponse) GetCapabilities() *Capabilities {
@@ -2927,7 +3104,7 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	" \x01(\x03R\n" +
 	"totalBytes\x12\x1d\n" +
 	"\n" +
-	"free_bytes\x18\v \x01(\x03R\tfreeBytes\"\xec\x03\n" +
+	"free_bytes\x18\v \x01(\x03R\tfreeBytes\"\xd5\x04\n" +
 	"\vVolumeInput\x12\x12\n" +
 	"\x04size\x18\x01 \x01(\x05R\x04size\x12\x1d\n" +
 	"\n" +
@@ -2943,7 +3120,10 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"volumeType\x12K\n" +
 	"\bmetadata\x18\n" +
 	" \x03(\v2/.blockvault.volume.v1.VolumeInput.MetadataEntryR\bmetadata\x12 \n" +
-	"\vmultiattach\x18\v \x01(\bR\vmultiattach\x1a;\n" +
+	"\vmultiattach\x18\v \x01(\bR\vmultiattach\x12/\n" +
+	"\x13consistencygroup_id\x18\x0e \x01(\tR\x12consistencygroupId\x12\x19\n" +
+	"\bgroup_id\x18\x0f \x01(\tR\agroupId\x12\x1b\n" +
+	"\timage_ref\x18\x10 \x01(\tR\bimageRef\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\f\x10\rJ\x04\b\r\x10\x0eR\ttemporaryR\x02id\"o\n" +
@@ -2991,13 +3171,24 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\x11ResetStatusAction\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\tR\x06status\x12#\n" +
 	"\rattach_status\x18\x02 \x01(\tR\fattachStatus\x12)\n" +
-	"\x10migration_status\x18\x03 \x01(\tR\x0fmigrationStatus\"\xf4\x01\n" +
+	"\x10migration_status\x18\x03 \x01(\tR\x0fmigrationStatus\"\x84\x01\n" +
+	"\fAttachAction\x12#\n" +
+	"\rinstance_uuid\x18\x01 \x01(\tR\finstanceUuid\x12\x1b\n" +
+	"\thost_name\x18\x02 \x01(\tR\bhostName\x12\x1e\n" +
+	"\n" +
+	"mountpoint\x18\x03 \x01(\tR\n" +
+	"mountpoint\x12\x12\n" +
+	"\x04mode\x18\x04 \x01(\tR\x04mode\"3\n" +
+	"\fDetachAction\x12#\n" +
+	"\rattachment_id\x18\x01 \x01(\tR\fattachmentId\"\xfc\x02\n" +
 	"\x13VolumeActionRequest\x12\x1d\n" +
 	"\n" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1b\n" +
 	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12B\n" +
 	"\tos_extend\x18\x03 \x01(\v2\".blockvault.volume.v1.ExtendActionH\x00R\tos-extend\x12S\n" +
-	"\x0fos_reset_status\x18\x04 \x01(\v2'.blockvault.volume.v1.ResetStatusActionH\x00R\x0fos-reset_statusB\b\n" +
+	"\x0fos_reset_status\x18\x04 \x01(\v2'.blockvault.volume.v1.ResetStatusActionH\x00R\x0fos-reset_status\x12B\n" +
+	"\tos_attach\x18\x05 \x01(\v2\".blockvault.volume.v1.AttachActionH\x00R\tos-attach\x12B\n" +
+	"\tos_detach\x18\x06 \x01(\v2\".blockvault.volume.v1.DetachActionH\x00R\tos-detachB\b\n" +
 	"\x06action\"\x16\n" +
 	"\x14VolumeActionResponse\"n\n" +
 	"\x18ResetVolumeStatusRequest\x12\x1d\n" +
@@ -3100,7 +3291,7 @@ func file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP() []byte {
 	return file_blockvault_volume_v1_volume_manager_proto_rawDescData
 }
 
-var file_blockvault_volume_v1_volume_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 45)
+var file_blockvault_volume_v1_volume_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
 var file_blockvault_volume_v1_volume_manager_proto_goTypes = []any{
 	(*Volume)(nil),                    // 0: blockvault.volume.v1.Volume
 	(*Link)(nil),                      // 1: blockvault.volume.v1.Link
@@ -3123,39 +3314,41 @@ var file_blockvault_volume_v1_volume_manager_proto_goTypes = []any{
 	(*ExtendVolumeResponse)(nil),      // 18: blockvault.volume.v1.ExtendVolumeResponse
 	(*ExtendAction)(nil),              // 19: blockvault.volume.v1.ExtendAction
 	(*ResetStatusAction)(nil),         // 20: blockvault.volume.v1.ResetStatusAction
-	(*VolumeActionRequest)(nil),       // 21: blockvault.volume.v1.VolumeActionRequest
-	(*VolumeActionResponse)(nil),      // 22: blockvault.volume.v1.VolumeActionResponse
-	(*ResetVolumeStatusRequest)(nil),  // 23: blockvault.volume.v1.ResetVolumeStatusRequest
-	(*ResetVolumeStatusResponse)(nil), // 24: blockvault.volume.v1.ResetVolumeStatusResponse
-	(*AttachmentInput)(nil),           // 25: blockvault.volume.v1.AttachmentInput
-	(*AttachVolumeRequest)(nil),       // 26: blockvault.volume.v1.AttachVolumeRequest
-	(*AttachVolumeResponse)(nil),      // 27: blockvault.volume.v1.AttachVolumeResponse
-	(*DetachVolumeRequest)(nil),       // 28: blockvault.volume.v1.DetachVolumeRequest
-	(*DetachVolumeResponse)(nil),      // 29: blockvault.volume.v1.DetachVolumeResponse
-	(*SnapshotInput)(nil),             // 30: blockvault.volume.v1.SnapshotInput
-	(*CreateSnapshotRequest)(nil),     // 31: blockvault.volume.v1.CreateSnapshotRequest
-	(*CreateSnapshotResponse)(nil),    // 32: blockvault.volume.v1.CreateSnapshotResponse
-	(*GetSnapshotRequest)(nil),        // 33: blockvault.volume.v1.GetSnapshotRequest
-	(*GetSnapshotResponse)(nil),       // 34: blockvault.volume.v1.GetSnapshotResponse
-	(*ListSnapshotsRequest)(nil),      // 35: blockvault.volume.v1.ListSnapshotsRequest
-	(*ListSnapshotsResponse)(nil),     // 36: blockvault.volume.v1.ListSnapshotsResponse
-	(*DeleteSnapshotRequest)(nil),     // 37: blockvault.volume.v1.DeleteSnapshotRequest
-	(*DeleteSnapshotResponse)(nil),    // 38: blockvault.volume.v1.DeleteSnapshotResponse
-	(*GetCapabilitiesRequest)(nil),    // 39: blockvault.volume.v1.GetCapabilitiesRequest
-	(*GetCapabilitiesResponse)(nil),   // 40: blockvault.volume.v1.GetCapabilitiesResponse
-	nil,                               // 41: blockvault.volume.v1.Volume.MetadataEntry
-	nil,                               // 42: blockvault.volume.v1.Snapshot.MetadataEntry
-	nil,                               // 43: blockvault.volume.v1.VolumeInput.MetadataEntry
-	nil,                               // 44: blockvault.volume.v1.SnapshotInput.MetadataEntry
+	(*AttachAction)(nil),              // 21: blockvault.volume.v1.AttachAction
+	(*DetachAction)(nil),              // 22: blockvault.volume.v1.DetachAction
+	(*VolumeActionRequest)(nil),       // 23: blockvault.volume.v1.VolumeActionRequest
+	(*VolumeActionResponse)(nil),      // 24: blockvault.volume.v1.VolumeActionResponse
+	(*ResetVolumeStatusRequest)(nil),  // 25: blockvault.volume.v1.ResetVolumeStatusRequest
+	(*ResetVolumeStatusResponse)(nil), // 26: blockvault.volume.v1.ResetVolumeStatusResponse
+	(*AttachmentInput)(nil),           // 27: blockvault.volume.v1.AttachmentInput
+	(*AttachVolumeRequest)(nil),       // 28: blockvault.volume.v1.AttachVolumeRequest
+	(*AttachVolumeResponse)(nil),      // 29: blockvault.volume.v1.AttachVolumeResponse
+	(*DetachVolumeRequest)(nil),       // 30: blockvault.volume.v1.DetachVolumeRequest
+	(*DetachVolumeResponse)(nil),      // 31: blockvault.volume.v1.DetachVolumeResponse
+	(*SnapshotInput)(nil),             // 32: blockvault.volume.v1.SnapshotInput
+	(*CreateSnapshotRequest)(nil),     // 33: blockvault.volume.v1.CreateSnapshotRequest
+	(*CreateSnapshotResponse)(nil),    // 34: blockvault.volume.v1.CreateSnapshotResponse
+	(*GetSnapshotRequest)(nil),        // 35: blockvault.volume.v1.GetSnapshotRequest
+	(*GetSnapshotResponse)(nil),       // 36: blockvault.volume.v1.GetSnapshotResponse
+	(*ListSnapshotsRequest)(nil),      // 37: blockvault.volume.v1.ListSnapshotsRequest
+	(*ListSnapshotsResponse)(nil),     // 38: blockvault.volume.v1.ListSnapshotsResponse
+	(*DeleteSnapshotRequest)(nil),     // 39: blockvault.volume.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil),    // 40: blockvault.volume.v1.DeleteSnapshotResponse
+	(*GetCapabilitiesRequest)(nil),    // 41: blockvault.volume.v1.GetCapabilitiesRequest
+	(*GetCapabilitiesResponse)(nil),   // 42: blockvault.volume.v1.GetCapabilitiesResponse
+	nil,                               // 43: blockvault.volume.v1.Volume.MetadataEntry
+	nil,                               // 44: blockvault.volume.v1.Snapshot.MetadataEntry
+	nil,                               // 45: blockvault.volume.v1.VolumeInput.MetadataEntry
+	nil,                               // 46: blockvault.volume.v1.SnapshotInput.MetadataEntry
 }
 var file_blockvault_volume_v1_volume_manager_proto_depIdxs = []int32{
 	2,  // 0: blockvault.volume.v1.Volume.attachments:type_name -> blockvault.volume.v1.Attachment
-	41, // 1: blockvault.volume.v1.Volume.metadata:type_name -> blockvault.volume.v1.Volume.MetadataEntry
+	43, // 1: blockvault.volume.v1.Volume.metadata:type_name -> blockvault.volume.v1.Volume.MetadataEntry
 	1,  // 2: blockvault.volume.v1.Volume.links:type_name -> blockvault.volume.v1.Link
 	3,  // 3: blockvault.volume.v1.Attachment.connection_info:type_name -> blockvault.volume.v1.ConnectionInfo
 	4,  // 4: blockvault.volume.v1.ConnectionInfo.data:type_name -> blockvault.volume.v1.ConnectionData
-	42, // 5: blockvault.volume.v1.Snapshot.metadata:type_name -> blockvault.volume.v1.Snapshot.MetadataEntry
-	43, // 6: blockvault.volume.v1.VolumeInput.metadata:type_name -> blockvault.volume.v1.VolumeInput.MetadataEntry
+	44, // 5: blockvault.volume.v1.Snapshot.metadata:type_name -> blockvault.volume.v1.Snapshot.MetadataEntry
+	45, // 6: blockvault.volume.v1.VolumeInput.metadata:type_name -> blockvault.volume.v1.VolumeInput.MetadataEntry
 	8,  // 7: blockvault.volume.v1.CreateVolumeRequest.volume:type_name -> blockvault.volume.v1.VolumeInput
 	0,  // 8: blockvault.volume.v1.CreateVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
 	0,  // 9: blockvault.volume.v1.GetVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
@@ -3164,50 +3357,52 @@ var file_blockvault_volume_v1_volume_manager_proto_depIdxs = []int32{
 	0,  // 12: blockvault.volume.v1.ExtendVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
 	19, // 13: blockvault.volume.v1.VolumeActionRequest.os_extend:type_name -> blockvault.volume.v1.ExtendAction
 	20, // 14: blockvault.volume.v1.VolumeActionRequest.os_reset_status:type_name -> blockvault.volume.v1.ResetStatusAction
-	0,  // 15: blockvault.volume.v1.ResetVolumeStatusResponse.volume:type_name -> blockvault.volume.v1.Volume
-	5,  // 16: blockvault.volume.v1.AttachmentInput.connector:type_name -> blockvault.volume.v1.Connector
-	25, // 17: blockvault.volume.v1.AttachVolumeRequest.attachment:type_name -> blockvault.volume.v1.AttachmentInput
-	2,  // 18: blockvault.volume.v1.AttachVolumeResponse.attachment:type_name -> blockvault.volume.v1.Attachment
-	44, // 19: blockvault.volume.v1.SnapshotInput.metadata:type_name -> blockvault.volume.v1.SnapshotInput.MetadataEntry
-	30, // 20: blockvault.volume.v1.CreateSnapshotRequest.snapshot:type_name -> blockvault.volume.v1.SnapshotInput
-	6,  // 21: blockvault.volume.v1.CreateSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
-	6,  // 22: blockvault.volume.v1.GetSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
-	6,  // 23: blockvault.volume.v1.ListSnapshotsResponse.snapshots:type_name -> blockvault.volume.v1.Snapshot
-	1,  // 24: blockvault.volume.v1.ListSnapshotsResponse.snapshots_links:type_name -> blockvault.volume.v1.Link
-	7,  // 25: blockvault.volume.v1.GetCapabilitiesResponse.capabilities:type_name -> blockvault.volume.v1.Capabilities
-	9,  // 26: blockvault.volume.v1.VolumeManagerService.CreateVolume:input_type -> blockvault.volume.v1.CreateVolumeRequest
-	11, // 27: blockvault.volume.v1.VolumeManagerService.GetVolume:input_type -> blockvault.volume.v1.GetVolumeRequest
-	13, // 28: blockvault.volume.v1.VolumeManagerService.ListVolumes:input_type -> blockvault.volume.v1.ListVolumesRequest
-	15, // 29: blockvault.volume.v1.VolumeManagerService.DeleteVolume:input_type -> blockvault.volume.v1.DeleteVolumeRequest
-	17, // 30: blockvault.volume.v1.VolumeManagerService.ExtendVolume:input_type -> blockvault.volume.v1.ExtendVolumeRequest
-	21, // 31: blockvault.volume.v1.VolumeManagerService.VolumeAction:input_type -> blockvault.volume.v1.VolumeActionRequest
-	23, // 32: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:input_type -> blockvault.volume.v1.ResetVolumeStatusRequest
-	26, // 33: blockvault.volume.v1.VolumeManagerService.AttachVolume:input_type -> blockvault.volume.v1.AttachVolumeRequest
-	28, // 34: blockvault.volume.v1.VolumeManagerService.DetachVolume:input_type -> blockvault.volume.v1.DetachVolumeRequest
-	31, // 35: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:input_type -> blockvault.volume.v1.CreateSnapshotRequest
-	33, // 36: blockvault.volume.v1.VolumeManagerService.GetSnapshot:input_type -> blockvault.volume.v1.GetSnapshotRequest
-	35, // 37: blockvault.volume.v1.VolumeManagerService.ListSnapshots:input_type -> blockvault.volume.v1.ListSnapshotsRequest
-	37, // 38: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:input_type -> blockvault.volume.v1.DeleteSnapshotRequest
-	39, // 39: blockvault.volume.v1.VolumeManagerService.GetCapabilities:input_type -> blockvault.volume.v1.GetCapabilitiesRequest
-	10, // 40: blockvault.volume.v1.VolumeManagerService.CreateVolume:output_type -> blockvault.volume.v1.CreateVolumeResponse
-	12, // 41: blockvault.volume.v1.VolumeManagerService.GetVolume:output_type -> blockvault.volume.v1.GetVolumeResponse
-	14, // 42: blockvault.volume.v1.VolumeManagerService.ListVolumes:output_type -> blockvault.volume.v1.ListVolumesResponse
-	16, // 43: blockvault.volume.v1.VolumeManagerService.DeleteVolume:output_type -> blockvault.volume.v1.DeleteVolumeResponse
-	18, // 44: blockvault.volume.v1.VolumeManagerService.ExtendVolume:output_type -> blockvault.volume.v1.ExtendVolumeResponse
-	22, // 45: blockvault.volume.v1.VolumeManagerService.VolumeAction:output_type -> blockvault.volume.v1.VolumeActionResponse
-	24, // 46: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:output_type -> blockvault.volume.v1.ResetVolumeStatusResponse
-	27, // 47: blockvault.volume.v1.VolumeManagerService.AttachVolume:output_type -> blockvault.volume.v1.AttachVolumeResponse
-	29, // 48: blockvault.volume.v1.VolumeManagerService.DetachVolume:output_type -> blockvault.volume.v1.DetachVolumeResponse
-	32, // 49: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:output_type -> blockvault.volume.v1.CreateSnapshotResponse
-	34, // 50: blockvault.volume.v1.VolumeManagerService.GetSnapshot:output_type -> blockvault.volume.v1.GetSnapshotResponse
-	36, // 51: blockvault.volume.v1.VolumeManagerService.ListSnapshots:output_type -> blockvault.volume.v1.ListSnapshotsResponse
-	38, // 52: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:output_type -> blockvault.volume.v1.DeleteSnapshotResponse
-	40, // 53: blockvault.volume.v1.VolumeManagerService.GetCapabilities:output_type -> blockvault.volume.v1.GetCapabilitiesResponse
-	40, // [40:54] is the sub-list for method output_type
-	26, // [26:40] is the sub-list for method input_type
-	26, // [26:26] is the sub-list for extension type_name
-	26, // [26:26] is the sub-list for extension extendee
-	0,  // [0:26] is the sub-list for field type_name
+	21, // 15: blockvault.volume.v1.VolumeActionRequest.os_attach:type_name -> blockvault.volume.v1.AttachAction
+	22, // 16: blockvault.volume.v1.VolumeActionRequest.os_detach:type_name -> blockvault.volume.v1.DetachAction
+	0,  // 17: blockvault.volume.v1.ResetVolumeStatusResponse.volume:type_name -> blockvault.volume.v1.Volume
+	5,  // 18: blockvault.volume.v1.AttachmentInput.connector:type_name -> blockvault.volume.v1.Connector
+	27, // 19: blockvault.volume.v1.AttachVolumeRequest.attachment:type_name -> blockvault.volume.v1.AttachmentInput
+	2,  // 20: blockvault.volume.v1.AttachVolumeResponse.attachment:type_name -> blockvault.volume.v1.Attachment
+	46, // 21: blockvault.volume.v1.SnapshotInput.metadata:type_name -> blockvault.volume.v1.SnapshotInput.MetadataEntry
+	32, // 22: blockvault.volume.v1.CreateSnapshotRequest.snapshot:type_name -> blockvault.volume.v1.SnapshotInput
+	6,  // 23: blockvault.volume.v1.CreateSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
+	6,  // 24: blockvault.volume.v1.GetSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
+	6,  // 25: blockvault.volume.v1.ListSnapshotsResponse.snapshots:type_name -> blockvault.volume.v1.Snapshot
+	1,  // 26: blockvault.volume.v1.ListSnapshotsResponse.snapshots_links:type_name -> blockvault.volume.v1.Link
+	7,  // 27: blockvault.volume.v1.GetCapabilitiesResponse.capabilities:type_name -> blockvault.volume.v1.Capabilities
+	9,  // 28: blockvault.volume.v1.VolumeManagerService.CreateVolume:input_type -> blockvault.volume.v1.CreateVolumeRequest
+	11, // 29: blockvault.volume.v1.VolumeManagerService.GetVolume:input_type -> blockvault.volume.v1.GetVolumeRequest
+	13, // 30: blockvault.volume.v1.VolumeManagerService.ListVolumes:input_type -> blockvault.volume.v1.ListVolumesRequest
+	15, // 31: blockvault.volume.v1.VolumeManagerService.DeleteVolume:input_type -> blockvault.volume.v1.DeleteVolumeRequest
+	17, // 32: blockvault.volume.v1.VolumeManagerService.ExtendVolume:input_type -> blockvault.volume.v1.ExtendVolumeRequest
+	23, // 33: blockvault.volume.v1.VolumeManagerService.VolumeAction:input_type -> blockvault.volume.v1.VolumeActionRequest
+	25, // 34: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:input_type -> blockvault.volume.v1.ResetVolumeStatusRequest
+	28, // 35: blockvault.volume.v1.VolumeManagerService.AttachVolume:input_type -> blockvault.volume.v1.AttachVolumeRequest
+	30, // 36: blockvault.volume.v1.VolumeManagerService.DetachVolume:input_type -> blockvault.volume.v1.DetachVolumeRequest
+	33, // 37: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:input_type -> blockvault.volume.v1.CreateSnapshotRequest
+	35, // 38: blockvault.volume.v1.VolumeManagerService.GetSnapshot:input_type -> blockvault.volume.v1.GetSnapshotRequest
+	37, // 39: blockvault.volume.v1.VolumeManagerService.ListSnapshots:input_type -> blockvault.volume.v1.ListSnapshotsRequest
+	39, // 40: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:input_type -> blockvault.volume.v1.DeleteSnapshotRequest
+	41, // 41: blockvault.volume.v1.VolumeManagerService.GetCapabilities:input_type -> blockvault.volume.v1.GetCapabilitiesRequest
+	10, // 42: blockvault.volume.v1.VolumeManagerService.CreateVolume:output_type -> blockvault.volume.v1.CreateVolumeResponse
+	12, // 43: blockvault.volume.v1.VolumeManagerService.GetVolume:output_type -> blockvault.volume.v1.GetVolumeResponse
+	14, // 44: blockvault.volume.v1.VolumeManagerService.ListVolumes:output_type -> blockvault.volume.v1.ListVolumesResponse
+	16, // 45: blockvault.volume.v1.VolumeManagerService.DeleteVolume:output_type -> blockvault.volume.v1.DeleteVolumeResponse
+	18, // 46: blockvault.volume.v1.VolumeManagerService.ExtendVolume:output_type -> blockvault.volume.v1.ExtendVolumeResponse
+	24, // 47: blockvault.volume.v1.VolumeManagerService.VolumeAction:output_type -> blockvault.volume.v1.VolumeActionResponse
+	26, // 48: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:output_type -> blockvault.volume.v1.ResetVolumeStatusResponse
+	29, // 49: blockvault.volume.v1.VolumeManagerService.AttachVolume:output_type -> blockvault.volume.v1.AttachVolumeResponse
+	31, // 50: blockvault.volume.v1.VolumeManagerService.DetachVolume:output_type -> blockvault.volume.v1.DetachVolumeResponse
+	34, // 51: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:output_type -> blockvault.volume.v1.CreateSnapshotResponse
+	36, // 52: blockvault.volume.v1.VolumeManagerService.GetSnapshot:output_type -> blockvault.volume.v1.GetSnapshotResponse
+	38, // 53: blockvault.volume.v1.VolumeManagerService.ListSnapshots:output_type -> blockvault.volume.v1.ListSnapshotsResponse
+	40, // 54: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:output_type -> blockvault.volume.v1.DeleteSnapshotResponse
+	42, // 55: blockvault.volume.v1.VolumeManagerService.GetCapabilities:output_type -> blockvault.volume.v1.GetCapabilitiesResponse
+	42, // [42:56] is the sub-list for method output_type
+	28, // [28:42] is the sub-list for method input_type
+	28, // [28:28] is the sub-list for extension type_name
+	28, // [28:28] is the sub-list for extension extendee
+	0,  // [0:28] is the sub-list for field type_name
 }
 
 func init() { file_blockvault_volume_v1_volume_manager_proto_init() }
@@ -3215,9 +3410,11 @@ func file_blockvault_volume_v1_volume_manager_proto_init() {
 	if File_blockvault_volume_v1_volume_manager_proto != nil {
 		return
 	}
-	file_blockvault_volume_v1_volume_manager_proto_msgTypes[21].OneofWrappers = []any{
+	file_blockvault_volume_v1_volume_manager_proto_msgTypes[23].OneofWrappers = []any{
 		(*VolumeActionRequest_OsExtend)(nil),
 		(*VolumeActionRequest_OsResetStatus)(nil),
+		(*VolumeActionRequest_OsAttach)(nil),
+		(*VolumeActionRequest_OsDetach)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -3225,7 +3422,7 @@ func file_blockvault_volume_v1_volume_manager_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_blockvault_volume_v1_volume_manager_proto_rawDesc), len(file_blockvault_volume_v1_volume_manager_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   45,
+			NumMessages:   47,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

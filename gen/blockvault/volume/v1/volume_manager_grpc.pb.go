@@ -59,7 +59,8 @@ type VolumeManagerServiceClient interface {
 	// ExtendVolume grows an available volume.
 	ExtendVolume(ctx context.Context, in *ExtendVolumeRequest, opts ...grpc.CallOption) (*ExtendVolumeResponse, error)
 	// VolumeAction is the REST `POST /volumes/{id}/action` endpoint: one of
-	// os-extend, os-reset_status. gRPC clients call the specific RPCs.
+	// os-extend, os-reset_status, os-attach, os-detach. gRPC clients call
+	// the specific RPCs (os-attach and os-detach are only here).
 	VolumeAction(ctx context.Context, in *VolumeActionRequest, opts ...grpc.CallOption) (*VolumeActionResponse, error)
 	// ResetVolumeStatus sets a volume's status (admin).
 	ResetVolumeStatus(ctx context.Context, in *ResetVolumeStatusRequest, opts ...grpc.CallOption) (*ResetVolumeStatusResponse, error)
@@ -246,7 +247,8 @@ type VolumeManagerServiceServer interface {
 	// ExtendVolume grows an available volume.
 	ExtendVolume(context.Context, *ExtendVolumeRequest) (*ExtendVolumeResponse, error)
 	// VolumeAction is the REST `POST /volumes/{id}/action` endpoint: one of
-	// os-extend, os-reset_status. gRPC clients call the specific RPCs.
+	// os-extend, os-reset_status, os-attach, os-detach. gRPC clients call
+	// the specific RPCs (os-attach and os-detach are only here).
 	VolumeAction(context.Context, *VolumeActionRequest) (*VolumeActionResponse, error)
 	// ResetVolumeStatus sets a volume's status (admin).
 	ResetVolumeStatus(context.Context, *ResetVolumeStatusRequest) (*ResetVolumeStatusResponse, error)
