@@ -197,6 +197,9 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if err := LoadQuotaLimits(ctx, bdb, quotas); err != nil {
+		return err
+	}
 	srv := New(Config{NodeID: cfg.NodeID, LocalReads: !cfg.NoLocalReads, Strategy: cfg.Strategy, MaxConcurrent: cfg.MaxConcurrent,
 		Container: cfg.Container, Quotas: quotas, LeaseDuration: cfg.LeaseDuration,
 		ChangedBlockTracking: cfg.ChangedBlockTracking, NBDTLS: nbdTLS}, bdb, conn, EngineAdapter{E: eng}, log)

@@ -57,6 +57,9 @@ var roleDecisions = map[string][]string{
 	// The quickstart's demonstration shows a member the backend's driver
 	// and free space.
 	"/blockvault.volume.v1.VolumeManagerService/GetCapabilities": everyone,
+	// Quota sets: a member sees their own project's; setting is an admin's.
+	"/blockvault.volume.v1.VolumeManagerService/GetQuotaSet":    everyone,
+	"/blockvault.volume.v1.VolumeManagerService/UpdateQuotaSet": adminsOnly,
 
 	"/blockvault.volume.v1.VolumeManagerInternalService/BeginBackup":             daemonsOnly,
 	"/blockvault.volume.v1.VolumeManagerInternalService/EndBackup":               daemonsOnly,
@@ -78,6 +81,8 @@ var roleDecisions = map[string][]string{
 	"/blockvault.backup.v1.BackupService/VerifyBackup":       everyone,
 	"/blockvault.backup.v1.BackupService/ExportBackupRecord": everyone,
 	"/blockvault.backup.v1.BackupService/ImportBackupRecord": adminsOnly,
+	"/blockvault.backup.v1.BackupService/GetQuotaSet":        everyone,
+	"/blockvault.backup.v1.BackupService/UpdateQuotaSet":     adminsOnly,
 }
 
 // blockvaultMethods walks the file descriptors compiled into this binary

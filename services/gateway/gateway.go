@@ -14,6 +14,8 @@ import (
 	"log/slog"
 	"net/http"
 	"regexp"
+	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -107,6 +109,10 @@ func New(ctx context.Context, cfg Config) (http.Handler, error) {
 		w.Write(openAPI)
 	})
 	root.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
+	qs := &quotaSets{volumes: volumev1.NewVolumeManagerServiceClient(cfg.Volumes), backups: backupv1.NewBackupServiceClient(cfg.Backups)}
+	root.HandleFunc("GET /v3/{project_id}/os-quota-sets/{target}", qs.show)
+	root.HandleFunc("GET /v3/{project_id}/os-quota-sets/{target}/defaults", qs.show)
+	root.HandleFunc("PUT /v3/{project_id}/os-quota-sets/{target}", qs.update)
 	root.Handle("/", recordKeys(streamErrors(mux)))
 	return logRequests(log, limitBody(root)), nil
 }
@@ -483,4 +489,164 @@ func errorBody(code int, msg string) []byte {
 	}
 	b, _ := json.Marshal(map[string]any{kind: map[string]any{"code": code, "message": msg}})
 	return b
+}
+
+// quotaSets serves os-quota-sets: the volume manager keeps the quotas of
+// volumes, gigabytes and snapshots, the backup service those of backups
+// and backup_gigabytes; a quota set is both daemons' answers merged.
+type quotaSets struct {
+	volumes volumev1.VolumeManagerServiceClient
+	backups backupv1.BackupServiceClient
+}
+
+// quotaKeysIgnored are keys of an update body that are not quotas
+// (clients send them; the Block Storage API skips them).
+var quotaKeysIgnored = map[string]bool{"id": true, "tenant_id": true, "force": true, "skip_validation": true}
+
+var (
+	volumeQuotas = []string{"volumes", "gigabytes", "snapshots"}
+	backupQuotas = []string{"backups", "backup_gigabytes"}
+	reLimit      = regexp.MustCompile(`^-?[0-9]+$`)
+)
+
+// outgoing is the context of a call to a daemon on behalf of r: its
+// token and request id.
+func outgoing(r *http.Request) context.Context {
+	md := metadata.Pairs(requestid.Key, r.Header.Get(requestid.Key))
+	if t := r.Header.Get("X-Auth-Token"); t != "" {
+		md.Set("x-auth-token", t)
+	}
+	return metadata.NewOutgoingContext(r.Context(), md)
+}
+
+func writeGRPCError(w http.ResponseWriter, err error) {
+	code, msg := restError(status.Convert(err))
+	writeError(w, code, msg)
+}
+
+func writeJSON(w http.ResponseWriter, v any) {
+	w.Header().Set("Content-Type", "application/json")
+	json.NewEncoder(w).Encode(v)
+}
+
+// show is GET .../os-quota-sets/{target}[?usage=true] and .../defaults.
+func (q *quotaSets) show(w http.ResponseWriter, r *http.Request) {
+	project, target := r.PathValue("project_id"), r.PathValue("target")
+	defaults := strings.HasSuffix(r.URL.Path, "/defaults")
+	usage := false
+	if v := r.URL.Query().Get("usage"); v != "" {
+		b, err := strconv.ParseBool(v)
+		if err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("Invalid input for query parameter usage. Value: %s. It must be a boolean (true or false).", v))
+			return
+		}
+		usage = b
+	}
+	ctx := outgoing(r)
+	vr, err := q.volumes.GetQuotaSet(ctx, &volumev1.GetQuotaSetRequest{ProjectId: project, TargetProjectId: target, Defaults: defaults})
+	if err != nil {
+		writeGRPCError(w, err)
+		return
+	}
+	br, err := q.backups.GetQuotaSet(ctx, &backupv1.GetQuotaSetRequest{ProjectId: project, TargetProjectId: target, Defaults: defaults})
+	if err != nil {
+		writeGRPCError(w, err)
+		return
+	}
+	set := map[string]any{"id": target}
+	add := func(k string, limit, inUse, reserved int64) {
+		if usage && !defaults {
+			set[k] = map[string]int64{"limit": limit, "in_use": inUse, "reserved": reserved}
+		} else {
+			set[k] = limit
+		}
+	}
+	for k, v := range vr.GetQuotaSet() {
+		add(k, v.GetLimit(), v.GetInUse(), v.GetReserved())
+	}
+	for k, v := range br.GetQuotaSet() {
+		add(k, v.GetLimit(), v.GetInUse(), v.GetReserved())
+	}
+	writeJSON(w, map[string]any{"quota_set": set})
+}
+
+// update is PUT .../os-quota-sets/{target} (admin): {"quota_set":
+// {"volumes": 20, ...}}, each limit an integer (or a string of one) of -1
+// or more.
+func (q *quotaSets) update(w http.ResponseWriter, r *http.Request) {
+	project, target := r.PathValue("project_id"), r.PathValue("target")
+	var body map[string]json.RawMessage
+	dec := json.NewDecoder(r.Body)
+	if err := dec.Decode(&body); err != nil {
+		code, msg := restError(status.New(codes.InvalidArgument, err.Error()))
+		if err == io.EOF {
+			msg = "Missing required element 'quota_set' in request body."
+		}
+		writeError(w, code, msg)
+		return
+	}
+	var set map[string]json.RawMessage
+	if raw, ok := body["quota_set"]; !ok || json.Unmarshal(raw, &set) != nil || set == nil {
+		writeError(w, http.StatusBadRequest, "Missing required element 'quota_set' in request body: want {\"quota_set\": {\"volumes\": 10, ...}}.")
+		return
+	}
+	vl, bl := map[string]int64{}, map[string]int64{}
+	var bad []string
+	for k, raw := range set {
+		if quotaKeysIgnored[k] {
+			continue
+		}
+		var into map[string]int64
+		switch {
+		case slices.Contains(volumeQuotas, k):
+			into = vl
+		case slices.Contains(backupQuotas, k):
+			into = bl
+		default:
+			bad = append(bad, k)
+			continue
+		}
+		var v any
+		d := json.NewDecoder(bytes.NewReader(raw))
+		d.UseNumber()
+		d.Decode(&v)
+		text := ""
+		switch x := v.(type) {
+		case json.Number:
+			text = x.String()
+		case string:
+			text = x
+		}
+		n, err := strconv.ParseInt(text, 10, 64)
+		if !reLimit.MatchString(text) || err != nil {
+			writeError(w, http.StatusBadRequest, fmt.Sprintf("Invalid input for field/attribute %s. Value: %s. It must be an integer.", k, raw))
+			return
+		}
+		into[k] = n
+	}
+	if len(bad) > 0 {
+		slices.Sort(bad)
+		writeError(w, http.StatusBadRequest, fmt.Sprintf("Bad key(s) in quota set: %s (the quotas are %s).",
+			strings.Join(bad, ", "), strings.Join(append(append([]string{}, volumeQuotas...), backupQuotas...), ", ")))
+		return
+	}
+	ctx := outgoing(r)
+	vr, err := q.volumes.UpdateQuotaSet(ctx, &volumev1.UpdateQuotaSetRequest{ProjectId: project, TargetProjectId: target, Limits: vl})
+	if err != nil {
+		writeGRPCError(w, err)
+		return
+	}
+	br, err := q.backups.UpdateQuotaSet(ctx, &backupv1.UpdateQuotaSetRequest{ProjectId: project, TargetProjectId: target, Limits: bl})
+	if err != nil {
+		writeGRPCError(w, err)
+		return
+	}
+	out := map[string]any{}
+	for k, v := range vr.GetQuotaSet() {
+		out[k] = v.GetLimit()
+	}
+	for k, v := range br.GetQuotaSet() {
+		out[k] = v.GetLimit()
+	}
+	writeJSON(w, map[string]any{"quota_set": out})
 }

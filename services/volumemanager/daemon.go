@@ -151,6 +151,9 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if err := LoadQuotaLimits(ctx, vdb, quotas); err != nil {
+		return err
+	}
 	srv := New(Config{NodeID: cfg.NodeID, ExportHost: host, ExportPort: port, ExportTLS: nbdTLS != nil, Quotas: quotas}, vdb, driver, nbdSrv, log)
 	if err := srv.Restore(ctx); err != nil {
 		return err

@@ -2988,6 +2988,284 @@ func (x *GetCapabilitiesResponse) GetCapabilities() *Capabilities {
 	return nil
 }
 
+// QuotaUsage is one resource's limit (-1: none) and use.
+type QuotaUsage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Limit         int64                  `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	InUse         int64                  `protobuf:"varint,2,opt,name=in_use,json=inUse,proto3" json:"in_use,omitempty"`
+	Reserved      int64                  `protobuf:"varint,3,opt,name=reserved,proto3" json:"reserved,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuotaUsage) Reset() {
+	*x = QuotaUsage{}
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[43]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuotaUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuotaUsage) ProtoMessage() {}
+
+func (x *QuotaUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[43]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuotaUsage.ProtoReflect.Descriptor instead.
+func (*QuotaUsage) Descriptor() ([]byte, []int) {
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{43}
+}
+
+func (x *QuotaUsage) GetLimit() int64 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *QuotaUsage) GetInUse() int64 {
+	if x != nil {
+		return x.InUse
+	}
+	return 0
+}
+
+func (x *QuotaUsage) GetReserved() int64 {
+	if x != nil {
+		return x.Reserved
+	}
+	return 0
+}
+
+// GetQuotaSetRequest is the request of GetQuotaSet.
+type GetQuotaSetRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's project (the path's).
+	ProjectId string `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
+	// The project whose quotas to show.
+	TargetProjectId string `protobuf:"bytes,2,opt,name=target_project_id,json=targetProjectId,proto3" json:"target_project_id,omitempty"`
+	// Show the defaults instead of the project's limits.
+	Defaults      bool `protobuf:"varint,3,opt,name=defaults,proto3" json:"defaults,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetQuotaSetRequest) Reset() {
+	*x = GetQuotaSetRequest{}
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetQuotaSetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetQuotaSetRequest) ProtoMessage() {}
+
+func (x *GetQuotaSetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetQuotaSetRequest.ProtoReflect.Descriptor instead.
+func (*GetQuotaSetRequest) Descriptor() ([]byte, []int) {
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *GetQuotaSetRequest) GetProjectId() string {
+	if x != nil {
+		return x.ProjectId
+	}
+	return ""
+}
+
+func (x *GetQuotaSetRequest) GetTargetProjectId() string {
+	if x != nil {
+		return x.TargetProjectId
+	}
+	return ""
+}
+
+func (x *GetQuotaSetRequest) GetDefaults() bool {
+	if x != nil {
+		return x.Defaults
+	}
+	return false
+}
+
+// GetQuotaSetResponse is the response of GetQuotaSet.
+type GetQuotaSetResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// By resource.
+	QuotaSet      map[string]*QuotaUsage `protobuf:"bytes,1,rep,name=quota_set,json=quotaSet,proto3" json:"quota_set,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetQuotaSetResponse) Reset() {
+	*x = GetQuotaSetResponse{}
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[45]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetQuotaSetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetQuotaSetResponse) ProtoMessage() {}
+
+func (x *GetQuotaSetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[45]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetQuotaSetResponse.ProtoReflect.Descriptor instead.
+func (*GetQuotaSetResponse) Descriptor() ([]byte, []int) {
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{45}
+}
+
+func (x *GetQuotaSetResponse) GetQuotaSet() map[string]*QuotaUsage {
+	if x != nil {
+		return x.QuotaSet
+	}
+	return nil
+}
+
+// UpdateQuotaSetRequest is the request of UpdateQuotaSet.
+type UpdateQuotaSetRequest struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	ProjectId       string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
+	TargetProjectId string                 `protobuf:"bytes,2,opt,name=target_project_id,json=targetProjectId,proto3" json:"target_project_id,omitempty"`
+	// New limits by resource (-1: none).
+	Limits        map[string]int64 `protobuf:"bytes,3,rep,name=limits,proto3" json:"limits,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateQuotaSetRequest) Reset() {
+	*x = UpdateQuotaSetRequest{}
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[46]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateQuotaSetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateQuotaSetRequest) ProtoMessage() {}
+
+func (x *UpdateQuotaSetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[46]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateQuotaSetRequest.ProtoReflect.Descriptor instead.
+func (*UpdateQuotaSetRequest) Descriptor() ([]byte, []int) {
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{46}
+}
+
+func (x *UpdateQuotaSetRequest) GetProjectId() string {
+	if x != nil {
+		return x.ProjectId
+	}
+	return ""
+}
+
+func (x *UpdateQuotaSetRequest) GetTargetProjectId() string {
+	if x != nil {
+		return x.TargetProjectId
+	}
+	return ""
+}
+
+func (x *UpdateQuotaSetRequest) GetLimits() map[string]int64 {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+// UpdateQuotaSetResponse is the response of UpdateQuotaSet.
+type UpdateQuotaSetResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	QuotaSet      map[string]*QuotaUsage `protobuf:"bytes,1,rep,name=quota_set,json=quotaSet,proto3" json:"quota_set,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateQuotaSetResponse) Reset() {
+	*x = UpdateQuotaSetResponse{}
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateQuotaSetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateQuotaSetResponse) ProtoMessage() {}
+
+func (x *UpdateQuotaSetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateQuotaSetResponse.ProtoReflect.Descriptor instead.
+func (*UpdateQuotaSetResponse) Descriptor() ([]byte, []int) {
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *UpdateQuotaSetResponse) GetQuotaSet() map[string]*QuotaUsage {
+	if x != nil {
+		return x.QuotaSet
+	}
+	return nil
+}
+
 var File_blockvault_volume_v1_volume_manager_proto protoreflect.FileDescriptor
 
 const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
@@ -3262,7 +3540,35 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\x16DeleteSnapshotResponse\"\x18\n" +
 	"\x16GetCapabilitiesRequest\"a\n" +
 	"\x17GetCapabilitiesResponse\x12F\n" +
-	"\fcapabilities\x18\x01 \x01(\v2\".blockvault.volume.v1.CapabilitiesR\fcapabilities2\x8c\x10\n" +
+	"\fcapabilities\x18\x01 \x01(\v2\".blockvault.volume.v1.CapabilitiesR\fcapabilities\"U\n" +
+	"\n" +
+	"QuotaUsage\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\x03R\x05limit\x12\x15\n" +
+	"\x06in_use\x18\x02 \x01(\x03R\x05inUse\x12\x1a\n" +
+	"\breserved\x18\x03 \x01(\x03R\breserved\"{\n" +
+	"\x12GetQuotaSetRequest\x12\x1d\n" +
+	"\n" +
+	"project_id\x18\x01 \x01(\tR\tprojectId\x12*\n" +
+	"\x11target_project_id\x18\x02 \x01(\tR\x0ftargetProjectId\x12\x1a\n" +
+	"\bdefaults\x18\x03 \x01(\bR\bdefaults\"\xca\x01\n" +
+	"\x13GetQuotaSetResponse\x12T\n" +
+	"\tquota_set\x18\x01 \x03(\v27.blockvault.volume.v1.GetQuotaSetResponse.QuotaSetEntryR\bquotaSet\x1a]\n" +
+	"\rQuotaSetEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x126\n" +
+	"\x05value\x18\x02 \x01(\v2 .blockvault.volume.v1.QuotaUsageR\x05value:\x028\x01\"\xee\x01\n" +
+	"\x15UpdateQuotaSetRequest\x12\x1d\n" +
+	"\n" +
+	"project_id\x18\x01 \x01(\tR\tprojectId\x12*\n" +
+	"\x11target_project_id\x18\x02 \x01(\tR\x0ftargetProjectId\x12O\n" +
+	"\x06limits\x18\x03 \x03(\v27.blockvault.volume.v1.UpdateQuotaSetRequest.LimitsEntryR\x06limits\x1a9\n" +
+	"\vLimitsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xd0\x01\n" +
+	"\x16UpdateQuotaSetResponse\x12W\n" +
+	"\tquota_set\x18\x01 \x03(\v2:.blockvault.volume.v1.UpdateQuotaSetResponse.QuotaSetEntryR\bquotaSet\x1a]\n" +
+	"\rQuotaSetEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x126\n" +
+	"\x05value\x18\x02 \x01(\v2 .blockvault.volume.v1.QuotaUsageR\x05value:\x028\x012\xdd\x11\n" +
 	"\x14VolumeManagerService\x12\x8a\x01\n" +
 	"\fCreateVolume\x12).blockvault.volume.v1.CreateVolumeRequest\x1a*.blockvault.volume.v1.CreateVolumeResponse\"#\x82\xd3\xe4\x93\x02\x1d:\x01*\"\x18/v3/{project_id}/volumes\x12\x8a\x01\n" +
 	"\tGetVolume\x12&.blockvault.volume.v1.GetVolumeRequest\x1a'.blockvault.volume.v1.GetVolumeResponse\",\x82\xd3\xe4\x93\x02&\x12$/v3/{project_id}/volumes/{volume_id}\x12\xa7\x01\n" +
@@ -3276,7 +3582,9 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\x0eCreateSnapshot\x12+.blockvault.volume.v1.CreateSnapshotRequest\x1a,.blockvault.volume.v1.CreateSnapshotResponse\"%\x82\xd3\xe4\x93\x02\x1f:\x01*\"\x1a/v3/{project_id}/snapshots\x12\x94\x01\n" +
 	"\vGetSnapshot\x12(.blockvault.volume.v1.GetSnapshotRequest\x1a).blockvault.volume.v1.GetSnapshotResponse\"0\x82\xd3\xe4\x93\x02*\x12(/v3/{project_id}/snapshots/{snapshot_id}\x12\xb1\x01\n" +
 	"\rListSnapshots\x12*.blockvault.volume.v1.ListSnapshotsRequest\x1a+.blockvault.volume.v1.ListSnapshotsResponse\"G\x82\xd3\xe4\x93\x02AZ\x1c\x12\x1a/v3/{project_id}/snapshots\x12!/v3/{project_id}/snapshots/detail\x12\x9d\x01\n" +
-	"\x0eDeleteSnapshot\x12+.blockvault.volume.v1.DeleteSnapshotRequest\x1a,.blockvault.volume.v1.DeleteSnapshotResponse\"0\x82\xd3\xe4\x93\x02**(/v3/{project_id}/snapshots/{snapshot_id}\x12n\n" +
+	"\x0eDeleteSnapshot\x12+.blockvault.volume.v1.DeleteSnapshotRequest\x1a,.blockvault.volume.v1.DeleteSnapshotResponse\"0\x82\xd3\xe4\x93\x02**(/v3/{project_id}/snapshots/{snapshot_id}\x12b\n" +
+	"\vGetQuotaSet\x12(.blockvault.volume.v1.GetQuotaSetRequest\x1a).blockvault.volume.v1.GetQuotaSetResponse\x12k\n" +
+	"\x0eUpdateQuotaSet\x12+.blockvault.volume.v1.UpdateQuotaSetRequest\x1a,.blockvault.volume.v1.UpdateQuotaSetResponse\x12n\n" +
 	"\x0fGetCapabilities\x12,.blockvault.volume.v1.GetCapabilitiesRequest\x1a-.blockvault.volume.v1.GetCapabilitiesResponseBDZBgithub.com/blockvault/blockvault/gen/blockvault/volume/v1;volumev1b\x06proto3"
 
 var (
@@ -3291,7 +3599,7 @@ func file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP() []byte {
 	return file_blockvault_volume_v1_volume_manager_proto_rawDescData
 }
 
-var file_blockvault_volume_v1_volume_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 47)
+var file_blockvault_volume_v1_volume_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_blockvault_volume_v1_volume_manager_proto_goTypes = []any{
 	(*Volume)(nil),                    // 0: blockvault.volume.v1.Volume
 	(*Link)(nil),                      // 1: blockvault.volume.v1.Link
@@ -3336,19 +3644,27 @@ var file_blockvault_volume_v1_volume_manager_proto_goTypes = []any{
 	(*DeleteSnapshotResponse)(nil),    // 40: blockvault.volume.v1.DeleteSnapshotResponse
 	(*GetCapabilitiesRequest)(nil),    // 41: blockvault.volume.v1.GetCapabilitiesRequest
 	(*GetCapabilitiesResponse)(nil),   // 42: blockvault.volume.v1.GetCapabilitiesResponse
-	nil,                               // 43: blockvault.volume.v1.Volume.MetadataEntry
-	nil,                               // 44: blockvault.volume.v1.Snapshot.MetadataEntry
-	nil,                               // 45: blockvault.volume.v1.VolumeInput.MetadataEntry
-	nil,                               // 46: blockvault.volume.v1.SnapshotInput.MetadataEntry
+	(*QuotaUsage)(nil),                // 43: blockvault.volume.v1.QuotaUsage
+	(*GetQuotaSetRequest)(nil),        // 44: blockvault.volume.v1.GetQuotaSetRequest
+	(*GetQuotaSetResponse)(nil),       // 45: blockvault.volume.v1.GetQuotaSetResponse
+	(*UpdateQuotaSetRequest)(nil),     // 46: blockvault.volume.v1.UpdateQuotaSetRequest
+	(*UpdateQuotaSetResponse)(nil),    // 47: blockvault.volume.v1.UpdateQuotaSetResponse
+	nil,                               // 48: blockvault.volume.v1.Volume.MetadataEntry
+	nil,                               // 49: blockvault.volume.v1.Snapshot.MetadataEntry
+	nil,                               // 50: blockvault.volume.v1.VolumeInput.MetadataEntry
+	nil,                               // 51: blockvault.volume.v1.SnapshotInput.MetadataEntry
+	nil,                               // 52: blockvault.volume.v1.GetQuotaSetResponse.QuotaSetEntry
+	nil,                               // 53: blockvault.volume.v1.UpdateQuotaSetRequest.LimitsEntry
+	nil,                               // 54: blockvault.volume.v1.UpdateQuotaSetResponse.QuotaSetEntry
 }
 var file_blockvault_volume_v1_volume_manager_proto_depIdxs = []int32{
 	2,  // 0: blockvault.volume.v1.Volume.attachments:type_name -> blockvault.volume.v1.Attachment
-	43, // 1: blockvault.volume.v1.Volume.metadata:type_name -> blockvault.volume.v1.Volume.MetadataEntry
+	48, // 1: blockvault.volume.v1.Volume.metadata:type_name -> blockvault.volume.v1.Volume.MetadataEntry
 	1,  // 2: blockvault.volume.v1.Volume.links:type_name -> blockvault.volume.v1.Link
 	3,  // 3: blockvault.volume.v1.Attachment.connection_info:type_name -> blockvault.volume.v1.ConnectionInfo
 	4,  // 4: blockvault.volume.v1.ConnectionInfo.data:type_name -> blockvault.volume.v1.ConnectionData
-	44, // 5: blockvault.volume.v1.Snapshot.metadata:type_name -> blockvault.volume.v1.Snapshot.MetadataEntry
-	45, // 6: blockvault.volume.v1.VolumeInput.metadata:type_name -> blockvault.volume.v1.VolumeInput.MetadataEntry
+	49, // 5: blockvault.volume.v1.Snapshot.metadata:type_name -> blockvault.volume.v1.Snapshot.MetadataEntry
+	50, // 6: blockvault.volume.v1.VolumeInput.metadata:type_name -> blockvault.volume.v1.VolumeInput.MetadataEntry
 	8,  // 7: blockvault.volume.v1.CreateVolumeRequest.volume:type_name -> blockvault.volume.v1.VolumeInput
 	0,  // 8: blockvault.volume.v1.CreateVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
 	0,  // 9: blockvault.volume.v1.GetVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
@@ -3363,46 +3679,55 @@ var file_blockvault_volume_v1_volume_manager_proto_depIdxs = []int32{
 	5,  // 18: blockvault.volume.v1.AttachmentInput.connector:type_name -> blockvault.volume.v1.Connector
 	27, // 19: blockvault.volume.v1.AttachVolumeRequest.attachment:type_name -> blockvault.volume.v1.AttachmentInput
 	2,  // 20: blockvault.volume.v1.AttachVolumeResponse.attachment:type_name -> blockvault.volume.v1.Attachment
-	46, // 21: blockvault.volume.v1.SnapshotInput.metadata:type_name -> blockvault.volume.v1.SnapshotInput.MetadataEntry
+	51, // 21: blockvault.volume.v1.SnapshotInput.metadata:type_name -> blockvault.volume.v1.SnapshotInput.MetadataEntry
 	32, // 22: blockvault.volume.v1.CreateSnapshotRequest.snapshot:type_name -> blockvault.volume.v1.SnapshotInput
 	6,  // 23: blockvault.volume.v1.CreateSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
 	6,  // 24: blockvault.volume.v1.GetSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
 	6,  // 25: blockvault.volume.v1.ListSnapshotsResponse.snapshots:type_name -> blockvault.volume.v1.Snapshot
 	1,  // 26: blockvault.volume.v1.ListSnapshotsResponse.snapshots_links:type_name -> blockvault.volume.v1.Link
 	7,  // 27: blockvault.volume.v1.GetCapabilitiesResponse.capabilities:type_name -> blockvault.volume.v1.Capabilities
-	9,  // 28: blockvault.volume.v1.VolumeManagerService.CreateVolume:input_type -> blockvault.volume.v1.CreateVolumeRequest
-	11, // 29: blockvault.volume.v1.VolumeManagerService.GetVolume:input_type -> blockvault.volume.v1.GetVolumeRequest
-	13, // 30: blockvault.volume.v1.VolumeManagerService.ListVolumes:input_type -> blockvault.volume.v1.ListVolumesRequest
-	15, // 31: blockvault.volume.v1.VolumeManagerService.DeleteVolume:input_type -> blockvault.volume.v1.DeleteVolumeRequest
-	17, // 32: blockvault.volume.v1.VolumeManagerService.ExtendVolume:input_type -> blockvault.volume.v1.ExtendVolumeRequest
-	23, // 33: blockvault.volume.v1.VolumeManagerService.VolumeAction:input_type -> blockvault.volume.v1.VolumeActionRequest
-	25, // 34: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:input_type -> blockvault.volume.v1.ResetVolumeStatusRequest
-	28, // 35: blockvault.volume.v1.VolumeManagerService.AttachVolume:input_type -> blockvault.volume.v1.AttachVolumeRequest
-	30, // 36: blockvault.volume.v1.VolumeManagerService.DetachVolume:input_type -> blockvault.volume.v1.DetachVolumeRequest
-	33, // 37: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:input_type -> blockvault.volume.v1.CreateSnapshotRequest
-	35, // 38: blockvault.volume.v1.VolumeManagerService.GetSnapshot:input_type -> blockvault.volume.v1.GetSnapshotRequest
-	37, // 39: blockvault.volume.v1.VolumeManagerService.ListSnapshots:input_type -> blockvault.volume.v1.ListSnapshotsRequest
-	39, // 40: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:input_type -> blockvault.volume.v1.DeleteSnapshotRequest
-	41, // 41: blockvault.volume.v1.VolumeManagerService.GetCapabilities:input_type -> blockvault.volume.v1.GetCapabilitiesRequest
-	10, // 42: blockvault.volume.v1.VolumeManagerService.CreateVolume:output_type -> blockvault.volume.v1.CreateVolumeResponse
-	12, // 43: blockvault.volume.v1.VolumeManagerService.GetVolume:output_type -> blockvault.volume.v1.GetVolumeResponse
-	14, // 44: blockvault.volume.v1.VolumeManagerService.ListVolumes:output_type -> blockvault.volume.v1.ListVolumesResponse
-	16, // 45: blockvault.volume.v1.VolumeManagerService.DeleteVolume:output_type -> blockvault.volume.v1.DeleteVolumeResponse
-	18, // 46: blockvault.volume.v1.VolumeManagerService.ExtendVolume:output_type -> blockvault.volume.v1.ExtendVolumeResponse
-	24, // 47: blockvault.volume.v1.VolumeManagerService.VolumeAction:output_type -> blockvault.volume.v1.VolumeActionResponse
-	26, // 48: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:output_type -> blockvault.volume.v1.ResetVolumeStatusResponse
-	29, // 49: blockvault.volume.v1.VolumeManagerService.AttachVolume:output_type -> blockvault.volume.v1.AttachVolumeResponse
-	31, // 50: blockvault.volume.v1.VolumeManagerService.DetachVolume:output_type -> blockvault.volume.v1.DetachVolumeResponse
-	34, // 51: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:output_type -> blockvault.volume.v1.CreateSnapshotResponse
-	36, // 52: blockvault.volume.v1.VolumeManagerService.GetSnapshot:output_type -> blockvault.volume.v1.GetSnapshotResponse
-	38, // 53: blockvault.volume.v1.VolumeManagerService.ListSnapshots:output_type -> blockvault.volume.v1.ListSnapshotsResponse
-	40, // 54: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:output_type -> blockvault.volume.v1.DeleteSnapshotResponse
-	42, // 55: blockvault.volume.v1.VolumeManagerService.GetCapabilities:output_type -> blockvault.volume.v1.GetCapabilitiesResponse
-	42, // [42:56] is the sub-list for method output_type
-	28, // [28:42] is the sub-list for method input_type
-	28, // [28:28] is the sub-list for extension type_name
-	28, // [28:28] is the sub-list for extension extendee
-	0,  // [0:28] is the sub-list for field type_name
+	52, // 28: blockvault.volume.v1.GetQuotaSetResponse.quota_set:type_name -> blockvault.volume.v1.GetQuotaSetResponse.QuotaSetEntry
+	53, // 29: blockvault.volume.v1.UpdateQuotaSetRequest.limits:type_name -> blockvault.volume.v1.UpdateQuotaSetRequest.LimitsEntry
+	54, // 30: blockvault.volume.v1.UpdateQuotaSetResponse.quota_set:type_name -> blockvault.volume.v1.UpdateQuotaSetResponse.QuotaSetEntry
+	43, // 31: blockvault.volume.v1.GetQuotaSetResponse.QuotaSetEntry.value:type_name -> blockvault.volume.v1.QuotaUsage
+	43, // 32: blockvault.volume.v1.UpdateQuotaSetResponse.QuotaSetEntry.value:type_name -> blockvault.volume.v1.QuotaUsage
+	9,  // 33: blockvault.volume.v1.VolumeManagerService.CreateVolume:input_type -> blockvault.volume.v1.CreateVolumeRequest
+	11, // 34: blockvault.volume.v1.VolumeManagerService.GetVolume:input_type -> blockvault.volume.v1.GetVolumeRequest
+	13, // 35: blockvault.volume.v1.VolumeManagerService.ListVolumes:input_type -> blockvault.volume.v1.ListVolumesRequest
+	15, // 36: blockvault.volume.v1.VolumeManagerService.DeleteVolume:input_type -> blockvault.volume.v1.DeleteVolumeRequest
+	17, // 37: blockvault.volume.v1.VolumeManagerService.ExtendVolume:input_type -> blockvault.volume.v1.ExtendVolumeRequest
+	23, // 38: blockvault.volume.v1.VolumeManagerService.VolumeAction:input_type -> blockvault.volume.v1.VolumeActionRequest
+	25, // 39: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:input_type -> blockvault.volume.v1.ResetVolumeStatusRequest
+	28, // 40: blockvault.volume.v1.VolumeManagerService.AttachVolume:input_type -> blockvault.volume.v1.AttachVolumeRequest
+	30, // 41: blockvault.volume.v1.VolumeManagerService.DetachVolume:input_type -> blockvault.volume.v1.DetachVolumeRequest
+	33, // 42: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:input_type -> blockvault.volume.v1.CreateSnapshotRequest
+	35, // 43: blockvault.volume.v1.VolumeManagerService.GetSnapshot:input_type -> blockvault.volume.v1.GetSnapshotRequest
+	37, // 44: blockvault.volume.v1.VolumeManagerService.ListSnapshots:input_type -> blockvault.volume.v1.ListSnapshotsRequest
+	39, // 45: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:input_type -> blockvault.volume.v1.DeleteSnapshotRequest
+	44, // 46: blockvault.volume.v1.VolumeManagerService.GetQuotaSet:input_type -> blockvault.volume.v1.GetQuotaSetRequest
+	46, // 47: blockvault.volume.v1.VolumeManagerService.UpdateQuotaSet:input_type -> blockvault.volume.v1.UpdateQuotaSetRequest
+	41, // 48: blockvault.volume.v1.VolumeManagerService.GetCapabilities:input_type -> blockvault.volume.v1.GetCapabilitiesRequest
+	10, // 49: blockvault.volume.v1.VolumeManagerService.CreateVolume:output_type -> blockvault.volume.v1.CreateVolumeResponse
+	12, // 50: blockvault.volume.v1.VolumeManagerService.GetVolume:output_type -> blockvault.volume.v1.GetVolumeResponse
+	14, // 51: blockvault.volume.v1.VolumeManagerService.ListVolumes:output_type -> blockvault.volume.v1.ListVolumesResponse
+	16, // 52: blockvault.volume.v1.VolumeManagerService.DeleteVolume:output_type -> blockvault.volume.v1.DeleteVolumeResponse
+	18, // 53: blockvault.volume.v1.VolumeManagerService.ExtendVolume:output_type -> blockvault.volume.v1.ExtendVolumeResponse
+	24, // 54: blockvault.volume.v1.VolumeManagerService.VolumeAction:output_type -> blockvault.volume.v1.VolumeActionResponse
+	26, // 55: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:output_type -> blockvault.volume.v1.ResetVolumeStatusResponse
+	29, // 56: blockvault.volume.v1.VolumeManagerService.AttachVolume:output_type -> blockvault.volume.v1.AttachVolumeResponse
+	31, // 57: blockvault.volume.v1.VolumeManagerService.DetachVolume:output_type -> blockvault.volume.v1.DetachVolumeResponse
+	34, // 58: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:output_type -> blockvault.volume.v1.CreateSnapshotResponse
+	36, // 59: blockvault.volume.v1.VolumeManagerService.GetSnapshot:output_type -> blockvault.volume.v1.GetSnapshotResponse
+	38, // 60: blockvault.volume.v1.VolumeManagerService.ListSnapshots:output_type -> blockvault.volume.v1.ListSnapshotsResponse
+	40, // 61: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:output_type -> blockvault.volume.v1.DeleteSnapshotResponse
+	45, // 62: blockvault.volume.v1.VolumeManagerService.GetQuotaSet:output_type -> blockvault.volume.v1.GetQuotaSetResponse
+	47, // 63: blockvault.volume.v1.VolumeManagerService.UpdateQuotaSet:output_type -> blockvault.volume.v1.UpdateQuotaSetResponse
+	42, // 64: blockvault.volume.v1.VolumeManagerService.GetCapabilities:output_type -> blockvault.volume.v1.GetCapabilitiesResponse
+	49, // [49:65] is the sub-list for method output_type
+	33, // [33:49] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_blockvault_volume_v1_volume_manager_proto_init() }
@@ -3422,7 +3747,7 @@ func file_blockvault_volume_v1_volume_manager_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_blockvault_volume_v1_volume_manager_proto_rawDesc), len(file_blockvault_volume_v1_volume_manager_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   47,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

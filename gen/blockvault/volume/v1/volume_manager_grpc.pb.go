@@ -38,6 +38,8 @@ const (
 	VolumeManagerService_GetSnapshot_FullMethodName       = "/blockvault.volume.v1.VolumeManagerService/GetSnapshot"
 	VolumeManagerService_ListSnapshots_FullMethodName     = "/blockvault.volume.v1.VolumeManagerService/ListSnapshots"
 	VolumeManagerService_DeleteSnapshot_FullMethodName    = "/blockvault.volume.v1.VolumeManagerService/DeleteSnapshot"
+	VolumeManagerService_GetQuotaSet_FullMethodName       = "/blockvault.volume.v1.VolumeManagerService/GetQuotaSet"
+	VolumeManagerService_UpdateQuotaSet_FullMethodName    = "/blockvault.volume.v1.VolumeManagerService/UpdateQuotaSet"
 	VolumeManagerService_GetCapabilities_FullMethodName   = "/blockvault.volume.v1.VolumeManagerService/GetCapabilities"
 )
 
@@ -77,6 +79,14 @@ type VolumeManagerServiceClient interface {
 	ListSnapshots(ctx context.Context, in *ListSnapshotsRequest, opts ...grpc.CallOption) (*ListSnapshotsResponse, error)
 	// DeleteSnapshot deletes a snapshot that is not attached.
 	DeleteSnapshot(ctx context.Context, in *DeleteSnapshotRequest, opts ...grpc.CallOption) (*DeleteSnapshotResponse, error)
+	// GetQuotaSet shows a project's limits of volumes, gigabytes and snapshots (and how much of
+	// each is in use): the gateway's GET os-quota-sets merges both daemons'.
+	// A member may see their own project's only.
+	GetQuotaSet(ctx context.Context, in *GetQuotaSetRequest, opts ...grpc.CallOption) (*GetQuotaSetResponse, error)
+	// UpdateQuotaSet sets a project's limits (admin): the gateway's PUT
+	// os-quota-sets. They are kept in the daemon's database and take
+	// precedence over the quota file and the defaults.
+	UpdateQuotaSet(ctx context.Context, in *UpdateQuotaSetRequest, opts ...grpc.CallOption) (*UpdateQuotaSetResponse, error)
 	// GetCapabilities tells what the storage backend can do and where it runs.
 	GetCapabilities(ctx context.Context, in *GetCapabilitiesRequest, opts ...grpc.CallOption) (*GetCapabilitiesResponse, error)
 }
@@ -219,6 +229,26 @@ func (c *volumeManagerServiceClient) DeleteSnapshot(ctx context.Context, in *Del
 	return out, nil
 }
 
+func (c *volumeManagerServiceClient) GetQuotaSet(ctx context.Context, in *GetQuotaSetRequest, opts ...grpc.CallOption) (*GetQuotaSetResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetQuotaSetResponse)
+	err := c.cc.Invoke(ctx, VolumeManagerService_GetQuotaSet_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *volumeManagerServiceClient) UpdateQuotaSet(ctx context.Context, in *UpdateQuotaSetRequest, opts ...grpc.CallOption) (*UpdateQuotaSetResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateQuotaSetResponse)
+	err := c.cc.Invoke(ctx, VolumeManagerService_UpdateQuotaSet_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *volumeManagerServiceClient) GetCapabilities(ctx context.Context, in *GetCapabilitiesRequest, opts ...grpc.CallOption) (*GetCapabilitiesResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetCapabilitiesResponse)
@@ -265,6 +295,14 @@ type VolumeManagerServiceServer interface {
 	ListSnapshots(context.Context, *ListSnapshotsRequest) (*ListSnapshotsResponse, error)
 	// DeleteSnapshot deletes a snapshot that is not attached.
 	DeleteSnapshot(context.Context, *DeleteSnapshotRequest) (*DeleteSnapshotResponse, error)
+	// GetQuotaSet shows a project's limits of volumes, gigabytes and snapshots (and how much of
+	// each is in use): the gateway's GET os-quota-sets merges both daemons'.
+	// A member may see their own project's only.
+	GetQuotaSet(context.Context, *GetQuotaSetRequest) (*GetQuotaSetResponse, error)
+	// UpdateQuotaSet sets a project's limits (admin): the gateway's PUT
+	// os-quota-sets. They are kept in the daemon's database and take
+	// precedence over the quota file and the defaults.
+	UpdateQuotaSet(context.Context, *UpdateQuotaSetRequest) (*UpdateQuotaSetResponse, error)
 	// GetCapabilities tells what the storage backend can do and where it runs.
 	GetCapabilities(context.Context, *GetCapabilitiesRequest) (*GetCapabilitiesResponse, error)
 	mustEmbedUnimplementedVolumeManagerServiceServer()
@@ -315,6 +353,12 @@ func (UnimplementedVolumeManagerServiceServer) ListSnapshots(context.Context, *L
 }
 func (UnimplementedVolumeManagerServiceServer) DeleteSnapshot(context.Context, *DeleteSnapshotRequest) (*DeleteSnapshotResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteSnapshot not implemented")
+}
+func (UnimplementedVolumeManagerServiceServer) GetQuotaSet(context.Context, *GetQuotaSetRequest) (*GetQuotaSetResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetQuotaSet not implemented")
+}
+func (UnimplementedVolumeManagerServiceServer) UpdateQuotaSet(context.Context, *UpdateQuotaSetRequest) (*UpdateQuotaSetResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateQuotaSet not implemented")
 }
 func (UnimplementedVolumeManagerServiceServer) GetCapabilities(context.Context, *GetCapabilitiesRequest) (*GetCapabilitiesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetCapabilities not implemented")
@@ -574,6 +618,42 @@ func _VolumeManagerService_DeleteSnapshot_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
+func _VolumeManagerService_GetQuotaSet_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetQuotaSetRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeManagerServiceServer).GetQuotaSet(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeManagerService_GetQuotaSet_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeManagerServiceServer).GetQuotaSet(ctx, req.(*GetQuotaSetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VolumeManagerService_UpdateQuotaSet_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateQuotaSetRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeManagerServiceServer).UpdateQuotaSet(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeManagerService_UpdateQuotaSet_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeManagerServiceServer).UpdateQuotaSet(ctx, req.(*UpdateQuotaSetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _VolumeManagerService_GetCapabilities_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(GetCapabilitiesRequest)
 	if err := dec(in); err != nil {
@@ -650,6 +730,14 @@ var VolumeManagerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteSnapshot",
 			Handler:    _VolumeManagerService_DeleteSnapshot_Handler,
+		},
+		{
+			MethodName: "GetQuotaSet",
+			Handler:    _VolumeManagerService_GetQuotaSet_Handler,
+		},
+		{
+			MethodName: "UpdateQuotaSet",
+			Handler:    _VolumeManagerService_UpdateQuotaSet_Handler,
 		},
 		{
 			MethodName: "GetCapabilities",
