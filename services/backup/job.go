@@ -435,7 +435,7 @@ func (s *Server) attachSnapshot(ctx context.Context, b *backupdb.Backup, snapID 
 
 // attachVolume attaches a volume read-only and opens it.
 func (s *Server) attachVolume(ctx context.Context, b *backupdb.Backup, volID string, local bool, src *source) error {
-	r, err := s.volumes.AttachVolume(ctx, &volumev1.AttachVolumeRequest{ProjectId: b.ProjectID, Attachment: &volumev1.AttachmentInput{
+	r, err := s.internal.AttachForBackup(ctx, &volumev1.AttachForBackupRequest{ProjectId: b.ProjectID, Attachment: &volumev1.AttachmentInput{
 		VolumeUuid: volID, InstanceUuid: "backup-" + b.ID, Mode: "ro", Connector: &volumev1.Connector{Host: s.cfg.NodeID, Local: local, Mode: "ro"}}})
 	if err != nil {
 		return fmt.Errorf("attach volume %s: %w", volID, err)

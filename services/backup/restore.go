@@ -145,7 +145,7 @@ func (s *Server) attachForRestore(ctx context.Context, b *backupdb.Backup, volID
 		return fmt.Errorf("ask the volume manager for its capabilities: %w", err)
 	}
 	local := s.cfg.LocalReads && caps.GetCapabilities().GetLocalPath() && caps.GetCapabilities().GetNodeId() == s.cfg.NodeID
-	r, err := s.volumes.AttachVolume(ctx, &volumev1.AttachVolumeRequest{ProjectId: b.ProjectID, Attachment: &volumev1.AttachmentInput{
+	r, err := s.internal.AttachForBackup(ctx, &volumev1.AttachForBackupRequest{ProjectId: b.ProjectID, Attachment: &volumev1.AttachmentInput{
 		VolumeUuid: volID, InstanceUuid: "restore-" + b.ID, Mode: "rw", Connector: &volumev1.Connector{Host: s.cfg.NodeID, Local: local, Mode: "rw", DirectIo: true}}})
 	if err != nil {
 		return fmt.Errorf("attach volume %s for the restore: %w", volID, err)

@@ -68,6 +68,7 @@ var roleDecisions = map[string][]string{
 	"/blockvault.volume.v1.VolumeManagerInternalService/AttachSnapshot":          daemonsOnly,
 	"/blockvault.volume.v1.VolumeManagerInternalService/DetachSnapshot":          daemonsOnly,
 	"/blockvault.volume.v1.VolumeManagerInternalService/GetChangedRanges":        daemonsOnly,
+	"/blockvault.volume.v1.VolumeManagerInternalService/AttachForBackup":         daemonsOnly,
 	"/blockvault.volume.v1.VolumeManagerInternalService/CreateTemporarySnapshot": daemonsOnly,
 	"/blockvault.volume.v1.VolumeManagerInternalService/CreateTemporaryVolume":   daemonsOnly,
 
@@ -268,6 +269,10 @@ func TestMemberCannotCallInternalMethods(t *testing.T) {
 			_, err := in.CreateTemporaryVolume(ctx, &volumev1.CreateTemporaryVolumeRequest{ProjectId: project, Id: tempID, SourceVolid: vol})
 			return err
 		},
+		"AttachForBackup": func() error {
+			_, err := in.AttachForBackup(ctx, &volumev1.AttachForBackupRequest{ProjectId: project, Attachment: &volumev1.AttachmentInput{VolumeUuid: vol, Mode: "ro"}})
+			return err
+		},
 		"CreateTemporarySnapshot": func() error {
 			_, err := in.CreateTemporarySnapshot(ctx, &volumev1.CreateTemporarySnapshotRequest{ProjectId: project, Id: tempID, VolumeId: vol})
 			return err
@@ -316,5 +321,28 @@ func TestMemberCannotCallInternalMethods(t *testing.T) {
 	er, err := svc.EndRestore(ctx, &volumev1.EndRestoreRequest{ProjectId: project, VolumeId: vol, Success: true})
 	if err != nil || er.GetVolume().GetStatus() != "available" {
 		t.Fatalf("service EndRestore: %v %q", err, er.GetVolume().GetStatus())
+	}
+
+	// While the backup service backs the volume up, only it may attach
+	// the volume (read-only); a member's attachment is refused, through
+	// gRPC and REST.
+	if _, err := svc.BeginBackup(ctx, &volumev1.BeginBackupRequest{ProjectId: project, VolumeId: vol}); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := vols.AttachVolume(ctx, &volumev1.AttachVolumeRequest{ProjectId: project, Attachment: &volumev1.AttachmentInput{VolumeUuid: vol, Mode: "ro"}}); status.Code(err) != codes.FailedPrecondition {
+		t.Errorf("a member attaches a backing-up volume read-only: %v, want FailedPrecondition", err)
+	}
+	if code, body := restAs(t, s, member, "POST", "/v3/"+project+"/volumes/"+vol+"/action", `{"os-attach": {"instance_uuid": "`+tempID+`", "mode": "ro"}}`); code != 400 {
+		t.Errorf("a member's os-attach of a backing-up volume: HTTP %d %v, want 400", code, body)
+	}
+	ab, err := svc.AttachForBackup(ctx, &volumev1.AttachForBackupRequest{ProjectId: project, Attachment: &volumev1.AttachmentInput{VolumeUuid: vol, Mode: "ro"}})
+	if err != nil {
+		t.Fatalf("the service's AttachForBackup of the backing-up volume: %v", err)
+	}
+	if _, err := vols.DetachVolume(ctx, &volumev1.DetachVolumeRequest{ProjectId: project, AttachmentId: ab.GetAttachment().GetId()}); err != nil {
+		t.Fatal(err)
+	}
+	if eb, err := svc.EndBackup(ctx, &volumev1.EndBackupRequest{ProjectId: project, VolumeId: vol}); err != nil || eb.GetVolume().GetStatus() != "available" {
+		t.Fatalf("EndBackup: %v %q", err, eb.GetVolume().GetStatus())
 	}
 }

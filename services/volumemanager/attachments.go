@@ -43,14 +43,26 @@ func (s *Server) connection(ctx context.Context, conn *volumev1.Connector, volum
 
 // AttachVolume implements VolumeManagerService.
 func (s *Server) AttachVolume(ctx context.Context, req *volumev1.AttachVolumeRequest) (*volumev1.AttachVolumeResponse, error) {
-	return s.attach(ctx, req, true)
+	return s.attach(ctx, req, true, false)
+}
+
+// AttachForBackup implements VolumeManagerInternalService: the backup
+// service's attachments, which may also reach a volume it is backing up
+// (read-only) or restoring into (read-write), and leave its status alone.
+func (s *Server) AttachForBackup(ctx context.Context, req *volumev1.AttachForBackupRequest) (*volumev1.AttachForBackupResponse, error) {
+	r, err := s.attach(ctx, &volumev1.AttachVolumeRequest{ProjectId: req.GetProjectId(), Attachment: req.GetAttachment()}, true, true)
+	if err != nil {
+		return nil, err
+	}
+	return &volumev1.AttachForBackupResponse{Attachment: r.GetAttachment()}, nil
 }
 
 // attach makes an attachment; with export, the consumer's connection too
 // (an NBD export or a local path). Without, it is the bookkeeping of the
 // os-attach action: a compute service that reached the volume on its own
-// says the volume is in use by an instance.
-func (s *Server) attach(ctx context.Context, req *volumev1.AttachVolumeRequest, export bool) (*volumev1.AttachVolumeResponse, error) {
+// says the volume is in use by an instance. forBackup is the backup
+// service's (AttachForBackup).
+func (s *Server) attach(ctx context.Context, req *volumev1.AttachVolumeRequest, export, forBackup bool) (*volumev1.AttachVolumeResponse, error) {
 	if err := validate.Project(req.GetProjectId()); err != nil {
 		return nil, err
 	}
@@ -94,8 +106,8 @@ func (s *Server) attach(ctx context.Context, req *volumev1.AttachVolumeRequest, 
 		}
 		becameInUse = true
 	case v.Status == lifecycle.VolumeInUse && v.Multiattach:
-	case v.Status == lifecycle.VolumeBackingUp && readOnly:
-	case v.Status == lifecycle.VolumeRestoringBackup && !readOnly:
+	case v.Status == lifecycle.VolumeBackingUp && readOnly && forBackup:
+	case v.Status == lifecycle.VolumeRestoringBackup && !readOnly && forBackup:
 	default:
 		return nil, rpcerr.Precondition("volume %s is %s; it must be available to be attached", v.ID, v.Status)
 	}
@@ -213,7 +225,7 @@ func (s *Server) osAttach(ctx context.Context, project, volumeID string, in *vol
 		mode = "rw"
 	}
 	_, err := s.attach(ctx, &volumev1.AttachVolumeRequest{ProjectId: project, Attachment: &volumev1.AttachmentInput{
-		VolumeUuid: volumeID, InstanceUuid: in.GetInstanceUuid(), Mode: mode, Connector: &volumev1.Connector{Host: in.GetHostName()}}}, false)
+		VolumeUuid: volumeID, InstanceUuid: in.GetInstanceUuid(), Mode: mode, Connector: &volumev1.Connector{Host: in.GetHostName()}}}, false, false)
 	return err
 }
 

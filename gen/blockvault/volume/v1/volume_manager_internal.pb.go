@@ -1106,6 +1106,104 @@ func (x *CreateTemporaryVolumeResponse) GetVolume() *Volume {
 	return nil
 }
 
+// AttachForBackupRequest is the request of AttachForBackup.
+type AttachForBackupRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ProjectId     string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
+	Attachment    *AttachmentInput       `protobuf:"bytes,2,opt,name=attachment,proto3" json:"attachment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachForBackupRequest) Reset() {
+	*x = AttachForBackupRequest{}
+	mi := &file_blockvault_volume_v1_volume_manager_internal_proto_msgTypes[19]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachForBackupRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachForBackupRequest) ProtoMessage() {}
+
+func (x *AttachForBackupRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_volume_v1_volume_manager_internal_proto_msgTypes[19]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachForBackupRequest.ProtoReflect.Descriptor instead.
+func (*AttachForBackupRequest) Descriptor() ([]byte, []int) {
+	return file_blockvault_volume_v1_volume_manager_internal_proto_rawDescGZIP(), []int{19}
+}
+
+func (x *AttachForBackupRequest) GetProjectId() string {
+	if x != nil {
+		return x.ProjectId
+	}
+	return ""
+}
+
+func (x *AttachForBackupRequest) GetAttachment() *AttachmentInput {
+	if x != nil {
+		return x.Attachment
+	}
+	return nil
+}
+
+// AttachForBackupResponse is the response of AttachForBackup.
+type AttachForBackupResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Attachment    *Attachment            `protobuf:"bytes,1,opt,name=attachment,proto3" json:"attachment,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachForBackupResponse) Reset() {
+	*x = AttachForBackupResponse{}
+	mi := &file_blockvault_volume_v1_volume_manager_internal_proto_msgTypes[20]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachForBackupResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachForBackupResponse) ProtoMessage() {}
+
+func (x *AttachForBackupResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_volume_v1_volume_manager_internal_proto_msgTypes[20]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachForBackupResponse.ProtoReflect.Descriptor instead.
+func (*AttachForBackupResponse) Descriptor() ([]byte, []int) {
+	return file_blockvault_volume_v1_volume_manager_internal_proto_rawDescGZIP(), []int{20}
+}
+
+func (x *AttachForBackupResponse) GetAttachment() *Attachment {
+	if x != nil {
+		return x.Attachment
+	}
+	return nil
+}
+
 var File_blockvault_volume_v1_volume_manager_internal_proto protoreflect.FileDescriptor
 
 const file_blockvault_volume_v1_volume_manager_internal_proto_rawDesc = "" +
@@ -1189,7 +1287,17 @@ const file_blockvault_volume_v1_volume_manager_internal_proto_rawDesc = "" +
 	"\x04name\x18\x04 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x05 \x01(\tR\vdescription\"U\n" +
 	"\x1dCreateTemporaryVolumeResponse\x124\n" +
-	"\x06volume\x18\x01 \x01(\v2\x1c.blockvault.volume.v1.VolumeR\x06volume2\x81\b\n" +
+	"\x06volume\x18\x01 \x01(\v2\x1c.blockvault.volume.v1.VolumeR\x06volume\"~\n" +
+	"\x16AttachForBackupRequest\x12\x1d\n" +
+	"\n" +
+	"project_id\x18\x01 \x01(\tR\tprojectId\x12E\n" +
+	"\n" +
+	"attachment\x18\x02 \x01(\v2%.blockvault.volume.v1.AttachmentInputR\n" +
+	"attachment\"[\n" +
+	"\x17AttachForBackupResponse\x12@\n" +
+	"\n" +
+	"attachment\x18\x01 \x01(\v2 .blockvault.volume.v1.AttachmentR\n" +
+	"attachment2\xf1\b\n" +
 	"\x1cVolumeManagerInternalService\x12b\n" +
 	"\vBeginBackup\x12(.blockvault.volume.v1.BeginBackupRequest\x1a).blockvault.volume.v1.BeginBackupResponse\x12\\\n" +
 	"\tEndBackup\x12&.blockvault.volume.v1.EndBackupRequest\x1a'.blockvault.volume.v1.EndBackupResponse\x12e\n" +
@@ -1198,7 +1306,8 @@ const file_blockvault_volume_v1_volume_manager_internal_proto_rawDesc = "" +
 	"EndRestore\x12'.blockvault.volume.v1.EndRestoreRequest\x1a(.blockvault.volume.v1.EndRestoreResponse\x12k\n" +
 	"\x0eAttachSnapshot\x12+.blockvault.volume.v1.AttachSnapshotRequest\x1a,.blockvault.volume.v1.AttachSnapshotResponse\x12k\n" +
 	"\x0eDetachSnapshot\x12+.blockvault.volume.v1.DetachSnapshotRequest\x1a,.blockvault.volume.v1.DetachSnapshotResponse\x12q\n" +
-	"\x10GetChangedRanges\x12-.blockvault.volume.v1.GetChangedRangesRequest\x1a..blockvault.volume.v1.GetChangedRangesResponse\x12\x86\x01\n" +
+	"\x10GetChangedRanges\x12-.blockvault.volume.v1.GetChangedRangesRequest\x1a..blockvault.volume.v1.GetChangedRangesResponse\x12n\n" +
+	"\x0fAttachForBackup\x12,.blockvault.volume.v1.AttachForBackupRequest\x1a-.blockvault.volume.v1.AttachForBackupResponse\x12\x86\x01\n" +
 	"\x17CreateTemporarySnapshot\x124.blockvault.volume.v1.CreateTemporarySnapshotRequest\x1a5.blockvault.volume.v1.CreateTemporarySnapshotResponse\x12\x80\x01\n" +
 	"\x15CreateTemporaryVolume\x122.blockvault.volume.v1.CreateTemporaryVolumeRequest\x1a3.blockvault.volume.v1.CreateTemporaryVolumeResponseBDZBgithub.com/blockvault/blockvault/gen/blockvault/volume/v1;volumev1b\x06proto3"
 
@@ -1214,7 +1323,7 @@ func file_blockvault_volume_v1_volume_manager_internal_proto_rawDescGZIP() []byt
 	return file_blockvault_volume_v1_volume_manager_internal_proto_rawDescData
 }
 
-var file_blockvault_volume_v1_volume_manager_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 19)
+var file_blockvault_volume_v1_volume_manager_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
 var file_blockvault_volume_v1_volume_manager_internal_proto_goTypes = []any{
 	(*BeginBackupRequest)(nil),              // 0: blockvault.volume.v1.BeginBackupRequest
 	(*BeginBackupResponse)(nil),             // 1: blockvault.volume.v1.BeginBackupResponse
@@ -1235,47 +1344,55 @@ var file_blockvault_volume_v1_volume_manager_internal_proto_goTypes = []any{
 	(*CreateTemporarySnapshotResponse)(nil), // 16: blockvault.volume.v1.CreateTemporarySnapshotResponse
 	(*CreateTemporaryVolumeRequest)(nil),    // 17: blockvault.volume.v1.CreateTemporaryVolumeRequest
 	(*CreateTemporaryVolumeResponse)(nil),   // 18: blockvault.volume.v1.CreateTemporaryVolumeResponse
-	(*Volume)(nil),                          // 19: blockvault.volume.v1.Volume
-	(*Snapshot)(nil),                        // 20: blockvault.volume.v1.Snapshot
-	(*Connector)(nil),                       // 21: blockvault.volume.v1.Connector
-	(*ConnectionInfo)(nil),                  // 22: blockvault.volume.v1.ConnectionInfo
+	(*AttachForBackupRequest)(nil),          // 19: blockvault.volume.v1.AttachForBackupRequest
+	(*AttachForBackupResponse)(nil),         // 20: blockvault.volume.v1.AttachForBackupResponse
+	(*Volume)(nil),                          // 21: blockvault.volume.v1.Volume
+	(*Snapshot)(nil),                        // 22: blockvault.volume.v1.Snapshot
+	(*Connector)(nil),                       // 23: blockvault.volume.v1.Connector
+	(*ConnectionInfo)(nil),                  // 24: blockvault.volume.v1.ConnectionInfo
+	(*AttachmentInput)(nil),                 // 25: blockvault.volume.v1.AttachmentInput
+	(*Attachment)(nil),                      // 26: blockvault.volume.v1.Attachment
 }
 var file_blockvault_volume_v1_volume_manager_internal_proto_depIdxs = []int32{
-	19, // 0: blockvault.volume.v1.BeginBackupResponse.volume:type_name -> blockvault.volume.v1.Volume
-	20, // 1: blockvault.volume.v1.BeginBackupResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
-	19, // 2: blockvault.volume.v1.EndBackupResponse.volume:type_name -> blockvault.volume.v1.Volume
-	20, // 3: blockvault.volume.v1.EndBackupResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
-	19, // 4: blockvault.volume.v1.BeginRestoreResponse.volume:type_name -> blockvault.volume.v1.Volume
-	19, // 5: blockvault.volume.v1.EndRestoreResponse.volume:type_name -> blockvault.volume.v1.Volume
-	21, // 6: blockvault.volume.v1.AttachSnapshotRequest.connector:type_name -> blockvault.volume.v1.Connector
-	22, // 7: blockvault.volume.v1.AttachSnapshotResponse.connection_info:type_name -> blockvault.volume.v1.ConnectionInfo
-	20, // 8: blockvault.volume.v1.AttachSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
+	21, // 0: blockvault.volume.v1.BeginBackupResponse.volume:type_name -> blockvault.volume.v1.Volume
+	22, // 1: blockvault.volume.v1.BeginBackupResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
+	21, // 2: blockvault.volume.v1.EndBackupResponse.volume:type_name -> blockvault.volume.v1.Volume
+	22, // 3: blockvault.volume.v1.EndBackupResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
+	21, // 4: blockvault.volume.v1.BeginRestoreResponse.volume:type_name -> blockvault.volume.v1.Volume
+	21, // 5: blockvault.volume.v1.EndRestoreResponse.volume:type_name -> blockvault.volume.v1.Volume
+	23, // 6: blockvault.volume.v1.AttachSnapshotRequest.connector:type_name -> blockvault.volume.v1.Connector
+	24, // 7: blockvault.volume.v1.AttachSnapshotResponse.connection_info:type_name -> blockvault.volume.v1.ConnectionInfo
+	22, // 8: blockvault.volume.v1.AttachSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
 	13, // 9: blockvault.volume.v1.GetChangedRangesResponse.ranges:type_name -> blockvault.volume.v1.ByteRange
-	20, // 10: blockvault.volume.v1.CreateTemporarySnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
-	19, // 11: blockvault.volume.v1.CreateTemporaryVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
-	0,  // 12: blockvault.volume.v1.VolumeManagerInternalService.BeginBackup:input_type -> blockvault.volume.v1.BeginBackupRequest
-	2,  // 13: blockvault.volume.v1.VolumeManagerInternalService.EndBackup:input_type -> blockvault.volume.v1.EndBackupRequest
-	4,  // 14: blockvault.volume.v1.VolumeManagerInternalService.BeginRestore:input_type -> blockvault.volume.v1.BeginRestoreRequest
-	6,  // 15: blockvault.volume.v1.VolumeManagerInternalService.EndRestore:input_type -> blockvault.volume.v1.EndRestoreRequest
-	8,  // 16: blockvault.volume.v1.VolumeManagerInternalService.AttachSnapshot:input_type -> blockvault.volume.v1.AttachSnapshotRequest
-	10, // 17: blockvault.volume.v1.VolumeManagerInternalService.DetachSnapshot:input_type -> blockvault.volume.v1.DetachSnapshotRequest
-	12, // 18: blockvault.volume.v1.VolumeManagerInternalService.GetChangedRanges:input_type -> blockvault.volume.v1.GetChangedRangesRequest
-	15, // 19: blockvault.volume.v1.VolumeManagerInternalService.CreateTemporarySnapshot:input_type -> blockvault.volume.v1.CreateTemporarySnapshotRequest
-	17, // 20: blockvault.volume.v1.VolumeManagerInternalService.CreateTemporaryVolume:input_type -> blockvault.volume.v1.CreateTemporaryVolumeRequest
-	1,  // 21: blockvault.volume.v1.VolumeManagerInternalService.BeginBackup:output_type -> blockvault.volume.v1.BeginBackupResponse
-	3,  // 22: blockvault.volume.v1.VolumeManagerInternalService.EndBackup:output_type -> blockvault.volume.v1.EndBackupResponse
-	5,  // 23: blockvault.volume.v1.VolumeManagerInternalService.BeginRestore:output_type -> blockvault.volume.v1.BeginRestoreResponse
-	7,  // 24: blockvault.volume.v1.VolumeManagerInternalService.EndRestore:output_type -> blockvault.volume.v1.EndRestoreResponse
-	9,  // 25: blockvault.volume.v1.VolumeManagerInternalService.AttachSnapshot:output_type -> blockvault.volume.v1.AttachSnapshotResponse
-	11, // 26: blockvault.volume.v1.VolumeManagerInternalService.DetachSnapshot:output_type -> blockvault.volume.v1.DetachSnapshotResponse
-	14, // 27: blockvault.volume.v1.VolumeManagerInternalService.GetChangedRanges:output_type -> blockvault.volume.v1.GetChangedRangesResponse
-	16, // 28: blockvault.volume.v1.VolumeManagerInternalService.CreateTemporarySnapshot:output_type -> blockvault.volume.v1.CreateTemporarySnapshotResponse
-	18, // 29: blockvault.volume.v1.VolumeManagerInternalService.CreateTemporaryVolume:output_type -> blockvault.volume.v1.CreateTemporaryVolumeResponse
-	21, // [21:30] is the sub-list for method output_type
-	12, // [12:21] is the sub-list for method input_type
-	12, // [12:12] is the sub-list for extension type_name
-	12, // [12:12] is the sub-list for extension extendee
-	0,  // [0:12] is the sub-list for field type_name
+	22, // 10: blockvault.volume.v1.CreateTemporarySnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
+	21, // 11: blockvault.volume.v1.CreateTemporaryVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
+	25, // 12: blockvault.volume.v1.AttachForBackupRequest.attachment:type_name -> blockvault.volume.v1.AttachmentInput
+	26, // 13: blockvault.volume.v1.AttachForBackupResponse.attachment:type_name -> blockvault.volume.v1.Attachment
+	0,  // 14: blockvault.volume.v1.VolumeManagerInternalService.BeginBackup:input_type -> blockvault.volume.v1.BeginBackupRequest
+	2,  // 15: blockvault.volume.v1.VolumeManagerInternalService.EndBackup:input_type -> blockvault.volume.v1.EndBackupRequest
+	4,  // 16: blockvault.volume.v1.VolumeManagerInternalService.BeginRestore:input_type -> blockvault.volume.v1.BeginRestoreRequest
+	6,  // 17: blockvault.volume.v1.VolumeManagerInternalService.EndRestore:input_type -> blockvault.volume.v1.EndRestoreRequest
+	8,  // 18: blockvault.volume.v1.VolumeManagerInternalService.AttachSnapshot:input_type -> blockvault.volume.v1.AttachSnapshotRequest
+	10, // 19: blockvault.volume.v1.VolumeManagerInternalService.DetachSnapshot:input_type -> blockvault.volume.v1.DetachSnapshotRequest
+	12, // 20: blockvault.volume.v1.VolumeManagerInternalService.GetChangedRanges:input_type -> blockvault.volume.v1.GetChangedRangesRequest
+	19, // 21: blockvault.volume.v1.VolumeManagerInternalService.AttachForBackup:input_type -> blockvault.volume.v1.AttachForBackupRequest
+	15, // 22: blockvault.volume.v1.VolumeManagerInternalService.CreateTemporarySnapshot:input_type -> blockvault.volume.v1.CreateTemporarySnapshotRequest
+	17, // 23: blockvault.volume.v1.VolumeManagerInternalService.CreateTemporaryVolume:input_type -> blockvault.volume.v1.CreateTemporaryVolumeRequest
+	1,  // 24: blockvault.volume.v1.VolumeManagerInternalService.BeginBackup:output_type -> blockvault.volume.v1.BeginBackupResponse
+	3,  // 25: blockvault.volume.v1.VolumeManagerInternalService.EndBackup:output_type -> blockvault.volume.v1.EndBackupResponse
+	5,  // 26: blockvault.volume.v1.VolumeManagerInternalService.BeginRestore:output_type -> blockvault.volume.v1.BeginRestoreResponse
+	7,  // 27: blockvault.volume.v1.VolumeManagerInternalService.EndRestore:output_type -> blockvault.volume.v1.EndRestoreResponse
+	9,  // 28: blockvault.volume.v1.VolumeManagerInternalService.AttachSnapshot:output_type -> blockvault.volume.v1.AttachSnapshotResponse
+	11, // 29: blockvault.volume.v1.VolumeManagerInternalService.DetachSnapshot:output_type -> blockvault.volume.v1.DetachSnapshotResponse
+	14, // 30: blockvault.volume.v1.VolumeManagerInternalService.GetChangedRanges:output_type -> blockvault.volume.v1.GetChangedRangesResponse
+	20, // 31: blockvault.volume.v1.VolumeManagerInternalService.AttachForBackup:output_type -> blockvault.volume.v1.AttachForBackupResponse
+	16, // 32: blockvault.volume.v1.VolumeManagerInternalService.CreateTemporarySnapshot:output_type -> blockvault.volume.v1.CreateTemporarySnapshotResponse
+	18, // 33: blockvault.volume.v1.VolumeManagerInternalService.CreateTemporaryVolume:output_type -> blockvault.volume.v1.CreateTemporaryVolumeResponse
+	24, // [24:34] is the sub-list for method output_type
+	14, // [14:24] is the sub-list for method input_type
+	14, // [14:14] is the sub-list for extension type_name
+	14, // [14:14] is the sub-list for extension extendee
+	0,  // [0:14] is the sub-list for field type_name
 }
 
 func init() { file_blockvault_volume_v1_volume_manager_internal_proto_init() }
@@ -1290,7 +1407,7 @@ func file_blockvault_volume_v1_volume_manager_internal_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_blockvault_volume_v1_volume_manager_internal_proto_rawDesc), len(file_blockvault_volume_v1_volume_manager_internal_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   19,
+			NumMessages:   21,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -32,6 +32,7 @@ const (
 	VolumeManagerInternalService_AttachSnapshot_FullMethodName          = "/blockvault.volume.v1.VolumeManagerInternalService/AttachSnapshot"
 	VolumeManagerInternalService_DetachSnapshot_FullMethodName          = "/blockvault.volume.v1.VolumeManagerInternalService/DetachSnapshot"
 	VolumeManagerInternalService_GetChangedRanges_FullMethodName        = "/blockvault.volume.v1.VolumeManagerInternalService/GetChangedRanges"
+	VolumeManagerInternalService_AttachForBackup_FullMethodName         = "/blockvault.volume.v1.VolumeManagerInternalService/AttachForBackup"
 	VolumeManagerInternalService_CreateTemporarySnapshot_FullMethodName = "/blockvault.volume.v1.VolumeManagerInternalService/CreateTemporarySnapshot"
 	VolumeManagerInternalService_CreateTemporaryVolume_FullMethodName   = "/blockvault.volume.v1.VolumeManagerInternalService/CreateTemporaryVolume"
 )
@@ -62,6 +63,11 @@ type VolumeManagerInternalServiceClient interface {
 	// GetChangedRanges lists the byte ranges that differ between two snapshots
 	// of a volume, for incremental backups.
 	GetChangedRanges(ctx context.Context, in *GetChangedRangesRequest, opts ...grpc.CallOption) (*GetChangedRangesResponse, error)
+	// AttachForBackup is AttachVolume for the backup service: it may also
+	// attach a volume it backs up (read-only, backing-up) or restores into
+	// (read-write, restoring-backup), leaving the status alone. Its detach is
+	// the public DetachVolume.
+	AttachForBackup(ctx context.Context, in *AttachForBackupRequest, opts ...grpc.CallOption) (*AttachForBackupResponse, error)
 	// CreateTemporarySnapshot takes the backup service's temporary snapshot
 	// of a volume (in-use or backing-up), with the id the backup service
 	// recorded first; it counts against no quota and is hidden from lists.
@@ -150,6 +156,16 @@ func (c *volumeManagerInternalServiceClient) GetChangedRanges(ctx context.Contex
 	return out, nil
 }
 
+func (c *volumeManagerInternalServiceClient) AttachForBackup(ctx context.Context, in *AttachForBackupRequest, opts ...grpc.CallOption) (*AttachForBackupResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(AttachForBackupResponse)
+	err := c.cc.Invoke(ctx, VolumeManagerInternalService_AttachForBackup_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *volumeManagerInternalServiceClient) CreateTemporarySnapshot(ctx context.Context, in *CreateTemporarySnapshotRequest, opts ...grpc.CallOption) (*CreateTemporarySnapshotResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(CreateTemporarySnapshotResponse)
@@ -196,6 +212,11 @@ type VolumeManagerInternalServiceServer interface {
 	// GetChangedRanges lists the byte ranges that differ between two snapshots
 	// of a volume, for incremental backups.
 	GetChangedRanges(context.Context, *GetChangedRangesRequest) (*GetChangedRangesResponse, error)
+	// AttachForBackup is AttachVolume for the backup service: it may also
+	// attach a volume it backs up (read-only, backing-up) or restores into
+	// (read-write, restoring-backup), leaving the status alone. Its detach is
+	// the public DetachVolume.
+	AttachForBackup(context.Context, *AttachForBackupRequest) (*AttachForBackupResponse, error)
 	// CreateTemporarySnapshot takes the backup service's temporary snapshot
 	// of a volume (in-use or backing-up), with the id the backup service
 	// recorded first; it counts against no quota and is hidden from lists.
@@ -234,6 +255,9 @@ func (UnimplementedVolumeManagerInternalServiceServer) DetachSnapshot(context.Co
 }
 func (UnimplementedVolumeManagerInternalServiceServer) GetChangedRanges(context.Context, *GetChangedRangesRequest) (*GetChangedRangesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetChangedRanges not implemented")
+}
+func (UnimplementedVolumeManagerInternalServiceServer) AttachForBackup(context.Context, *AttachForBackupRequest) (*AttachForBackupResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method AttachForBackup not implemented")
 }
 func (UnimplementedVolumeManagerInternalServiceServer) CreateTemporarySnapshot(context.Context, *CreateTemporarySnapshotRequest) (*CreateTemporarySnapshotResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method CreateTemporarySnapshot not implemented")
@@ -389,6 +413,24 @@ func _VolumeManagerInternalService_GetChangedRanges_Handler(srv interface{}, ctx
 	return interceptor(ctx, in, info, handler)
 }
 
+func _VolumeManagerInternalService_AttachForBackup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(AttachForBackupRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeManagerInternalServiceServer).AttachForBackup(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeManagerInternalService_AttachForBackup_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeManagerInternalServiceServer).AttachForBackup(ctx, req.(*AttachForBackupRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _VolumeManagerInternalService_CreateTemporarySnapshot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(CreateTemporarySnapshotRequest)
 	if err := dec(in); err != nil {
@@ -459,6 +501,10 @@ var VolumeManagerInternalService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "GetChangedRanges",
 			Handler:    _VolumeManagerInternalService_GetChangedRanges_Handler,
+		},
+		{
+			MethodName: "AttachForBackup",
+			Handler:    _VolumeManagerInternalService_AttachForBackup_Handler,
 		},
 		{
 			MethodName: "CreateTemporarySnapshot",
