@@ -6,8 +6,9 @@
 //
 // The daemons check tokens in a gRPC interceptor (Interceptors): a request
 // names its project (project_id), and a token that is not an admin's may
-// only name its own project. Handlers ask FromContext for admin-only
-// actions.
+// only name its own project; every method of an Internal service (the
+// volume manager's daemon-to-daemon one) needs the service or admin role.
+// Handlers ask FromContext for admin-only actions.
 package auth
 
 import (

@@ -2,6 +2,7 @@ package auth
 
 import (
 	"context"
+	"slices"
 	"strings"
 
 	"google.golang.org/grpc"
@@ -49,9 +50,22 @@ func public(method string) bool {
 	return strings.HasPrefix(method, "/grpc.health.v1.") || strings.HasPrefix(method, "/grpc.reflection.")
 }
 
+// Internal names the gRPC services (full names, such as
+// "blockvault.volume.v1.VolumeManagerInternalService") that only
+// blockvault's own daemons may call: every method of such a service needs
+// the service or admin role.
+type Internal []string
+
+// has reports whether method ("/package.Service/Method") belongs to one of
+// the internal services.
+func (in Internal) has(method string) bool {
+	svc, _, ok := strings.Cut(strings.TrimPrefix(method, "/"), "/")
+	return ok && slices.Contains(in, svc)
+}
+
 // check authenticates a call and returns the context carrying its identity.
-// internal lists the methods only daemons (the service role) may call.
-func (a *Authenticator) check(ctx context.Context, method string, req any, internal map[string]bool) (context.Context, error) {
+// Methods of internal services need the service (or admin) role.
+func (a *Authenticator) check(ctx context.Context, method string, req any, internal Internal) (context.Context, error) {
 	if public(method) {
 		return ctx, nil
 	}
@@ -65,8 +79,8 @@ func (a *Authenticator) check(ctx context.Context, method string, req any, inter
 	if err != nil {
 		return nil, status.Error(codes.Unauthenticated, err.Error())
 	}
-	if internal[method] && !id.Has(RoleService) && !id.Has(RoleAdmin) {
-		return nil, status.Errorf(codes.PermissionDenied, "%s is for blockvault's own daemons (service role)", method[strings.LastIndex(method, "/")+1:])
+	if internal.has(method) && !id.Has(RoleService) && !id.Has(RoleAdmin) {
+		return nil, status.Errorf(codes.PermissionDenied, "Policy doesn't allow %s to be performed: it is internal, for blockvault's own daemons (service role).", method[strings.LastIndex(method, "/")+1:])
 	}
 	if p, ok := req.(projectScoped); ok && !id.Admin() && p.GetProjectId() != id.Project {
 		return nil, status.Errorf(codes.PermissionDenied, "Policy doesn't allow project %q to be reached with a token of project %q.", p.GetProjectId(), id.Project)
@@ -75,7 +89,7 @@ func (a *Authenticator) check(ctx context.Context, method string, req any, inter
 }
 
 // UnaryServerInterceptor authenticates unary calls.
-func (a *Authenticator) UnaryServerInterceptor(internal map[string]bool) grpc.UnaryServerInterceptor {
+func (a *Authenticator) UnaryServerInterceptor(internal Internal) grpc.UnaryServerInterceptor {
 	return func(ctx context.Context, req any, info *grpc.UnaryServerInfo, h grpc.UnaryHandler) (any, error) {
 		ctx, err := a.check(ctx, info.FullMethod, req, internal)
 		if err != nil {
@@ -90,7 +104,7 @@ type stream struct {
 	ctx      context.Context
 	a        *Authenticator
 	method   string
-	internal map[string]bool
+	internal Internal
 	checked  bool
 }
 
@@ -113,7 +127,7 @@ func (s *stream) RecvMsg(m any) error {
 
 // StreamServerInterceptor authenticates streaming calls on their first
 // message.
-func (a *Authenticator) StreamServerInterceptor(internal map[string]bool) grpc.StreamServerInterceptor {
+func (a *Authenticator) StreamServerInterceptor(internal Internal) grpc.StreamServerInterceptor {
 	return func(srv any, ss grpc.ServerStream, info *grpc.StreamServerInfo, h grpc.StreamHandler) error {
 		if public(info.FullMethod) {
 			return h(srv, ss)

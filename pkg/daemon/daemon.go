@@ -53,10 +53,11 @@ type GRPCServer struct {
 }
 
 // Auth is how a GRPCServer authenticates calls: the Authenticator, and
-// the methods only blockvault's daemons (the service role) may call.
+// the services only blockvault's daemons (the service role) may call,
+// every method of them.
 type Auth struct {
 	*auth.Authenticator
-	Internal map[string]bool
+	Internal auth.Internal
 }
 
 // NewGRPCServer returns a server whose requests carry request ids, are

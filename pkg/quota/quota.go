@@ -10,6 +10,7 @@ import (
 	"flag"
 	"fmt"
 	"os"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -79,6 +80,10 @@ func (f limitFlag) Set(s string) error {
 type Quotas struct {
 	defaults  Limits
 	overrides map[string]Limits
+	// set is what admins set through the API (os-quota-sets), kept in the
+	// daemon's database: it takes precedence over the file.
+	setMu sync.RWMutex
+	set   map[string]Limits
 
 	mu    sync.Mutex
 	locks map[string]*sync.Mutex
@@ -86,7 +91,7 @@ type Quotas struct {
 
 // New reads cfg's file (if any).
 func New(cfg Config) (*Quotas, error) {
-	q := &Quotas{defaults: cfg.Defaults, overrides: map[string]Limits{}, locks: map[string]*sync.Mutex{}}
+	q := &Quotas{defaults: cfg.Defaults, overrides: map[string]Limits{}, set: map[string]Limits{}, locks: map[string]*sync.Mutex{}}
 	if q.defaults == nil {
 		q.defaults = DefaultLimits()
 	}
@@ -121,8 +126,43 @@ func New(cfg Config) (*Quotas, error) {
 	return q, sc.Err()
 }
 
+// Known reports whether resource has a quota.
+func Known(resource string) bool {
+	_, ok := DefaultLimits()[resource]
+	return ok
+}
+
+// Set records project's limits as an admin set them (os-quota-sets):
+// they take precedence over the file's and the defaults.
+func (q *Quotas) Set(project string, l Limits) {
+	q.setMu.Lock()
+	defer q.setMu.Unlock()
+	cur := q.set[project]
+	if cur == nil {
+		cur = Limits{}
+		q.set[project] = cur
+	}
+	for k, v := range l {
+		cur[k] = v
+	}
+}
+
+// Default is the default limit of resource.
+func (q *Quotas) Default(resource string) int64 {
+	if l, ok := q.defaults[resource]; ok {
+		return l
+	}
+	return Unlimited
+}
+
 // Limit is project's limit of resource.
 func (q *Quotas) Limit(project, resource string) int64 {
+	q.setMu.RLock()
+	l, ok := q.set[project][resource]
+	q.setMu.RUnlock()
+	if ok {
+		return l
+	}
 	if l, ok := q.overrides[project][resource]; ok {
 		return l
 	}
@@ -182,3 +222,39 @@ func (q *Quotas) CheckGigabytes(project, resource string, used, requested int64)
 
 // GiB rounds bytes up to whole GiB.
 func GiB(bytes int64) int64 { return (bytes + 1<<30 - 1) >> 30 }
+
+// Usage is a resource's limit (-1: none) and how much of it is in use.
+type Usage struct{ Limit, InUse int64 }
+
+// View is project's limits of resources with their use (inUse by
+// resource); with defaults, the default limits instead. A nil Quotas has
+// no limits.
+func (q *Quotas) View(project string, resources []string, inUse map[string]int64, defaults bool) map[string]Usage {
+	out := map[string]Usage{}
+	for _, r := range resources {
+		limit := int64(Unlimited)
+		switch {
+		case q == nil:
+		case defaults:
+			limit = q.Default(r)
+		default:
+			limit = q.Limit(project, r)
+		}
+		out[r] = Usage{Limit: limit, InUse: inUse[r]}
+	}
+	return out
+}
+
+// CheckUpdate checks limits an admin sets: resources of this daemon's
+// (of resources), each -1 or more.
+func CheckUpdate(limits Limits, resources []string) error {
+	for r, l := range limits {
+		if !slices.Contains(resources, r) {
+			return status.Errorf(codes.InvalidArgument, "Bad key(s) in quota set: %s (this service keeps quotas of %s)", r, strings.Join(resources, ", "))
+		}
+		if l < Unlimited {
+			return status.Errorf(codes.InvalidArgument, "Quota limit %d of %s is invalid: it must be -1 (no limit) or more.", l, r)
+		}
+	}
+	return nil
+}

@@ -113,7 +113,7 @@ func (s *Server) CreateBackup(ctx context.Context, req *backupv1.CreateBackupReq
 
 	// The status swap: the volume manager moves the volume (or snapshot)
 	// to backing-up in one conditional update, or says why not.
-	begin, err := s.volumes.BeginBackup(ctx, &volumev1.BeginBackupRequest{ProjectId: req.GetProjectId(),
+	begin, err := s.internal.BeginBackup(ctx, &volumev1.BeginBackupRequest{ProjectId: req.GetProjectId(),
 		VolumeId: in.GetVolumeId(), SnapshotId: in.GetSnapshotId(), Force: in.GetForce()})
 	if err != nil {
 		return nil, err
@@ -165,7 +165,7 @@ func checkContainer(c string) error {
 
 // endBackup returns the volume (or snapshot) to its previous status.
 func (s *Server) endBackup(ctx context.Context, b *backupdb.Backup) error {
-	_, err := s.volumes.EndBackup(ctx, &volumev1.EndBackupRequest{ProjectId: b.ProjectID, VolumeId: b.VolumeID, SnapshotId: b.SnapshotID})
+	_, err := s.internal.EndBackup(ctx, &volumev1.EndBackupRequest{ProjectId: b.ProjectID, VolumeId: b.VolumeID, SnapshotId: b.SnapshotID})
 	if err != nil {
 		s.log.Error("end backup: the volume may stay backing-up until the next recovery", "backup_id", b.ID, "volume_id", b.VolumeID, "err", err)
 	}

@@ -14,7 +14,6 @@ import (
 	"time"
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
-	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/auth"
 	"github.com/blockvault/blockvault/pkg/cpuprio"
 	"github.com/blockvault/blockvault/pkg/daemon"
@@ -201,9 +200,12 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if err := LoadQuotaLimits(ctx, bdb, quotas); err != nil {
+		return err
+	}
 	srv := New(Config{NodeID: cfg.NodeID, LocalReads: !cfg.NoLocalReads, Strategy: cfg.Strategy, MaxConcurrent: cfg.MaxConcurrent,
 		Container: cfg.Container, Quotas: quotas, LeaseDuration: cfg.LeaseDuration,
-		ChangedBlockTracking: cfg.ChangedBlockTracking, NBDTLS: nbdTLS}, bdb, volumev1.NewVolumeManagerServiceClient(conn), EngineAdapter{E: eng}, log)
+		ChangedBlockTracking: cfg.ChangedBlockTracking, NBDTLS: nbdTLS}, bdb, conn, EngineAdapter{E: eng}, log)
 	defer srv.Close()
 	if err := srv.Recover(ctx); err != nil {
 		// Recovery is retried at the next start; new work is still accepted.

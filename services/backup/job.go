@@ -221,7 +221,7 @@ func (s *Server) changedSince(ctx context.Context, b *backupdb.Backup, snapID st
 	if err != nil || parent.TrackingSnapshotID == "" {
 		return nil
 	}
-	r, err := s.volumes.GetChangedRanges(ctx, &volumev1.GetChangedRangesRequest{ProjectId: b.ProjectID, VolumeId: b.VolumeID,
+	r, err := s.internal.GetChangedRanges(ctx, &volumev1.GetChangedRangesRequest{ProjectId: b.ProjectID, VolumeId: b.VolumeID,
 		FromSnapshotId: parent.TrackingSnapshotID, ToSnapshotId: snapID})
 	if err != nil {
 		s.log.Warn("changed ranges unknown; reading the whole volume", "backup_id", b.ID, "parent_id", b.ParentID, "err", err)
@@ -380,9 +380,8 @@ func (s *Server) temporarySnapshot(ctx context.Context, b *backupdb.Backup, src 
 		metrics.TemporaryResources.WithLabelValues("snapshot").Dec()
 		return s.db.Update(ctx, b.ID, map[string]any{"temp_snapshot_id": ""})
 	})
-	_, err := s.volumes.CreateSnapshot(ctx, &volumev1.CreateSnapshotRequest{ProjectId: b.ProjectID, Snapshot: &volumev1.SnapshotInput{
-		Id: id, VolumeId: b.VolumeID, Name: "backup-" + b.ID, Description: "temporary snapshot of backup " + b.ID,
-		Force: true, Temporary: true}})
+	_, err := s.internal.CreateTemporarySnapshot(ctx, &volumev1.CreateTemporarySnapshotRequest{ProjectId: b.ProjectID,
+		Id: id, VolumeId: b.VolumeID, Name: "backup-" + b.ID, Description: "temporary snapshot of backup " + b.ID})
 	if err != nil {
 		return "", fmt.Errorf("take the temporary snapshot: %w", err)
 	}
@@ -403,8 +402,8 @@ func (s *Server) temporaryVolume(ctx context.Context, b *backupdb.Backup, src *s
 		metrics.TemporaryResources.WithLabelValues("volume").Dec()
 		return s.db.Update(ctx, b.ID, map[string]any{"temp_volume_id": ""})
 	})
-	_, err := s.volumes.CreateVolume(ctx, &volumev1.CreateVolumeRequest{ProjectId: b.ProjectID, Volume: &volumev1.VolumeInput{
-		Id: id, SourceVolid: b.VolumeID, Name: "backup-" + b.ID, Description: "temporary volume of backup " + b.ID, Temporary: true}})
+	_, err := s.internal.CreateTemporaryVolume(ctx, &volumev1.CreateTemporaryVolumeRequest{ProjectId: b.ProjectID,
+		Id: id, SourceVolid: b.VolumeID, Name: "backup-" + b.ID, Description: "temporary volume of backup " + b.ID})
 	if err != nil {
 		return "", fmt.Errorf("clone the temporary volume: %w", err)
 	}
@@ -415,13 +414,13 @@ func (s *Server) temporaryVolume(ctx context.Context, b *backupdb.Backup, src *s
 // opens it; the detach is registered for release.
 func (s *Server) attachSnapshot(ctx context.Context, b *backupdb.Backup, snapID string, local bool, src *source) error {
 	src.defer_(func(ctx context.Context) error {
-		_, err := s.volumes.DetachSnapshot(ctx, &volumev1.DetachSnapshotRequest{ProjectId: b.ProjectID, SnapshotId: snapID})
+		_, err := s.internal.DetachSnapshot(ctx, &volumev1.DetachSnapshotRequest{ProjectId: b.ProjectID, SnapshotId: snapID})
 		if isNotFound(err) {
 			return nil
 		}
 		return err
 	})
-	r, err := s.volumes.AttachSnapshot(ctx, &volumev1.AttachSnapshotRequest{ProjectId: b.ProjectID, SnapshotId: snapID,
+	r, err := s.internal.AttachSnapshot(ctx, &volumev1.AttachSnapshotRequest{ProjectId: b.ProjectID, SnapshotId: snapID,
 		Connector: &volumev1.Connector{Host: s.cfg.NodeID, Local: local, Mode: "ro"}})
 	if err != nil {
 		return fmt.Errorf("attach snapshot %s: %w", snapID, err)
@@ -436,7 +435,7 @@ func (s *Server) attachSnapshot(ctx context.Context, b *backupdb.Backup, snapID 
 
 // attachVolume attaches a volume read-only and opens it.
 func (s *Server) attachVolume(ctx context.Context, b *backupdb.Backup, volID string, local bool, src *source) error {
-	r, err := s.volumes.AttachVolume(ctx, &volumev1.AttachVolumeRequest{ProjectId: b.ProjectID, Attachment: &volumev1.AttachmentInput{
+	r, err := s.internal.AttachForBackup(ctx, &volumev1.AttachForBackupRequest{ProjectId: b.ProjectID, Attachment: &volumev1.AttachmentInput{
 		VolumeUuid: volID, InstanceUuid: "backup-" + b.ID, Mode: "ro", Connector: &volumev1.Connector{Host: s.cfg.NodeID, Local: local, Mode: "ro"}}})
 	if err != nil {
 		return fmt.Errorf("attach volume %s: %w", volID, err)
@@ -458,7 +457,7 @@ func (s *Server) attachVolume(ctx context.Context, b *backupdb.Backup, volID str
 }
 
 func (s *Server) deleteTemporarySnapshot(ctx context.Context, project, id string) error {
-	s.volumes.DetachSnapshot(ctx, &volumev1.DetachSnapshotRequest{ProjectId: project, SnapshotId: id})
+	s.internal.DetachSnapshot(ctx, &volumev1.DetachSnapshotRequest{ProjectId: project, SnapshotId: id})
 	_, err := s.volumes.DeleteSnapshot(ctx, &volumev1.DeleteSnapshotRequest{ProjectId: project, SnapshotId: id})
 	if isNotFound(err) {
 		return nil

@@ -3,7 +3,9 @@ package backup
 import (
 	"context"
 	"encoding/base64"
+	"encoding/json"
 	"errors"
+	"fmt"
 	"time"
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
@@ -209,6 +211,11 @@ func (s *Server) ExportBackupRecord(ctx context.Context, req *backupv1.ExportBac
 	if err != nil {
 		return nil, err
 	}
+	if !auth.IsAdmin(ctx) {
+		if rec, err = withoutLocation(rec); err != nil {
+			return nil, err
+		}
+	}
 	return &backupv1.ExportBackupRecordResponse{BackupRecord: &backupv1.BackupRecord{
 		BackupService: "blockvault", BackupUrl: base64.StdEncoding.EncodeToString(rec)}}, nil
 }
@@ -248,4 +255,17 @@ func (s *Server) ImportBackupRecord(ctx context.Context, req *backupv1.ImportBac
 		return nil, err
 	}
 	return &backupv1.ImportBackupRecordResponse{Backup: out}, nil
+}
+
+// withoutLocation drops the repository's location (a server-side path, or
+// an S3 endpoint and bucket) from a record: it is an operator's, not a
+// project member's. Importing does not need it: the importing deployment
+// reads the backup from its own repository.
+func withoutLocation(rec []byte) ([]byte, error) {
+	var m map[string]json.RawMessage
+	if err := json.Unmarshal(rec, &m); err != nil {
+		return nil, fmt.Errorf("backup record: %w", err)
+	}
+	delete(m, "repository")
+	return json.Marshal(m)
 }

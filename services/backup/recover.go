@@ -54,7 +54,7 @@ func (s *Server) recoverJob(ctx context.Context, b *backupdb.Backup, backupReaso
 	case lifecycle.BackupRestoring:
 		if b.RestoreVolumeID != "" {
 			s.detachOwn(ctx, b.ProjectID, b.RestoreVolumeID, "restore-"+b.ID)
-			s.volumes.EndRestore(ctx, &volumev1.EndRestoreRequest{ProjectId: b.ProjectID, VolumeId: b.RestoreVolumeID,
+			s.internal.EndRestore(ctx, &volumev1.EndRestoreRequest{ProjectId: b.ProjectID, VolumeId: b.RestoreVolumeID,
 				FailReason: restoreReason})
 		}
 		s.db.Transition(ctx, b.ID, []string{lifecycle.BackupRestoring}, lifecycle.BackupAvailable, map[string]any{"restore_volume_id": ""})
@@ -82,7 +82,7 @@ func (s *Server) recoverBackup(ctx context.Context, b *backupdb.Backup, reason s
 	// A read-only attachment of the volume (or of the user's snapshot) made
 	// for the backup is removed too.
 	if b.SnapshotID != "" {
-		s.volumes.DetachSnapshot(ctx, &volumev1.DetachSnapshotRequest{ProjectId: b.ProjectID, SnapshotId: b.SnapshotID})
+		s.internal.DetachSnapshot(ctx, &volumev1.DetachSnapshotRequest{ProjectId: b.ProjectID, SnapshotId: b.SnapshotID})
 	}
 	s.detachOwn(ctx, b.ProjectID, b.VolumeID, "backup-"+b.ID)
 	if err := s.endBackup(ctx, b); err != nil && !isNotFound(err) {

@@ -65,7 +65,7 @@ func (s *Server) RestoreBackup(ctx context.Context, req *backupv1.RestoreBackupR
 		}
 		return nil, err
 	}
-	bv, err := s.volumes.BeginRestore(ctx, &volumev1.BeginRestoreRequest{ProjectId: b.ProjectID, VolumeId: volID, MinSizeBytes: b.SizeBytes})
+	bv, err := s.internal.BeginRestore(ctx, &volumev1.BeginRestoreRequest{ProjectId: b.ProjectID, VolumeId: volID, MinSizeBytes: b.SizeBytes})
 	if err != nil {
 		s.db.Transition(context.WithoutCancel(ctx), b.ID, []string{lifecycle.BackupRestoring}, lifecycle.BackupAvailable, map[string]any{"restore_volume_id": ""})
 		undoVolume()
@@ -120,7 +120,7 @@ func (s *Server) runRestore(ctx context.Context, backupID, volID string) {
 		end.FailReason = failReason("restore of backup "+b.ID, err)
 	}
 	if eerr := s.persist(cleanupCtx, func(ctx context.Context) error {
-		_, err := s.volumes.EndRestore(ctx, end)
+		_, err := s.internal.EndRestore(ctx, end)
 		return err
 	}); eerr != nil {
 		log.Error("end restore", "err", eerr)
@@ -145,7 +145,7 @@ func (s *Server) attachForRestore(ctx context.Context, b *backupdb.Backup, volID
 		return fmt.Errorf("ask the volume manager for its capabilities: %w", err)
 	}
 	local := s.cfg.LocalReads && caps.GetCapabilities().GetLocalPath() && caps.GetCapabilities().GetNodeId() == s.cfg.NodeID
-	r, err := s.volumes.AttachVolume(ctx, &volumev1.AttachVolumeRequest{ProjectId: b.ProjectID, Attachment: &volumev1.AttachmentInput{
+	r, err := s.internal.AttachForBackup(ctx, &volumev1.AttachForBackupRequest{ProjectId: b.ProjectID, Attachment: &volumev1.AttachmentInput{
 		VolumeUuid: volID, InstanceUuid: "restore-" + b.ID, Mode: "rw", Connector: &volumev1.Connector{Host: s.cfg.NodeID, Local: local, Mode: "rw", DirectIo: true}}})
 	if err != nil {
 		return fmt.Errorf("attach volume %s for the restore: %w", volID, err)

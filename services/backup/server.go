@@ -21,6 +21,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/store/backupdb"
 	"github.com/blockvault/blockvault/pkg/validate"
+	"google.golang.org/grpc"
 )
 
 // Config is what the service needs to know about where it runs.
@@ -99,8 +100,11 @@ type Server struct {
 	cfg     Config
 	db      *backupdb.Store
 	volumes volumev1.VolumeManagerServiceClient
-	engine  Engine
-	log     *slog.Logger
+	// internal is the volume manager's daemon-only service (begin/end of
+	// backups and restores, temporary resources, snapshot exports).
+	internal volumev1.VolumeManagerInternalServiceClient
+	engine   Engine
+	log      *slog.Logger
 
 	baseCtx context.Context
 	stop    context.CancelFunc
@@ -110,9 +114,10 @@ type Server struct {
 	jobs    map[string]context.CancelFunc
 }
 
-// New returns a Server. Call Recover before serving, and Close to stop
-// the running jobs.
-func New(cfg Config, db *backupdb.Store, volumes volumev1.VolumeManagerServiceClient, engine Engine, log *slog.Logger) *Server {
+// New returns a Server calling the volume manager on vm (both its public
+// and its internal service; the connection carries a service token). Call
+// Recover before serving, and Close to stop the running jobs.
+func New(cfg Config, db *backupdb.Store, vm grpc.ClientConnInterface, engine Engine, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
@@ -120,7 +125,8 @@ func New(cfg Config, db *backupdb.Store, volumes volumev1.VolumeManagerServiceCl
 		cfg.MaxConcurrent = 4
 	}
 	ctx, stop := context.WithCancel(context.Background())
-	return &Server{cfg: cfg, db: db, volumes: volumes, engine: engine, log: log, baseCtx: ctx, stop: stop,
+	return &Server{cfg: cfg, db: db, volumes: volumev1.NewVolumeManagerServiceClient(vm),
+		internal: volumev1.NewVolumeManagerInternalServiceClient(vm), engine: engine, log: log, baseCtx: ctx, stop: stop,
 		slots: make(chan struct{}, cfg.MaxConcurrent), jobs: map[string]context.CancelFunc{}}
 }
 

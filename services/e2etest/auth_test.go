@@ -220,7 +220,7 @@ func TestProjectsAreIsolated(t *testing.T) {
 	if _, err := backupsB.CreateBackup(ctx, &backupv1.CreateBackupRequest{ProjectId: "project-b", Backup: &backupv1.BackupInput{VolumeId: volA, Force: true}}); status.Code(err) != codes.NotFound {
 		t.Errorf("gRPC: B backs up A's volume: %v, want NotFound", err)
 	}
-	if _, err := volsB.BeginBackup(ctx, &volumev1.BeginBackupRequest{ProjectId: "project-b", VolumeId: volB}); status.Code(err) != codes.PermissionDenied {
+	if _, err := s.internalAs(tokB).BeginBackup(ctx, &volumev1.BeginBackupRequest{ProjectId: "project-b", VolumeId: volB}); status.Code(err) != codes.PermissionDenied {
 		t.Errorf("gRPC: a member calls the internal BeginBackup: %v, want PermissionDenied", err)
 	}
 	volsNone, _ := s.ClientsAs("")

@@ -275,7 +275,7 @@ func TestRequestIDFollowsABackup(t *testing.T) {
 		{s.Gateway, "path=/v3/" + project + "/backups"},
 		{s.Backup, "CreateBackup"},
 		{s.VolumeManager, "BeginBackup"},
-		{s.VolumeManager, "CreateSnapshot"},
+		{s.VolumeManager, "CreateTemporarySnapshot"},
 		{s.VolumeManager, "DeleteSnapshot"},
 	} {
 		found := false

@@ -481,7 +481,7 @@ func TestFaults(t *testing.T) {
 		if err != nil || gb.GetBackup().GetTempSnapshotId() == "" {
 			t.Fatalf("no temporary snapshot recorded: %v %v", err, gb)
 		}
-		if _, err := s.Volumes.DetachSnapshot(ctx, &volumev1.DetachSnapshotRequest{ProjectId: project, SnapshotId: gb.GetBackup().GetTempSnapshotId()}); err != nil {
+		if _, err := volumev1.NewVolumeManagerInternalServiceClient(s.dial(s.VolumeManager.Addr)).DetachSnapshot(ctx, &volumev1.DetachSnapshotRequest{ProjectId: project, SnapshotId: gb.GetBackup().GetTempSnapshotId()}); err != nil {
 			t.Fatal(err)
 		}
 		b := waitBackup(t, s, id, testenv.Patience)

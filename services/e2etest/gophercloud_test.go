@@ -184,3 +184,65 @@ func waitGC(t *testing.T, status func() (string, error), want string) {
 		time.Sleep(100 * time.Millisecond)
 	}
 }
+
+// TestGophercloudAttachDetach is what a compute service does to mark a
+// volume in use and free it again: gophercloud's volumes.Attach (the
+// os-attach action) and volumes.Detach (os-detach), unmodified, with a
+// member's token; the status and attachments they leave are what the
+// volume then shows, and a backup of the attached volume needs force.
+func TestGophercloudAttachDetach(t *testing.T) {
+	s := Start(t, Options{Tokens: true})
+	ctx := context.Background()
+	c := blockStorageClient(s.Gateway.Addr, project, s.Token(project, auth.RoleMember))
+	vol, err := volumes.Create(ctx, c, volumes.CreateOpts{Size: 1, Name: "gc-attach"}, nil).Extract()
+	if err != nil {
+		t.Fatalf("volumes.Create: %v", err)
+	}
+	const instance = "3f0c6e52-4a1f-4b8e-9f3a-2d9b8c7e6a51"
+	if err := volumes.Attach(ctx, c, vol.ID, volumes.AttachOpts{InstanceUUID: instance, MountPoint: "/dev/vdb", Mode: volumes.ReadWrite}).ExtractErr(); err != nil {
+		t.Fatalf("volumes.Attach: %v", err)
+	}
+	got, err := volumes.Get(ctx, c, vol.ID).Extract()
+	if err != nil || got.Status != "in-use" || len(got.Attachments) != 1 || got.Attachments[0].ServerID != instance || got.Attachments[0].AttachmentID == "" {
+		t.Fatalf("after volumes.Attach: %v %+v", err, got)
+	}
+	// Not multiattach: a second instance is refused, the first stays.
+	err = volumes.Attach(ctx, c, vol.ID, volumes.AttachOpts{InstanceUUID: "0d4c1e2f-6b7a-4c3d-8e9f-1a2b3c4d5e6f", Mode: volumes.ReadWrite}).ExtractErr()
+	if !gophercloud.ResponseCodeIs(err, 400) {
+		t.Errorf("a second os-attach of a volume that is not multiattach: %v, want 400", err)
+	}
+	_, err = backups.Create(ctx, c, backups.CreateOpts{VolumeID: vol.ID}).Extract()
+	if !gophercloud.ResponseCodeIs(err, 400) {
+		t.Errorf("a backup of the attached volume without force: %v, want 400", err)
+	}
+	if err := volumes.Detach(ctx, c, vol.ID, volumes.DetachOpts{AttachmentID: got.Attachments[0].AttachmentID}).ExtractErr(); err != nil {
+		t.Fatalf("volumes.Detach: %v", err)
+	}
+	if got, err = volumes.Get(ctx, c, vol.ID).Extract(); err != nil || got.Status != "available" || len(got.Attachments) != 0 {
+		t.Fatalf("after volumes.Detach: %v %+v", err, got)
+	}
+
+	// A bare-metal host instead of an instance, detached without naming
+	// the attachment (the volume's only one).
+	if err := volumes.Attach(ctx, c, vol.ID, volumes.AttachOpts{HostName: "baremetal-7", Mode: volumes.ReadOnly}).ExtractErr(); err != nil {
+		t.Fatalf("volumes.Attach to a host: %v", err)
+	}
+	if got, err = volumes.Get(ctx, c, vol.ID).Extract(); err != nil || got.Status != "in-use" || len(got.Attachments) != 1 || got.Attachments[0].HostName != "baremetal-7" {
+		t.Fatalf("after volumes.Attach to a host: %v %+v", err, got)
+	}
+	if err := volumes.Detach(ctx, c, vol.ID, volumes.DetachOpts{}).ExtractErr(); err != nil {
+		t.Fatalf("volumes.Detach without an attachment id: %v", err)
+	}
+	if got, err = volumes.Get(ctx, c, vol.ID).Extract(); err != nil || got.Status != "available" {
+		t.Fatalf("after the second volumes.Detach: %v %+v", err, got)
+	}
+	if err := volumes.Detach(ctx, c, vol.ID, volumes.DetachOpts{}).ExtractErr(); !gophercloud.ResponseCodeIs(err, 400) {
+		t.Errorf("volumes.Detach of a volume that is not attached: %v, want 400", err)
+	}
+	if err := volumes.Attach(ctx, c, vol.ID, volumes.AttachOpts{MountPoint: "/dev/vdc"}).ExtractErr(); !gophercloud.ResponseCodeIs(err, 400) {
+		t.Errorf("volumes.Attach to neither an instance nor a host: %v, want 400", err)
+	}
+	if err := volumes.Delete(ctx, c, vol.ID, volumes.DeleteOpts{}).ExtractErr(); err != nil {
+		t.Fatalf("volumes.Delete after detaching: %v", err)
+	}
+}

@@ -140,7 +140,7 @@ func TestNBDTools(t *testing.T) {
 	nbdtSameBytes(t, pool, after)
 
 	// The snapshot's export is read-only and holds the data of its time.
-	sa, err := s.Volumes.AttachSnapshot(ctx, &volumev1.AttachSnapshotRequest{ProjectId: project, SnapshotId: snapID,
+	sa, err := volumev1.NewVolumeManagerInternalServiceClient(s.dial(s.VolumeManager.Addr)).AttachSnapshot(ctx, &volumev1.AttachSnapshotRequest{ProjectId: project, SnapshotId: snapID,
 		Connector: &volumev1.Connector{Host: "checker"}})
 	if err != nil {
 		t.Fatal(err)
@@ -231,7 +231,7 @@ func TestNBDTools(t *testing.T) {
 	}
 
 	// Detach and delete; the withdrawn names are refused, nothing is served.
-	if _, err := s.Volumes.DetachSnapshot(ctx, &volumev1.DetachSnapshotRequest{ProjectId: project, SnapshotId: snapID}); err != nil {
+	if _, err := volumev1.NewVolumeManagerInternalServiceClient(s.dial(s.VolumeManager.Addr)).DetachSnapshot(ctx, &volumev1.DetachSnapshotRequest{ProjectId: project, SnapshotId: snapID}); err != nil {
 		t.Fatal(err)
 	}
 	if out, err := exec.Command(nbdinfo, snapURI).CombinedOutput(); err == nil {

@@ -12,7 +12,6 @@ import (
 	"testing"
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
-	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/engine"
 	"github.com/blockvault/blockvault/pkg/repository/posix"
 	"github.com/blockvault/blockvault/pkg/store"
@@ -50,7 +49,7 @@ func newGateway(t testing.TB) http.Handler {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bs := backup.New(backup.Config{NodeID: "b", MaxConcurrent: 2}, bdb, volumev1.NewVolumeManagerServiceClient(vmConn), backup.EngineAdapter{E: eng}, nil)
+	bs := backup.New(backup.Config{NodeID: "b", MaxConcurrent: 2}, bdb, vmConn, backup.EngineAdapter{E: eng}, nil)
 	t.Cleanup(bs.Close)
 	bsConn := vmtest.Serve(t, func(s *grpc.Server) { backupv1.RegisterBackupServiceServer(s, bs) })
 

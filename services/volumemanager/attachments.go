@@ -43,6 +43,26 @@ func (s *Server) connection(ctx context.Context, conn *volumev1.Connector, volum
 
 // AttachVolume implements VolumeManagerService.
 func (s *Server) AttachVolume(ctx context.Context, req *volumev1.AttachVolumeRequest) (*volumev1.AttachVolumeResponse, error) {
+	return s.attach(ctx, req, true, false)
+}
+
+// AttachForBackup implements VolumeManagerInternalService: the backup
+// service's attachments, which may also reach a volume it is backing up
+// (read-only) or restoring into (read-write), and leave its status alone.
+func (s *Server) AttachForBackup(ctx context.Context, req *volumev1.AttachForBackupRequest) (*volumev1.AttachForBackupResponse, error) {
+	r, err := s.attach(ctx, &volumev1.AttachVolumeRequest{ProjectId: req.GetProjectId(), Attachment: req.GetAttachment()}, true, true)
+	if err != nil {
+		return nil, err
+	}
+	return &volumev1.AttachForBackupResponse{Attachment: r.GetAttachment()}, nil
+}
+
+// attach makes an attachment; with export, the consumer's connection too
+// (an NBD export or a local path). Without, it is the bookkeeping of the
+// os-attach action: a compute service that reached the volume on its own
+// says the volume is in use by an instance. forBackup is the backup
+// service's (AttachForBackup).
+func (s *Server) attach(ctx context.Context, req *volumev1.AttachVolumeRequest, export, forBackup bool) (*volumev1.AttachVolumeResponse, error) {
 	if err := validate.Project(req.GetProjectId()); err != nil {
 		return nil, err
 	}
@@ -86,8 +106,8 @@ func (s *Server) AttachVolume(ctx context.Context, req *volumev1.AttachVolumeReq
 		}
 		becameInUse = true
 	case v.Status == lifecycle.VolumeInUse && v.Multiattach:
-	case v.Status == lifecycle.VolumeBackingUp && readOnly:
-	case v.Status == lifecycle.VolumeRestoringBackup && !readOnly:
+	case v.Status == lifecycle.VolumeBackingUp && readOnly && forBackup:
+	case v.Status == lifecycle.VolumeRestoringBackup && !readOnly && forBackup:
 	default:
 		return nil, rpcerr.Precondition("volume %s is %s; it must be available to be attached", v.ID, v.Status)
 	}
@@ -97,13 +117,18 @@ func (s *Server) AttachVolume(ctx context.Context, req *volumev1.AttachVolumeReq
 		}
 	}
 
-	info, exportName, err := s.connection(ctx, in.GetConnector(), v.ID, "", readOnly, v.SizeBytes)
-	if err != nil {
-		undo()
-		return nil, err
+	var (
+		info       *volumev1.ConnectionInfo
+		exportName string
+	)
+	if export {
+		if info, exportName, err = s.connection(ctx, in.GetConnector(), v.ID, "", readOnly, v.SizeBytes); err != nil {
+			undo()
+			return nil, err
+		}
 	}
 	a := &volumedb.Attachment{ID: uuid.NewString(), ProjectID: v.ProjectID, VolumeID: v.ID, ServerID: in.GetInstanceUuid(),
-		HostName: in.GetConnector().GetHost(), Mode: mode, Local: exportName == "", ExportName: exportName}
+		HostName: in.GetConnector().GetHost(), Mode: mode, Local: export && exportName == "", ExportName: exportName}
 	var e *volumedb.Export
 	if exportName != "" {
 		e = &volumedb.Export{Name: exportName, ProjectID: v.ProjectID, VolumeID: v.ID, AttachmentID: a.ID, ReadOnly: readOnly}
@@ -129,7 +154,7 @@ func (s *Server) AttachVolume(ctx context.Context, req *volumev1.AttachVolumeReq
 		undo()
 		return nil, err
 	}
-	s.log.InfoContext(ctx, "volume attached", "volume_id", v.ID, "attachment_id", a.ID, "mode", mode, "type", info.GetDriverVolumeType())
+	s.log.InfoContext(ctx, "volume attached", "volume_id", v.ID, "attachment_id", a.ID, "mode", mode, "type", info.GetDriverVolumeType(), "export", export)
 	return &volumev1.AttachVolumeResponse{Attachment: s.toAttachment(a, info)}, nil
 }
 
@@ -173,4 +198,70 @@ func (s *Server) toAttachment(a *volumedb.Attachment, info *volumev1.ConnectionI
 		Id: a.ID, AttachmentId: a.ID, VolumeId: a.VolumeID, ServerId: a.ServerID, HostName: a.HostName,
 		AttachedAt: store.Timestamp(a.CreatedAt), AttachMode: a.Mode, ConnectionInfo: info,
 	}
+}
+
+// osAttach is the os-attach volume action: the volume is in use by an
+// instance (instance_uuid) or a host (host_name), its connection made
+// elsewhere; no export is made.
+func (s *Server) osAttach(ctx context.Context, project, volumeID string, in *volumev1.AttachAction) error {
+	if in.GetInstanceUuid() == "" && in.GetHostName() == "" {
+		return rpcerr.Invalid("os-attach needs instance_uuid or host_name: what the volume is attached to")
+	}
+	if in.GetInstanceUuid() != "" && in.GetHostName() != "" {
+		return rpcerr.Invalid("os-attach takes instance_uuid or host_name, not both")
+	}
+	for _, c := range []error{validate.UUID("volume_id", volumeID), validate.Text("host_name", in.GetHostName()), validate.Text("mountpoint", in.GetMountpoint())} {
+		if c != nil {
+			return c
+		}
+	}
+	if in.GetInstanceUuid() != "" {
+		if err := validate.UUID("instance_uuid", in.GetInstanceUuid()); err != nil {
+			return err
+		}
+	}
+	mode := in.GetMode()
+	if mode == "" {
+		mode = "rw"
+	}
+	_, err := s.attach(ctx, &volumev1.AttachVolumeRequest{ProjectId: project, Attachment: &volumev1.AttachmentInput{
+		VolumeUuid: volumeID, InstanceUuid: in.GetInstanceUuid(), Mode: mode, Connector: &volumev1.Connector{Host: in.GetHostName()}}}, false, false)
+	return err
+}
+
+// osDetach is the os-detach volume action: it removes the attachment
+// attachment_id of the volume, or its only attachment when none is named.
+func (s *Server) osDetach(ctx context.Context, project, volumeID string, in *volumev1.DetachAction) error {
+	if err := s.checkVolumeRef(project, volumeID); err != nil {
+		return err
+	}
+	if err := validate.OptionalUUID("attachment_id", in.GetAttachmentId()); err != nil {
+		return err
+	}
+	v, err := s.db.GetVolume(ctx, project, volumeID)
+	if err != nil {
+		return err
+	}
+	atts, err := s.db.ListAttachments(ctx, v.ID)
+	if err != nil {
+		return err
+	}
+	id := in.GetAttachmentId()
+	switch {
+	case id == "" && len(atts) == 0:
+		return rpcerr.Invalid("Invalid volume: volume %s is not attached", v.ID)
+	case id == "" && len(atts) > 1:
+		return rpcerr.Invalid("Invalid volume: volume %s has %d attachments; os-detach needs attachment_id", v.ID, len(atts))
+	case id == "":
+		id = atts[0].ID
+	}
+	found := false
+	for _, a := range atts {
+		found = found || a.ID == id
+	}
+	if !found {
+		return fmt.Errorf("attachment %s of volume %s: %w", id, v.ID, store.ErrNotFound)
+	}
+	_, err = s.DetachVolume(ctx, &volumev1.DetachVolumeRequest{ProjectId: project, AttachmentId: id})
+	return err
 }

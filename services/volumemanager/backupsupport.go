@@ -18,7 +18,7 @@ import (
 // in-use volume without force.
 const MsgForceRequired = "Backing up an in-use volume must use the force flag."
 
-// BeginBackup implements VolumeManagerService: the blueprint's status swap.
+// BeginBackup implements VolumeManagerInternalService: the blueprint's status swap.
 func (s *Server) BeginBackup(ctx context.Context, req *volumev1.BeginBackupRequest) (*volumev1.BeginBackupResponse, error) {
 	if err := s.checkVolumeRef(req.GetProjectId(), req.GetVolumeId()); err != nil {
 		return nil, err
@@ -73,7 +73,7 @@ func (s *Server) BeginBackup(ctx context.Context, req *volumev1.BeginBackupReque
 	return &volumev1.BeginBackupResponse{Volume: out}, nil
 }
 
-// EndBackup implements VolumeManagerService. Ending a backup that already
+// EndBackup implements VolumeManagerInternalService. Ending a backup that already
 // ended is not an error (recovery may call it twice).
 func (s *Server) EndBackup(ctx context.Context, req *volumev1.EndBackupRequest) (*volumev1.EndBackupResponse, error) {
 	if err := s.checkVolumeRef(req.GetProjectId(), req.GetVolumeId()); err != nil {
@@ -105,7 +105,7 @@ func (s *Server) EndBackup(ctx context.Context, req *volumev1.EndBackupRequest) 
 	return resp, nil
 }
 
-// BeginRestore implements VolumeManagerService.
+// BeginRestore implements VolumeManagerInternalService.
 func (s *Server) BeginRestore(ctx context.Context, req *volumev1.BeginRestoreRequest) (*volumev1.BeginRestoreResponse, error) {
 	if err := s.checkVolumeRef(req.GetProjectId(), req.GetVolumeId()); err != nil {
 		return nil, err
@@ -130,7 +130,7 @@ func (s *Server) BeginRestore(ctx context.Context, req *volumev1.BeginRestoreReq
 	return &volumev1.BeginRestoreResponse{Volume: out}, nil
 }
 
-// EndRestore implements VolumeManagerService.
+// EndRestore implements VolumeManagerInternalService.
 func (s *Server) EndRestore(ctx context.Context, req *volumev1.EndRestoreRequest) (*volumev1.EndRestoreResponse, error) {
 	if err := s.checkVolumeRef(req.GetProjectId(), req.GetVolumeId()); err != nil {
 		return nil, err
@@ -149,7 +149,7 @@ func (s *Server) EndRestore(ctx context.Context, req *volumev1.EndRestoreRequest
 	return &volumev1.EndRestoreResponse{Volume: out}, nil
 }
 
-// AttachSnapshot implements VolumeManagerService: create_export_snapshot and
+// AttachSnapshot implements VolumeManagerInternalService: create_export_snapshot and
 // initialize_connection_snapshot of the blueprint. The export's credential
 // (its name) is kept in provider_auth.
 func (s *Server) AttachSnapshot(ctx context.Context, req *volumev1.AttachSnapshotRequest) (*volumev1.AttachSnapshotResponse, error) {
@@ -200,7 +200,7 @@ func (s *Server) AttachSnapshot(ctx context.Context, req *volumev1.AttachSnapsho
 	return &volumev1.AttachSnapshotResponse{ConnectionInfo: info, Snapshot: out}, nil
 }
 
-// DetachSnapshot implements VolumeManagerService: terminate_connection_snapshot
+// DetachSnapshot implements VolumeManagerInternalService: terminate_connection_snapshot
 // and remove_export_snapshot. Detaching a snapshot that is not attached is
 // not an error.
 func (s *Server) DetachSnapshot(ctx context.Context, req *volumev1.DetachSnapshotRequest) (*volumev1.DetachSnapshotResponse, error) {
@@ -240,7 +240,7 @@ func (s *Server) GetCapabilities(ctx context.Context, _ *volumev1.GetCapabilitie
 	}}, nil
 }
 
-// GetChangedRanges implements VolumeManagerService.
+// GetChangedRanges implements VolumeManagerInternalService.
 func (s *Server) GetChangedRanges(ctx context.Context, req *volumev1.GetChangedRangesRequest) (*volumev1.GetChangedRangesResponse, error) {
 	if err := s.checkVolumeRef(req.GetProjectId(), req.GetVolumeId()); err != nil {
 		return nil, err

@@ -98,16 +98,9 @@ func (c DaemonConfig) databaseURL() string {
 	return "sqlite://" + filepath.Join(c.DataDir, "volume-manager.db")
 }
 
-// InternalMethods are the calls only blockvault's own daemons make (the
-// backup service's begin/end backup and snapshot exports): they need the
-// service (or admin) role.
-var InternalMethods = map[string]bool{
-	volumev1.VolumeManagerService_BeginBackup_FullMethodName:      true,
-	volumev1.VolumeManagerService_EndBackup_FullMethodName:        true,
-	volumev1.VolumeManagerService_AttachSnapshot_FullMethodName:   true,
-	volumev1.VolumeManagerService_DetachSnapshot_FullMethodName:   true,
-	volumev1.VolumeManagerService_GetChangedRanges_FullMethodName: true,
-}
+// Internal is the services only blockvault's own daemons call: every
+// method of VolumeManagerInternalService needs the service (or admin) role.
+var Internal = auth.Internal{volumev1.VolumeManagerInternalService_ServiceDesc.ServiceName}
 
 // RunDaemon runs the volume manager until ctx is done.
 func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
@@ -161,6 +154,9 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
+	if err := LoadQuotaLimits(ctx, vdb, quotas); err != nil {
+		return err
+	}
 	srv := New(Config{NodeID: cfg.NodeID, ExportHost: host, ExportPort: port, ExportTLS: nbdTLS != nil, Quotas: quotas}, vdb, driver, nbdSrv, log)
 	if err := srv.Restore(ctx); err != nil {
 		return err
@@ -179,9 +175,11 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 		nbdLn.Close()
 		return err
 	}
-	gs := daemon.NewGRPCServer(log, daemon.Auth{Authenticator: authn, Internal: InternalMethods}, tlsOpts...)
+	gs := daemon.NewGRPCServer(log, daemon.Auth{Authenticator: authn, Internal: Internal}, tlsOpts...)
 	volumev1.RegisterVolumeManagerServiceServer(gs, srv)
+	volumev1.RegisterVolumeManagerInternalServiceServer(gs, srv)
 	gs.Health.SetServingStatus(volumev1.VolumeManagerService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
+	gs.Health.SetServingStatus(volumev1.VolumeManagerInternalService_ServiceDesc.ServiceName, healthpb.HealthCheckResponse_SERVING)
 	caps := driver.Capabilities()
 	up.Step("listening")
 	log.Info("volume-manager serving", "grpc", ln.Addr().String(), "nbd", nbdLn.Addr().String(),

@@ -39,9 +39,10 @@ type Config struct {
 	Quotas *quota.Quotas
 }
 
-// Server implements VolumeManagerService.
+// Server implements VolumeManagerService and VolumeManagerInternalService.
 type Server struct {
 	volumev1.UnimplementedVolumeManagerServiceServer
+	volumev1.UnimplementedVolumeManagerInternalServiceServer
 
 	cfg      Config
 	db       *volumedb.Store

@@ -24,10 +24,11 @@ import (
 func TestMain(m *testing.M) { os.Exit(storetest.Main(m)) }
 
 type env struct {
-	client volumev1.VolumeManagerServiceClient
-	server *volumemanager.Server
-	pool   string
-	nbd    string
+	client   volumev1.VolumeManagerServiceClient
+	internal volumev1.VolumeManagerInternalServiceClient
+	server   *volumemanager.Server
+	pool     string
+	nbd      string
 }
 
 // newEnv runs the service in process on a real SQLite store, the real file
@@ -35,7 +36,7 @@ type env struct {
 func newEnv(t *testing.T, driverCfg file.Config) *env {
 	t.Helper()
 	e := vmtest.New(t, driverCfg)
-	return &env{client: e.Client, server: e.Server, pool: e.Pool, nbd: e.NBD}
+	return &env{client: e.Client, internal: e.Internal, server: e.Server, pool: e.Pool, nbd: e.NBD}
 }
 
 const proj = "p1"
@@ -101,7 +102,7 @@ func TestAttachWriteSnapshotDetach(t *testing.T) {
 
 	// Attach the snapshot (the blueprint's step 2): a read-only export
 	// with its credential in provider_auth, showing the old data.
-	as, err := e.client.AttachSnapshot(ctx, &volumev1.AttachSnapshotRequest{ProjectId: proj, SnapshotId: snap.GetId(), Connector: &volumev1.Connector{Host: "node-b"}})
+	as, err := e.internal.AttachSnapshot(ctx, &volumev1.AttachSnapshotRequest{ProjectId: proj, SnapshotId: snap.GetId(), Connector: &volumev1.Connector{Host: "node-b"}})
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -133,7 +134,7 @@ func TestAttachWriteSnapshotDetach(t *testing.T) {
 		t.Fatal("a wrong export name was accepted")
 	}
 
-	if _, err := e.client.DetachSnapshot(ctx, &volumev1.DetachSnapshotRequest{ProjectId: proj, SnapshotId: snap.GetId()}); err != nil {
+	if _, err := e.internal.DetachSnapshot(ctx, &volumev1.DetachSnapshotRequest{ProjectId: proj, SnapshotId: snap.GetId()}); err != nil {
 		t.Fatal(err)
 	}
 	if _, err := nbd.Dial(ctx, "tcp", e.nbd, nbd.DialOptions{ExportName: d.GetExportName()}); err == nil {
@@ -164,21 +165,21 @@ func TestBeginBackupStatusSwap(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	_, err = e.client.BeginBackup(ctx, &volumev1.BeginBackupRequest{ProjectId: proj, VolumeId: v.GetId()})
+	_, err = e.internal.BeginBackup(ctx, &volumev1.BeginBackupRequest{ProjectId: proj, VolumeId: v.GetId()})
 	if status.Code(err) != codes.InvalidArgument || status.Convert(err).Message() != volumemanager.MsgForceRequired {
 		t.Fatalf("begin without force: %v", err)
 	}
-	b, err := e.client.BeginBackup(ctx, &volumev1.BeginBackupRequest{ProjectId: proj, VolumeId: v.GetId(), Force: true})
+	b, err := e.internal.BeginBackup(ctx, &volumev1.BeginBackupRequest{ProjectId: proj, VolumeId: v.GetId(), Force: true})
 	if err != nil {
 		t.Fatal(err)
 	}
 	if b.GetVolume().GetStatus() != "backing-up" || b.GetVolume().GetPreviousStatus() != "in-use" {
 		t.Fatalf("after begin: %v", b.GetVolume())
 	}
-	if _, err := e.client.BeginBackup(ctx, &volumev1.BeginBackupRequest{ProjectId: proj, VolumeId: v.GetId(), Force: true}); status.Code(err) != codes.InvalidArgument {
+	if _, err := e.internal.BeginBackup(ctx, &volumev1.BeginBackupRequest{ProjectId: proj, VolumeId: v.GetId(), Force: true}); status.Code(err) != codes.InvalidArgument {
 		t.Fatalf("second begin: %v", err)
 	}
-	end, err := e.client.EndBackup(ctx, &volumev1.EndBackupRequest{ProjectId: proj, VolumeId: v.GetId()})
+	end, err := e.internal.EndBackup(ctx, &volumev1.EndBackupRequest{ProjectId: proj, VolumeId: v.GetId()})
 	if err != nil || end.GetVolume().GetStatus() != "in-use" {
 		t.Fatalf("end: %v %v", end, err)
 	}

@@ -26,6 +26,26 @@ func (s *Server) snapshotter() (volume.Snapshotter, error) {
 
 // CreateSnapshot implements VolumeManagerService.
 func (s *Server) CreateSnapshot(ctx context.Context, req *volumev1.CreateSnapshotRequest) (*volumev1.CreateSnapshotResponse, error) {
+	return s.createSnapshot(ctx, req, "", false)
+}
+
+// CreateTemporarySnapshot implements VolumeManagerInternalService.
+func (s *Server) CreateTemporarySnapshot(ctx context.Context, req *volumev1.CreateTemporarySnapshotRequest) (*volumev1.CreateTemporarySnapshotResponse, error) {
+	if err := validate.UUID("id", req.GetId()); err != nil {
+		return nil, err
+	}
+	r, err := s.createSnapshot(ctx, &volumev1.CreateSnapshotRequest{ProjectId: req.GetProjectId(), Snapshot: &volumev1.SnapshotInput{
+		VolumeId: req.GetVolumeId(), Name: req.GetName(), Description: req.GetDescription(), Force: true}}, req.GetId(), true)
+	if err != nil {
+		return nil, err
+	}
+	return &volumev1.CreateTemporarySnapshotResponse{Snapshot: r.GetSnapshot()}, nil
+}
+
+// createSnapshot takes a snapshot; id "" makes a new one, temporary marks
+// the backup service's (no quota, hidden from lists, allowed on a volume
+// that is backing-up).
+func (s *Server) createSnapshot(ctx context.Context, req *volumev1.CreateSnapshotRequest, id string, temporary bool) (*volumev1.CreateSnapshotResponse, error) {
 	if err := validate.Project(req.GetProjectId()); err != nil {
 		return nil, err
 	}
@@ -34,7 +54,7 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *volumev1.CreateSnapsho
 		return nil, rpcerr.Invalid("the request has no snapshot object")
 	}
 	for _, c := range []error{validate.UUID("volume_id", in.GetVolumeId()), validate.Text("name", in.GetName()),
-		validate.Text("description", in.GetDescription()), validate.Metadata(in.GetMetadata()), validate.OptionalUUID("id", in.GetId())} {
+		validate.Text("description", in.GetDescription()), validate.Metadata(in.GetMetadata())} {
 		if c != nil {
 			return nil, c
 		}
@@ -52,18 +72,17 @@ func (s *Server) CreateSnapshot(ctx context.Context, req *volumev1.CreateSnapsho
 	case v.Status == lifecycle.VolumeInUse && in.GetForce():
 	case v.Status == lifecycle.VolumeInUse:
 		return nil, rpcerr.Invalid("volume %s is in-use: snapshotting an in-use volume must use the force flag", v.ID)
-	case v.Status == lifecycle.VolumeBackingUp && in.GetTemporary():
+	case v.Status == lifecycle.VolumeBackingUp && temporary:
 		// The backup service's temporary snapshot of the volume it backs up.
 	default:
 		return nil, rpcerr.Precondition("volume %s is %s; it must be available or in-use to be snapshotted", v.ID, v.Status)
 	}
-	id := in.GetId()
 	if id == "" {
 		id = uuid.NewString()
 	}
 	sn := &volumedb.Snapshot{ID: id, ProjectID: v.ProjectID, VolumeID: v.ID, Name: in.GetName(),
 		Description: in.GetDescription(), SizeBytes: v.SizeBytes, Status: lifecycle.SnapshotCreating,
-		Temporary: in.GetTemporary(), Metadata: store.EncodeMap(in.GetMetadata())}
+		Temporary: temporary, Metadata: store.EncodeMap(in.GetMetadata())}
 	unlock := func() {}
 	if !sn.Temporary {
 		if unlock, err = s.checkQuota(ctx, sn.ProjectID, 0, 1, quota.GiB(sn.SizeBytes)); err != nil {

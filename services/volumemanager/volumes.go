@@ -51,6 +51,28 @@ func sizeBytes(field string, gibs, bytes int64) (int64, error) {
 
 // CreateVolume implements VolumeManagerService.
 func (s *Server) CreateVolume(ctx context.Context, req *volumev1.CreateVolumeRequest) (*volumev1.CreateVolumeResponse, error) {
+	return s.createVolume(ctx, req, "", false)
+}
+
+// CreateTemporaryVolume implements VolumeManagerInternalService.
+func (s *Server) CreateTemporaryVolume(ctx context.Context, req *volumev1.CreateTemporaryVolumeRequest) (*volumev1.CreateTemporaryVolumeResponse, error) {
+	if err := validate.UUID("id", req.GetId()); err != nil {
+		return nil, err
+	}
+	if err := validate.UUID("source_volid", req.GetSourceVolid()); err != nil {
+		return nil, err
+	}
+	r, err := s.createVolume(ctx, &volumev1.CreateVolumeRequest{ProjectId: req.GetProjectId(), Volume: &volumev1.VolumeInput{
+		SourceVolid: req.GetSourceVolid(), Name: req.GetName(), Description: req.GetDescription()}}, req.GetId(), true)
+	if err != nil {
+		return nil, err
+	}
+	return &volumev1.CreateTemporaryVolumeResponse{Volume: r.GetVolume()}, nil
+}
+
+// createVolume makes a volume; id "" makes a new id, temporary marks the
+// backup service's clones (no quota, hidden from lists).
+func (s *Server) createVolume(ctx context.Context, req *volumev1.CreateVolumeRequest, id string, temporary bool) (*volumev1.CreateVolumeResponse, error) {
 	if err := validate.Project(req.GetProjectId()); err != nil {
 		return nil, err
 	}
@@ -62,10 +84,18 @@ func (s *Server) CreateVolume(ctx context.Context, req *volumev1.CreateVolumeReq
 		validate.Text("name", in.GetName()), validate.Text("description", in.GetDescription()),
 		validate.OptionalUUID("snapshot_id", in.GetSnapshotId()), validate.OptionalUUID("source_volid", in.GetSourceVolid()),
 		validate.OptionalUUID("backup_id", in.GetBackupId()), validate.Metadata(in.GetMetadata()),
-		validate.OptionalUUID("id", in.GetId()),
 	} {
 		if c != nil {
 			return nil, c
+		}
+	}
+	for _, f := range []struct{ name, value, what string }{
+		{"consistencygroup_id", in.GetConsistencygroupId(), "consistency groups"},
+		{"group_id", in.GetGroupId(), "groups"},
+		{"imageRef", in.GetImageRef(), "volumes from images"},
+	} {
+		if f.value != "" {
+			return nil, rpcerr.Invalid("%s: %s are not supported; leave it out or null", f.name, f.what)
 		}
 	}
 	if in.GetBackupId() != "" {
@@ -124,14 +154,13 @@ func (s *Server) CreateVolume(ctx context.Context, req *volumev1.CreateVolumeReq
 		return nil, fmt.Errorf("driver %s cannot make volumes from snapshots or clones: %w", s.driver.Name(), volume.ErrUnsupported)
 	}
 
-	id := in.GetId()
 	if id == "" {
 		id = uuid.NewString()
 	}
 	v := &volumedb.Volume{
 		ID: id, ProjectID: req.GetProjectId(), Name: in.GetName(), Description: in.GetDescription(),
 		SizeBytes: size, Status: lifecycle.VolumeCreating, AvailabilityZone: zoneOr(in.GetAvailabilityZone()),
-		VolumeType: in.GetVolumeType(), Multiattach: in.GetMultiattach(), Temporary: in.GetTemporary(),
+		VolumeType: in.GetVolumeType(), Multiattach: in.GetMultiattach(), Temporary: temporary,
 		Metadata: store.EncodeMap(in.GetMetadata()), SnapshotID: in.GetSnapshotId(), SourceVolID: in.GetSourceVolid(),
 	}
 	unlock := func() {}
@@ -368,8 +397,16 @@ func (s *Server) VolumeAction(ctx context.Context, req *volumev1.VolumeActionReq
 		if err != nil {
 			return nil, err
 		}
+	case *volumev1.VolumeActionRequest_OsAttach:
+		if err := s.osAttach(ctx, req.GetProjectId(), req.GetVolumeId(), a.OsAttach); err != nil {
+			return nil, err
+		}
+	case *volumev1.VolumeActionRequest_OsDetach:
+		if err := s.osDetach(ctx, req.GetProjectId(), req.GetVolumeId(), a.OsDetach); err != nil {
+			return nil, err
+		}
 	default:
-		return nil, rpcerr.Invalid("the action body must hold one of os-extend, os-reset_status")
+		return nil, rpcerr.Invalid("the action body must hold one of os-extend, os-reset_status, os-attach, os-detach")
 	}
 	return &volumev1.VolumeActionResponse{}, nil
 }

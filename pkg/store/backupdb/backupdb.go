@@ -60,6 +60,10 @@ type Backup struct {
 // Owner names the backup service's migration table.
 const Owner = "backup_service"
 
+// QuotaLimitsTable holds the limits of backups and backup gigabytes
+// admins set through the API.
+const QuotaLimitsTable = "backup_quota_limits"
+
 // Migrations are the backup service's schema versions, oldest first.
 var Migrations = []store.Migration{
 	{Version: 1, Name: "backups", Up: func(tx *gorm.DB) error {
@@ -115,6 +119,9 @@ var Migrations = []store.Migration{
 			return err
 		}
 		return m.CreateIndex(&backup{}, "TrackingSnapshotID")
+	}},
+	{Version: 4, Name: "quota limits set through the API", Up: func(tx *gorm.DB) error {
+		return store.CreateQuotaLimitsTable(tx, QuotaLimitsTable)
 	}},
 }
 

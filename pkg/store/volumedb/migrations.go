@@ -10,6 +10,10 @@ import (
 // Owner names the volume manager's migration table.
 const Owner = "volume_manager"
 
+// QuotaLimitsTable holds the limits of volumes, gigabytes and snapshots
+// admins set through the API.
+const QuotaLimitsTable = "volume_quota_limits"
+
 // Migrations are the volume manager's schema versions, oldest first. A step
 // is never edited once released; changes are new steps.
 var Migrations = []store.Migration{
@@ -82,5 +86,8 @@ var Migrations = []store.Migration{
 			}
 		}
 		return nil
+	}},
+	{Version: 2, Name: "quota limits set through the API", Up: func(tx *gorm.DB) error {
+		return store.CreateQuotaLimitsTable(tx, QuotaLimitsTable)
 	}},
 }

@@ -26,7 +26,9 @@ import (
 type Env struct {
 	Conn   *grpc.ClientConn
 	Client volumev1.VolumeManagerServiceClient
-	Server *volumemanager.Server
+	// Internal is a client of VolumeManagerInternalService.
+	Internal volumev1.VolumeManagerInternalServiceClient
+	Server   *volumemanager.Server
 	// Pool is the file driver's directory; NBD the NBD server's address.
 	Pool, NBD string
 }
@@ -63,8 +65,12 @@ func New(t testing.TB, cfg file.Config) *Env {
 	srv := volumemanager.New(volumemanager.Config{NodeID: "node-a", ExportHost: "127.0.0.1",
 		ExportPort: nbdLn.Addr().(*net.TCPAddr).Port}, vdb, drv, ns, nil)
 	t.Cleanup(srv.Close)
-	conn := Serve(t, func(s *grpc.Server) { volumev1.RegisterVolumeManagerServiceServer(s, srv) })
-	return &Env{Conn: conn, Client: volumev1.NewVolumeManagerServiceClient(conn), Server: srv, Pool: cfg.Dir, NBD: nbdLn.Addr().String()}
+	conn := Serve(t, func(s *grpc.Server) {
+		volumev1.RegisterVolumeManagerServiceServer(s, srv)
+		volumev1.RegisterVolumeManagerInternalServiceServer(s, srv)
+	})
+	return &Env{Conn: conn, Client: volumev1.NewVolumeManagerServiceClient(conn), Internal: volumev1.NewVolumeManagerInternalServiceClient(conn),
+		Server: srv, Pool: cfg.Dir, NBD: nbdLn.Addr().String()}
 }
 
 // Serve runs services registered by register on a daemon gRPC server (no

@@ -1947,6 +1947,284 @@ func (x *ImportBackupRecordResponse) GetBackup() *Backup {
 	return nil
 }
 
+// QuotaUsage is one resource's limit (-1: none) and use.
+type QuotaUsage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Limit         int64                  `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	InUse         int64                  `protobuf:"varint,2,opt,name=in_use,json=inUse,proto3" json:"in_use,omitempty"`
+	Reserved      int64                  `protobuf:"varint,3,opt,name=reserved,proto3" json:"reserved,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *QuotaUsage) Reset() {
+	*x = QuotaUsage{}
+	mi := &file_blockvault_backup_v1_backup_service_proto_msgTypes[30]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *QuotaUsage) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*QuotaUsage) ProtoMessage() {}
+
+func (x *QuotaUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_backup_v1_backup_service_proto_msgTypes[30]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use QuotaUsage.ProtoReflect.Descriptor instead.
+func (*QuotaUsage) Descriptor() ([]byte, []int) {
+	return file_blockvault_backup_v1_backup_service_proto_rawDescGZIP(), []int{30}
+}
+
+func (x *QuotaUsage) GetLimit() int64 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *QuotaUsage) GetInUse() int64 {
+	if x != nil {
+		return x.InUse
+	}
+	return 0
+}
+
+func (x *QuotaUsage) GetReserved() int64 {
+	if x != nil {
+		return x.Reserved
+	}
+	return 0
+}
+
+// GetQuotaSetRequest is the request of GetQuotaSet.
+type GetQuotaSetRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's project (the path's).
+	ProjectId string `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
+	// The project whose quotas to show.
+	TargetProjectId string `protobuf:"bytes,2,opt,name=target_project_id,json=targetProjectId,proto3" json:"target_project_id,omitempty"`
+	// Show the defaults instead of the project's limits.
+	Defaults      bool `protobuf:"varint,3,opt,name=defaults,proto3" json:"defaults,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetQuotaSetRequest) Reset() {
+	*x = GetQuotaSetRequest{}
+	mi := &file_blockvault_backup_v1_backup_service_proto_msgTypes[31]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetQuotaSetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetQuotaSetRequest) ProtoMessage() {}
+
+func (x *GetQuotaSetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_backup_v1_backup_service_proto_msgTypes[31]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetQuotaSetRequest.ProtoReflect.Descriptor instead.
+func (*GetQuotaSetRequest) Descriptor() ([]byte, []int) {
+	return file_blockvault_backup_v1_backup_service_proto_rawDescGZIP(), []int{31}
+}
+
+func (x *GetQuotaSetRequest) GetProjectId() string {
+	if x != nil {
+		return x.ProjectId
+	}
+	return ""
+}
+
+func (x *GetQuotaSetRequest) GetTargetProjectId() string {
+	if x != nil {
+		return x.TargetProjectId
+	}
+	return ""
+}
+
+func (x *GetQuotaSetRequest) GetDefaults() bool {
+	if x != nil {
+		return x.Defaults
+	}
+	return false
+}
+
+// GetQuotaSetResponse is the response of GetQuotaSet.
+type GetQuotaSetResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// By resource.
+	QuotaSet      map[string]*QuotaUsage `protobuf:"bytes,1,rep,name=quota_set,json=quotaSet,proto3" json:"quota_set,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetQuotaSetResponse) Reset() {
+	*x = GetQuotaSetResponse{}
+	mi := &file_blockvault_backup_v1_backup_service_proto_msgTypes[32]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetQuotaSetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetQuotaSetResponse) ProtoMessage() {}
+
+func (x *GetQuotaSetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_backup_v1_backup_service_proto_msgTypes[32]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetQuotaSetResponse.ProtoReflect.Descriptor instead.
+func (*GetQuotaSetResponse) Descriptor() ([]byte, []int) {
+	return file_blockvault_backup_v1_backup_service_proto_rawDescGZIP(), []int{32}
+}
+
+func (x *GetQuotaSetResponse) GetQuotaSet() map[string]*QuotaUsage {
+	if x != nil {
+		return x.QuotaSet
+	}
+	return nil
+}
+
+// UpdateQuotaSetRequest is the request of UpdateQuotaSet.
+type UpdateQuotaSetRequest struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	ProjectId       string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
+	TargetProjectId string                 `protobuf:"bytes,2,opt,name=target_project_id,json=targetProjectId,proto3" json:"target_project_id,omitempty"`
+	// New limits by resource (-1: none).
+	Limits        map[string]int64 `protobuf:"bytes,3,rep,name=limits,proto3" json:"limits,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateQuotaSetRequest) Reset() {
+	*x = UpdateQuotaSetRequest{}
+	mi := &file_blockvault_backup_v1_backup_service_proto_msgTypes[33]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateQuotaSetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateQuotaSetRequest) ProtoMessage() {}
+
+func (x *UpdateQuotaSetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_backup_v1_backup_service_proto_msgTypes[33]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateQuotaSetRequest.ProtoReflect.Descriptor instead.
+func (*UpdateQuotaSetRequest) Descriptor() ([]byte, []int) {
+	return file_blockvault_backup_v1_backup_service_proto_rawDescGZIP(), []int{33}
+}
+
+func (x *UpdateQuotaSetRequest) GetProjectId() string {
+	if x != nil {
+		return x.ProjectId
+	}
+	return ""
+}
+
+func (x *UpdateQuotaSetRequest) GetTargetProjectId() string {
+	if x != nil {
+		return x.TargetProjectId
+	}
+	return ""
+}
+
+func (x *UpdateQuotaSetRequest) GetLimits() map[string]int64 {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+// UpdateQuotaSetResponse is the response of UpdateQuotaSet.
+type UpdateQuotaSetResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	QuotaSet      map[string]*QuotaUsage `protobuf:"bytes,1,rep,name=quota_set,json=quotaSet,proto3" json:"quota_set,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateQuotaSetResponse) Reset() {
+	*x = UpdateQuotaSetResponse{}
+	mi := &file_blockvault_backup_v1_backup_service_proto_msgTypes[34]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateQuotaSetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateQuotaSetResponse) ProtoMessage() {}
+
+func (x *UpdateQuotaSetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_backup_v1_backup_service_proto_msgTypes[34]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateQuotaSetResponse.ProtoReflect.Descriptor instead.
+func (*UpdateQuotaSetResponse) Descriptor() ([]byte, []int) {
+	return file_blockvault_backup_v1_backup_service_proto_rawDescGZIP(), []int{34}
+}
+
+func (x *UpdateQuotaSetResponse) GetQuotaSet() map[string]*QuotaUsage {
+	if x != nil {
+		return x.QuotaSet
+	}
+	return nil
+}
+
 var File_blockvault_backup_v1_backup_service_proto protoreflect.FileDescriptor
 
 const file_blockvault_backup_v1_backup_service_proto_rawDesc = "" +
@@ -2110,7 +2388,35 @@ const file_blockvault_backup_v1_backup_service_proto_rawDesc = "" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x12H\n" +
 	"\rbackup_record\x18\x02 \x01(\v2\".blockvault.backup.v1.BackupRecordR\rbackup-record\"R\n" +
 	"\x1aImportBackupRecordResponse\x124\n" +
-	"\x06backup\x18\x01 \x01(\v2\x1c.blockvault.backup.v1.BackupR\x06backup2\xad\x0e\n" +
+	"\x06backup\x18\x01 \x01(\v2\x1c.blockvault.backup.v1.BackupR\x06backup\"U\n" +
+	"\n" +
+	"QuotaUsage\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\x03R\x05limit\x12\x15\n" +
+	"\x06in_use\x18\x02 \x01(\x03R\x05inUse\x12\x1a\n" +
+	"\breserved\x18\x03 \x01(\x03R\breserved\"{\n" +
+	"\x12GetQuotaSetRequest\x12\x1d\n" +
+	"\n" +
+	"project_id\x18\x01 \x01(\tR\tprojectId\x12*\n" +
+	"\x11target_project_id\x18\x02 \x01(\tR\x0ftargetProjectId\x12\x1a\n" +
+	"\bdefaults\x18\x03 \x01(\bR\bdefaults\"\xca\x01\n" +
+	"\x13GetQuotaSetResponse\x12T\n" +
+	"\tquota_set\x18\x01 \x03(\v27.blockvault.backup.v1.GetQuotaSetResponse.QuotaSetEntryR\bquotaSet\x1a]\n" +
+	"\rQuotaSetEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x126\n" +
+	"\x05value\x18\x02 \x01(\v2 .blockvault.backup.v1.QuotaUsageR\x05value:\x028\x01\"\xee\x01\n" +
+	"\x15UpdateQuotaSetRequest\x12\x1d\n" +
+	"\n" +
+	"project_id\x18\x01 \x01(\tR\tprojectId\x12*\n" +
+	"\x11target_project_id\x18\x02 \x01(\tR\x0ftargetProjectId\x12O\n" +
+	"\x06limits\x18\x03 \x03(\v27.blockvault.backup.v1.UpdateQuotaSetRequest.LimitsEntryR\x06limits\x1a9\n" +
+	"\vLimitsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xd0\x01\n" +
+	"\x16UpdateQuotaSetResponse\x12W\n" +
+	"\tquota_set\x18\x01 \x03(\v2:.blockvault.backup.v1.UpdateQuotaSetResponse.QuotaSetEntryR\bquotaSet\x1a]\n" +
+	"\rQuotaSetEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x126\n" +
+	"\x05value\x18\x02 \x01(\v2 .blockvault.backup.v1.QuotaUsageR\x05value:\x028\x012\xfe\x0f\n" +
 	"\rBackupService\x12\xa9\x01\n" +
 	"\fCreateBackup\x12).blockvault.backup.v1.CreateBackupRequest\x1a*.blockvault.backup.v1.CreateBackupResponse\"B\x82\xd3\xe4\x93\x02<:\x01*Z\x1d:\x01*\"\x18/v2/{project_id}/backups\"\x18/v3/{project_id}/backups\x12\xb2\x01\n" +
 	"\tGetBackup\x12&.blockvault.backup.v1.GetBackupRequest\x1a'.blockvault.backup.v1.GetBackupResponse\"T\x82\xd3\xe4\x93\x02NZ&\x12$/v2/{project_id}/backups/{backup_id}\x12$/v3/{project_id}/backups/{backup_id}\x12\xe7\x01\n" +
@@ -2120,7 +2426,9 @@ const file_blockvault_backup_v1_backup_service_proto_rawDesc = "" +
 	"\fBackupAction\x12).blockvault.backup.v1.BackupActionRequest\x1a*.blockvault.backup.v1.BackupActionResponse\"6\x82\xd3\xe4\x93\x020:\x01*\"+/v3/{project_id}/backups/{backup_id}/action\x12\x98\x01\n" +
 	"\vWatchBackup\x12(.blockvault.backup.v1.WatchBackupRequest\x1a).blockvault.backup.v1.WatchBackupResponse\"2\x82\xd3\xe4\x93\x02,\x12*/v3/{project_id}/backups/{backup_id}/watch0\x01\x12\x9d\x01\n" +
 	"\fVerifyBackup\x12).blockvault.backup.v1.VerifyBackupRequest\x1a*.blockvault.backup.v1.VerifyBackupResponse\"6\x82\xd3\xe4\x93\x020:\x01*\"+/v3/{project_id}/backups/{backup_id}/verify\x12\xb3\x01\n" +
-	"\x12ExportBackupRecord\x12/.blockvault.backup.v1.ExportBackupRecordRequest\x1a0.blockvault.backup.v1.ExportBackupRecordResponse\":\x82\xd3\xe4\x93\x024\x122/v3/{project_id}/backups/{backup_id}/export_record\x12\xaa\x01\n" +
+	"\x12ExportBackupRecord\x12/.blockvault.backup.v1.ExportBackupRecordRequest\x1a0.blockvault.backup.v1.ExportBackupRecordResponse\":\x82\xd3\xe4\x93\x024\x122/v3/{project_id}/backups/{backup_id}/export_record\x12b\n" +
+	"\vGetQuotaSet\x12(.blockvault.backup.v1.GetQuotaSetRequest\x1a).blockvault.backup.v1.GetQuotaSetResponse\x12k\n" +
+	"\x0eUpdateQuotaSet\x12+.blockvault.backup.v1.UpdateQuotaSetRequest\x1a,.blockvault.backup.v1.UpdateQuotaSetResponse\x12\xaa\x01\n" +
 	"\x12ImportBackupRecord\x12/.blockvault.backup.v1.ImportBackupRecordRequest\x1a0.blockvault.backup.v1.ImportBackupRecordResponse\"1\x82\xd3\xe4\x93\x02+:\x01*\"&/v3/{project_id}/backups/import_recordBDZBgithub.com/blockvault/blockvault/gen/blockvault/backup/v1;backupv1b\x06proto3"
 
 var (
@@ -2135,7 +2443,7 @@ func file_blockvault_backup_v1_backup_service_proto_rawDescGZIP() []byte {
 	return file_blockvault_backup_v1_backup_service_proto_rawDescData
 }
 
-var file_blockvault_backup_v1_backup_service_proto_msgTypes = make([]protoimpl.MessageInfo, 32)
+var file_blockvault_backup_v1_backup_service_proto_msgTypes = make([]protoimpl.MessageInfo, 40)
 var file_blockvault_backup_v1_backup_service_proto_goTypes = []any{
 	(*Backup)(nil),                     // 0: blockvault.backup.v1.Backup
 	(*Link)(nil),                       // 1: blockvault.backup.v1.Link
@@ -2167,14 +2475,22 @@ var file_blockvault_backup_v1_backup_service_proto_goTypes = []any{
 	(*ExportBackupRecordResponse)(nil), // 27: blockvault.backup.v1.ExportBackupRecordResponse
 	(*ImportBackupRecordRequest)(nil),  // 28: blockvault.backup.v1.ImportBackupRecordRequest
 	(*ImportBackupRecordResponse)(nil), // 29: blockvault.backup.v1.ImportBackupRecordResponse
-	nil,                                // 30: blockvault.backup.v1.Backup.MetadataEntry
-	nil,                                // 31: blockvault.backup.v1.BackupInput.MetadataEntry
+	(*QuotaUsage)(nil),                 // 30: blockvault.backup.v1.QuotaUsage
+	(*GetQuotaSetRequest)(nil),         // 31: blockvault.backup.v1.GetQuotaSetRequest
+	(*GetQuotaSetResponse)(nil),        // 32: blockvault.backup.v1.GetQuotaSetResponse
+	(*UpdateQuotaSetRequest)(nil),      // 33: blockvault.backup.v1.UpdateQuotaSetRequest
+	(*UpdateQuotaSetResponse)(nil),     // 34: blockvault.backup.v1.UpdateQuotaSetResponse
+	nil,                                // 35: blockvault.backup.v1.Backup.MetadataEntry
+	nil,                                // 36: blockvault.backup.v1.BackupInput.MetadataEntry
+	nil,                                // 37: blockvault.backup.v1.GetQuotaSetResponse.QuotaSetEntry
+	nil,                                // 38: blockvault.backup.v1.UpdateQuotaSetRequest.LimitsEntry
+	nil,                                // 39: blockvault.backup.v1.UpdateQuotaSetResponse.QuotaSetEntry
 }
 var file_blockvault_backup_v1_backup_service_proto_depIdxs = []int32{
 	1,  // 0: blockvault.backup.v1.Backup.links:type_name -> blockvault.backup.v1.Link
 	2,  // 1: blockvault.backup.v1.Backup.progress:type_name -> blockvault.backup.v1.Progress
-	30, // 2: blockvault.backup.v1.Backup.metadata:type_name -> blockvault.backup.v1.Backup.MetadataEntry
-	31, // 3: blockvault.backup.v1.BackupInput.metadata:type_name -> blockvault.backup.v1.BackupInput.MetadataEntry
+	35, // 2: blockvault.backup.v1.Backup.metadata:type_name -> blockvault.backup.v1.Backup.MetadataEntry
+	36, // 3: blockvault.backup.v1.BackupInput.metadata:type_name -> blockvault.backup.v1.BackupInput.MetadataEntry
 	3,  // 4: blockvault.backup.v1.CreateBackupRequest.backup:type_name -> blockvault.backup.v1.BackupInput
 	0,  // 5: blockvault.backup.v1.CreateBackupResponse.backup:type_name -> blockvault.backup.v1.Backup
 	0,  // 6: blockvault.backup.v1.GetBackupResponse.backup:type_name -> blockvault.backup.v1.Backup
@@ -2189,31 +2505,40 @@ var file_blockvault_backup_v1_backup_service_proto_depIdxs = []int32{
 	25, // 15: blockvault.backup.v1.ExportBackupRecordResponse.backup_record:type_name -> blockvault.backup.v1.BackupRecord
 	25, // 16: blockvault.backup.v1.ImportBackupRecordRequest.backup_record:type_name -> blockvault.backup.v1.BackupRecord
 	0,  // 17: blockvault.backup.v1.ImportBackupRecordResponse.backup:type_name -> blockvault.backup.v1.Backup
-	4,  // 18: blockvault.backup.v1.BackupService.CreateBackup:input_type -> blockvault.backup.v1.CreateBackupRequest
-	6,  // 19: blockvault.backup.v1.BackupService.GetBackup:input_type -> blockvault.backup.v1.GetBackupRequest
-	8,  // 20: blockvault.backup.v1.BackupService.ListBackups:input_type -> blockvault.backup.v1.ListBackupsRequest
-	10, // 21: blockvault.backup.v1.BackupService.DeleteBackup:input_type -> blockvault.backup.v1.DeleteBackupRequest
-	13, // 22: blockvault.backup.v1.BackupService.RestoreBackup:input_type -> blockvault.backup.v1.RestoreBackupRequest
-	18, // 23: blockvault.backup.v1.BackupService.BackupAction:input_type -> blockvault.backup.v1.BackupActionRequest
-	20, // 24: blockvault.backup.v1.BackupService.WatchBackup:input_type -> blockvault.backup.v1.WatchBackupRequest
-	22, // 25: blockvault.backup.v1.BackupService.VerifyBackup:input_type -> blockvault.backup.v1.VerifyBackupRequest
-	26, // 26: blockvault.backup.v1.BackupService.ExportBackupRecord:input_type -> blockvault.backup.v1.ExportBackupRecordRequest
-	28, // 27: blockvault.backup.v1.BackupService.ImportBackupRecord:input_type -> blockvault.backup.v1.ImportBackupRecordRequest
-	5,  // 28: blockvault.backup.v1.BackupService.CreateBackup:output_type -> blockvault.backup.v1.CreateBackupResponse
-	7,  // 29: blockvault.backup.v1.BackupService.GetBackup:output_type -> blockvault.backup.v1.GetBackupResponse
-	9,  // 30: blockvault.backup.v1.BackupService.ListBackups:output_type -> blockvault.backup.v1.ListBackupsResponse
-	11, // 31: blockvault.backup.v1.BackupService.DeleteBackup:output_type -> blockvault.backup.v1.DeleteBackupResponse
-	15, // 32: blockvault.backup.v1.BackupService.RestoreBackup:output_type -> blockvault.backup.v1.RestoreBackupResponse
-	19, // 33: blockvault.backup.v1.BackupService.BackupAction:output_type -> blockvault.backup.v1.BackupActionResponse
-	21, // 34: blockvault.backup.v1.BackupService.WatchBackup:output_type -> blockvault.backup.v1.WatchBackupResponse
-	24, // 35: blockvault.backup.v1.BackupService.VerifyBackup:output_type -> blockvault.backup.v1.VerifyBackupResponse
-	27, // 36: blockvault.backup.v1.BackupService.ExportBackupRecord:output_type -> blockvault.backup.v1.ExportBackupRecordResponse
-	29, // 37: blockvault.backup.v1.BackupService.ImportBackupRecord:output_type -> blockvault.backup.v1.ImportBackupRecordResponse
-	28, // [28:38] is the sub-list for method output_type
-	18, // [18:28] is the sub-list for method input_type
-	18, // [18:18] is the sub-list for extension type_name
-	18, // [18:18] is the sub-list for extension extendee
-	0,  // [0:18] is the sub-list for field type_name
+	37, // 18: blockvault.backup.v1.GetQuotaSetResponse.quota_set:type_name -> blockvault.backup.v1.GetQuotaSetResponse.QuotaSetEntry
+	38, // 19: blockvault.backup.v1.UpdateQuotaSetRequest.limits:type_name -> blockvault.backup.v1.UpdateQuotaSetRequest.LimitsEntry
+	39, // 20: blockvault.backup.v1.UpdateQuotaSetResponse.quota_set:type_name -> blockvault.backup.v1.UpdateQuotaSetResponse.QuotaSetEntry
+	30, // 21: blockvault.backup.v1.GetQuotaSetResponse.QuotaSetEntry.value:type_name -> blockvault.backup.v1.QuotaUsage
+	30, // 22: blockvault.backup.v1.UpdateQuotaSetResponse.QuotaSetEntry.value:type_name -> blockvault.backup.v1.QuotaUsage
+	4,  // 23: blockvault.backup.v1.BackupService.CreateBackup:input_type -> blockvault.backup.v1.CreateBackupRequest
+	6,  // 24: blockvault.backup.v1.BackupService.GetBackup:input_type -> blockvault.backup.v1.GetBackupRequest
+	8,  // 25: blockvault.backup.v1.BackupService.ListBackups:input_type -> blockvault.backup.v1.ListBackupsRequest
+	10, // 26: blockvault.backup.v1.BackupService.DeleteBackup:input_type -> blockvault.backup.v1.DeleteBackupRequest
+	13, // 27: blockvault.backup.v1.BackupService.RestoreBackup:input_type -> blockvault.backup.v1.RestoreBackupRequest
+	18, // 28: blockvault.backup.v1.BackupService.BackupAction:input_type -> blockvault.backup.v1.BackupActionRequest
+	20, // 29: blockvault.backup.v1.BackupService.WatchBackup:input_type -> blockvault.backup.v1.WatchBackupRequest
+	22, // 30: blockvault.backup.v1.BackupService.VerifyBackup:input_type -> blockvault.backup.v1.VerifyBackupRequest
+	26, // 31: blockvault.backup.v1.BackupService.ExportBackupRecord:input_type -> blockvault.backup.v1.ExportBackupRecordRequest
+	31, // 32: blockvault.backup.v1.BackupService.GetQuotaSet:input_type -> blockvault.backup.v1.GetQuotaSetRequest
+	33, // 33: blockvault.backup.v1.BackupService.UpdateQuotaSet:input_type -> blockvault.backup.v1.UpdateQuotaSetRequest
+	28, // 34: blockvault.backup.v1.BackupService.ImportBackupRecord:input_type -> blockvault.backup.v1.ImportBackupRecordRequest
+	5,  // 35: blockvault.backup.v1.BackupService.CreateBackup:output_type -> blockvault.backup.v1.CreateBackupResponse
+	7,  // 36: blockvault.backup.v1.BackupService.GetBackup:output_type -> blockvault.backup.v1.GetBackupResponse
+	9,  // 37: blockvault.backup.v1.BackupService.ListBackups:output_type -> blockvault.backup.v1.ListBackupsResponse
+	11, // 38: blockvault.backup.v1.BackupService.DeleteBackup:output_type -> blockvault.backup.v1.DeleteBackupResponse
+	15, // 39: blockvault.backup.v1.BackupService.RestoreBackup:output_type -> blockvault.backup.v1.RestoreBackupResponse
+	19, // 40: blockvault.backup.v1.BackupService.BackupAction:output_type -> blockvault.backup.v1.BackupActionResponse
+	21, // 41: blockvault.backup.v1.BackupService.WatchBackup:output_type -> blockvault.backup.v1.WatchBackupResponse
+	24, // 42: blockvault.backup.v1.BackupService.VerifyBackup:output_type -> blockvault.backup.v1.VerifyBackupResponse
+	27, // 43: blockvault.backup.v1.BackupService.ExportBackupRecord:output_type -> blockvault.backup.v1.ExportBackupRecordResponse
+	32, // 44: blockvault.backup.v1.BackupService.GetQuotaSet:output_type -> blockvault.backup.v1.GetQuotaSetResponse
+	34, // 45: blockvault.backup.v1.BackupService.UpdateQuotaSet:output_type -> blockvault.backup.v1.UpdateQuotaSetResponse
+	29, // 46: blockvault.backup.v1.BackupService.ImportBackupRecord:output_type -> blockvault.backup.v1.ImportBackupRecordResponse
+	35, // [35:47] is the sub-list for method output_type
+	23, // [23:35] is the sub-list for method input_type
+	23, // [23:23] is the sub-list for extension type_name
+	23, // [23:23] is the sub-list for extension extendee
+	0,  // [0:23] is the sub-list for field type_name
 }
 
 func init() { file_blockvault_backup_v1_backup_service_proto_init() }
@@ -2231,7 +2556,7 @@ func file_blockvault_backup_v1_backup_service_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_blockvault_backup_v1_backup_service_proto_rawDesc), len(file_blockvault_backup_v1_backup_service_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   32,
+			NumMessages:   40,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

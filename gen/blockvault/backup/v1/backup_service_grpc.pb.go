@@ -32,6 +32,8 @@ const (
 	BackupService_WatchBackup_FullMethodName        = "/blockvault.backup.v1.BackupService/WatchBackup"
 	BackupService_VerifyBackup_FullMethodName       = "/blockvault.backup.v1.BackupService/VerifyBackup"
 	BackupService_ExportBackupRecord_FullMethodName = "/blockvault.backup.v1.BackupService/ExportBackupRecord"
+	BackupService_GetQuotaSet_FullMethodName        = "/blockvault.backup.v1.BackupService/GetQuotaSet"
+	BackupService_UpdateQuotaSet_FullMethodName     = "/blockvault.backup.v1.BackupService/UpdateQuotaSet"
 	BackupService_ImportBackupRecord_FullMethodName = "/blockvault.backup.v1.BackupService/ImportBackupRecord"
 )
 
@@ -60,8 +62,18 @@ type BackupServiceClient interface {
 	WatchBackup(ctx context.Context, in *WatchBackupRequest, opts ...grpc.CallOption) (grpc.ServerStreamingClient[WatchBackupResponse], error)
 	// VerifyBackup re-reads every chunk of a backup and reports damage.
 	VerifyBackup(ctx context.Context, in *VerifyBackupRequest, opts ...grpc.CallOption) (*VerifyBackupResponse, error)
-	// ExportBackupRecord returns a record another deployment can import.
+	// ExportBackupRecord returns a record another deployment can import. A
+	// member's record leaves out the repository's location (a server-side
+	// path or an S3 endpoint); an admin's has it.
 	ExportBackupRecord(ctx context.Context, in *ExportBackupRecordRequest, opts ...grpc.CallOption) (*ExportBackupRecordResponse, error)
+	// GetQuotaSet shows a project's limits of backups and backup_gigabytes (and how much of
+	// each is in use): the gateway's GET os-quota-sets merges both daemons'.
+	// A member may see their own project's only.
+	GetQuotaSet(ctx context.Context, in *GetQuotaSetRequest, opts ...grpc.CallOption) (*GetQuotaSetResponse, error)
+	// UpdateQuotaSet sets a project's limits (admin): the gateway's PUT
+	// os-quota-sets. They are kept in the daemon's database and take
+	// precedence over the quota file and the defaults.
+	UpdateQuotaSet(ctx context.Context, in *UpdateQuotaSetRequest, opts ...grpc.CallOption) (*UpdateQuotaSetResponse, error)
 	// ImportBackupRecord registers a backup from an exported record (HTTP 201).
 	ImportBackupRecord(ctx context.Context, in *ImportBackupRecordRequest, opts ...grpc.CallOption) (*ImportBackupRecordResponse, error)
 }
@@ -173,6 +185,26 @@ func (c *backupServiceClient) ExportBackupRecord(ctx context.Context, in *Export
 	return out, nil
 }
 
+func (c *backupServiceClient) GetQuotaSet(ctx context.Context, in *GetQuotaSetRequest, opts ...grpc.CallOption) (*GetQuotaSetResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(GetQuotaSetResponse)
+	err := c.cc.Invoke(ctx, BackupService_GetQuotaSet_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *backupServiceClient) UpdateQuotaSet(ctx context.Context, in *UpdateQuotaSetRequest, opts ...grpc.CallOption) (*UpdateQuotaSetResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateQuotaSetResponse)
+	err := c.cc.Invoke(ctx, BackupService_UpdateQuotaSet_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
 func (c *backupServiceClient) ImportBackupRecord(ctx context.Context, in *ImportBackupRecordRequest, opts ...grpc.CallOption) (*ImportBackupRecordResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(ImportBackupRecordResponse)
@@ -208,8 +240,18 @@ type BackupServiceServer interface {
 	WatchBackup(*WatchBackupRequest, grpc.ServerStreamingServer[WatchBackupResponse]) error
 	// VerifyBackup re-reads every chunk of a backup and reports damage.
 	VerifyBackup(context.Context, *VerifyBackupRequest) (*VerifyBackupResponse, error)
-	// ExportBackupRecord returns a record another deployment can import.
+	// ExportBackupRecord returns a record another deployment can import. A
+	// member's record leaves out the repository's location (a server-side
+	// path or an S3 endpoint); an admin's has it.
 	ExportBackupRecord(context.Context, *ExportBackupRecordRequest) (*ExportBackupRecordResponse, error)
+	// GetQuotaSet shows a project's limits of backups and backup_gigabytes (and how much of
+	// each is in use): the gateway's GET os-quota-sets merges both daemons'.
+	// A member may see their own project's only.
+	GetQuotaSet(context.Context, *GetQuotaSetRequest) (*GetQuotaSetResponse, error)
+	// UpdateQuotaSet sets a project's limits (admin): the gateway's PUT
+	// os-quota-sets. They are kept in the daemon's database and take
+	// precedence over the quota file and the defaults.
+	UpdateQuotaSet(context.Context, *UpdateQuotaSetRequest) (*UpdateQuotaSetResponse, error)
 	// ImportBackupRecord registers a backup from an exported record (HTTP 201).
 	ImportBackupRecord(context.Context, *ImportBackupRecordRequest) (*ImportBackupRecordResponse, error)
 	mustEmbedUnimplementedBackupServiceServer()
@@ -248,6 +290,12 @@ func (UnimplementedBackupServiceServer) VerifyBackup(context.Context, *VerifyBac
 }
 func (UnimplementedBackupServiceServer) ExportBackupRecord(context.Context, *ExportBackupRecordRequest) (*ExportBackupRecordResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ExportBackupRecord not implemented")
+}
+func (UnimplementedBackupServiceServer) GetQuotaSet(context.Context, *GetQuotaSetRequest) (*GetQuotaSetResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetQuotaSet not implemented")
+}
+func (UnimplementedBackupServiceServer) UpdateQuotaSet(context.Context, *UpdateQuotaSetRequest) (*UpdateQuotaSetResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateQuotaSet not implemented")
 }
 func (UnimplementedBackupServiceServer) ImportBackupRecord(context.Context, *ImportBackupRecordRequest) (*ImportBackupRecordResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ImportBackupRecord not implemented")
@@ -428,6 +476,42 @@ func _BackupService_ExportBackupRecord_Handler(srv interface{}, ctx context.Cont
 	return interceptor(ctx, in, info, handler)
 }
 
+func _BackupService_GetQuotaSet_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetQuotaSetRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BackupServiceServer).GetQuotaSet(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BackupService_GetQuotaSet_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BackupServiceServer).GetQuotaSet(ctx, req.(*GetQuotaSetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _BackupService_UpdateQuotaSet_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateQuotaSetRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(BackupServiceServer).UpdateQuotaSet(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: BackupService_UpdateQuotaSet_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(BackupServiceServer).UpdateQuotaSet(ctx, req.(*UpdateQuotaSetRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
 func _BackupService_ImportBackupRecord_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
 	in := new(ImportBackupRecordRequest)
 	if err := dec(in); err != nil {
@@ -484,6 +568,14 @@ var BackupService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "ExportBackupRecord",
 			Handler:    _BackupService_ExportBackupRecord_Handler,
+		},
+		{
+			MethodName: "GetQuotaSet",
+			Handler:    _BackupService_GetQuotaSet_Handler,
+		},
+		{
+			MethodName: "UpdateQuotaSet",
+			Handler:    _BackupService_UpdateQuotaSet_Handler,
 		},
 		{
 			MethodName: "ImportBackupRecord",

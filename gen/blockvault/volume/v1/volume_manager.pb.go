@@ -6,8 +6,9 @@
 
 // The volume manager: volumes, snapshots, attachments and exports, beside the
 // storage. Field names and shapes follow the Block Storage API v3 so the REST
-// gateway can serve it unchanged; RPCs without an HTTP rule are internal (the
-// backup service calls them).
+// gateway can serve it unchanged. What only blockvault's own daemons call
+// (the backup service) is VolumeManagerInternalService, in
+// volume_manager_internal.proto.
 
 package volumev1
 
@@ -944,13 +945,14 @@ type VolumeInput struct {
 	VolumeType       string            `protobuf:"bytes,9,opt,name=volume_type,json=volumeType,proto3" json:"volume_type,omitempty"`
 	Metadata         map[string]string `protobuf:"bytes,10,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	Multiattach      bool              `protobuf:"varint,11,opt,name=multiattach,proto3" json:"multiattach,omitempty"`
-	// Internal: the backup service marks its temporary clones.
-	Temporary bool `protobuf:"varint,12,opt,name=temporary,proto3" json:"temporary,omitempty"`
-	// Internal: the id to create the volume with (a UUID). The backup service
-	// records the id of a temporary volume before the volume exists.
-	Id            string `protobuf:"bytes,13,opt,name=id,proto3" json:"id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
+	// The openstack CLI (python-cinderclient) sends these, null when not
+	// asked for. Consistency groups, groups and volumes from images are not
+	// supported: null or empty is accepted, a value is refused.
+	ConsistencygroupId string `protobuf:"bytes,14,opt,name=consistencygroup_id,json=consistencygroupId,proto3" json:"consistencygroup_id,omitempty"`
+	GroupId            string `protobuf:"bytes,15,opt,name=group_id,json=groupId,proto3" json:"group_id,omitempty"`
+	ImageRef           string `protobuf:"bytes,16,opt,name=image_ref,json=imageRef,proto3" json:"image_ref,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
 }
 
 func (x *VolumeInput) Reset() {
@@ -1060,16 +1062,23 @@ func (x *VolumeInput) GetMultiattach() bool {
 	return false
 }
 
-func (x *VolumeInput) GetTemporary() bool {
+func (x *VolumeInput) GetConsistencygroupId() string {
 	if x != nil {
-		return x.Temporary
+		return x.ConsistencygroupId
 	}
-	return false
+	return ""
 }
 
-func (x *VolumeInput) GetId() string {
+func (x *VolumeInput) GetGroupId() string {
 	if x != nil {
-		return x.Id
+		return x.GroupId
+	}
+	return ""
+}
+
+func (x *VolumeInput) GetImageRef() string {
+	if x != nil {
+		return x.ImageRef
 	}
 	return ""
 }
@@ -1737,6 +1746,124 @@ func (x *ResetStatusAction) GetMigrationStatus() string {
 	return ""
 }
 
+// AttachAction is the body of os-attach: a compute service marks the
+// volume in use by an instance (or a host); no export is made.
+type AttachAction struct {
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	InstanceUuid string                 `protobuf:"bytes,1,opt,name=instance_uuid,json=instanceUuid,proto3" json:"instance_uuid,omitempty"`
+	HostName     string                 `protobuf:"bytes,2,opt,name=host_name,json=hostName,proto3" json:"host_name,omitempty"`
+	// Where the instance sees the volume (recorded by the caller; accepted).
+	Mountpoint string `protobuf:"bytes,3,opt,name=mountpoint,proto3" json:"mountpoint,omitempty"`
+	// "rw" (default) or "ro".
+	Mode          string `protobuf:"bytes,4,opt,name=mode,proto3" json:"mode,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *AttachAction) Reset() {
+	*x = AttachAction{}
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *AttachAction) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*AttachAction) ProtoMessage() {}
+
+func (x *AttachAction) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use AttachAction.ProtoReflect.Descriptor instead.
+func (*AttachAction) Descriptor() ([]byte, []int) {
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *AttachAction) GetInstanceUuid() string {
+	if x != nil {
+		return x.InstanceUuid
+	}
+	return ""
+}
+
+func (x *AttachAction) GetHostName() string {
+	if x != nil {
+		return x.HostName
+	}
+	return ""
+}
+
+func (x *AttachAction) GetMountpoint() string {
+	if x != nil {
+		return x.Mountpoint
+	}
+	return ""
+}
+
+func (x *AttachAction) GetMode() string {
+	if x != nil {
+		return x.Mode
+	}
+	return ""
+}
+
+// DetachAction is the body of os-detach.
+type DetachAction struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The attachment to remove; empty for a volume's only attachment.
+	AttachmentId  string `protobuf:"bytes,1,opt,name=attachment_id,json=attachmentId,proto3" json:"attachment_id,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *DetachAction) Reset() {
+	*x = DetachAction{}
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *DetachAction) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*DetachAction) ProtoMessage() {}
+
+func (x *DetachAction) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use DetachAction.ProtoReflect.Descriptor instead.
+func (*DetachAction) Descriptor() ([]byte, []int) {
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *DetachAction) GetAttachmentId() string {
+	if x != nil {
+		return x.AttachmentId
+	}
+	return ""
+}
+
 // VolumeActionRequest is the request of VolumeAction.
 type VolumeActionRequest struct {
 	state     protoimpl.MessageState `protogen:"open.v1"`
@@ -1746,6 +1873,8 @@ type VolumeActionRequest struct {
 	//
 	//	*VolumeActionRequest_OsExtend
 	//	*VolumeActionRequest_OsResetStatus
+	//	*VolumeActionRequest_OsAttach
+	//	*VolumeActionRequest_OsDetach
 	Action        isVolumeActionRequest_Action `protobuf_oneof:"action"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
@@ -1753,7 +1882,7 @@ type VolumeActionRequest struct {
 
 func (x *VolumeActionRequest) Reset() {
 	*x = VolumeActionRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[21]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1765,7 +1894,7 @@ func (x *VolumeActionRequest) String() string {
 func (*VolumeActionRequest) ProtoMessage() {}
 
 func (x *VolumeActionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[21]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1778,7 +1907,7 @@ func (x *VolumeActionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeActionRequest.ProtoReflect.Descriptor instead.
 func (*VolumeActionRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{21}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *VolumeActionRequest) GetProjectId() string {
@@ -1820,6 +1949,24 @@ func (x *VolumeActionRequest) GetOsResetStatus() *ResetStatusAction {
 	return nil
 }
 
+func (x *VolumeActionRequest) GetOsAttach() *AttachAction {
+	if x != nil {
+		if x, ok := x.Action.(*VolumeActionRequest_OsAttach); ok {
+			return x.OsAttach
+		}
+	}
+	return nil
+}
+
+func (x *VolumeActionRequest) GetOsDetach() *DetachAction {
+	if x != nil {
+		if x, ok := x.Action.(*VolumeActionRequest_OsDetach); ok {
+			return x.OsDetach
+		}
+	}
+	return nil
+}
+
 type isVolumeActionRequest_Action interface {
 	isVolumeActionRequest_Action()
 }
@@ -1832,9 +1979,21 @@ type VolumeActionRequest_OsResetStatus struct {
 	OsResetStatus *ResetStatusAction `protobuf:"bytes,4,opt,name=os_reset_status,json=os-reset_status,proto3,oneof"`
 }
 
+type VolumeActionRequest_OsAttach struct {
+	OsAttach *AttachAction `protobuf:"bytes,5,opt,name=os_attach,json=os-attach,proto3,oneof"`
+}
+
+type VolumeActionRequest_OsDetach struct {
+	OsDetach *DetachAction `protobuf:"bytes,6,opt,name=os_detach,json=os-detach,proto3,oneof"`
+}
+
 func (*VolumeActionRequest_OsExtend) isVolumeActionRequest_Action() {}
 
 func (*VolumeActionRequest_OsResetStatus) isVolumeActionRequest_Action() {}
+
+func (*VolumeActionRequest_OsAttach) isVolumeActionRequest_Action() {}
+
+func (*VolumeActionRequest_OsDetach) isVolumeActionRequest_Action() {}
 
 // VolumeActionResponse is the response of VolumeAction (empty, 202).
 type VolumeActionResponse struct {
@@ -1845,7 +2004,7 @@ type VolumeActionResponse struct {
 
 func (x *VolumeActionResponse) Reset() {
 	*x = VolumeActionResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[22]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1857,7 +2016,7 @@ func (x *VolumeActionResponse) String() string {
 func (*VolumeActionResponse) ProtoMessage() {}
 
 func (x *VolumeActionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[22]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1870,7 +2029,7 @@ func (x *VolumeActionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeActionResponse.ProtoReflect.Descriptor instead.
 func (*VolumeActionResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{22}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{24}
 }
 
 // ResetVolumeStatusRequest is the request of ResetVolumeStatus.
@@ -1885,7 +2044,7 @@ type ResetVolumeStatusRequest struct {
 
 func (x *ResetVolumeStatusRequest) Reset() {
 	*x = ResetVolumeStatusRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[23]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1897,7 +2056,7 @@ func (x *ResetVolumeStatusRequest) String() string {
 func (*ResetVolumeStatusRequest) ProtoMessage() {}
 
 func (x *ResetVolumeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[23]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1910,7 +2069,7 @@ func (x *ResetVolumeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetVolumeStatusRequest.ProtoReflect.Descriptor instead.
 func (*ResetVolumeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{23}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *ResetVolumeStatusRequest) GetProjectId() string {
@@ -1944,7 +2103,7 @@ type ResetVolumeStatusResponse struct {
 
 func (x *ResetVolumeStatusResponse) Reset() {
 	*x = ResetVolumeStatusResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[24]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1956,7 +2115,7 @@ func (x *ResetVolumeStatusResponse) String() string {
 func (*ResetVolumeStatusResponse) ProtoMessage() {}
 
 func (x *ResetVolumeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[24]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1969,7 +2128,7 @@ func (x *ResetVolumeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetVolumeStatusResponse.ProtoReflect.Descriptor instead.
 func (*ResetVolumeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{24}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *ResetVolumeStatusResponse) GetVolume() *Volume {
@@ -1992,7 +2151,7 @@ type AttachmentInput struct {
 
 func (x *AttachmentInput) Reset() {
 	*x = AttachmentInput{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[25]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2004,7 +2163,7 @@ func (x *AttachmentInput) String() string {
 func (*AttachmentInput) ProtoMessage() {}
 
 func (x *AttachmentInput) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[25]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2017,7 +2176,7 @@ func (x *AttachmentInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachmentInput.ProtoReflect.Descriptor instead.
 func (*AttachmentInput) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{25}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *AttachmentInput) GetVolumeUuid() string {
@@ -2059,7 +2218,7 @@ type AttachVolumeRequest struct {
 
 func (x *AttachVolumeRequest) Reset() {
 	*x = AttachVolumeRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[26]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2071,7 +2230,7 @@ func (x *AttachVolumeRequest) String() string {
 func (*AttachVolumeRequest) ProtoMessage() {}
 
 func (x *AttachVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[26]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2084,7 +2243,7 @@ func (x *AttachVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachVolumeRequest.ProtoReflect.Descriptor instead.
 func (*AttachVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{26}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *AttachVolumeRequest) GetProjectId() string {
@@ -2111,7 +2270,7 @@ type AttachVolumeResponse struct {
 
 func (x *AttachVolumeResponse) Reset() {
 	*x = AttachVolumeResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[27]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2123,7 +2282,7 @@ func (x *AttachVolumeResponse) String() string {
 func (*AttachVolumeResponse) ProtoMessage() {}
 
 func (x *AttachVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[27]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2136,7 +2295,7 @@ func (x *AttachVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachVolumeResponse.ProtoReflect.Descriptor instead.
 func (*AttachVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{27}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *AttachVolumeResponse) GetAttachment() *Attachment {
@@ -2157,7 +2316,7 @@ type DetachVolumeRequest struct {
 
 func (x *DetachVolumeRequest) Reset() {
 	*x = DetachVolumeRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[28]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2169,7 +2328,7 @@ func (x *DetachVolumeRequest) String() string {
 func (*DetachVolumeRequest) ProtoMessage() {}
 
 func (x *DetachVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[28]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2182,7 +2341,7 @@ func (x *DetachVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DetachVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{28}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *DetachVolumeRequest) GetProjectId() string {
@@ -2208,7 +2367,7 @@ type DetachVolumeResponse struct {
 
 func (x *DetachVolumeResponse) Reset() {
 	*x = DetachVolumeResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[29]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2220,7 +2379,7 @@ func (x *DetachVolumeResponse) String() string {
 func (*DetachVolumeResponse) ProtoMessage() {}
 
 func (x *DetachVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[29]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2233,7 +2392,7 @@ func (x *DetachVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DetachVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{29}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{31}
 }
 
 // SnapshotInput is the body of a create snapshot request.
@@ -2243,20 +2402,15 @@ type SnapshotInput struct {
 	Name        string                 `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
 	Description string                 `protobuf:"bytes,3,opt,name=description,proto3" json:"description,omitempty"`
 	// Needed to snapshot an in-use volume.
-	Force    bool              `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
-	Metadata map[string]string `protobuf:"bytes,5,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
-	// Internal: the backup service marks its temporary snapshots.
-	Temporary bool `protobuf:"varint,6,opt,name=temporary,proto3" json:"temporary,omitempty"`
-	// Internal: the id to create the snapshot with (a UUID), recorded by the
-	// backup service before the snapshot exists.
-	Id            string `protobuf:"bytes,7,opt,name=id,proto3" json:"id,omitempty"`
+	Force         bool              `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
+	Metadata      map[string]string `protobuf:"bytes,5,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
 func (x *SnapshotInput) Reset() {
 	*x = SnapshotInput{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[30]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2268,7 +2422,7 @@ func (x *SnapshotInput) String() string {
 func (*SnapshotInput) ProtoMessage() {}
 
 func (x *SnapshotInput) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[30]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2281,7 +2435,7 @@ func (x *SnapshotInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotInput.ProtoReflect.Descriptor instead.
 func (*SnapshotInput) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{30}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *SnapshotInput) GetVolumeId() string {
@@ -2319,20 +2473,6 @@ func (x *SnapshotInput) GetMetadata() map[string]string {
 	return nil
 }
 
-func (x *SnapshotInput) GetTemporary() bool {
-	if x != nil {
-		return x.Temporary
-	}
-	return false
-}
-
-func (x *SnapshotInput) GetId() string {
-	if x != nil {
-		return x.Id
-	}
-	return ""
-}
-
 // CreateSnapshotRequest is the request of CreateSnapshot.
 type CreateSnapshotRequest struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -2344,7 +2484,7 @@ type CreateSnapshotRequest struct {
 
 func (x *CreateSnapshotRequest) Reset() {
 	*x = CreateSnapshotRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[31]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2356,7 +2496,7 @@ func (x *CreateSnapshotRequest) String() string {
 func (*CreateSnapshotRequest) ProtoMessage() {}
 
 func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[31]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2369,7 +2509,7 @@ func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{31}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *CreateSnapshotRequest) GetProjectId() string {
@@ -2396,7 +2536,7 @@ type CreateSnapshotResponse struct {
 
 func (x *CreateSnapshotResponse) Reset() {
 	*x = CreateSnapshotResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[32]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2408,7 +2548,7 @@ func (x *CreateSnapshotResponse) String() string {
 func (*CreateSnapshotResponse) ProtoMessage() {}
 
 func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[32]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2421,7 +2561,7 @@ func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{32}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *CreateSnapshotResponse) GetSnapshot() *Snapshot {
@@ -2442,7 +2582,7 @@ type GetSnapshotRequest struct {
 
 func (x *GetSnapshotRequest) Reset() {
 	*x = GetSnapshotRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[33]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2454,7 +2594,7 @@ func (x *GetSnapshotRequest) String() string {
 func (*GetSnapshotRequest) ProtoMessage() {}
 
 func (x *GetSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[33]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2467,7 +2607,7 @@ func (x *GetSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*GetSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{33}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *GetSnapshotRequest) GetProjectId() string {
@@ -2494,7 +2634,7 @@ type GetSnapshotResponse struct {
 
 func (x *GetSnapshotResponse) Reset() {
 	*x = GetSnapshotResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[34]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2506,7 +2646,7 @@ func (x *GetSnapshotResponse) String() string {
 func (*GetSnapshotResponse) ProtoMessage() {}
 
 func (x *GetSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[34]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2519,7 +2659,7 @@ func (x *GetSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*GetSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{34}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *GetSnapshotResponse) GetSnapshot() *Snapshot {
@@ -2546,7 +2686,7 @@ type ListSnapshotsRequest struct {
 
 func (x *ListSnapshotsRequest) Reset() {
 	*x = ListSnapshotsRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[35]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2558,7 +2698,7 @@ func (x *ListSnapshotsRequest) String() string {
 func (*ListSnapshotsRequest) ProtoMessage() {}
 
 func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[35]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2571,7 +2711,7 @@ func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsRequest.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{35}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *ListSnapshotsRequest) GetProjectId() string {
@@ -2634,7 +2774,7 @@ type ListSnapshotsResponse struct {
 
 func (x *ListSnapshotsResponse) Reset() {
 	*x = ListSnapshotsResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[36]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2646,7 +2786,7 @@ func (x *ListSnapshotsResponse) String() string {
 func (*ListSnapshotsResponse) ProtoMessage() {}
 
 func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[36]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2659,7 +2799,7 @@ func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsResponse.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{36}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *ListSnapshotsResponse) GetSnapshots() []*Snapshot {
@@ -2687,7 +2827,7 @@ type DeleteSnapshotRequest struct {
 
 func (x *DeleteSnapshotRequest) Reset() {
 	*x = DeleteSnapshotRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[37]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2699,7 +2839,7 @@ func (x *DeleteSnapshotRequest) String() string {
 func (*DeleteSnapshotRequest) ProtoMessage() {}
 
 func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[37]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2712,7 +2852,7 @@ func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{37}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *DeleteSnapshotRequest) GetProjectId() string {
@@ -2738,7 +2878,7 @@ type DeleteSnapshotResponse struct {
 
 func (x *DeleteSnapshotResponse) Reset() {
 	*x = DeleteSnapshotResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[38]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2750,7 +2890,7 @@ func (x *DeleteSnapshotResponse) String() string {
 func (*DeleteSnapshotResponse) ProtoMessage() {}
 
 func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[38]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2763,672 +2903,7 @@ func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{38}
-}
-
-// BeginBackupRequest is the request of BeginBackup.
-type BeginBackupRequest struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	ProjectId string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
-	// The volume to back up; or, with snapshot_id, the snapshot's volume.
-	VolumeId string `protobuf:"bytes,2,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
-	// Back up this snapshot instead of the volume.
-	SnapshotId string `protobuf:"bytes,3,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`
-	// Required when the volume is in-use.
-	Force         bool `protobuf:"varint,4,opt,name=force,proto3" json:"force,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *BeginBackupRequest) Reset() {
-	*x = BeginBackupRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[39]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *BeginBackupRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*BeginBackupRequest) ProtoMessage() {}
-
-func (x *BeginBackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[39]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use BeginBackupRequest.ProtoReflect.Descriptor instead.
-func (*BeginBackupRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{39}
-}
-
-func (x *BeginBackupRequest) GetProjectId() string {
-	if x != nil {
-		return x.ProjectId
-	}
-	return ""
-}
-
-func (x *BeginBackupRequest) GetVolumeId() string {
-	if x != nil {
-		return x.VolumeId
-	}
-	return ""
-}
-
-func (x *BeginBackupRequest) GetSnapshotId() string {
-	if x != nil {
-		return x.SnapshotId
-	}
-	return ""
-}
-
-func (x *BeginBackupRequest) GetForce() bool {
-	if x != nil {
-		return x.Force
-	}
-	return false
-}
-
-// BeginBackupResponse is the response of BeginBackup.
-type BeginBackupResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Volume        *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
-	Snapshot      *Snapshot              `protobuf:"bytes,2,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *BeginBackupResponse) Reset() {
-	*x = BeginBackupResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[40]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *BeginBackupResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*BeginBackupResponse) ProtoMessage() {}
-
-func (x *BeginBackupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[40]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use BeginBackupResponse.ProtoReflect.Descriptor instead.
-func (*BeginBackupResponse) Descriptor() ([]byte, []int) {
 	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{40}
-}
-
-func (x *BeginBackupResponse) GetVolume() *Volume {
-	if x != nil {
-		return x.Volume
-	}
-	return nil
-}
-
-func (x *BeginBackupResponse) GetSnapshot() *Snapshot {
-	if x != nil {
-		return x.Snapshot
-	}
-	return nil
-}
-
-// EndBackupRequest is the request of EndBackup.
-type EndBackupRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ProjectId     string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
-	VolumeId      string                 `protobuf:"bytes,2,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
-	SnapshotId    string                 `protobuf:"bytes,3,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *EndBackupRequest) Reset() {
-	*x = EndBackupRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[41]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *EndBackupRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*EndBackupRequest) ProtoMessage() {}
-
-func (x *EndBackupRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[41]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use EndBackupRequest.ProtoReflect.Descriptor instead.
-func (*EndBackupRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{41}
-}
-
-func (x *EndBackupRequest) GetProjectId() string {
-	if x != nil {
-		return x.ProjectId
-	}
-	return ""
-}
-
-func (x *EndBackupRequest) GetVolumeId() string {
-	if x != nil {
-		return x.VolumeId
-	}
-	return ""
-}
-
-func (x *EndBackupRequest) GetSnapshotId() string {
-	if x != nil {
-		return x.SnapshotId
-	}
-	return ""
-}
-
-// EndBackupResponse is the response of EndBackup.
-type EndBackupResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Volume        *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
-	Snapshot      *Snapshot              `protobuf:"bytes,2,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *EndBackupResponse) Reset() {
-	*x = EndBackupResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[42]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *EndBackupResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*EndBackupResponse) ProtoMessage() {}
-
-func (x *EndBackupResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[42]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use EndBackupResponse.ProtoReflect.Descriptor instead.
-func (*EndBackupResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{42}
-}
-
-func (x *EndBackupResponse) GetVolume() *Volume {
-	if x != nil {
-		return x.Volume
-	}
-	return nil
-}
-
-func (x *EndBackupResponse) GetSnapshot() *Snapshot {
-	if x != nil {
-		return x.Snapshot
-	}
-	return nil
-}
-
-// BeginRestoreRequest is the request of BeginRestore.
-type BeginRestoreRequest struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	ProjectId string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
-	VolumeId  string                 `protobuf:"bytes,2,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
-	// The volume must be at least this large.
-	MinSizeBytes  int64 `protobuf:"varint,3,opt,name=min_size_bytes,json=minSizeBytes,proto3" json:"min_size_bytes,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *BeginRestoreRequest) Reset() {
-	*x = BeginRestoreRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[43]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *BeginRestoreRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*BeginRestoreRequest) ProtoMessage() {}
-
-func (x *BeginRestoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[43]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use BeginRestoreRequest.ProtoReflect.Descriptor instead.
-func (*BeginRestoreRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{43}
-}
-
-func (x *BeginRestoreRequest) GetProjectId() string {
-	if x != nil {
-		return x.ProjectId
-	}
-	return ""
-}
-
-func (x *BeginRestoreRequest) GetVolumeId() string {
-	if x != nil {
-		return x.VolumeId
-	}
-	return ""
-}
-
-func (x *BeginRestoreRequest) GetMinSizeBytes() int64 {
-	if x != nil {
-		return x.MinSizeBytes
-	}
-	return 0
-}
-
-// BeginRestoreResponse is the response of BeginRestore.
-type BeginRestoreResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Volume        *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *BeginRestoreResponse) Reset() {
-	*x = BeginRestoreResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[44]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *BeginRestoreResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*BeginRestoreResponse) ProtoMessage() {}
-
-func (x *BeginRestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[44]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use BeginRestoreResponse.ProtoReflect.Descriptor instead.
-func (*BeginRestoreResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{44}
-}
-
-func (x *BeginRestoreResponse) GetVolume() *Volume {
-	if x != nil {
-		return x.Volume
-	}
-	return nil
-}
-
-// EndRestoreRequest is the request of EndRestore.
-type EndRestoreRequest struct {
-	state     protoimpl.MessageState `protogen:"open.v1"`
-	ProjectId string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
-	VolumeId  string                 `protobuf:"bytes,2,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
-	// False leaves the volume error_restoring.
-	Success       bool   `protobuf:"varint,3,opt,name=success,proto3" json:"success,omitempty"`
-	FailReason    string `protobuf:"bytes,4,opt,name=fail_reason,json=failReason,proto3" json:"fail_reason,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *EndRestoreRequest) Reset() {
-	*x = EndRestoreRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[45]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *EndRestoreRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*EndRestoreRequest) ProtoMessage() {}
-
-func (x *EndRestoreRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[45]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use EndRestoreRequest.ProtoReflect.Descriptor instead.
-func (*EndRestoreRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{45}
-}
-
-func (x *EndRestoreRequest) GetProjectId() string {
-	if x != nil {
-		return x.ProjectId
-	}
-	return ""
-}
-
-func (x *EndRestoreRequest) GetVolumeId() string {
-	if x != nil {
-		return x.VolumeId
-	}
-	return ""
-}
-
-func (x *EndRestoreRequest) GetSuccess() bool {
-	if x != nil {
-		return x.Success
-	}
-	return false
-}
-
-func (x *EndRestoreRequest) GetFailReason() string {
-	if x != nil {
-		return x.FailReason
-	}
-	return ""
-}
-
-// EndRestoreResponse is the response of EndRestore.
-type EndRestoreResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Volume        *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *EndRestoreResponse) Reset() {
-	*x = EndRestoreResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[46]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *EndRestoreResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*EndRestoreResponse) ProtoMessage() {}
-
-func (x *EndRestoreResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[46]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use EndRestoreResponse.ProtoReflect.Descriptor instead.
-func (*EndRestoreResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{46}
-}
-
-func (x *EndRestoreResponse) GetVolume() *Volume {
-	if x != nil {
-		return x.Volume
-	}
-	return nil
-}
-
-// AttachSnapshotRequest is the request of AttachSnapshot.
-type AttachSnapshotRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ProjectId     string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
-	SnapshotId    string                 `protobuf:"bytes,2,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`
-	Connector     *Connector             `protobuf:"bytes,3,opt,name=connector,proto3" json:"connector,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *AttachSnapshotRequest) Reset() {
-	*x = AttachSnapshotRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[47]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *AttachSnapshotRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*AttachSnapshotRequest) ProtoMessage() {}
-
-func (x *AttachSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[47]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use AttachSnapshotRequest.ProtoReflect.Descriptor instead.
-func (*AttachSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{47}
-}
-
-func (x *AttachSnapshotRequest) GetProjectId() string {
-	if x != nil {
-		return x.ProjectId
-	}
-	return ""
-}
-
-func (x *AttachSnapshotRequest) GetSnapshotId() string {
-	if x != nil {
-		return x.SnapshotId
-	}
-	return ""
-}
-
-func (x *AttachSnapshotRequest) GetConnector() *Connector {
-	if x != nil {
-		return x.Connector
-	}
-	return nil
-}
-
-// AttachSnapshotResponse is the response of AttachSnapshot.
-type AttachSnapshotResponse struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	ConnectionInfo *ConnectionInfo        `protobuf:"bytes,1,opt,name=connection_info,json=connectionInfo,proto3" json:"connection_info,omitempty"`
-	Snapshot       *Snapshot              `protobuf:"bytes,2,opt,name=snapshot,proto3" json:"snapshot,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
-}
-
-func (x *AttachSnapshotResponse) Reset() {
-	*x = AttachSnapshotResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[48]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *AttachSnapshotResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*AttachSnapshotResponse) ProtoMessage() {}
-
-func (x *AttachSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[48]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use AttachSnapshotResponse.ProtoReflect.Descriptor instead.
-func (*AttachSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{48}
-}
-
-func (x *AttachSnapshotResponse) GetConnectionInfo() *ConnectionInfo {
-	if x != nil {
-		return x.ConnectionInfo
-	}
-	return nil
-}
-
-func (x *AttachSnapshotResponse) GetSnapshot() *Snapshot {
-	if x != nil {
-		return x.Snapshot
-	}
-	return nil
-}
-
-// DetachSnapshotRequest is the request of DetachSnapshot.
-type DetachSnapshotRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ProjectId     string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
-	SnapshotId    string                 `protobuf:"bytes,2,opt,name=snapshot_id,json=snapshotId,proto3" json:"snapshot_id,omitempty"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *DetachSnapshotRequest) Reset() {
-	*x = DetachSnapshotRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[49]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *DetachSnapshotRequest) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*DetachSnapshotRequest) ProtoMessage() {}
-
-func (x *DetachSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[49]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use DetachSnapshotRequest.ProtoReflect.Descriptor instead.
-func (*DetachSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{49}
-}
-
-func (x *DetachSnapshotRequest) GetProjectId() string {
-	if x != nil {
-		return x.ProjectId
-	}
-	return ""
-}
-
-func (x *DetachSnapshotRequest) GetSnapshotId() string {
-	if x != nil {
-		return x.SnapshotId
-	}
-	return ""
-}
-
-// DetachSnapshotResponse is the response of DetachSnapshot.
-type DetachSnapshotResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	unknownFields protoimpl.UnknownFields
-	sizeCache     protoimpl.SizeCache
-}
-
-func (x *DetachSnapshotResponse) Reset() {
-	*x = DetachSnapshotResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[50]
-	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-	ms.StoreMessageInfo(mi)
-}
-
-func (x *DetachSnapshotResponse) String() string {
-	return protoimpl.X.MessageStringOf(x)
-}
-
-func (*DetachSnapshotResponse) ProtoMessage() {}
-
-func (x *DetachSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[50]
-	if x != nil {
-		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
-		if ms.LoadMessageInfo() == nil {
-			ms.StoreMessageInfo(mi)
-		}
-		return ms
-	}
-	return mi.MessageOf(x)
-}
-
-// Deprecated: Use DetachSnapshotResponse.ProtoReflect.Descriptor instead.
-func (*DetachSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{50}
 }
 
 // GetCapabilitiesRequest is the request of GetCapabilities.
@@ -3440,7 +2915,7 @@ type GetCapabilitiesRequest struct {
 
 func (x *GetCapabilitiesRequest) Reset() {
 	*x = GetCapabilitiesRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[51]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3452,7 +2927,7 @@ func (x *GetCapabilitiesRequest) String() string {
 func (*GetCapabilitiesRequest) ProtoMessage() {}
 
 func (x *GetCapabilitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[51]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3465,7 +2940,7 @@ func (x *GetCapabilitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapabilitiesRequest.ProtoReflect.Descriptor instead.
 func (*GetCapabilitiesRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{51}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{41}
 }
 
 // GetCapabilitiesResponse is the response of GetCapabilities.
@@ -3478,7 +2953,7 @@ type GetCapabilitiesResponse struct {
 
 func (x *GetCapabilitiesResponse) Reset() {
 	*x = GetCapabilitiesResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[52]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3490,7 +2965,7 @@ func (x *GetCapabilitiesResponse) String() string {
 func (*GetCapabilitiesResponse) ProtoMessage() {}
 
 func (x *GetCapabilitiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[52]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3503,7 +2978,7 @@ func (x *GetCapabilitiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapabilitiesResponse.ProtoReflect.Descriptor instead.
 func (*GetCapabilitiesResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{52}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *GetCapabilitiesResponse) GetCapabilities() *Capabilities {
@@ -3513,32 +2988,31 @@ func (x *GetCapabilitiesResponse) GetCapabilities() *Capabilities {
 	return nil
 }
 
-// GetChangedRangesRequest is the request of GetChangedRanges.
-type GetChangedRangesRequest struct {
-	state          protoimpl.MessageState `protogen:"open.v1"`
-	ProjectId      string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
-	VolumeId       string                 `protobuf:"bytes,2,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
-	FromSnapshotId string                 `protobuf:"bytes,3,opt,name=from_snapshot_id,json=fromSnapshotId,proto3" json:"from_snapshot_id,omitempty"`
-	ToSnapshotId   string                 `protobuf:"bytes,4,opt,name=to_snapshot_id,json=toSnapshotId,proto3" json:"to_snapshot_id,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+// QuotaUsage is one resource's limit (-1: none) and use.
+type QuotaUsage struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Limit         int64                  `protobuf:"varint,1,opt,name=limit,proto3" json:"limit,omitempty"`
+	InUse         int64                  `protobuf:"varint,2,opt,name=in_use,json=inUse,proto3" json:"in_use,omitempty"`
+	Reserved      int64                  `protobuf:"varint,3,opt,name=reserved,proto3" json:"reserved,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
-func (x *GetChangedRangesRequest) Reset() {
-	*x = GetChangedRangesRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[53]
+func (x *QuotaUsage) Reset() {
+	*x = QuotaUsage{}
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *GetChangedRangesRequest) String() string {
+func (x *QuotaUsage) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*GetChangedRangesRequest) ProtoMessage() {}
+func (*QuotaUsage) ProtoMessage() {}
 
-func (x *GetChangedRangesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[53]
+func (x *QuotaUsage) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3549,63 +3023,120 @@ func (x *GetChangedRangesRequest) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use GetChangedRangesRequest.ProtoReflect.Descriptor instead.
-func (*GetChangedRangesRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{53}
+// Deprecated: Use QuotaUsage.ProtoReflect.Descriptor instead.
+func (*QuotaUsage) Descriptor() ([]byte, []int) {
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{43}
 }
 
-func (x *GetChangedRangesRequest) GetProjectId() string {
+func (x *QuotaUsage) GetLimit() int64 {
+	if x != nil {
+		return x.Limit
+	}
+	return 0
+}
+
+func (x *QuotaUsage) GetInUse() int64 {
+	if x != nil {
+		return x.InUse
+	}
+	return 0
+}
+
+func (x *QuotaUsage) GetReserved() int64 {
+	if x != nil {
+		return x.Reserved
+	}
+	return 0
+}
+
+// GetQuotaSetRequest is the request of GetQuotaSet.
+type GetQuotaSetRequest struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// The caller's project (the path's).
+	ProjectId string `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
+	// The project whose quotas to show.
+	TargetProjectId string `protobuf:"bytes,2,opt,name=target_project_id,json=targetProjectId,proto3" json:"target_project_id,omitempty"`
+	// Show the defaults instead of the project's limits.
+	Defaults      bool `protobuf:"varint,3,opt,name=defaults,proto3" json:"defaults,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *GetQuotaSetRequest) Reset() {
+	*x = GetQuotaSetRequest{}
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[44]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *GetQuotaSetRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*GetQuotaSetRequest) ProtoMessage() {}
+
+func (x *GetQuotaSetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[44]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use GetQuotaSetRequest.ProtoReflect.Descriptor instead.
+func (*GetQuotaSetRequest) Descriptor() ([]byte, []int) {
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{44}
+}
+
+func (x *GetQuotaSetRequest) GetProjectId() string {
 	if x != nil {
 		return x.ProjectId
 	}
 	return ""
 }
 
-func (x *GetChangedRangesRequest) GetVolumeId() string {
+func (x *GetQuotaSetRequest) GetTargetProjectId() string {
 	if x != nil {
-		return x.VolumeId
+		return x.TargetProjectId
 	}
 	return ""
 }
 
-func (x *GetChangedRangesRequest) GetFromSnapshotId() string {
+func (x *GetQuotaSetRequest) GetDefaults() bool {
 	if x != nil {
-		return x.FromSnapshotId
+		return x.Defaults
 	}
-	return ""
+	return false
 }
 
-func (x *GetChangedRangesRequest) GetToSnapshotId() string {
-	if x != nil {
-		return x.ToSnapshotId
-	}
-	return ""
-}
-
-// ByteRange is [offset, offset+length).
-type ByteRange struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Offset        int64                  `protobuf:"varint,1,opt,name=offset,proto3" json:"offset,omitempty"`
-	Length        int64                  `protobuf:"varint,2,opt,name=length,proto3" json:"length,omitempty"`
+// GetQuotaSetResponse is the response of GetQuotaSet.
+type GetQuotaSetResponse struct {
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// By resource.
+	QuotaSet      map[string]*QuotaUsage `protobuf:"bytes,1,rep,name=quota_set,json=quotaSet,proto3" json:"quota_set,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *ByteRange) Reset() {
-	*x = ByteRange{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[54]
+func (x *GetQuotaSetResponse) Reset() {
+	*x = GetQuotaSetResponse{}
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *ByteRange) String() string {
+func (x *GetQuotaSetResponse) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*ByteRange) ProtoMessage() {}
+func (*GetQuotaSetResponse) ProtoMessage() {}
 
-func (x *ByteRange) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[54]
+func (x *GetQuotaSetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3616,48 +3147,44 @@ func (x *ByteRange) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use ByteRange.ProtoReflect.Descriptor instead.
-func (*ByteRange) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{54}
+// Deprecated: Use GetQuotaSetResponse.ProtoReflect.Descriptor instead.
+func (*GetQuotaSetResponse) Descriptor() ([]byte, []int) {
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{45}
 }
 
-func (x *ByteRange) GetOffset() int64 {
+func (x *GetQuotaSetResponse) GetQuotaSet() map[string]*QuotaUsage {
 	if x != nil {
-		return x.Offset
+		return x.QuotaSet
 	}
-	return 0
+	return nil
 }
 
-func (x *ByteRange) GetLength() int64 {
-	if x != nil {
-		return x.Length
-	}
-	return 0
-}
-
-// GetChangedRangesResponse is the response of GetChangedRanges.
-type GetChangedRangesResponse struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	Ranges        []*ByteRange           `protobuf:"bytes,1,rep,name=ranges,proto3" json:"ranges,omitempty"`
+// UpdateQuotaSetRequest is the request of UpdateQuotaSet.
+type UpdateQuotaSetRequest struct {
+	state           protoimpl.MessageState `protogen:"open.v1"`
+	ProjectId       string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
+	TargetProjectId string                 `protobuf:"bytes,2,opt,name=target_project_id,json=targetProjectId,proto3" json:"target_project_id,omitempty"`
+	// New limits by resource (-1: none).
+	Limits        map[string]int64 `protobuf:"bytes,3,rep,name=limits,proto3" json:"limits,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"varint,2,opt,name=value"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
 
-func (x *GetChangedRangesResponse) Reset() {
-	*x = GetChangedRangesResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[55]
+func (x *UpdateQuotaSetRequest) Reset() {
+	*x = UpdateQuotaSetRequest{}
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
 
-func (x *GetChangedRangesResponse) String() string {
+func (x *UpdateQuotaSetRequest) String() string {
 	return protoimpl.X.MessageStringOf(x)
 }
 
-func (*GetChangedRangesResponse) ProtoMessage() {}
+func (*UpdateQuotaSetRequest) ProtoMessage() {}
 
-func (x *GetChangedRangesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[55]
+func (x *UpdateQuotaSetRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3668,14 +3195,73 @@ func (x *GetChangedRangesResponse) ProtoReflect() protoreflect.Message {
 	return mi.MessageOf(x)
 }
 
-// Deprecated: Use GetChangedRangesResponse.ProtoReflect.Descriptor instead.
-func (*GetChangedRangesResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{55}
+// Deprecated: Use UpdateQuotaSetRequest.ProtoReflect.Descriptor instead.
+func (*UpdateQuotaSetRequest) Descriptor() ([]byte, []int) {
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{46}
 }
 
-func (x *GetChangedRangesResponse) GetRanges() []*ByteRange {
+func (x *UpdateQuotaSetRequest) GetProjectId() string {
 	if x != nil {
-		return x.Ranges
+		return x.ProjectId
+	}
+	return ""
+}
+
+func (x *UpdateQuotaSetRequest) GetTargetProjectId() string {
+	if x != nil {
+		return x.TargetProjectId
+	}
+	return ""
+}
+
+func (x *UpdateQuotaSetRequest) GetLimits() map[string]int64 {
+	if x != nil {
+		return x.Limits
+	}
+	return nil
+}
+
+// UpdateQuotaSetResponse is the response of UpdateQuotaSet.
+type UpdateQuotaSetResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	QuotaSet      map[string]*QuotaUsage `protobuf:"bytes,1,rep,name=quota_set,json=quotaSet,proto3" json:"quota_set,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateQuotaSetResponse) Reset() {
+	*x = UpdateQuotaSetResponse{}
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[47]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateQuotaSetResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateQuotaSetResponse) ProtoMessage() {}
+
+func (x *UpdateQuotaSetResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[47]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateQuotaSetResponse.ProtoReflect.Descriptor instead.
+func (*UpdateQuotaSetResponse) Descriptor() ([]byte, []int) {
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{47}
+}
+
+func (x *UpdateQuotaSetResponse) GetQuotaSet() map[string]*QuotaUsage {
+	if x != nil {
+		return x.QuotaSet
 	}
 	return nil
 }
@@ -3796,7 +3382,7 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	" \x01(\x03R\n" +
 	"totalBytes\x12\x1d\n" +
 	"\n" +
-	"free_bytes\x18\v \x01(\x03R\tfreeBytes\"\xff\x03\n" +
+	"free_bytes\x18\v \x01(\x03R\tfreeBytes\"\xd5\x04\n" +
 	"\vVolumeInput\x12\x12\n" +
 	"\x04size\x18\x01 \x01(\x05R\x04size\x12\x1d\n" +
 	"\n" +
@@ -3812,12 +3398,13 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"volumeType\x12K\n" +
 	"\bmetadata\x18\n" +
 	" \x03(\v2/.blockvault.volume.v1.VolumeInput.MetadataEntryR\bmetadata\x12 \n" +
-	"\vmultiattach\x18\v \x01(\bR\vmultiattach\x12\x1c\n" +
-	"\ttemporary\x18\f \x01(\bR\ttemporary\x12\x0e\n" +
-	"\x02id\x18\r \x01(\tR\x02id\x1a;\n" +
+	"\vmultiattach\x18\v \x01(\bR\vmultiattach\x12/\n" +
+	"\x13consistencygroup_id\x18\x0e \x01(\tR\x12consistencygroupId\x12\x19\n" +
+	"\bgroup_id\x18\x0f \x01(\tR\agroupId\x12\x1b\n" +
+	"\timage_ref\x18\x10 \x01(\tR\bimageRef\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"o\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\f\x10\rJ\x04\b\r\x10\x0eR\ttemporaryR\x02id\"o\n" +
 	"\x13CreateVolumeRequest\x12\x1d\n" +
 	"\n" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x129\n" +
@@ -3862,13 +3449,24 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\x11ResetStatusAction\x12\x16\n" +
 	"\x06status\x18\x01 \x01(\tR\x06status\x12#\n" +
 	"\rattach_status\x18\x02 \x01(\tR\fattachStatus\x12)\n" +
-	"\x10migration_status\x18\x03 \x01(\tR\x0fmigrationStatus\"\xf4\x01\n" +
+	"\x10migration_status\x18\x03 \x01(\tR\x0fmigrationStatus\"\x84\x01\n" +
+	"\fAttachAction\x12#\n" +
+	"\rinstance_uuid\x18\x01 \x01(\tR\finstanceUuid\x12\x1b\n" +
+	"\thost_name\x18\x02 \x01(\tR\bhostName\x12\x1e\n" +
+	"\n" +
+	"mountpoint\x18\x03 \x01(\tR\n" +
+	"mountpoint\x12\x12\n" +
+	"\x04mode\x18\x04 \x01(\tR\x04mode\"3\n" +
+	"\fDetachAction\x12#\n" +
+	"\rattachment_id\x18\x01 \x01(\tR\fattachmentId\"\xfc\x02\n" +
 	"\x13VolumeActionRequest\x12\x1d\n" +
 	"\n" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1b\n" +
 	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12B\n" +
 	"\tos_extend\x18\x03 \x01(\v2\".blockvault.volume.v1.ExtendActionH\x00R\tos-extend\x12S\n" +
-	"\x0fos_reset_status\x18\x04 \x01(\v2'.blockvault.volume.v1.ResetStatusActionH\x00R\x0fos-reset_statusB\b\n" +
+	"\x0fos_reset_status\x18\x04 \x01(\v2'.blockvault.volume.v1.ResetStatusActionH\x00R\x0fos-reset_status\x12B\n" +
+	"\tos_attach\x18\x05 \x01(\v2\".blockvault.volume.v1.AttachActionH\x00R\tos-attach\x12B\n" +
+	"\tos_detach\x18\x06 \x01(\v2\".blockvault.volume.v1.DetachActionH\x00R\tos-detachB\b\n" +
 	"\x06action\"\x16\n" +
 	"\x14VolumeActionResponse\"n\n" +
 	"\x18ResetVolumeStatusRequest\x12\x1d\n" +
@@ -3898,18 +3496,16 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\n" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x12#\n" +
 	"\rattachment_id\x18\x02 \x01(\tR\fattachmentId\"\x16\n" +
-	"\x14DetachVolumeResponse\"\xb2\x02\n" +
+	"\x14DetachVolumeResponse\"\x9f\x02\n" +
 	"\rSnapshotInput\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x12\n" +
 	"\x04name\x18\x02 \x01(\tR\x04name\x12 \n" +
 	"\vdescription\x18\x03 \x01(\tR\vdescription\x12\x14\n" +
 	"\x05force\x18\x04 \x01(\bR\x05force\x12M\n" +
-	"\bmetadata\x18\x05 \x03(\v21.blockvault.volume.v1.SnapshotInput.MetadataEntryR\bmetadata\x12\x1c\n" +
-	"\ttemporary\x18\x06 \x01(\bR\ttemporary\x12\x0e\n" +
-	"\x02id\x18\a \x01(\tR\x02id\x1a;\n" +
+	"\bmetadata\x18\x05 \x03(\v21.blockvault.volume.v1.SnapshotInput.MetadataEntryR\bmetadata\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"w\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01J\x04\b\x06\x10\aJ\x04\b\a\x10\bR\ttemporaryR\x02id\"w\n" +
 	"\x15CreateSnapshotRequest\x12\x1d\n" +
 	"\n" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x12?\n" +
@@ -3941,71 +3537,38 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1f\n" +
 	"\vsnapshot_id\x18\x02 \x01(\tR\n" +
 	"snapshotId\"\x18\n" +
-	"\x16DeleteSnapshotResponse\"\x87\x01\n" +
-	"\x12BeginBackupRequest\x12\x1d\n" +
-	"\n" +
-	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1b\n" +
-	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12\x1f\n" +
-	"\vsnapshot_id\x18\x03 \x01(\tR\n" +
-	"snapshotId\x12\x14\n" +
-	"\x05force\x18\x04 \x01(\bR\x05force\"\x87\x01\n" +
-	"\x13BeginBackupResponse\x124\n" +
-	"\x06volume\x18\x01 \x01(\v2\x1c.blockvault.volume.v1.VolumeR\x06volume\x12:\n" +
-	"\bsnapshot\x18\x02 \x01(\v2\x1e.blockvault.volume.v1.SnapshotR\bsnapshot\"o\n" +
-	"\x10EndBackupRequest\x12\x1d\n" +
-	"\n" +
-	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1b\n" +
-	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12\x1f\n" +
-	"\vsnapshot_id\x18\x03 \x01(\tR\n" +
-	"snapshotId\"\x85\x01\n" +
-	"\x11EndBackupResponse\x124\n" +
-	"\x06volume\x18\x01 \x01(\v2\x1c.blockvault.volume.v1.VolumeR\x06volume\x12:\n" +
-	"\bsnapshot\x18\x02 \x01(\v2\x1e.blockvault.volume.v1.SnapshotR\bsnapshot\"w\n" +
-	"\x13BeginRestoreRequest\x12\x1d\n" +
-	"\n" +
-	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1b\n" +
-	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12$\n" +
-	"\x0emin_size_bytes\x18\x03 \x01(\x03R\fminSizeBytes\"L\n" +
-	"\x14BeginRestoreResponse\x124\n" +
-	"\x06volume\x18\x01 \x01(\v2\x1c.blockvault.volume.v1.VolumeR\x06volume\"\x8a\x01\n" +
-	"\x11EndRestoreRequest\x12\x1d\n" +
-	"\n" +
-	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1b\n" +
-	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12\x18\n" +
-	"\asuccess\x18\x03 \x01(\bR\asuccess\x12\x1f\n" +
-	"\vfail_reason\x18\x04 \x01(\tR\n" +
-	"failReason\"J\n" +
-	"\x12EndRestoreResponse\x124\n" +
-	"\x06volume\x18\x01 \x01(\v2\x1c.blockvault.volume.v1.VolumeR\x06volume\"\x96\x01\n" +
-	"\x15AttachSnapshotRequest\x12\x1d\n" +
-	"\n" +
-	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1f\n" +
-	"\vsnapshot_id\x18\x02 \x01(\tR\n" +
-	"snapshotId\x12=\n" +
-	"\tconnector\x18\x03 \x01(\v2\x1f.blockvault.volume.v1.ConnectorR\tconnector\"\xa3\x01\n" +
-	"\x16AttachSnapshotResponse\x12M\n" +
-	"\x0fconnection_info\x18\x01 \x01(\v2$.blockvault.volume.v1.ConnectionInfoR\x0econnectionInfo\x12:\n" +
-	"\bsnapshot\x18\x02 \x01(\v2\x1e.blockvault.volume.v1.SnapshotR\bsnapshot\"W\n" +
-	"\x15DetachSnapshotRequest\x12\x1d\n" +
-	"\n" +
-	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1f\n" +
-	"\vsnapshot_id\x18\x02 \x01(\tR\n" +
-	"snapshotId\"\x18\n" +
-	"\x16DetachSnapshotResponse\"\x18\n" +
+	"\x16DeleteSnapshotResponse\"\x18\n" +
 	"\x16GetCapabilitiesRequest\"a\n" +
 	"\x17GetCapabilitiesResponse\x12F\n" +
-	"\fcapabilities\x18\x01 \x01(\v2\".blockvault.volume.v1.CapabilitiesR\fcapabilities\"\xa5\x01\n" +
-	"\x17GetChangedRangesRequest\x12\x1d\n" +
+	"\fcapabilities\x18\x01 \x01(\v2\".blockvault.volume.v1.CapabilitiesR\fcapabilities\"U\n" +
 	"\n" +
-	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1b\n" +
-	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12(\n" +
-	"\x10from_snapshot_id\x18\x03 \x01(\tR\x0efromSnapshotId\x12$\n" +
-	"\x0eto_snapshot_id\x18\x04 \x01(\tR\ftoSnapshotId\";\n" +
-	"\tByteRange\x12\x16\n" +
-	"\x06offset\x18\x01 \x01(\x03R\x06offset\x12\x16\n" +
-	"\x06length\x18\x02 \x01(\x03R\x06length\"S\n" +
-	"\x18GetChangedRangesResponse\x127\n" +
-	"\x06ranges\x18\x01 \x03(\v2\x1f.blockvault.volume.v1.ByteRangeR\x06ranges2\xe3\x15\n" +
+	"QuotaUsage\x12\x14\n" +
+	"\x05limit\x18\x01 \x01(\x03R\x05limit\x12\x15\n" +
+	"\x06in_use\x18\x02 \x01(\x03R\x05inUse\x12\x1a\n" +
+	"\breserved\x18\x03 \x01(\x03R\breserved\"{\n" +
+	"\x12GetQuotaSetRequest\x12\x1d\n" +
+	"\n" +
+	"project_id\x18\x01 \x01(\tR\tprojectId\x12*\n" +
+	"\x11target_project_id\x18\x02 \x01(\tR\x0ftargetProjectId\x12\x1a\n" +
+	"\bdefaults\x18\x03 \x01(\bR\bdefaults\"\xca\x01\n" +
+	"\x13GetQuotaSetResponse\x12T\n" +
+	"\tquota_set\x18\x01 \x03(\v27.blockvault.volume.v1.GetQuotaSetResponse.QuotaSetEntryR\bquotaSet\x1a]\n" +
+	"\rQuotaSetEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x126\n" +
+	"\x05value\x18\x02 \x01(\v2 .blockvault.volume.v1.QuotaUsageR\x05value:\x028\x01\"\xee\x01\n" +
+	"\x15UpdateQuotaSetRequest\x12\x1d\n" +
+	"\n" +
+	"project_id\x18\x01 \x01(\tR\tprojectId\x12*\n" +
+	"\x11target_project_id\x18\x02 \x01(\tR\x0ftargetProjectId\x12O\n" +
+	"\x06limits\x18\x03 \x03(\v27.blockvault.volume.v1.UpdateQuotaSetRequest.LimitsEntryR\x06limits\x1a9\n" +
+	"\vLimitsEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
+	"\x05value\x18\x02 \x01(\x03R\x05value:\x028\x01\"\xd0\x01\n" +
+	"\x16UpdateQuotaSetResponse\x12W\n" +
+	"\tquota_set\x18\x01 \x03(\v2:.blockvault.volume.v1.UpdateQuotaSetResponse.QuotaSetEntryR\bquotaSet\x1a]\n" +
+	"\rQuotaSetEntry\x12\x10\n" +
+	"\x03key\x18\x01 \x01(\tR\x03key\x126\n" +
+	"\x05value\x18\x02 \x01(\v2 .blockvault.volume.v1.QuotaUsageR\x05value:\x028\x012\xdd\x11\n" +
 	"\x14VolumeManagerService\x12\x8a\x01\n" +
 	"\fCreateVolume\x12).blockvault.volume.v1.CreateVolumeRequest\x1a*.blockvault.volume.v1.CreateVolumeResponse\"#\x82\xd3\xe4\x93\x02\x1d:\x01*\"\x18/v3/{project_id}/volumes\x12\x8a\x01\n" +
 	"\tGetVolume\x12&.blockvault.volume.v1.GetVolumeRequest\x1a'.blockvault.volume.v1.GetVolumeResponse\",\x82\xd3\xe4\x93\x02&\x12$/v3/{project_id}/volumes/{volume_id}\x12\xa7\x01\n" +
@@ -4020,15 +3583,9 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\vGetSnapshot\x12(.blockvault.volume.v1.GetSnapshotRequest\x1a).blockvault.volume.v1.GetSnapshotResponse\"0\x82\xd3\xe4\x93\x02*\x12(/v3/{project_id}/snapshots/{snapshot_id}\x12\xb1\x01\n" +
 	"\rListSnapshots\x12*.blockvault.volume.v1.ListSnapshotsRequest\x1a+.blockvault.volume.v1.ListSnapshotsResponse\"G\x82\xd3\xe4\x93\x02AZ\x1c\x12\x1a/v3/{project_id}/snapshots\x12!/v3/{project_id}/snapshots/detail\x12\x9d\x01\n" +
 	"\x0eDeleteSnapshot\x12+.blockvault.volume.v1.DeleteSnapshotRequest\x1a,.blockvault.volume.v1.DeleteSnapshotResponse\"0\x82\xd3\xe4\x93\x02**(/v3/{project_id}/snapshots/{snapshot_id}\x12b\n" +
-	"\vBeginBackup\x12(.blockvault.volume.v1.BeginBackupRequest\x1a).blockvault.volume.v1.BeginBackupResponse\x12\\\n" +
-	"\tEndBackup\x12&.blockvault.volume.v1.EndBackupRequest\x1a'.blockvault.volume.v1.EndBackupResponse\x12e\n" +
-	"\fBeginRestore\x12).blockvault.volume.v1.BeginRestoreRequest\x1a*.blockvault.volume.v1.BeginRestoreResponse\x12_\n" +
-	"\n" +
-	"EndRestore\x12'.blockvault.volume.v1.EndRestoreRequest\x1a(.blockvault.volume.v1.EndRestoreResponse\x12k\n" +
-	"\x0eAttachSnapshot\x12+.blockvault.volume.v1.AttachSnapshotRequest\x1a,.blockvault.volume.v1.AttachSnapshotResponse\x12k\n" +
-	"\x0eDetachSnapshot\x12+.blockvault.volume.v1.DetachSnapshotRequest\x1a,.blockvault.volume.v1.DetachSnapshotResponse\x12n\n" +
-	"\x0fGetCapabilities\x12,.blockvault.volume.v1.GetCapabilitiesRequest\x1a-.blockvault.volume.v1.GetCapabilitiesResponse\x12q\n" +
-	"\x10GetChangedRanges\x12-.blockvault.volume.v1.GetChangedRangesRequest\x1a..blockvault.volume.v1.GetChangedRangesResponseBDZBgithub.com/blockvault/blockvault/gen/blockvault/volume/v1;volumev1b\x06proto3"
+	"\vGetQuotaSet\x12(.blockvault.volume.v1.GetQuotaSetRequest\x1a).blockvault.volume.v1.GetQuotaSetResponse\x12k\n" +
+	"\x0eUpdateQuotaSet\x12+.blockvault.volume.v1.UpdateQuotaSetRequest\x1a,.blockvault.volume.v1.UpdateQuotaSetResponse\x12n\n" +
+	"\x0fGetCapabilities\x12,.blockvault.volume.v1.GetCapabilitiesRequest\x1a-.blockvault.volume.v1.GetCapabilitiesResponseBDZBgithub.com/blockvault/blockvault/gen/blockvault/volume/v1;volumev1b\x06proto3"
 
 var (
 	file_blockvault_volume_v1_volume_manager_proto_rawDescOnce sync.Once
@@ -4042,7 +3599,7 @@ func file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP() []byte {
 	return file_blockvault_volume_v1_volume_manager_proto_rawDescData
 }
 
-var file_blockvault_volume_v1_volume_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 60)
+var file_blockvault_volume_v1_volume_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
 var file_blockvault_volume_v1_volume_manager_proto_goTypes = []any{
 	(*Volume)(nil),                    // 0: blockvault.volume.v1.Volume
 	(*Link)(nil),                      // 1: blockvault.volume.v1.Link
@@ -4065,54 +3622,49 @@ var file_blockvault_volume_v1_volume_manager_proto_goTypes = []any{
 	(*ExtendVolumeResponse)(nil),      // 18: blockvault.volume.v1.ExtendVolumeResponse
 	(*ExtendAction)(nil),              // 19: blockvault.volume.v1.ExtendAction
 	(*ResetStatusAction)(nil),         // 20: blockvault.volume.v1.ResetStatusAction
-	(*VolumeActionRequest)(nil),       // 21: blockvault.volume.v1.VolumeActionRequest
-	(*VolumeActionResponse)(nil),      // 22: blockvault.volume.v1.VolumeActionResponse
-	(*ResetVolumeStatusRequest)(nil),  // 23: blockvault.volume.v1.ResetVolumeStatusRequest
-	(*ResetVolumeStatusResponse)(nil), // 24: blockvault.volume.v1.ResetVolumeStatusResponse
-	(*AttachmentInput)(nil),           // 25: blockvault.volume.v1.AttachmentInput
-	(*AttachVolumeRequest)(nil),       // 26: blockvault.volume.v1.AttachVolumeRequest
-	(*AttachVolumeResponse)(nil),      // 27: blockvault.volume.v1.AttachVolumeResponse
-	(*DetachVolumeRequest)(nil),       // 28: blockvault.volume.v1.DetachVolumeRequest
-	(*DetachVolumeResponse)(nil),      // 29: blockvault.volume.v1.DetachVolumeResponse
-	(*SnapshotInput)(nil),             // 30: blockvault.volume.v1.SnapshotInput
-	(*CreateSnapshotRequest)(nil),     // 31: blockvault.volume.v1.CreateSnapshotRequest
-	(*CreateSnapshotResponse)(nil),    // 32: blockvault.volume.v1.CreateSnapshotResponse
-	(*GetSnapshotRequest)(nil),        // 33: blockvault.volume.v1.GetSnapshotRequest
-	(*GetSnapshotResponse)(nil),       // 34: blockvault.volume.v1.GetSnapshotResponse
-	(*ListSnapshotsRequest)(nil),      // 35: blockvault.volume.v1.ListSnapshotsRequest
-	(*ListSnapshotsResponse)(nil),     // 36: blockvault.volume.v1.ListSnapshotsResponse
-	(*DeleteSnapshotRequest)(nil),     // 37: blockvault.volume.v1.DeleteSnapshotRequest
-	(*DeleteSnapshotResponse)(nil),    // 38: blockvault.volume.v1.DeleteSnapshotResponse
-	(*BeginBackupRequest)(nil),        // 39: blockvault.volume.v1.BeginBackupRequest
-	(*BeginBackupResponse)(nil),       // 40: blockvault.volume.v1.BeginBackupResponse
-	(*EndBackupRequest)(nil),          // 41: blockvault.volume.v1.EndBackupRequest
-	(*EndBackupResponse)(nil),         // 42: blockvault.volume.v1.EndBackupResponse
-	(*BeginRestoreRequest)(nil),       // 43: blockvault.volume.v1.BeginRestoreRequest
-	(*BeginRestoreResponse)(nil),      // 44: blockvault.volume.v1.BeginRestoreResponse
-	(*EndRestoreRequest)(nil),         // 45: blockvault.volume.v1.EndRestoreRequest
-	(*EndRestoreResponse)(nil),        // 46: blockvault.volume.v1.EndRestoreResponse
-	(*AttachSnapshotRequest)(nil),     // 47: blockvault.volume.v1.AttachSnapshotRequest
-	(*AttachSnapshotResponse)(nil),    // 48: blockvault.volume.v1.AttachSnapshotResponse
-	(*DetachSnapshotRequest)(nil),     // 49: blockvault.volume.v1.DetachSnapshotRequest
-	(*DetachSnapshotResponse)(nil),    // 50: blockvault.volume.v1.DetachSnapshotResponse
-	(*GetCapabilitiesRequest)(nil),    // 51: blockvault.volume.v1.GetCapabilitiesRequest
-	(*GetCapabilitiesResponse)(nil),   // 52: blockvault.volume.v1.GetCapabilitiesResponse
-	(*GetChangedRangesRequest)(nil),   // 53: blockvault.volume.v1.GetChangedRangesRequest
-	(*ByteRange)(nil),                 // 54: blockvault.volume.v1.ByteRange
-	(*GetChangedRangesResponse)(nil),  // 55: blockvault.volume.v1.GetChangedRangesResponse
-	nil,                               // 56: blockvault.volume.v1.Volume.MetadataEntry
-	nil,                               // 57: blockvault.volume.v1.Snapshot.MetadataEntry
-	nil,                               // 58: blockvault.volume.v1.VolumeInput.MetadataEntry
-	nil,                               // 59: blockvault.volume.v1.SnapshotInput.MetadataEntry
+	(*AttachAction)(nil),              // 21: blockvault.volume.v1.AttachAction
+	(*DetachAction)(nil),              // 22: blockvault.volume.v1.DetachAction
+	(*VolumeActionRequest)(nil),       // 23: blockvault.volume.v1.VolumeActionRequest
+	(*VolumeActionResponse)(nil),      // 24: blockvault.volume.v1.VolumeActionResponse
+	(*ResetVolumeStatusRequest)(nil),  // 25: blockvault.volume.v1.ResetVolumeStatusRequest
+	(*ResetVolumeStatusResponse)(nil), // 26: blockvault.volume.v1.ResetVolumeStatusResponse
+	(*AttachmentInput)(nil),           // 27: blockvault.volume.v1.AttachmentInput
+	(*AttachVolumeRequest)(nil),       // 28: blockvault.volume.v1.AttachVolumeRequest
+	(*AttachVolumeResponse)(nil),      // 29: blockvault.volume.v1.AttachVolumeResponse
+	(*DetachVolumeRequest)(nil),       // 30: blockvault.volume.v1.DetachVolumeRequest
+	(*DetachVolumeResponse)(nil),      // 31: blockvault.volume.v1.DetachVolumeResponse
+	(*SnapshotInput)(nil),             // 32: blockvault.volume.v1.SnapshotInput
+	(*CreateSnapshotRequest)(nil),     // 33: blockvault.volume.v1.CreateSnapshotRequest
+	(*CreateSnapshotResponse)(nil),    // 34: blockvault.volume.v1.CreateSnapshotResponse
+	(*GetSnapshotRequest)(nil),        // 35: blockvault.volume.v1.GetSnapshotRequest
+	(*GetSnapshotResponse)(nil),       // 36: blockvault.volume.v1.GetSnapshotResponse
+	(*ListSnapshotsRequest)(nil),      // 37: blockvault.volume.v1.ListSnapshotsRequest
+	(*ListSnapshotsResponse)(nil),     // 38: blockvault.volume.v1.ListSnapshotsResponse
+	(*DeleteSnapshotRequest)(nil),     // 39: blockvault.volume.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil),    // 40: blockvault.volume.v1.DeleteSnapshotResponse
+	(*GetCapabilitiesRequest)(nil),    // 41: blockvault.volume.v1.GetCapabilitiesRequest
+	(*GetCapabilitiesResponse)(nil),   // 42: blockvault.volume.v1.GetCapabilitiesResponse
+	(*QuotaUsage)(nil),                // 43: blockvault.volume.v1.QuotaUsage
+	(*GetQuotaSetRequest)(nil),        // 44: blockvault.volume.v1.GetQuotaSetRequest
+	(*GetQuotaSetResponse)(nil),       // 45: blockvault.volume.v1.GetQuotaSetResponse
+	(*UpdateQuotaSetRequest)(nil),     // 46: blockvault.volume.v1.UpdateQuotaSetRequest
+	(*UpdateQuotaSetResponse)(nil),    // 47: blockvault.volume.v1.UpdateQuotaSetResponse
+	nil,                               // 48: blockvault.volume.v1.Volume.MetadataEntry
+	nil,                               // 49: blockvault.volume.v1.Snapshot.MetadataEntry
+	nil,                               // 50: blockvault.volume.v1.VolumeInput.MetadataEntry
+	nil,                               // 51: blockvault.volume.v1.SnapshotInput.MetadataEntry
+	nil,                               // 52: blockvault.volume.v1.GetQuotaSetResponse.QuotaSetEntry
+	nil,                               // 53: blockvault.volume.v1.UpdateQuotaSetRequest.LimitsEntry
+	nil,                               // 54: blockvault.volume.v1.UpdateQuotaSetResponse.QuotaSetEntry
 }
 var file_blockvault_volume_v1_volume_manager_proto_depIdxs = []int32{
 	2,  // 0: blockvault.volume.v1.Volume.attachments:type_name -> blockvault.volume.v1.Attachment
-	56, // 1: blockvault.volume.v1.Volume.metadata:type_name -> blockvault.volume.v1.Volume.MetadataEntry
+	48, // 1: blockvault.volume.v1.Volume.metadata:type_name -> blockvault.volume.v1.Volume.MetadataEntry
 	1,  // 2: blockvault.volume.v1.Volume.links:type_name -> blockvault.volume.v1.Link
 	3,  // 3: blockvault.volume.v1.Attachment.connection_info:type_name -> blockvault.volume.v1.ConnectionInfo
 	4,  // 4: blockvault.volume.v1.ConnectionInfo.data:type_name -> blockvault.volume.v1.ConnectionData
-	57, // 5: blockvault.volume.v1.Snapshot.metadata:type_name -> blockvault.volume.v1.Snapshot.MetadataEntry
-	58, // 6: blockvault.volume.v1.VolumeInput.metadata:type_name -> blockvault.volume.v1.VolumeInput.MetadataEntry
+	49, // 5: blockvault.volume.v1.Snapshot.metadata:type_name -> blockvault.volume.v1.Snapshot.MetadataEntry
+	50, // 6: blockvault.volume.v1.VolumeInput.metadata:type_name -> blockvault.volume.v1.VolumeInput.MetadataEntry
 	8,  // 7: blockvault.volume.v1.CreateVolumeRequest.volume:type_name -> blockvault.volume.v1.VolumeInput
 	0,  // 8: blockvault.volume.v1.CreateVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
 	0,  // 9: blockvault.volume.v1.GetVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
@@ -4121,74 +3673,61 @@ var file_blockvault_volume_v1_volume_manager_proto_depIdxs = []int32{
 	0,  // 12: blockvault.volume.v1.ExtendVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
 	19, // 13: blockvault.volume.v1.VolumeActionRequest.os_extend:type_name -> blockvault.volume.v1.ExtendAction
 	20, // 14: blockvault.volume.v1.VolumeActionRequest.os_reset_status:type_name -> blockvault.volume.v1.ResetStatusAction
-	0,  // 15: blockvault.volume.v1.ResetVolumeStatusResponse.volume:type_name -> blockvault.volume.v1.Volume
-	5,  // 16: blockvault.volume.v1.AttachmentInput.connector:type_name -> blockvault.volume.v1.Connector
-	25, // 17: blockvault.volume.v1.AttachVolumeRequest.attachment:type_name -> blockvault.volume.v1.AttachmentInput
-	2,  // 18: blockvault.volume.v1.AttachVolumeResponse.attachment:type_name -> blockvault.volume.v1.Attachment
-	59, // 19: blockvault.volume.v1.SnapshotInput.metadata:type_name -> blockvault.volume.v1.SnapshotInput.MetadataEntry
-	30, // 20: blockvault.volume.v1.CreateSnapshotRequest.snapshot:type_name -> blockvault.volume.v1.SnapshotInput
-	6,  // 21: blockvault.volume.v1.CreateSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
-	6,  // 22: blockvault.volume.v1.GetSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
-	6,  // 23: blockvault.volume.v1.ListSnapshotsResponse.snapshots:type_name -> blockvault.volume.v1.Snapshot
-	1,  // 24: blockvault.volume.v1.ListSnapshotsResponse.snapshots_links:type_name -> blockvault.volume.v1.Link
-	0,  // 25: blockvault.volume.v1.BeginBackupResponse.volume:type_name -> blockvault.volume.v1.Volume
-	6,  // 26: blockvault.volume.v1.BeginBackupResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
-	0,  // 27: blockvault.volume.v1.EndBackupResponse.volume:type_name -> blockvault.volume.v1.Volume
-	6,  // 28: blockvault.volume.v1.EndBackupResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
-	0,  // 29: blockvault.volume.v1.BeginRestoreResponse.volume:type_name -> blockvault.volume.v1.Volume
-	0,  // 30: blockvault.volume.v1.EndRestoreResponse.volume:type_name -> blockvault.volume.v1.Volume
-	5,  // 31: blockvault.volume.v1.AttachSnapshotRequest.connector:type_name -> blockvault.volume.v1.Connector
-	3,  // 32: blockvault.volume.v1.AttachSnapshotResponse.connection_info:type_name -> blockvault.volume.v1.ConnectionInfo
-	6,  // 33: blockvault.volume.v1.AttachSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
-	7,  // 34: blockvault.volume.v1.GetCapabilitiesResponse.capabilities:type_name -> blockvault.volume.v1.Capabilities
-	54, // 35: blockvault.volume.v1.GetChangedRangesResponse.ranges:type_name -> blockvault.volume.v1.ByteRange
-	9,  // 36: blockvault.volume.v1.VolumeManagerService.CreateVolume:input_type -> blockvault.volume.v1.CreateVolumeRequest
-	11, // 37: blockvault.volume.v1.VolumeManagerService.GetVolume:input_type -> blockvault.volume.v1.GetVolumeRequest
-	13, // 38: blockvault.volume.v1.VolumeManagerService.ListVolumes:input_type -> blockvault.volume.v1.ListVolumesRequest
-	15, // 39: blockvault.volume.v1.VolumeManagerService.DeleteVolume:input_type -> blockvault.volume.v1.DeleteVolumeRequest
-	17, // 40: blockvault.volume.v1.VolumeManagerService.ExtendVolume:input_type -> blockvault.volume.v1.ExtendVolumeRequest
-	21, // 41: blockvault.volume.v1.VolumeManagerService.VolumeAction:input_type -> blockvault.volume.v1.VolumeActionRequest
-	23, // 42: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:input_type -> blockvault.volume.v1.ResetVolumeStatusRequest
-	26, // 43: blockvault.volume.v1.VolumeManagerService.AttachVolume:input_type -> blockvault.volume.v1.AttachVolumeRequest
-	28, // 44: blockvault.volume.v1.VolumeManagerService.DetachVolume:input_type -> blockvault.volume.v1.DetachVolumeRequest
-	31, // 45: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:input_type -> blockvault.volume.v1.CreateSnapshotRequest
-	33, // 46: blockvault.volume.v1.VolumeManagerService.GetSnapshot:input_type -> blockvault.volume.v1.GetSnapshotRequest
-	35, // 47: blockvault.volume.v1.VolumeManagerService.ListSnapshots:input_type -> blockvault.volume.v1.ListSnapshotsRequest
-	37, // 48: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:input_type -> blockvault.volume.v1.DeleteSnapshotRequest
-	39, // 49: blockvault.volume.v1.VolumeManagerService.BeginBackup:input_type -> blockvault.volume.v1.BeginBackupRequest
-	41, // 50: blockvault.volume.v1.VolumeManagerService.EndBackup:input_type -> blockvault.volume.v1.EndBackupRequest
-	43, // 51: blockvault.volume.v1.VolumeManagerService.BeginRestore:input_type -> blockvault.volume.v1.BeginRestoreRequest
-	45, // 52: blockvault.volume.v1.VolumeManagerService.EndRestore:input_type -> blockvault.volume.v1.EndRestoreRequest
-	47, // 53: blockvault.volume.v1.VolumeManagerService.AttachSnapshot:input_type -> blockvault.volume.v1.AttachSnapshotRequest
-	49, // 54: blockvault.volume.v1.VolumeManagerService.DetachSnapshot:input_type -> blockvault.volume.v1.DetachSnapshotRequest
-	51, // 55: blockvault.volume.v1.VolumeManagerService.GetCapabilities:input_type -> blockvault.volume.v1.GetCapabilitiesRequest
-	53, // 56: blockvault.volume.v1.VolumeManagerService.GetChangedRanges:input_type -> blockvault.volume.v1.GetChangedRangesRequest
-	10, // 57: blockvault.volume.v1.VolumeManagerService.CreateVolume:output_type -> blockvault.volume.v1.CreateVolumeResponse
-	12, // 58: blockvault.volume.v1.VolumeManagerService.GetVolume:output_type -> blockvault.volume.v1.GetVolumeResponse
-	14, // 59: blockvault.volume.v1.VolumeManagerService.ListVolumes:output_type -> blockvault.volume.v1.ListVolumesResponse
-	16, // 60: blockvault.volume.v1.VolumeManagerService.DeleteVolume:output_type -> blockvault.volume.v1.DeleteVolumeResponse
-	18, // 61: blockvault.volume.v1.VolumeManagerService.ExtendVolume:output_type -> blockvault.volume.v1.ExtendVolumeResponse
-	22, // 62: blockvault.volume.v1.VolumeManagerService.VolumeAction:output_type -> blockvault.volume.v1.VolumeActionResponse
-	24, // 63: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:output_type -> blockvault.volume.v1.ResetVolumeStatusResponse
-	27, // 64: blockvault.volume.v1.VolumeManagerService.AttachVolume:output_type -> blockvault.volume.v1.AttachVolumeResponse
-	29, // 65: blockvault.volume.v1.VolumeManagerService.DetachVolume:output_type -> blockvault.volume.v1.DetachVolumeResponse
-	32, // 66: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:output_type -> blockvault.volume.v1.CreateSnapshotResponse
-	34, // 67: blockvault.volume.v1.VolumeManagerService.GetSnapshot:output_type -> blockvault.volume.v1.GetSnapshotResponse
-	36, // 68: blockvault.volume.v1.VolumeManagerService.ListSnapshots:output_type -> blockvault.volume.v1.ListSnapshotsResponse
-	38, // 69: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:output_type -> blockvault.volume.v1.DeleteSnapshotResponse
-	40, // 70: blockvault.volume.v1.VolumeManagerService.BeginBackup:output_type -> blockvault.volume.v1.BeginBackupResponse
-	42, // 71: blockvault.volume.v1.VolumeManagerService.EndBackup:output_type -> blockvault.volume.v1.EndBackupResponse
-	44, // 72: blockvault.volume.v1.VolumeManagerService.BeginRestore:output_type -> blockvault.volume.v1.BeginRestoreResponse
-	46, // 73: blockvault.volume.v1.VolumeManagerService.EndRestore:output_type -> blockvault.volume.v1.EndRestoreResponse
-	48, // 74: blockvault.volume.v1.VolumeManagerService.AttachSnapshot:output_type -> blockvault.volume.v1.AttachSnapshotResponse
-	50, // 75: blockvault.volume.v1.VolumeManagerService.DetachSnapshot:output_type -> blockvault.volume.v1.DetachSnapshotResponse
-	52, // 76: blockvault.volume.v1.VolumeManagerService.GetCapabilities:output_type -> blockvault.volume.v1.GetCapabilitiesResponse
-	55, // 77: blockvault.volume.v1.VolumeManagerService.GetChangedRanges:output_type -> blockvault.volume.v1.GetChangedRangesResponse
-	57, // [57:78] is the sub-list for method output_type
-	36, // [36:57] is the sub-list for method input_type
-	36, // [36:36] is the sub-list for extension type_name
-	36, // [36:36] is the sub-list for extension extendee
-	0,  // [0:36] is the sub-list for field type_name
+	21, // 15: blockvault.volume.v1.VolumeActionRequest.os_attach:type_name -> blockvault.volume.v1.AttachAction
+	22, // 16: blockvault.volume.v1.VolumeActionRequest.os_detach:type_name -> blockvault.volume.v1.DetachAction
+	0,  // 17: blockvault.volume.v1.ResetVolumeStatusResponse.volume:type_name -> blockvault.volume.v1.Volume
+	5,  // 18: blockvault.volume.v1.AttachmentInput.connector:type_name -> blockvault.volume.v1.Connector
+	27, // 19: blockvault.volume.v1.AttachVolumeRequest.attachment:type_name -> blockvault.volume.v1.AttachmentInput
+	2,  // 20: blockvault.volume.v1.AttachVolumeResponse.attachment:type_name -> blockvault.volume.v1.Attachment
+	51, // 21: blockvault.volume.v1.SnapshotInput.metadata:type_name -> blockvault.volume.v1.SnapshotInput.MetadataEntry
+	32, // 22: blockvault.volume.v1.CreateSnapshotRequest.snapshot:type_name -> blockvault.volume.v1.SnapshotInput
+	6,  // 23: blockvault.volume.v1.CreateSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
+	6,  // 24: blockvault.volume.v1.GetSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
+	6,  // 25: blockvault.volume.v1.ListSnapshotsResponse.snapshots:type_name -> blockvault.volume.v1.Snapshot
+	1,  // 26: blockvault.volume.v1.ListSnapshotsResponse.snapshots_links:type_name -> blockvault.volume.v1.Link
+	7,  // 27: blockvault.volume.v1.GetCapabilitiesResponse.capabilities:type_name -> blockvault.volume.v1.Capabilities
+	52, // 28: blockvault.volume.v1.GetQuotaSetResponse.quota_set:type_name -> blockvault.volume.v1.GetQuotaSetResponse.QuotaSetEntry
+	53, // 29: blockvault.volume.v1.UpdateQuotaSetRequest.limits:type_name -> blockvault.volume.v1.UpdateQuotaSetRequest.LimitsEntry
+	54, // 30: blockvault.volume.v1.UpdateQuotaSetResponse.quota_set:type_name -> blockvault.volume.v1.UpdateQuotaSetResponse.QuotaSetEntry
+	43, // 31: blockvault.volume.v1.GetQuotaSetResponse.QuotaSetEntry.value:type_name -> blockvault.volume.v1.QuotaUsage
+	43, // 32: blockvault.volume.v1.UpdateQuotaSetResponse.QuotaSetEntry.value:type_name -> blockvault.volume.v1.QuotaUsage
+	9,  // 33: blockvault.volume.v1.VolumeManagerService.CreateVolume:input_type -> blockvault.volume.v1.CreateVolumeRequest
+	11, // 34: blockvault.volume.v1.VolumeManagerService.GetVolume:input_type -> blockvault.volume.v1.GetVolumeRequest
+	13, // 35: blockvault.volume.v1.VolumeManagerService.ListVolumes:input_type -> blockvault.volume.v1.ListVolumesRequest
+	15, // 36: blockvault.volume.v1.VolumeManagerService.DeleteVolume:input_type -> blockvault.volume.v1.DeleteVolumeRequest
+	17, // 37: blockvault.volume.v1.VolumeManagerService.ExtendVolume:input_type -> blockvault.volume.v1.ExtendVolumeRequest
+	23, // 38: blockvault.volume.v1.VolumeManagerService.VolumeAction:input_type -> blockvault.volume.v1.VolumeActionRequest
+	25, // 39: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:input_type -> blockvault.volume.v1.ResetVolumeStatusRequest
+	28, // 40: blockvault.volume.v1.VolumeManagerService.AttachVolume:input_type -> blockvault.volume.v1.AttachVolumeRequest
+	30, // 41: blockvault.volume.v1.VolumeManagerService.DetachVolume:input_type -> blockvault.volume.v1.DetachVolumeRequest
+	33, // 42: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:input_type -> blockvault.volume.v1.CreateSnapshotRequest
+	35, // 43: blockvault.volume.v1.VolumeManagerService.GetSnapshot:input_type -> blockvault.volume.v1.GetSnapshotRequest
+	37, // 44: blockvault.volume.v1.VolumeManagerService.ListSnapshots:input_type -> blockvault.volume.v1.ListSnapshotsRequest
+	39, // 45: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:input_type -> blockvault.volume.v1.DeleteSnapshotRequest
+	44, // 46: blockvault.volume.v1.VolumeManagerService.GetQuotaSet:input_type -> blockvault.volume.v1.GetQuotaSetRequest
+	46, // 47: blockvault.volume.v1.VolumeManagerService.UpdateQuotaSet:input_type -> blockvault.volume.v1.UpdateQuotaSetRequest
+	41, // 48: blockvault.volume.v1.VolumeManagerService.GetCapabilities:input_type -> blockvault.volume.v1.GetCapabilitiesRequest
+	10, // 49: blockvault.volume.v1.VolumeManagerService.CreateVolume:output_type -> blockvault.volume.v1.CreateVolumeResponse
+	12, // 50: blockvault.volume.v1.VolumeManagerService.GetVolume:output_type -> blockvault.volume.v1.GetVolumeResponse
+	14, // 51: blockvault.volume.v1.VolumeManagerService.ListVolumes:output_type -> blockvault.volume.v1.ListVolumesResponse
+	16, // 52: blockvault.volume.v1.VolumeManagerService.DeleteVolume:output_type -> blockvault.volume.v1.DeleteVolumeResponse
+	18, // 53: blockvault.volume.v1.VolumeManagerService.ExtendVolume:output_type -> blockvault.volume.v1.ExtendVolumeResponse
+	24, // 54: blockvault.volume.v1.VolumeManagerService.VolumeAction:output_type -> blockvault.volume.v1.VolumeActionResponse
+	26, // 55: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:output_type -> blockvault.volume.v1.ResetVolumeStatusResponse
+	29, // 56: blockvault.volume.v1.VolumeManagerService.AttachVolume:output_type -> blockvault.volume.v1.AttachVolumeResponse
+	31, // 57: blockvault.volume.v1.VolumeManagerService.DetachVolume:output_type -> blockvault.volume.v1.DetachVolumeResponse
+	34, // 58: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:output_type -> blockvault.volume.v1.CreateSnapshotResponse
+	36, // 59: blockvault.volume.v1.VolumeManagerService.GetSnapshot:output_type -> blockvault.volume.v1.GetSnapshotResponse
+	38, // 60: blockvault.volume.v1.VolumeManagerService.ListSnapshots:output_type -> blockvault.volume.v1.ListSnapshotsResponse
+	40, // 61: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:output_type -> blockvault.volume.v1.DeleteSnapshotResponse
+	45, // 62: blockvault.volume.v1.VolumeManagerService.GetQuotaSet:output_type -> blockvault.volume.v1.GetQuotaSetResponse
+	47, // 63: blockvault.volume.v1.VolumeManagerService.UpdateQuotaSet:output_type -> blockvault.volume.v1.UpdateQuotaSetResponse
+	42, // 64: blockvault.volume.v1.VolumeManagerService.GetCapabilities:output_type -> blockvault.volume.v1.GetCapabilitiesResponse
+	49, // [49:65] is the sub-list for method output_type
+	33, // [33:49] is the sub-list for method input_type
+	33, // [33:33] is the sub-list for extension type_name
+	33, // [33:33] is the sub-list for extension extendee
+	0,  // [0:33] is the sub-list for field type_name
 }
 
 func init() { file_blockvault_volume_v1_volume_manager_proto_init() }
@@ -4196,9 +3735,11 @@ func file_blockvault_volume_v1_volume_manager_proto_init() {
 	if File_blockvault_volume_v1_volume_manager_proto != nil {
 		return
 	}
-	file_blockvault_volume_v1_volume_manager_proto_msgTypes[21].OneofWrappers = []any{
+	file_blockvault_volume_v1_volume_manager_proto_msgTypes[23].OneofWrappers = []any{
 		(*VolumeActionRequest_OsExtend)(nil),
 		(*VolumeActionRequest_OsResetStatus)(nil),
+		(*VolumeActionRequest_OsAttach)(nil),
+		(*VolumeActionRequest_OsDetach)(nil),
 	}
 	type x struct{}
 	out := protoimpl.TypeBuilder{
@@ -4206,7 +3747,7 @@ func file_blockvault_volume_v1_volume_manager_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_blockvault_volume_v1_volume_manager_proto_rawDesc), len(file_blockvault_volume_v1_volume_manager_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   60,
+			NumMessages:   55,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

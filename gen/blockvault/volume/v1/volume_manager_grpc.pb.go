@@ -6,8 +6,9 @@
 
 // The volume manager: volumes, snapshots, attachments and exports, beside the
 // storage. Field names and shapes follow the Block Storage API v3 so the REST
-// gateway can serve it unchanged; RPCs without an HTTP rule are internal (the
-// backup service calls them).
+// gateway can serve it unchanged. What only blockvault's own daemons call
+// (the backup service) is VolumeManagerInternalService, in
+// volume_manager_internal.proto.
 
 package volumev1
 
@@ -37,14 +38,9 @@ const (
 	VolumeManagerService_GetSnapshot_FullMethodName       = "/blockvault.volume.v1.VolumeManagerService/GetSnapshot"
 	VolumeManagerService_ListSnapshots_FullMethodName     = "/blockvault.volume.v1.VolumeManagerService/ListSnapshots"
 	VolumeManagerService_DeleteSnapshot_FullMethodName    = "/blockvault.volume.v1.VolumeManagerService/DeleteSnapshot"
-	VolumeManagerService_BeginBackup_FullMethodName       = "/blockvault.volume.v1.VolumeManagerService/BeginBackup"
-	VolumeManagerService_EndBackup_FullMethodName         = "/blockvault.volume.v1.VolumeManagerService/EndBackup"
-	VolumeManagerService_BeginRestore_FullMethodName      = "/blockvault.volume.v1.VolumeManagerService/BeginRestore"
-	VolumeManagerService_EndRestore_FullMethodName        = "/blockvault.volume.v1.VolumeManagerService/EndRestore"
-	VolumeManagerService_AttachSnapshot_FullMethodName    = "/blockvault.volume.v1.VolumeManagerService/AttachSnapshot"
-	VolumeManagerService_DetachSnapshot_FullMethodName    = "/blockvault.volume.v1.VolumeManagerService/DetachSnapshot"
+	VolumeManagerService_GetQuotaSet_FullMethodName       = "/blockvault.volume.v1.VolumeManagerService/GetQuotaSet"
+	VolumeManagerService_UpdateQuotaSet_FullMethodName    = "/blockvault.volume.v1.VolumeManagerService/UpdateQuotaSet"
 	VolumeManagerService_GetCapabilities_FullMethodName   = "/blockvault.volume.v1.VolumeManagerService/GetCapabilities"
-	VolumeManagerService_GetChangedRanges_FullMethodName  = "/blockvault.volume.v1.VolumeManagerService/GetChangedRanges"
 )
 
 // VolumeManagerServiceClient is the client API for VolumeManagerService service.
@@ -65,7 +61,8 @@ type VolumeManagerServiceClient interface {
 	// ExtendVolume grows an available volume.
 	ExtendVolume(ctx context.Context, in *ExtendVolumeRequest, opts ...grpc.CallOption) (*ExtendVolumeResponse, error)
 	// VolumeAction is the REST `POST /volumes/{id}/action` endpoint: one of
-	// os-extend, os-reset_status. gRPC clients call the specific RPCs.
+	// os-extend, os-reset_status, os-attach, os-detach. gRPC clients call
+	// the specific RPCs (os-attach and os-detach are only here).
 	VolumeAction(ctx context.Context, in *VolumeActionRequest, opts ...grpc.CallOption) (*VolumeActionResponse, error)
 	// ResetVolumeStatus sets a volume's status (admin).
 	ResetVolumeStatus(ctx context.Context, in *ResetVolumeStatusRequest, opts ...grpc.CallOption) (*ResetVolumeStatusResponse, error)
@@ -82,27 +79,16 @@ type VolumeManagerServiceClient interface {
 	ListSnapshots(ctx context.Context, in *ListSnapshotsRequest, opts ...grpc.CallOption) (*ListSnapshotsResponse, error)
 	// DeleteSnapshot deletes a snapshot that is not attached.
 	DeleteSnapshot(ctx context.Context, in *DeleteSnapshotRequest, opts ...grpc.CallOption) (*DeleteSnapshotResponse, error)
-	// BeginBackup moves a volume (or a snapshot) to backing-up as one
-	// conditional update, saving the old status in previous_status. An in-use
-	// volume needs force.
-	BeginBackup(ctx context.Context, in *BeginBackupRequest, opts ...grpc.CallOption) (*BeginBackupResponse, error)
-	// EndBackup returns the volume (or snapshot) to its previous status.
-	EndBackup(ctx context.Context, in *EndBackupRequest, opts ...grpc.CallOption) (*EndBackupResponse, error)
-	// BeginRestore moves an available volume to restoring-backup.
-	BeginRestore(ctx context.Context, in *BeginRestoreRequest, opts ...grpc.CallOption) (*BeginRestoreResponse, error)
-	// EndRestore moves a restoring volume to available, or error_restoring.
-	EndRestore(ctx context.Context, in *EndRestoreRequest, opts ...grpc.CallOption) (*EndRestoreResponse, error)
-	// AttachSnapshot is the seed's create_export_snapshot +
-	// initialize_connection_snapshot: a read-only export of a snapshot, with
-	// its credentials kept in provider_auth.
-	AttachSnapshot(ctx context.Context, in *AttachSnapshotRequest, opts ...grpc.CallOption) (*AttachSnapshotResponse, error)
-	// DetachSnapshot is terminate_connection_snapshot + remove_export_snapshot.
-	DetachSnapshot(ctx context.Context, in *DetachSnapshotRequest, opts ...grpc.CallOption) (*DetachSnapshotResponse, error)
+	// GetQuotaSet shows a project's limits of volumes, gigabytes and snapshots (and how much of
+	// each is in use): the gateway's GET os-quota-sets merges both daemons'.
+	// A member may see their own project's only.
+	GetQuotaSet(ctx context.Context, in *GetQuotaSetRequest, opts ...grpc.CallOption) (*GetQuotaSetResponse, error)
+	// UpdateQuotaSet sets a project's limits (admin): the gateway's PUT
+	// os-quota-sets. They are kept in the daemon's database and take
+	// precedence over the quota file and the defaults.
+	UpdateQuotaSet(ctx context.Context, in *UpdateQuotaSetRequest, opts ...grpc.CallOption) (*UpdateQuotaSetResponse, error)
 	// GetCapabilities tells what the storage backend can do and where it runs.
 	GetCapabilities(ctx context.Context, in *GetCapabilitiesRequest, opts ...grpc.CallOption) (*GetCapabilitiesResponse, error)
-	// GetChangedRanges lists the byte ranges that differ between two snapshots
-	// of a volume, for incremental backups.
-	GetChangedRanges(ctx context.Context, in *GetChangedRangesRequest, opts ...grpc.CallOption) (*GetChangedRangesResponse, error)
 }
 
 type volumeManagerServiceClient struct {
@@ -243,60 +229,20 @@ func (c *volumeManagerServiceClient) DeleteSnapshot(ctx context.Context, in *Del
 	return out, nil
 }
 
-func (c *volumeManagerServiceClient) BeginBackup(ctx context.Context, in *BeginBackupRequest, opts ...grpc.CallOption) (*BeginBackupResponse, error) {
+func (c *volumeManagerServiceClient) GetQuotaSet(ctx context.Context, in *GetQuotaSetRequest, opts ...grpc.CallOption) (*GetQuotaSetResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(BeginBackupResponse)
-	err := c.cc.Invoke(ctx, VolumeManagerService_BeginBackup_FullMethodName, in, out, cOpts...)
+	out := new(GetQuotaSetResponse)
+	err := c.cc.Invoke(ctx, VolumeManagerService_GetQuotaSet_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
 	return out, nil
 }
 
-func (c *volumeManagerServiceClient) EndBackup(ctx context.Context, in *EndBackupRequest, opts ...grpc.CallOption) (*EndBackupResponse, error) {
+func (c *volumeManagerServiceClient) UpdateQuotaSet(ctx context.Context, in *UpdateQuotaSetRequest, opts ...grpc.CallOption) (*UpdateQuotaSetResponse, error) {
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(EndBackupResponse)
-	err := c.cc.Invoke(ctx, VolumeManagerService_EndBackup_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-func (c *volumeManagerServiceClient) BeginRestore(ctx context.Context, in *BeginRestoreRequest, opts ...grpc.CallOption) (*BeginRestoreResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(BeginRestoreResponse)
-	err := c.cc.Invoke(ctx, VolumeManagerService_BeginRestore_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-func (c *volumeManagerServiceClient) EndRestore(ctx context.Context, in *EndRestoreRequest, opts ...grpc.CallOption) (*EndRestoreResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(EndRestoreResponse)
-	err := c.cc.Invoke(ctx, VolumeManagerService_EndRestore_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-func (c *volumeManagerServiceClient) AttachSnapshot(ctx context.Context, in *AttachSnapshotRequest, opts ...grpc.CallOption) (*AttachSnapshotResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(AttachSnapshotResponse)
-	err := c.cc.Invoke(ctx, VolumeManagerService_AttachSnapshot_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-func (c *volumeManagerServiceClient) DetachSnapshot(ctx context.Context, in *DetachSnapshotRequest, opts ...grpc.CallOption) (*DetachSnapshotResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(DetachSnapshotResponse)
-	err := c.cc.Invoke(ctx, VolumeManagerService_DetachSnapshot_FullMethodName, in, out, cOpts...)
+	out := new(UpdateQuotaSetResponse)
+	err := c.cc.Invoke(ctx, VolumeManagerService_UpdateQuotaSet_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -307,16 +253,6 @@ func (c *volumeManagerServiceClient) GetCapabilities(ctx context.Context, in *Ge
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(GetCapabilitiesResponse)
 	err := c.cc.Invoke(ctx, VolumeManagerService_GetCapabilities_FullMethodName, in, out, cOpts...)
-	if err != nil {
-		return nil, err
-	}
-	return out, nil
-}
-
-func (c *volumeManagerServiceClient) GetChangedRanges(ctx context.Context, in *GetChangedRangesRequest, opts ...grpc.CallOption) (*GetChangedRangesResponse, error) {
-	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
-	out := new(GetChangedRangesResponse)
-	err := c.cc.Invoke(ctx, VolumeManagerService_GetChangedRanges_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -341,7 +277,8 @@ type VolumeManagerServiceServer interface {
 	// ExtendVolume grows an available volume.
 	ExtendVolume(context.Context, *ExtendVolumeRequest) (*ExtendVolumeResponse, error)
 	// VolumeAction is the REST `POST /volumes/{id}/action` endpoint: one of
-	// os-extend, os-reset_status. gRPC clients call the specific RPCs.
+	// os-extend, os-reset_status, os-attach, os-detach. gRPC clients call
+	// the specific RPCs (os-attach and os-detach are only here).
 	VolumeAction(context.Context, *VolumeActionRequest) (*VolumeActionResponse, error)
 	// ResetVolumeStatus sets a volume's status (admin).
 	ResetVolumeStatus(context.Context, *ResetVolumeStatusRequest) (*ResetVolumeStatusResponse, error)
@@ -358,27 +295,16 @@ type VolumeManagerServiceServer interface {
 	ListSnapshots(context.Context, *ListSnapshotsRequest) (*ListSnapshotsResponse, error)
 	// DeleteSnapshot deletes a snapshot that is not attached.
 	DeleteSnapshot(context.Context, *DeleteSnapshotRequest) (*DeleteSnapshotResponse, error)
-	// BeginBackup moves a volume (or a snapshot) to backing-up as one
-	// conditional update, saving the old status in previous_status. An in-use
-	// volume needs force.
-	BeginBackup(context.Context, *BeginBackupRequest) (*BeginBackupResponse, error)
-	// EndBackup returns the volume (or snapshot) to its previous status.
-	EndBackup(context.Context, *EndBackupRequest) (*EndBackupResponse, error)
-	// BeginRestore moves an available volume to restoring-backup.
-	BeginRestore(context.Context, *BeginRestoreRequest) (*BeginRestoreResponse, error)
-	// EndRestore moves a restoring volume to available, or error_restoring.
-	EndRestore(context.Context, *EndRestoreRequest) (*EndRestoreResponse, error)
-	// AttachSnapshot is the seed's create_export_snapshot +
-	// initialize_connection_snapshot: a read-only export of a snapshot, with
-	// its credentials kept in provider_auth.
-	AttachSnapshot(context.Context, *AttachSnapshotRequest) (*AttachSnapshotResponse, error)
-	// DetachSnapshot is terminate_connection_snapshot + remove_export_snapshot.
-	DetachSnapshot(context.Context, *DetachSnapshotRequest) (*DetachSnapshotResponse, error)
+	// GetQuotaSet shows a project's limits of volumes, gigabytes and snapshots (and how much of
+	// each is in use): the gateway's GET os-quota-sets merges both daemons'.
+	// A member may see their own project's only.
+	GetQuotaSet(context.Context, *GetQuotaSetRequest) (*GetQuotaSetResponse, error)
+	// UpdateQuotaSet sets a project's limits (admin): the gateway's PUT
+	// os-quota-sets. They are kept in the daemon's database and take
+	// precedence over the quota file and the defaults.
+	UpdateQuotaSet(context.Context, *UpdateQuotaSetRequest) (*UpdateQuotaSetResponse, error)
 	// GetCapabilities tells what the storage backend can do and where it runs.
 	GetCapabilities(context.Context, *GetCapabilitiesRequest) (*GetCapabilitiesResponse, error)
-	// GetChangedRanges lists the byte ranges that differ between two snapshots
-	// of a volume, for incremental backups.
-	GetChangedRanges(context.Context, *GetChangedRangesRequest) (*GetChangedRangesResponse, error)
 	mustEmbedUnimplementedVolumeManagerServiceServer()
 }
 
@@ -428,29 +354,14 @@ func (UnimplementedVolumeManagerServiceServer) ListSnapshots(context.Context, *L
 func (UnimplementedVolumeManagerServiceServer) DeleteSnapshot(context.Context, *DeleteSnapshotRequest) (*DeleteSnapshotResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteSnapshot not implemented")
 }
-func (UnimplementedVolumeManagerServiceServer) BeginBackup(context.Context, *BeginBackupRequest) (*BeginBackupResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method BeginBackup not implemented")
+func (UnimplementedVolumeManagerServiceServer) GetQuotaSet(context.Context, *GetQuotaSetRequest) (*GetQuotaSetResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method GetQuotaSet not implemented")
 }
-func (UnimplementedVolumeManagerServiceServer) EndBackup(context.Context, *EndBackupRequest) (*EndBackupResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method EndBackup not implemented")
-}
-func (UnimplementedVolumeManagerServiceServer) BeginRestore(context.Context, *BeginRestoreRequest) (*BeginRestoreResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method BeginRestore not implemented")
-}
-func (UnimplementedVolumeManagerServiceServer) EndRestore(context.Context, *EndRestoreRequest) (*EndRestoreResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method EndRestore not implemented")
-}
-func (UnimplementedVolumeManagerServiceServer) AttachSnapshot(context.Context, *AttachSnapshotRequest) (*AttachSnapshotResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method AttachSnapshot not implemented")
-}
-func (UnimplementedVolumeManagerServiceServer) DetachSnapshot(context.Context, *DetachSnapshotRequest) (*DetachSnapshotResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method DetachSnapshot not implemented")
+func (UnimplementedVolumeManagerServiceServer) UpdateQuotaSet(context.Context, *UpdateQuotaSetRequest) (*UpdateQuotaSetResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateQuotaSet not implemented")
 }
 func (UnimplementedVolumeManagerServiceServer) GetCapabilities(context.Context, *GetCapabilitiesRequest) (*GetCapabilitiesResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method GetCapabilities not implemented")
-}
-func (UnimplementedVolumeManagerServiceServer) GetChangedRanges(context.Context, *GetChangedRangesRequest) (*GetChangedRangesResponse, error) {
-	return nil, status.Error(codes.Unimplemented, "method GetChangedRanges not implemented")
 }
 func (UnimplementedVolumeManagerServiceServer) mustEmbedUnimplementedVolumeManagerServiceServer() {}
 func (UnimplementedVolumeManagerServiceServer) testEmbeddedByValue()                              {}
@@ -707,110 +618,38 @@ func _VolumeManagerService_DeleteSnapshot_Handler(srv interface{}, ctx context.C
 	return interceptor(ctx, in, info, handler)
 }
 
-func _VolumeManagerService_BeginBackup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(BeginBackupRequest)
+func _VolumeManagerService_GetQuotaSet_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(GetQuotaSetRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return srv.(VolumeManagerServiceServer).BeginBackup(ctx, in)
+		return srv.(VolumeManagerServiceServer).GetQuotaSet(ctx, in)
 	}
 	info := &grpc.UnaryServerInfo{
 		Server:     srv,
-		FullMethod: VolumeManagerService_BeginBackup_FullMethodName,
+		FullMethod: VolumeManagerService_GetQuotaSet_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(VolumeManagerServiceServer).BeginBackup(ctx, req.(*BeginBackupRequest))
+		return srv.(VolumeManagerServiceServer).GetQuotaSet(ctx, req.(*GetQuotaSetRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
 
-func _VolumeManagerService_EndBackup_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(EndBackupRequest)
+func _VolumeManagerService_UpdateQuotaSet_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateQuotaSetRequest)
 	if err := dec(in); err != nil {
 		return nil, err
 	}
 	if interceptor == nil {
-		return srv.(VolumeManagerServiceServer).EndBackup(ctx, in)
+		return srv.(VolumeManagerServiceServer).UpdateQuotaSet(ctx, in)
 	}
 	info := &grpc.UnaryServerInfo{
 		Server:     srv,
-		FullMethod: VolumeManagerService_EndBackup_FullMethodName,
+		FullMethod: VolumeManagerService_UpdateQuotaSet_FullMethodName,
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(VolumeManagerServiceServer).EndBackup(ctx, req.(*EndBackupRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
-func _VolumeManagerService_BeginRestore_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(BeginRestoreRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(VolumeManagerServiceServer).BeginRestore(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: VolumeManagerService_BeginRestore_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(VolumeManagerServiceServer).BeginRestore(ctx, req.(*BeginRestoreRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
-func _VolumeManagerService_EndRestore_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(EndRestoreRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(VolumeManagerServiceServer).EndRestore(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: VolumeManagerService_EndRestore_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(VolumeManagerServiceServer).EndRestore(ctx, req.(*EndRestoreRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
-func _VolumeManagerService_AttachSnapshot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(AttachSnapshotRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(VolumeManagerServiceServer).AttachSnapshot(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: VolumeManagerService_AttachSnapshot_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(VolumeManagerServiceServer).AttachSnapshot(ctx, req.(*AttachSnapshotRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
-func _VolumeManagerService_DetachSnapshot_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(DetachSnapshotRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(VolumeManagerServiceServer).DetachSnapshot(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: VolumeManagerService_DetachSnapshot_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(VolumeManagerServiceServer).DetachSnapshot(ctx, req.(*DetachSnapshotRequest))
+		return srv.(VolumeManagerServiceServer).UpdateQuotaSet(ctx, req.(*UpdateQuotaSetRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -829,24 +668,6 @@ func _VolumeManagerService_GetCapabilities_Handler(srv interface{}, ctx context.
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(VolumeManagerServiceServer).GetCapabilities(ctx, req.(*GetCapabilitiesRequest))
-	}
-	return interceptor(ctx, in, info, handler)
-}
-
-func _VolumeManagerService_GetChangedRanges_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
-	in := new(GetChangedRangesRequest)
-	if err := dec(in); err != nil {
-		return nil, err
-	}
-	if interceptor == nil {
-		return srv.(VolumeManagerServiceServer).GetChangedRanges(ctx, in)
-	}
-	info := &grpc.UnaryServerInfo{
-		Server:     srv,
-		FullMethod: VolumeManagerService_GetChangedRanges_FullMethodName,
-	}
-	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
-		return srv.(VolumeManagerServiceServer).GetChangedRanges(ctx, req.(*GetChangedRangesRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -911,36 +732,16 @@ var VolumeManagerService_ServiceDesc = grpc.ServiceDesc{
 			Handler:    _VolumeManagerService_DeleteSnapshot_Handler,
 		},
 		{
-			MethodName: "BeginBackup",
-			Handler:    _VolumeManagerService_BeginBackup_Handler,
+			MethodName: "GetQuotaSet",
+			Handler:    _VolumeManagerService_GetQuotaSet_Handler,
 		},
 		{
-			MethodName: "EndBackup",
-			Handler:    _VolumeManagerService_EndBackup_Handler,
-		},
-		{
-			MethodName: "BeginRestore",
-			Handler:    _VolumeManagerService_BeginRestore_Handler,
-		},
-		{
-			MethodName: "EndRestore",
-			Handler:    _VolumeManagerService_EndRestore_Handler,
-		},
-		{
-			MethodName: "AttachSnapshot",
-			Handler:    _VolumeManagerService_AttachSnapshot_Handler,
-		},
-		{
-			MethodName: "DetachSnapshot",
-			Handler:    _VolumeManagerService_DetachSnapshot_Handler,
+			MethodName: "UpdateQuotaSet",
+			Handler:    _VolumeManagerService_UpdateQuotaSet_Handler,
 		},
 		{
 			MethodName: "GetCapabilities",
 			Handler:    _VolumeManagerService_GetCapabilities_Handler,
-		},
-		{
-			MethodName: "GetChangedRanges",
-			Handler:    _VolumeManagerService_GetChangedRanges_Handler,
 		},
 	},
 	Streams:  []grpc.StreamDesc{},
