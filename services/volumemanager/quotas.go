@@ -4,49 +4,25 @@ import (
 	"context"
 
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
-	"github.com/blockvault/blockvault/pkg/auth"
 	"github.com/blockvault/blockvault/pkg/quota"
-	"github.com/blockvault/blockvault/pkg/rpcerr"
-	"github.com/blockvault/blockvault/pkg/store"
+	"github.com/blockvault/blockvault/pkg/quotaset"
 	"github.com/blockvault/blockvault/pkg/store/volumedb"
-	"github.com/blockvault/blockvault/pkg/validate"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
 
-// quotaResources are the resources the volume manager keeps quotas of.
-var quotaResources = []string{quota.Volumes, quota.Gigabytes, quota.Snapshots}
+// quotaKeeper is the volume manager's stored limits and quotas in force.
+func quotaKeeper(db *volumedb.Store, quotas *quota.Quotas) quotaset.Keeper {
+	return quotaset.Keeper{DB: db.DB(), Table: volumedb.QuotaLimitsTable, Resources: []string{quota.Volumes, quota.Gigabytes, quota.Snapshots},
+		Quotas: quotas, Service: "volume manager"}
+}
 
 // LoadQuotaLimits gives quotas the limits admins set through the API.
 func LoadQuotaLimits(ctx context.Context, db *volumedb.Store, quotas *quota.Quotas) error {
-	rows, err := store.QuotaLimits(ctx, db.DB(), volumedb.QuotaLimitsTable)
-	if err != nil {
-		return err
-	}
-	for _, r := range rows {
-		quotas.Set(r.ProjectID, quota.Limits{r.Resource: r.LimitValue})
-	}
-	return nil
-}
-
-// checkQuotaTarget checks the projects of a quota set request: a member
-// may name their own project only.
-func checkQuotaTarget(ctx context.Context, project, target string) error {
-	if err := validate.Project(project); err != nil {
-		return err
-	}
-	if err := validate.Project(target); err != nil {
-		return err
-	}
-	if target != project && !auth.IsAdmin(ctx) {
-		return status.Errorf(codes.PermissionDenied, "Policy doesn't allow the quotas of project %q to be shown with a token of project %q.", target, project)
-	}
-	return nil
+	return quotaKeeper(db, quotas).Load(ctx)
 }
 
 // GetQuotaSet implements VolumeManagerService.
 func (s *Server) GetQuotaSet(ctx context.Context, req *volumev1.GetQuotaSetRequest) (*volumev1.GetQuotaSetResponse, error) {
-	if err := checkQuotaTarget(ctx, req.GetProjectId(), req.GetTargetProjectId()); err != nil {
+	if err := quotaset.CheckTarget(ctx, req.GetProjectId(), req.GetTargetProjectId()); err != nil {
 		return nil, err
 	}
 	set, err := s.quotaView(ctx, req.GetTargetProjectId(), req.GetDefaults())
@@ -58,22 +34,9 @@ func (s *Server) GetQuotaSet(ctx context.Context, req *volumev1.GetQuotaSetReque
 
 // UpdateQuotaSet implements VolumeManagerService (admin).
 func (s *Server) UpdateQuotaSet(ctx context.Context, req *volumev1.UpdateQuotaSetRequest) (*volumev1.UpdateQuotaSetResponse, error) {
-	if err := auth.RequireAdmin(ctx, "os-quota-sets update"); err != nil {
+	if err := quotaKeeper(s.db, s.cfg.Quotas).Update(ctx, req.GetProjectId(), req.GetTargetProjectId(), req.GetLimits()); err != nil {
 		return nil, err
 	}
-	if err := checkQuotaTarget(ctx, req.GetProjectId(), req.GetTargetProjectId()); err != nil {
-		return nil, err
-	}
-	if err := quota.CheckUpdate(req.GetLimits(), quotaResources); err != nil {
-		return nil, err
-	}
-	if s.cfg.Quotas == nil {
-		return nil, rpcerr.Precondition("quotas are off on this volume manager")
-	}
-	if err := store.SetQuotaLimits(ctx, s.db.DB(), volumedb.QuotaLimitsTable, req.GetTargetProjectId(), req.GetLimits()); err != nil {
-		return nil, err
-	}
-	s.cfg.Quotas.Set(req.GetTargetProjectId(), req.GetLimits())
 	s.log.InfoContext(ctx, "quotas set", "project_id", req.GetTargetProjectId(), "limits", req.GetLimits())
 	set, err := s.quotaView(ctx, req.GetTargetProjectId(), false)
 	if err != nil {
@@ -89,7 +52,7 @@ func (s *Server) quotaView(ctx context.Context, project string, defaults bool) (
 	}
 	inUse := map[string]int64{quota.Volumes: u.Volumes, quota.Snapshots: u.Snapshots, quota.Gigabytes: quota.GiB(u.VolumeBytes + u.SnapshotBytes)}
 	out := map[string]*volumev1.QuotaUsage{}
-	for r, v := range s.cfg.Quotas.View(project, quotaResources, inUse, defaults) {
+	for r, v := range quotaKeeper(s.db, s.cfg.Quotas).View(project, inUse, defaults) {
 		out[r] = &volumev1.QuotaUsage{Limit: v.Limit, InUse: v.InUse}
 	}
 	return out, nil
