@@ -65,7 +65,7 @@ func run() error {
 		if _, _, err := net.SplitHostPort(addr); err != nil {
 			return nil, fmt.Errorf("address %q: %w", addr, err)
 		}
-		return grpc.NewClient(addr, creds)
+		return grpc.NewClient(addr, creds, daemon.ReconnectPromptly())
 	}
 	vc, err := dial(*volumes)
 	if err != nil {

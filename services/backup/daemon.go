@@ -182,7 +182,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	if err != nil {
 		return err
 	}
-	conn, err := grpc.NewClient(cfg.VolumeManager, creds,
+	conn, err := grpc.NewClient(cfg.VolumeManager, creds, daemon.ReconnectPromptly(),
 		grpc.WithChainUnaryInterceptor(requestid.UnaryClientInterceptor(), tokenUnary),
 		grpc.WithChainStreamInterceptor(tokenStream))
 	if err != nil {

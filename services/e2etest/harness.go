@@ -25,9 +25,11 @@ import (
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/auth"
+	"github.com/blockvault/blockvault/pkg/daemon"
 	"github.com/blockvault/blockvault/pkg/mtls"
 	"github.com/blockvault/blockvault/pkg/testenv"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/connectivity"
 	"google.golang.org/grpc/credentials/insecure"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
@@ -400,7 +402,7 @@ func tail(s string, n int) string {
 
 func (s *Stack) dial(addr string) *grpc.ClientConn {
 	unary, stream := auth.ClientInterceptors(s.clientToken)
-	c, err := grpc.NewClient(addr, s.dialOpt,
+	c, err := grpc.NewClient(addr, s.dialOpt, daemon.ReconnectPromptly(),
 		grpc.WithChainUnaryInterceptor(unary), grpc.WithChainStreamInterceptor(stream))
 	if err != nil {
 		s.t.Fatal(err)
@@ -429,6 +431,7 @@ func (s *Stack) WaitHealthy(d *Daemon) {
 			if waited := time.Since(start); waited > 5*time.Second {
 				s.t.Logf("%s answered health checks after %v", d.Name, waited.Round(time.Millisecond))
 			}
+			s.waitReachable(d, start)
 			return
 		}
 		if !d.Running() {
@@ -437,6 +440,57 @@ func (s *Stack) WaitHealthy(d *Daemon) {
 		if time.Since(start) > testenv.Patience {
 			s.t.Fatalf("%s did not answer gRPC health checks on %s with SERVING within %v (last check: %v); log:\n%s",
 				d.Name, d.Addr, testenv.Patience, err, tail(d.Logs(), 40))
+		}
+		time.Sleep(50 * time.Millisecond)
+	}
+}
+
+// waitReachable waits, after d (re)started, until the clients that reach
+// it again do: the harness's own gRPC connections to it are ready, and the
+// gateway's calls to it no longer fail with 503 (a client whose server went
+// away reconnects after a backoff; the test's next call must not fall in
+// it).
+func (s *Stack) waitReachable(d *Daemon, start time.Time) {
+	s.t.Helper()
+	for _, c := range s.conns {
+		if c.Target() != d.Addr {
+			continue
+		}
+		c.Connect()
+		for st := c.GetState(); st != connectivity.Ready; st = c.GetState() {
+			ctx, cancel := context.WithTimeout(context.Background(), time.Second)
+			c.WaitForStateChange(ctx, st)
+			cancel()
+			if time.Since(start) > testenv.Patience {
+				s.t.Fatalf("the test's connection to %s on %s is still %s %v after it started", d.Name, d.Addr, c.GetState(), testenv.Patience)
+			}
+		}
+	}
+	if s.Gateway == nil || !s.Gateway.Running() || (d != s.VolumeManager && d != s.Backup) {
+		return
+	}
+	// Any project will do: the list is empty or not, but answered.
+	const probe = "harness-probe"
+	path := "/v3/" + probe + "/volumes?limit=1"
+	if d == s.Backup {
+		path = "/v3/" + probe + "/backups?limit=1"
+	}
+	client := &http.Client{Timeout: 10 * time.Second}
+	for {
+		req, _ := http.NewRequest("GET", "http://"+s.Gateway.Addr+path, nil)
+		if s.SigningKey != nil {
+			req.Header.Set("X-Auth-Token", auth.Mint(s.SigningKey, auth.Identity{Project: probe, Roles: []string{auth.RoleAdmin}, User: "harness"}))
+		}
+		resp, err := client.Do(req)
+		if err == nil {
+			resp.Body.Close()
+			if resp.StatusCode != http.StatusServiceUnavailable {
+				return
+			}
+			err = fmt.Errorf("HTTP %s", resp.Status)
+		}
+		if time.Since(start) > testenv.Patience {
+			s.t.Fatalf("the gateway still cannot reach %s %v after it started: GET %s: %v", d.Name, testenv.Patience, path, err)
 		}
 		time.Sleep(50 * time.Millisecond)
 	}
