@@ -108,13 +108,16 @@ func New(ctx context.Context, cfg Config) (http.Handler, error) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(openAPI)
 	})
+	root.HandleFunc("GET /{$}", versions)
+	root.HandleFunc("GET /v3/{$}", versions)
+	root.HandleFunc("GET /v3", versions)
 	root.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	qs := &quotaSets{volumes: volumev1.NewVolumeManagerServiceClient(cfg.Volumes), backups: backupv1.NewBackupServiceClient(cfg.Backups)}
 	root.HandleFunc("GET /v3/{project_id}/os-quota-sets/{target}", qs.show)
 	root.HandleFunc("GET /v3/{project_id}/os-quota-sets/{target}/defaults", qs.show)
 	root.HandleFunc("PUT /v3/{project_id}/os-quota-sets/{target}", qs.update)
 	root.Handle("/", recordKeys(streamErrors(mux)))
-	return logRequests(log, limitBody(root)), nil
+	return logRequests(log, limitBody(negotiate(root))), nil
 }
 
 // apiMarshaler is grpc-gateway's JSON marshaler, with the Block Storage
