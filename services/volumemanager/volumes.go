@@ -229,19 +229,18 @@ func (s *Server) checkVolumeRef(project, id string) error {
 	return validate.UUID("volume_id", id)
 }
 
-// ListVolumes implements VolumeManagerService.
 // listScope is the project a list covers: the request's, or every project
-// ("") for an admin's all_tenants.
+// ("") for an admin's all_tenants. A member's all_tenants is ignored, as
+// the Block Storage API does (its clients send it when they look a volume
+// up by name: cinderclient's find_resource).
 func listScope(ctx context.Context, project string, allTenants bool) (string, error) {
-	if !allTenants {
+	if !allTenants || !auth.IsAdmin(ctx) {
 		return project, nil
-	}
-	if err := auth.RequireAdmin(ctx, "all_tenants"); err != nil {
-		return "", err
 	}
 	return "", nil
 }
 
+// ListVolumes implements VolumeManagerService.
 func (s *Server) ListVolumes(ctx context.Context, req *volumev1.ListVolumesRequest) (*volumev1.ListVolumesResponse, error) {
 	if err := validate.Project(req.GetProjectId()); err != nil {
 		return nil, err
