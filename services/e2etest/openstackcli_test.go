@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
+	"regexp"
 	"slices"
 	"strings"
 	"testing"
@@ -233,6 +234,12 @@ func TestOpenStackCLIBackupsAndMore(t *testing.T) {
 		t.Fatalf("attach: HTTP %d %v", code, body)
 	}
 	att := field(body, "attachment", "id")
+	// volume list reads each attachment's device (the table's "Attached
+	// to <server> on <device>").
+	out = run("volume", "list")
+	if !regexp.MustCompile(`\| ` + id + ` \| osc-data +\| in-use +\| +2 \| Attached to 7b9b2b57-7a0f-4d4d-8d6e-2f2b8c1e9a01 on +\|`).MatchString(out) {
+		t.Errorf("openstack volume list with an attached volume:\n%s", out)
+	}
 	out, err = try("volume", "backup", "create", id)
 	if err == nil || !strings.Contains(out, "Backing up an in-use volume must use the force flag. (HTTP 400)") {
 		t.Errorf("openstack volume backup create of an in-use volume without --force: %v\n%s", err, out)

@@ -312,8 +312,12 @@ type Attachment struct {
 	// "rw" or "ro".
 	AttachMode     string          `protobuf:"bytes,7,opt,name=attach_mode,json=attachMode,proto3" json:"attach_mode,omitempty"`
 	ConnectionInfo *ConnectionInfo `protobuf:"bytes,8,opt,name=connection_info,json=connectionInfo,proto3" json:"connection_info,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The device the consumer sees the volume as ("/dev/vdb"): blockvault
+	// does not know it, so "" (the Block Storage API's field, which clients
+	// such as the openstack CLI's volume list read).
+	Device        string `protobuf:"bytes,9,opt,name=device,proto3" json:"device,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Attachment) Reset() {
@@ -400,6 +404,13 @@ func (x *Attachment) GetConnectionInfo() *ConnectionInfo {
 		return x.ConnectionInfo
 	}
 	return nil
+}
+
+func (x *Attachment) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
 }
 
 // ConnectionInfo tells a consumer how to reach an export.
@@ -3307,7 +3318,7 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\",\n" +
 	"\x04Link\x12\x10\n" +
 	"\x03rel\x18\x01 \x01(\tR\x03rel\x12\x12\n" +
-	"\x04href\x18\x02 \x01(\tR\x04href\"\xa9\x02\n" +
+	"\x04href\x18\x02 \x01(\tR\x04href\"\xc1\x02\n" +
 	"\n" +
 	"Attachment\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
@@ -3319,7 +3330,8 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"attachedAt\x12\x1f\n" +
 	"\vattach_mode\x18\a \x01(\tR\n" +
 	"attachMode\x12M\n" +
-	"\x0fconnection_info\x18\b \x01(\v2$.blockvault.volume.v1.ConnectionInfoR\x0econnectionInfo\"x\n" +
+	"\x0fconnection_info\x18\b \x01(\v2$.blockvault.volume.v1.ConnectionInfoR\x0econnectionInfo\x12\x16\n" +
+	"\x06device\x18\t \x01(\tR\x06device\"x\n" +
 	"\x0eConnectionInfo\x12,\n" +
 	"\x12driver_volume_type\x18\x01 \x01(\tR\x10driverVolumeType\x128\n" +
 	"\x04data\x18\x02 \x01(\v2$.blockvault.volume.v1.ConnectionDataR\x04data\"\xc8\x01\n" +
