@@ -155,6 +155,10 @@ func cinderFlow(t *testing.T, s *Stack, c *cinderCLI, project string) (string, s
 	if r := rowWith(cliList(t, "list", c.run("list")), "ID", id); r == nil || r["Status"] != "available" || r["Name"] != "cinder-vol" || r["Size"] != "1" {
 		t.Errorf("cinder list: row %v", r)
 	}
+	c.run("rename", "--description", "renamed by cinder", id, "cinder-renamed")
+	if vol = cliProps(t, "show", c.run("show", id)); vol["name"] != "cinder-renamed" || vol["description"] != "renamed by cinder" {
+		t.Errorf("cinder show after rename: %v", vol)
+	}
 	c.run("extend", id, "2")
 	if vol = waitCinder(t, c, "show", id, "extending"); vol["size"] != "2" || vol["status"] != "available" {
 		t.Errorf("cinder show after extend to 2: %v", vol)

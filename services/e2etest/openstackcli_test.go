@@ -130,7 +130,8 @@ func TestOpenStackCLI(t *testing.T) {
 }
 
 // TestOpenStackCLIBackupsAndMore: the rest of what users type with the
-// openstack CLI, as a member: volume set --size (extend), snapshots,
+// openstack CLI, as a member: volume set --size (extend), --name and
+// --description, snapshots,
 // backups (--force, --incremental, --snapshot), restore, zones, limits;
 // and, for what needs an API the gateway does not have, the error the
 // client prints for it.
@@ -198,19 +199,31 @@ func TestOpenStackCLIBackupsAndMore(t *testing.T) {
 	if v := wait("volume", id, "extending"); v["size"] != float64(2) || v["status"] != "available" {
 		t.Errorf("openstack volume show after volume set --size 2: %v", v)
 	}
-	// What needs an API the gateway has not: PUT of a volume (name,
-	// description) and the metadata sub-resource. The client says which
-	// call failed and the gateway's Block Storage error.
-	out, err := try("volume", "set", "--name", "renamed", id)
-	if err == nil || !strings.Contains(out, "Failed to update volume display name or display description: method PUT is not allowed on /v3/"+project+"/volumes/"+id+" (HTTP 405)") {
-		t.Errorf("openstack volume set --name: %v\n%s", err, out)
+	// volume set --name and --description: PUT of the volume (the CLI
+	// sends display_name and display_description).
+	run("volume", "set", "--name", "osc-renamed", "--description", "renamed by the CLI", id)
+	if v := show("volume", "show", id); v["name"] != "osc-renamed" || v["description"] != "renamed by the CLI" || v["size"] != float64(2) {
+		t.Errorf("openstack volume show after volume set --name --description: %v", v)
 	}
-	out, err = try("volume", "set", "--property", "k=v", id)
+	for _, c := range []struct{ what, body, want string }{
+		{"nothing to set", `{"volume": {}}`, "Missing required element 'volume'"},
+		{"no body", `{}`, "Missing required element 'volume'"},
+		{"a size", `{"volume": {"size": 3}}`, `unknown field "size"`},
+	} {
+		code, body := restAs(t, s, tok, "PUT", "/v3/"+project+"/volumes/"+id, c.body)
+		checkFault(t, "PUT of a volume with "+c.what, code, body, 400, c.want)
+	}
+	code, body := restAs(t, s, s.Token("someone-else", auth.RoleMember), "PUT", "/v3/"+project+"/volumes/"+id, `{"volume": {"name": "taken"}}`)
+	checkFault(t, "PUT of another project's volume", code, body, 403, project)
+	// What needs an API the gateway has not: the metadata sub-resource.
+	// The client says which call failed and the gateway's Block Storage
+	// error.
+	out, err := try("volume", "set", "--property", "k=v", id)
 	if err == nil || !strings.Contains(out, "Failed to set volume property: no resource at POST /v3/"+project+"/volumes/"+id+"/metadata (HTTP 404)") {
 		t.Errorf("openstack volume set --property: %v\n%s", err, out)
 	}
-	if v := show("volume", "show", id); v["name"] != "osc-data" {
-		t.Errorf("after the refused volume set: %v", v)
+	if v := show("volume", "show", id); v["name"] != "osc-renamed" {
+		t.Errorf("after the refused volume set --property: %v", v)
 	}
 
 	// snapshots
@@ -229,7 +242,7 @@ func TestOpenStackCLIBackupsAndMore(t *testing.T) {
 	if b := wait("volume backup", bid, "creating"); b["status"] != "available" || b["is_incremental"] != false || b["volume_id"] != id {
 		t.Fatalf("openstack volume backup show: %v", b)
 	}
-	code, body := restAs(t, s, tok, "POST", "/v3/"+project+"/attachments", `{"attachment": {"volume_uuid": "`+id+`", "instance_uuid": "7b9b2b57-7a0f-4d4d-8d6e-2f2b8c1e9a01", "connector": {}}}`)
+	code, body = restAs(t, s, tok, "POST", "/v3/"+project+"/attachments", `{"attachment": {"volume_uuid": "`+id+`", "instance_uuid": "7b9b2b57-7a0f-4d4d-8d6e-2f2b8c1e9a01", "connector": {}}}`)
 	if code != 200 {
 		t.Fatalf("attach: HTTP %d %v", code, body)
 	}
@@ -237,7 +250,7 @@ func TestOpenStackCLIBackupsAndMore(t *testing.T) {
 	// volume list reads each attachment's device (the table's "Attached
 	// to <server> on <device>").
 	out = run("volume", "list")
-	if !regexp.MustCompile(`\| ` + id + ` \| osc-data +\| in-use +\| +2 \| Attached to 7b9b2b57-7a0f-4d4d-8d6e-2f2b8c1e9a01 on +\|`).MatchString(out) {
+	if !regexp.MustCompile(`\| ` + id + ` \| osc-renamed +\| in-use +\| +2 \| Attached to 7b9b2b57-7a0f-4d4d-8d6e-2f2b8c1e9a01 on +\|`).MatchString(out) {
 		t.Errorf("openstack volume list with an attached volume:\n%s", out)
 	}
 	out, err = try("volume", "backup", "create", id)
