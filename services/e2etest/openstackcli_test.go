@@ -4,6 +4,7 @@ import (
 	"encoding/json"
 	"os"
 	"os/exec"
+	"path/filepath"
 	"regexp"
 	"slices"
 	"strings"
@@ -131,12 +132,14 @@ func TestOpenStackCLI(t *testing.T) {
 
 // TestOpenStackCLIBackupsAndMore: the rest of what users type with the
 // openstack CLI, as a member: volume set --size (extend), --name and
-// --description, snapshots,
+// --description, snapshots, backup records (export here, import into a
+// second deployment),
 // backups (--force, --incremental, --snapshot), restore, zones, limits;
 // and, for what needs an API the gateway does not have, the error the
 // client prints for it.
 func TestOpenStackCLIBackupsAndMore(t *testing.T) {
-	s := Start(t, Options{Tokens: true})
+	repo := filepath.Join(t.TempDir(), "repository")
+	s := Start(t, Options{Tokens: true, RepositoryDir: repo})
 	const project = "project-osc"
 	tok := s.Token(project, auth.RoleMember)
 	try := func(args ...string) (string, error) {
@@ -295,6 +298,25 @@ func TestOpenStackCLIBackupsAndMore(t *testing.T) {
 	}
 	if rv["status"] != "available" || rv["size"] != float64(2) {
 		t.Errorf("openstack volume show of the restored volume: %v", rv)
+	}
+
+	// export the full backup's record; an admin imports it into a second
+	// deployment over the same repository, where it is the same backup.
+	rec := show("volume", "backup", "record", "export", bid)
+	if rec["backup_service"] != "blockvault" || rec["backup_url"] == "" {
+		t.Fatalf("openstack volume backup record export: %v", rec)
+	}
+	s2 := Start(t, Options{Tokens: true, RepositoryDir: repo})
+	url, _ := rec["backup_url"].(string)
+	out, err = openstackCLI(t, s2, project, s2.Token("ops", auth.RoleAdmin), "volume", "backup", "record", "import", "-f", "json", "blockvault", url)
+	var imp map[string]any
+	if err != nil || json.Unmarshal([]byte(out), &imp) != nil || imp["id"] != bid {
+		t.Fatalf("openstack volume backup record import: %v %v\n%s", err, imp, out)
+	}
+	out, err = openstackCLI(t, s2, project, s2.Token(project, auth.RoleMember), "volume", "backup", "show", "-f", "json", bid)
+	var moved map[string]any
+	if err != nil || json.Unmarshal([]byte(out), &moved) != nil || moved["status"] != "available" || moved["size"] != float64(2) {
+		t.Errorf("openstack volume backup show of the imported backup: %v %v\n%s", err, moved, out)
 	}
 
 	// zones and limits: 2 volumes and a snapshot of 2 GiB, 3 backups
