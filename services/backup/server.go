@@ -181,10 +181,8 @@ func (s *Server) ListBackups(ctx context.Context, req *backupv1.ListBackupsReque
 		return nil, rpcerr.Invalid("limit must not be negative")
 	}
 	project := req.GetProjectId()
-	if req.GetAllTenants() {
-		if err := auth.RequireAdmin(ctx, "all_tenants"); err != nil {
-			return nil, err
-		}
+	// A member's all_tenants is ignored, as the Block Storage API does.
+	if req.GetAllTenants() && auth.IsAdmin(ctx) {
 		project = ""
 	}
 	rows, err := s.db.List(ctx, backupdb.Filter{Project: project, Name: req.GetName(), Status: req.GetStatus(),

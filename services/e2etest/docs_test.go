@@ -56,7 +56,7 @@ func shellBlocks(t *testing.T, path string) []string {
 // fresh stack, the way a reader would type them. A block that fails fails
 // the test with the output so far.
 func TestDocsExamples(t *testing.T) {
-	for _, prog := range []string{"bash", "curl", "jq", "nbdcopy", "grpcurl", "cmp", "openstack"} {
+	for _, prog := range []string{"bash", "curl", "jq", "nbdcopy", "grpcurl", "cmp", "openstack", "cinder"} {
 		testenv.LookPath(t, prog)
 	}
 	_, file, _, _ := runtime.Caller(0)

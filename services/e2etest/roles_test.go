@@ -45,6 +45,7 @@ var roleDecisions = map[string][]string{
 	"/blockvault.volume.v1.VolumeManagerService/GetVolume":         everyone,
 	"/blockvault.volume.v1.VolumeManagerService/ListVolumes":       everyone,
 	"/blockvault.volume.v1.VolumeManagerService/DeleteVolume":      everyone,
+	"/blockvault.volume.v1.VolumeManagerService/UpdateVolume":      everyone,
 	"/blockvault.volume.v1.VolumeManagerService/ExtendVolume":      everyone,
 	"/blockvault.volume.v1.VolumeManagerService/VolumeAction":      everyone,
 	"/blockvault.volume.v1.VolumeManagerService/ResetVolumeStatus": adminsOnly,

@@ -108,13 +108,18 @@ func New(ctx context.Context, cfg Config) (http.Handler, error) {
 		w.Header().Set("Content-Type", "application/json")
 		w.Write(openAPI)
 	})
+	root.HandleFunc("GET /{$}", versions)
+	root.HandleFunc("GET /v3/{$}", versions)
+	root.HandleFunc("GET /v3", versions)
 	root.HandleFunc("GET /healthz", func(w http.ResponseWriter, r *http.Request) { io.WriteString(w, "ok\n") })
 	qs := &quotaSets{volumes: volumev1.NewVolumeManagerServiceClient(cfg.Volumes), backups: backupv1.NewBackupServiceClient(cfg.Backups)}
 	root.HandleFunc("GET /v3/{project_id}/os-quota-sets/{target}", qs.show)
 	root.HandleFunc("GET /v3/{project_id}/os-quota-sets/{target}/defaults", qs.show)
 	root.HandleFunc("PUT /v3/{project_id}/os-quota-sets/{target}", qs.update)
+	root.HandleFunc("GET /v3/{project_id}/limits", qs.limits)
+	root.HandleFunc("GET /v3/{project_id}/os-availability-zone", qs.zones)
 	root.Handle("/", recordKeys(streamErrors(mux)))
-	return logRequests(log, limitBody(root)), nil
+	return logRequests(log, limitBody(negotiate(root))), nil
 }
 
 // apiMarshaler is grpc-gateway's JSON marshaler, with the Block Storage
@@ -542,32 +547,82 @@ func (q *quotaSets) show(w http.ResponseWriter, r *http.Request) {
 		}
 		usage = b
 	}
-	ctx := outgoing(r)
-	vr, err := q.volumes.GetQuotaSet(ctx, &volumev1.GetQuotaSetRequest{ProjectId: project, TargetProjectId: target, Defaults: defaults})
-	if err != nil {
-		writeGRPCError(w, err)
-		return
-	}
-	br, err := q.backups.GetQuotaSet(ctx, &backupv1.GetQuotaSetRequest{ProjectId: project, TargetProjectId: target, Defaults: defaults})
+	quotas, err := q.get(r, project, target, defaults)
 	if err != nil {
 		writeGRPCError(w, err)
 		return
 	}
 	set := map[string]any{"id": target}
-	add := func(k string, limit, inUse, reserved int64) {
+	for k, v := range quotas {
 		if usage && !defaults {
-			set[k] = map[string]int64{"limit": limit, "in_use": inUse, "reserved": reserved}
+			set[k] = map[string]int64{"limit": v.limit, "in_use": v.inUse, "reserved": v.reserved}
 		} else {
-			set[k] = limit
+			set[k] = v.limit
 		}
 	}
+	writeJSON(w, map[string]any{"quota_set": set})
+}
+
+// quota is one quota's limit and usage.
+type quota struct{ limit, inUse, reserved int64 }
+
+// get is both daemons' quota sets of target, asked as r's caller in
+// project.
+func (q *quotaSets) get(r *http.Request, project, target string, defaults bool) (map[string]quota, error) {
+	ctx := outgoing(r)
+	vr, err := q.volumes.GetQuotaSet(ctx, &volumev1.GetQuotaSetRequest{ProjectId: project, TargetProjectId: target, Defaults: defaults})
+	if err != nil {
+		return nil, err
+	}
+	br, err := q.backups.GetQuotaSet(ctx, &backupv1.GetQuotaSetRequest{ProjectId: project, TargetProjectId: target, Defaults: defaults})
+	if err != nil {
+		return nil, err
+	}
+	out := map[string]quota{}
 	for k, v := range vr.GetQuotaSet() {
-		add(k, v.GetLimit(), v.GetInUse(), v.GetReserved())
+		out[k] = quota{v.GetLimit(), v.GetInUse(), v.GetReserved()}
 	}
 	for k, v := range br.GetQuotaSet() {
-		add(k, v.GetLimit(), v.GetInUse(), v.GetReserved())
+		out[k] = quota{v.GetLimit(), v.GetInUse(), v.GetReserved()}
 	}
-	writeJSON(w, map[string]any{"quota_set": set})
+	return out, nil
+}
+
+// limits is GET /v3/{project_id}/limits: the project's quotas and usage
+// as the Block Storage API's absolute limits (no rate limits).
+func (q *quotaSets) limits(w http.ResponseWriter, r *http.Request) {
+	project := r.PathValue("project_id")
+	quotas, err := q.get(r, project, project, false)
+	if err != nil {
+		writeGRPCError(w, err)
+		return
+	}
+	abs := map[string]int64{}
+	for k, names := range map[string][2]string{
+		"volumes":          {"maxTotalVolumes", "totalVolumesUsed"},
+		"gigabytes":        {"maxTotalVolumeGigabytes", "totalGigabytesUsed"},
+		"snapshots":        {"maxTotalSnapshots", "totalSnapshotsUsed"},
+		"backups":          {"maxTotalBackups", "totalBackupsUsed"},
+		"backup_gigabytes": {"maxTotalBackupGigabytes", "totalBackupGigabytesUsed"},
+	} {
+		abs[names[0]], abs[names[1]] = quotas[k].limit, quotas[k].inUse
+	}
+	writeJSON(w, map[string]any{"limits": map[string]any{"rate": []any{}, "absolute": abs}})
+}
+
+// zones is GET /v3/{project_id}/os-availability-zone: the volume
+// manager's one zone, "nova" (the zone a volume created without one is
+// in; a volume's zone is recorded as given). The caller's access to the
+// project is checked as for its quotas.
+func (q *quotaSets) zones(w http.ResponseWriter, r *http.Request) {
+	project := r.PathValue("project_id")
+	if _, err := q.volumes.GetQuotaSet(outgoing(r), &volumev1.GetQuotaSetRequest{ProjectId: project, TargetProjectId: project, Defaults: true}); err != nil {
+		writeGRPCError(w, err)
+		return
+	}
+	writeJSON(w, map[string]any{"availabilityZoneInfo": []any{
+		map[string]any{"zoneName": "nova", "zoneState": map[string]bool{"available": true}},
+	}})
 }
 
 // update is PUT .../os-quota-sets/{target} (admin): {"quota_set":

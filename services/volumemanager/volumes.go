@@ -229,19 +229,65 @@ func (s *Server) checkVolumeRef(project, id string) error {
 	return validate.UUID("volume_id", id)
 }
 
-// ListVolumes implements VolumeManagerService.
 // listScope is the project a list covers: the request's, or every project
-// ("") for an admin's all_tenants.
+// ("") for an admin's all_tenants. A member's all_tenants is ignored, as
+// the Block Storage API does (its clients send it when they look a volume
+// up by name: cinderclient's find_resource).
 func listScope(ctx context.Context, project string, allTenants bool) (string, error) {
-	if !allTenants {
+	if !allTenants || !auth.IsAdmin(ctx) {
 		return project, nil
-	}
-	if err := auth.RequireAdmin(ctx, "all_tenants"); err != nil {
-		return "", err
 	}
 	return "", nil
 }
 
+// UpdateVolume implements VolumeManagerService: the name or description
+// of a volume of the project's (not the backup service's temporary ones),
+// in any status.
+func (s *Server) UpdateVolume(ctx context.Context, req *volumev1.UpdateVolumeRequest) (*volumev1.UpdateVolumeResponse, error) {
+	if err := s.checkVolumeRef(req.GetProjectId(), req.GetVolumeId()); err != nil {
+		return nil, err
+	}
+	in := req.GetVolume()
+	if in != nil && in.Name == nil && in.DisplayName != nil {
+		in.Name = in.DisplayName
+	}
+	if in != nil && in.Description == nil && in.DisplayDescription != nil {
+		in.Description = in.DisplayDescription
+	}
+	if in == nil || in.Name == nil && in.Description == nil {
+		return nil, rpcerr.Invalid("Missing required element 'volume' in request body: want {\"volume\": {\"name\": ..., \"description\": ...}}")
+	}
+	cols := map[string]any{}
+	if in.Name != nil {
+		if err := validate.Text("name", in.GetName()); err != nil {
+			return nil, err
+		}
+		cols["name"] = in.GetName()
+	}
+	if in.Description != nil {
+		if err := validate.Text("description", in.GetDescription()); err != nil {
+			return nil, err
+		}
+		cols["description"] = in.GetDescription()
+	}
+	v, err := s.db.GetVolume(ctx, req.GetProjectId(), req.GetVolumeId())
+	if err != nil {
+		return nil, err
+	}
+	if v.Temporary {
+		return nil, rpcerr.Precondition("volume %s is a temporary volume of the backup service's; it cannot be renamed", v.ID)
+	}
+	if err := s.db.UpdateVolume(ctx, v.ID, cols); err != nil {
+		return nil, err
+	}
+	out, err := s.volumeView(ctx, v.ID)
+	if err != nil {
+		return nil, err
+	}
+	return &volumev1.UpdateVolumeResponse{Volume: out}, nil
+}
+
+// ListVolumes implements VolumeManagerService.
 func (s *Server) ListVolumes(ctx context.Context, req *volumev1.ListVolumesRequest) (*volumev1.ListVolumesResponse, error) {
 	if err := validate.Project(req.GetProjectId()); err != nil {
 		return nil, err

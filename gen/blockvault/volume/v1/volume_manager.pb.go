@@ -312,8 +312,12 @@ type Attachment struct {
 	// "rw" or "ro".
 	AttachMode     string          `protobuf:"bytes,7,opt,name=attach_mode,json=attachMode,proto3" json:"attach_mode,omitempty"`
 	ConnectionInfo *ConnectionInfo `protobuf:"bytes,8,opt,name=connection_info,json=connectionInfo,proto3" json:"connection_info,omitempty"`
-	unknownFields  protoimpl.UnknownFields
-	sizeCache      protoimpl.SizeCache
+	// The device the consumer sees the volume as ("/dev/vdb"): blockvault
+	// does not know it, so "" (the Block Storage API's field, which clients
+	// such as the openstack CLI's volume list read).
+	Device        string `protobuf:"bytes,9,opt,name=device,proto3" json:"device,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Attachment) Reset() {
@@ -400,6 +404,13 @@ func (x *Attachment) GetConnectionInfo() *ConnectionInfo {
 		return x.ConnectionInfo
 	}
 	return nil
+}
+
+func (x *Attachment) GetDevice() string {
+	if x != nil {
+		return x.Device
+	}
+	return ""
 }
 
 // ConnectionInfo tells a consumer how to reach an export.
@@ -1234,6 +1245,183 @@ func (x *GetVolumeRequest) GetVolumeId() string {
 	return ""
 }
 
+// VolumeUpdate is the body of UpdateVolume: the fields given are set.
+// display_name and display_description are the older names the API
+// takes too (the openstack CLI sends them); name and description win.
+type VolumeUpdate struct {
+	state              protoimpl.MessageState `protogen:"open.v1"`
+	Name               *string                `protobuf:"bytes,1,opt,name=name,proto3,oneof" json:"name,omitempty"`
+	Description        *string                `protobuf:"bytes,2,opt,name=description,proto3,oneof" json:"description,omitempty"`
+	DisplayName        *string                `protobuf:"bytes,3,opt,name=display_name,json=displayName,proto3,oneof" json:"display_name,omitempty"`
+	DisplayDescription *string                `protobuf:"bytes,4,opt,name=display_description,json=displayDescription,proto3,oneof" json:"display_description,omitempty"`
+	unknownFields      protoimpl.UnknownFields
+	sizeCache          protoimpl.SizeCache
+}
+
+func (x *VolumeUpdate) Reset() {
+	*x = VolumeUpdate{}
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[12]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *VolumeUpdate) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*VolumeUpdate) ProtoMessage() {}
+
+func (x *VolumeUpdate) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[12]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use VolumeUpdate.ProtoReflect.Descriptor instead.
+func (*VolumeUpdate) Descriptor() ([]byte, []int) {
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{12}
+}
+
+func (x *VolumeUpdate) GetName() string {
+	if x != nil && x.Name != nil {
+		return *x.Name
+	}
+	return ""
+}
+
+func (x *VolumeUpdate) GetDescription() string {
+	if x != nil && x.Description != nil {
+		return *x.Description
+	}
+	return ""
+}
+
+func (x *VolumeUpdate) GetDisplayName() string {
+	if x != nil && x.DisplayName != nil {
+		return *x.DisplayName
+	}
+	return ""
+}
+
+func (x *VolumeUpdate) GetDisplayDescription() string {
+	if x != nil && x.DisplayDescription != nil {
+		return *x.DisplayDescription
+	}
+	return ""
+}
+
+// UpdateVolumeRequest is the request of UpdateVolume.
+type UpdateVolumeRequest struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	ProjectId     string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
+	VolumeId      string                 `protobuf:"bytes,2,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	Volume        *VolumeUpdate          `protobuf:"bytes,3,opt,name=volume,proto3" json:"volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateVolumeRequest) Reset() {
+	*x = UpdateVolumeRequest{}
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[13]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateVolumeRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateVolumeRequest) ProtoMessage() {}
+
+func (x *UpdateVolumeRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[13]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateVolumeRequest.ProtoReflect.Descriptor instead.
+func (*UpdateVolumeRequest) Descriptor() ([]byte, []int) {
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{13}
+}
+
+func (x *UpdateVolumeRequest) GetProjectId() string {
+	if x != nil {
+		return x.ProjectId
+	}
+	return ""
+}
+
+func (x *UpdateVolumeRequest) GetVolumeId() string {
+	if x != nil {
+		return x.VolumeId
+	}
+	return ""
+}
+
+func (x *UpdateVolumeRequest) GetVolume() *VolumeUpdate {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
+// UpdateVolumeResponse is the response of UpdateVolume: the volume.
+type UpdateVolumeResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Volume        *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *UpdateVolumeResponse) Reset() {
+	*x = UpdateVolumeResponse{}
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[14]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *UpdateVolumeResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*UpdateVolumeResponse) ProtoMessage() {}
+
+func (x *UpdateVolumeResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[14]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use UpdateVolumeResponse.ProtoReflect.Descriptor instead.
+func (*UpdateVolumeResponse) Descriptor() ([]byte, []int) {
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{14}
+}
+
+func (x *UpdateVolumeResponse) GetVolume() *Volume {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
 // GetVolumeResponse is the response of GetVolume.
 type GetVolumeResponse struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -1244,7 +1432,7 @@ type GetVolumeResponse struct {
 
 func (x *GetVolumeResponse) Reset() {
 	*x = GetVolumeResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[12]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1256,7 +1444,7 @@ func (x *GetVolumeResponse) String() string {
 func (*GetVolumeResponse) ProtoMessage() {}
 
 func (x *GetVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[12]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1269,7 +1457,7 @@ func (x *GetVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeResponse.ProtoReflect.Descriptor instead.
 func (*GetVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{12}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *GetVolumeResponse) GetVolume() *Volume {
@@ -1297,7 +1485,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[13]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1309,7 +1497,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[13]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1322,7 +1510,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{13}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *ListVolumesRequest) GetProjectId() string {
@@ -1385,7 +1573,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[14]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1397,7 +1585,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[14]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1410,7 +1598,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{14}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*Volume {
@@ -1438,7 +1626,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[15]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1450,7 +1638,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[15]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1463,7 +1651,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{15}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *DeleteVolumeRequest) GetProjectId() string {
@@ -1489,7 +1677,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[16]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1501,7 +1689,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[16]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1514,7 +1702,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{16}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{19}
 }
 
 // ExtendVolumeRequest is the request of ExtendVolume.
@@ -1531,7 +1719,7 @@ type ExtendVolumeRequest struct {
 
 func (x *ExtendVolumeRequest) Reset() {
 	*x = ExtendVolumeRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[17]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1543,7 +1731,7 @@ func (x *ExtendVolumeRequest) String() string {
 func (*ExtendVolumeRequest) ProtoMessage() {}
 
 func (x *ExtendVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[17]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1556,7 +1744,7 @@ func (x *ExtendVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ExtendVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{17}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{20}
 }
 
 func (x *ExtendVolumeRequest) GetProjectId() string {
@@ -1597,7 +1785,7 @@ type ExtendVolumeResponse struct {
 
 func (x *ExtendVolumeResponse) Reset() {
 	*x = ExtendVolumeResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[18]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1609,7 +1797,7 @@ func (x *ExtendVolumeResponse) String() string {
 func (*ExtendVolumeResponse) ProtoMessage() {}
 
 func (x *ExtendVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[18]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1622,7 +1810,7 @@ func (x *ExtendVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ExtendVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{18}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ExtendVolumeResponse) GetVolume() *Volume {
@@ -1643,7 +1831,7 @@ type ExtendAction struct {
 
 func (x *ExtendAction) Reset() {
 	*x = ExtendAction{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[19]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1655,7 +1843,7 @@ func (x *ExtendAction) String() string {
 func (*ExtendAction) ProtoMessage() {}
 
 func (x *ExtendAction) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[19]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1668,7 +1856,7 @@ func (x *ExtendAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendAction.ProtoReflect.Descriptor instead.
 func (*ExtendAction) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{19}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ExtendAction) GetNewSize() int32 {
@@ -1697,7 +1885,7 @@ type ResetStatusAction struct {
 
 func (x *ResetStatusAction) Reset() {
 	*x = ResetStatusAction{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[20]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1709,7 +1897,7 @@ func (x *ResetStatusAction) String() string {
 func (*ResetStatusAction) ProtoMessage() {}
 
 func (x *ResetStatusAction) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[20]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1722,7 +1910,7 @@ func (x *ResetStatusAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetStatusAction.ProtoReflect.Descriptor instead.
 func (*ResetStatusAction) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{20}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ResetStatusAction) GetStatus() string {
@@ -1762,7 +1950,7 @@ type AttachAction struct {
 
 func (x *AttachAction) Reset() {
 	*x = AttachAction{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[21]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1774,7 +1962,7 @@ func (x *AttachAction) String() string {
 func (*AttachAction) ProtoMessage() {}
 
 func (x *AttachAction) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[21]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1787,7 +1975,7 @@ func (x *AttachAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachAction.ProtoReflect.Descriptor instead.
 func (*AttachAction) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{21}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *AttachAction) GetInstanceUuid() string {
@@ -1829,7 +2017,7 @@ type DetachAction struct {
 
 func (x *DetachAction) Reset() {
 	*x = DetachAction{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[22]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1841,7 +2029,7 @@ func (x *DetachAction) String() string {
 func (*DetachAction) ProtoMessage() {}
 
 func (x *DetachAction) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[22]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1854,7 +2042,7 @@ func (x *DetachAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachAction.ProtoReflect.Descriptor instead.
 func (*DetachAction) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{22}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *DetachAction) GetAttachmentId() string {
@@ -1882,7 +2070,7 @@ type VolumeActionRequest struct {
 
 func (x *VolumeActionRequest) Reset() {
 	*x = VolumeActionRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[23]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1894,7 +2082,7 @@ func (x *VolumeActionRequest) String() string {
 func (*VolumeActionRequest) ProtoMessage() {}
 
 func (x *VolumeActionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[23]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1907,7 +2095,7 @@ func (x *VolumeActionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeActionRequest.ProtoReflect.Descriptor instead.
 func (*VolumeActionRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{23}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *VolumeActionRequest) GetProjectId() string {
@@ -2004,7 +2192,7 @@ type VolumeActionResponse struct {
 
 func (x *VolumeActionResponse) Reset() {
 	*x = VolumeActionResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[24]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2016,7 +2204,7 @@ func (x *VolumeActionResponse) String() string {
 func (*VolumeActionResponse) ProtoMessage() {}
 
 func (x *VolumeActionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[24]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2029,7 +2217,7 @@ func (x *VolumeActionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeActionResponse.ProtoReflect.Descriptor instead.
 func (*VolumeActionResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{24}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{27}
 }
 
 // ResetVolumeStatusRequest is the request of ResetVolumeStatus.
@@ -2044,7 +2232,7 @@ type ResetVolumeStatusRequest struct {
 
 func (x *ResetVolumeStatusRequest) Reset() {
 	*x = ResetVolumeStatusRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[25]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2056,7 +2244,7 @@ func (x *ResetVolumeStatusRequest) String() string {
 func (*ResetVolumeStatusRequest) ProtoMessage() {}
 
 func (x *ResetVolumeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[25]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2069,7 +2257,7 @@ func (x *ResetVolumeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetVolumeStatusRequest.ProtoReflect.Descriptor instead.
 func (*ResetVolumeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{25}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{28}
 }
 
 func (x *ResetVolumeStatusRequest) GetProjectId() string {
@@ -2103,7 +2291,7 @@ type ResetVolumeStatusResponse struct {
 
 func (x *ResetVolumeStatusResponse) Reset() {
 	*x = ResetVolumeStatusResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[26]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2115,7 +2303,7 @@ func (x *ResetVolumeStatusResponse) String() string {
 func (*ResetVolumeStatusResponse) ProtoMessage() {}
 
 func (x *ResetVolumeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[26]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2128,7 +2316,7 @@ func (x *ResetVolumeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetVolumeStatusResponse.ProtoReflect.Descriptor instead.
 func (*ResetVolumeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{26}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ResetVolumeStatusResponse) GetVolume() *Volume {
@@ -2151,7 +2339,7 @@ type AttachmentInput struct {
 
 func (x *AttachmentInput) Reset() {
 	*x = AttachmentInput{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[27]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2163,7 +2351,7 @@ func (x *AttachmentInput) String() string {
 func (*AttachmentInput) ProtoMessage() {}
 
 func (x *AttachmentInput) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[27]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2176,7 +2364,7 @@ func (x *AttachmentInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachmentInput.ProtoReflect.Descriptor instead.
 func (*AttachmentInput) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{27}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *AttachmentInput) GetVolumeUuid() string {
@@ -2218,7 +2406,7 @@ type AttachVolumeRequest struct {
 
 func (x *AttachVolumeRequest) Reset() {
 	*x = AttachVolumeRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[28]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2230,7 +2418,7 @@ func (x *AttachVolumeRequest) String() string {
 func (*AttachVolumeRequest) ProtoMessage() {}
 
 func (x *AttachVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[28]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2243,7 +2431,7 @@ func (x *AttachVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachVolumeRequest.ProtoReflect.Descriptor instead.
 func (*AttachVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{28}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *AttachVolumeRequest) GetProjectId() string {
@@ -2270,7 +2458,7 @@ type AttachVolumeResponse struct {
 
 func (x *AttachVolumeResponse) Reset() {
 	*x = AttachVolumeResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[29]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2282,7 +2470,7 @@ func (x *AttachVolumeResponse) String() string {
 func (*AttachVolumeResponse) ProtoMessage() {}
 
 func (x *AttachVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[29]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2295,7 +2483,7 @@ func (x *AttachVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachVolumeResponse.ProtoReflect.Descriptor instead.
 func (*AttachVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{29}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *AttachVolumeResponse) GetAttachment() *Attachment {
@@ -2316,7 +2504,7 @@ type DetachVolumeRequest struct {
 
 func (x *DetachVolumeRequest) Reset() {
 	*x = DetachVolumeRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[30]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2328,7 +2516,7 @@ func (x *DetachVolumeRequest) String() string {
 func (*DetachVolumeRequest) ProtoMessage() {}
 
 func (x *DetachVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[30]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2341,7 +2529,7 @@ func (x *DetachVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DetachVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{30}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *DetachVolumeRequest) GetProjectId() string {
@@ -2367,7 +2555,7 @@ type DetachVolumeResponse struct {
 
 func (x *DetachVolumeResponse) Reset() {
 	*x = DetachVolumeResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[31]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2379,7 +2567,7 @@ func (x *DetachVolumeResponse) String() string {
 func (*DetachVolumeResponse) ProtoMessage() {}
 
 func (x *DetachVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[31]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2392,7 +2580,7 @@ func (x *DetachVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DetachVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{31}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{34}
 }
 
 // SnapshotInput is the body of a create snapshot request.
@@ -2410,7 +2598,7 @@ type SnapshotInput struct {
 
 func (x *SnapshotInput) Reset() {
 	*x = SnapshotInput{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[32]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2422,7 +2610,7 @@ func (x *SnapshotInput) String() string {
 func (*SnapshotInput) ProtoMessage() {}
 
 func (x *SnapshotInput) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[32]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2435,7 +2623,7 @@ func (x *SnapshotInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotInput.ProtoReflect.Descriptor instead.
 func (*SnapshotInput) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{32}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{35}
 }
 
 func (x *SnapshotInput) GetVolumeId() string {
@@ -2484,7 +2672,7 @@ type CreateSnapshotRequest struct {
 
 func (x *CreateSnapshotRequest) Reset() {
 	*x = CreateSnapshotRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[33]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2496,7 +2684,7 @@ func (x *CreateSnapshotRequest) String() string {
 func (*CreateSnapshotRequest) ProtoMessage() {}
 
 func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[33]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2509,7 +2697,7 @@ func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{33}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *CreateSnapshotRequest) GetProjectId() string {
@@ -2536,7 +2724,7 @@ type CreateSnapshotResponse struct {
 
 func (x *CreateSnapshotResponse) Reset() {
 	*x = CreateSnapshotResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[34]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2548,7 +2736,7 @@ func (x *CreateSnapshotResponse) String() string {
 func (*CreateSnapshotResponse) ProtoMessage() {}
 
 func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[34]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2561,7 +2749,7 @@ func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{34}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CreateSnapshotResponse) GetSnapshot() *Snapshot {
@@ -2582,7 +2770,7 @@ type GetSnapshotRequest struct {
 
 func (x *GetSnapshotRequest) Reset() {
 	*x = GetSnapshotRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[35]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2594,7 +2782,7 @@ func (x *GetSnapshotRequest) String() string {
 func (*GetSnapshotRequest) ProtoMessage() {}
 
 func (x *GetSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[35]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2607,7 +2795,7 @@ func (x *GetSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*GetSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{35}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *GetSnapshotRequest) GetProjectId() string {
@@ -2634,7 +2822,7 @@ type GetSnapshotResponse struct {
 
 func (x *GetSnapshotResponse) Reset() {
 	*x = GetSnapshotResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[36]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2646,7 +2834,7 @@ func (x *GetSnapshotResponse) String() string {
 func (*GetSnapshotResponse) ProtoMessage() {}
 
 func (x *GetSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[36]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2659,7 +2847,7 @@ func (x *GetSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*GetSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{36}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GetSnapshotResponse) GetSnapshot() *Snapshot {
@@ -2686,7 +2874,7 @@ type ListSnapshotsRequest struct {
 
 func (x *ListSnapshotsRequest) Reset() {
 	*x = ListSnapshotsRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[37]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2698,7 +2886,7 @@ func (x *ListSnapshotsRequest) String() string {
 func (*ListSnapshotsRequest) ProtoMessage() {}
 
 func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[37]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2711,7 +2899,7 @@ func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsRequest.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{37}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *ListSnapshotsRequest) GetProjectId() string {
@@ -2774,7 +2962,7 @@ type ListSnapshotsResponse struct {
 
 func (x *ListSnapshotsResponse) Reset() {
 	*x = ListSnapshotsResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[38]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2786,7 +2974,7 @@ func (x *ListSnapshotsResponse) String() string {
 func (*ListSnapshotsResponse) ProtoMessage() {}
 
 func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[38]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2799,7 +2987,7 @@ func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsResponse.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{38}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListSnapshotsResponse) GetSnapshots() []*Snapshot {
@@ -2827,7 +3015,7 @@ type DeleteSnapshotRequest struct {
 
 func (x *DeleteSnapshotRequest) Reset() {
 	*x = DeleteSnapshotRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[39]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2839,7 +3027,7 @@ func (x *DeleteSnapshotRequest) String() string {
 func (*DeleteSnapshotRequest) ProtoMessage() {}
 
 func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[39]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2852,7 +3040,7 @@ func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{39}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *DeleteSnapshotRequest) GetProjectId() string {
@@ -2878,7 +3066,7 @@ type DeleteSnapshotResponse struct {
 
 func (x *DeleteSnapshotResponse) Reset() {
 	*x = DeleteSnapshotResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[40]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2890,7 +3078,7 @@ func (x *DeleteSnapshotResponse) String() string {
 func (*DeleteSnapshotResponse) ProtoMessage() {}
 
 func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[40]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2903,7 +3091,7 @@ func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{40}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{43}
 }
 
 // GetCapabilitiesRequest is the request of GetCapabilities.
@@ -2915,7 +3103,7 @@ type GetCapabilitiesRequest struct {
 
 func (x *GetCapabilitiesRequest) Reset() {
 	*x = GetCapabilitiesRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[41]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2927,7 +3115,7 @@ func (x *GetCapabilitiesRequest) String() string {
 func (*GetCapabilitiesRequest) ProtoMessage() {}
 
 func (x *GetCapabilitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[41]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2940,7 +3128,7 @@ func (x *GetCapabilitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapabilitiesRequest.ProtoReflect.Descriptor instead.
 func (*GetCapabilitiesRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{41}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{44}
 }
 
 // GetCapabilitiesResponse is the response of GetCapabilities.
@@ -2953,7 +3141,7 @@ type GetCapabilitiesResponse struct {
 
 func (x *GetCapabilitiesResponse) Reset() {
 	*x = GetCapabilitiesResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[42]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2965,7 +3153,7 @@ func (x *GetCapabilitiesResponse) String() string {
 func (*GetCapabilitiesResponse) ProtoMessage() {}
 
 func (x *GetCapabilitiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[42]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2978,7 +3166,7 @@ func (x *GetCapabilitiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapabilitiesResponse.ProtoReflect.Descriptor instead.
 func (*GetCapabilitiesResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{42}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{45}
 }
 
 func (x *GetCapabilitiesResponse) GetCapabilities() *Capabilities {
@@ -3000,7 +3188,7 @@ type QuotaUsage struct {
 
 func (x *QuotaUsage) Reset() {
 	*x = QuotaUsage{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[43]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3012,7 +3200,7 @@ func (x *QuotaUsage) String() string {
 func (*QuotaUsage) ProtoMessage() {}
 
 func (x *QuotaUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[43]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3025,7 +3213,7 @@ func (x *QuotaUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuotaUsage.ProtoReflect.Descriptor instead.
 func (*QuotaUsage) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{43}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *QuotaUsage) GetLimit() int64 {
@@ -3064,7 +3252,7 @@ type GetQuotaSetRequest struct {
 
 func (x *GetQuotaSetRequest) Reset() {
 	*x = GetQuotaSetRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[44]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3076,7 +3264,7 @@ func (x *GetQuotaSetRequest) String() string {
 func (*GetQuotaSetRequest) ProtoMessage() {}
 
 func (x *GetQuotaSetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[44]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3089,7 +3277,7 @@ func (x *GetQuotaSetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaSetRequest.ProtoReflect.Descriptor instead.
 func (*GetQuotaSetRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{44}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *GetQuotaSetRequest) GetProjectId() string {
@@ -3124,7 +3312,7 @@ type GetQuotaSetResponse struct {
 
 func (x *GetQuotaSetResponse) Reset() {
 	*x = GetQuotaSetResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[45]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3136,7 +3324,7 @@ func (x *GetQuotaSetResponse) String() string {
 func (*GetQuotaSetResponse) ProtoMessage() {}
 
 func (x *GetQuotaSetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[45]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3149,7 +3337,7 @@ func (x *GetQuotaSetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaSetResponse.ProtoReflect.Descriptor instead.
 func (*GetQuotaSetResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{45}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *GetQuotaSetResponse) GetQuotaSet() map[string]*QuotaUsage {
@@ -3172,7 +3360,7 @@ type UpdateQuotaSetRequest struct {
 
 func (x *UpdateQuotaSetRequest) Reset() {
 	*x = UpdateQuotaSetRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[46]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3184,7 +3372,7 @@ func (x *UpdateQuotaSetRequest) String() string {
 func (*UpdateQuotaSetRequest) ProtoMessage() {}
 
 func (x *UpdateQuotaSetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[46]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3197,7 +3385,7 @@ func (x *UpdateQuotaSetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateQuotaSetRequest.ProtoReflect.Descriptor instead.
 func (*UpdateQuotaSetRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{46}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *UpdateQuotaSetRequest) GetProjectId() string {
@@ -3231,7 +3419,7 @@ type UpdateQuotaSetResponse struct {
 
 func (x *UpdateQuotaSetResponse) Reset() {
 	*x = UpdateQuotaSetResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[47]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3243,7 +3431,7 @@ func (x *UpdateQuotaSetResponse) String() string {
 func (*UpdateQuotaSetResponse) ProtoMessage() {}
 
 func (x *UpdateQuotaSetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[47]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3256,7 +3444,7 @@ func (x *UpdateQuotaSetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateQuotaSetResponse.ProtoReflect.Descriptor instead.
 func (*UpdateQuotaSetResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{47}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *UpdateQuotaSetResponse) GetQuotaSet() map[string]*QuotaUsage {
@@ -3307,7 +3495,7 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\",\n" +
 	"\x04Link\x12\x10\n" +
 	"\x03rel\x18\x01 \x01(\tR\x03rel\x12\x12\n" +
-	"\x04href\x18\x02 \x01(\tR\x04href\"\xa9\x02\n" +
+	"\x04href\x18\x02 \x01(\tR\x04href\"\xc1\x02\n" +
 	"\n" +
 	"Attachment\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12#\n" +
@@ -3319,7 +3507,8 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"attachedAt\x12\x1f\n" +
 	"\vattach_mode\x18\a \x01(\tR\n" +
 	"attachMode\x12M\n" +
-	"\x0fconnection_info\x18\b \x01(\v2$.blockvault.volume.v1.ConnectionInfoR\x0econnectionInfo\"x\n" +
+	"\x0fconnection_info\x18\b \x01(\v2$.blockvault.volume.v1.ConnectionInfoR\x0econnectionInfo\x12\x16\n" +
+	"\x06device\x18\t \x01(\tR\x06device\"x\n" +
 	"\x0eConnectionInfo\x12,\n" +
 	"\x12driver_volume_type\x18\x01 \x01(\tR\x10driverVolumeType\x128\n" +
 	"\x04data\x18\x02 \x01(\v2$.blockvault.volume.v1.ConnectionDataR\x04data\"\xc8\x01\n" +
@@ -3414,7 +3603,23 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\x10GetVolumeRequest\x12\x1d\n" +
 	"\n" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1b\n" +
-	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\"I\n" +
+	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\"\xee\x01\n" +
+	"\fVolumeUpdate\x12\x17\n" +
+	"\x04name\x18\x01 \x01(\tH\x00R\x04name\x88\x01\x01\x12%\n" +
+	"\vdescription\x18\x02 \x01(\tH\x01R\vdescription\x88\x01\x01\x12&\n" +
+	"\fdisplay_name\x18\x03 \x01(\tH\x02R\vdisplayName\x88\x01\x01\x124\n" +
+	"\x13display_description\x18\x04 \x01(\tH\x03R\x12displayDescription\x88\x01\x01B\a\n" +
+	"\x05_nameB\x0e\n" +
+	"\f_descriptionB\x0f\n" +
+	"\r_display_nameB\x16\n" +
+	"\x14_display_description\"\x8d\x01\n" +
+	"\x13UpdateVolumeRequest\x12\x1d\n" +
+	"\n" +
+	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1b\n" +
+	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12:\n" +
+	"\x06volume\x18\x03 \x01(\v2\".blockvault.volume.v1.VolumeUpdateR\x06volume\"L\n" +
+	"\x14UpdateVolumeResponse\x124\n" +
+	"\x06volume\x18\x01 \x01(\v2\x1c.blockvault.volume.v1.VolumeR\x06volume\"I\n" +
 	"\x11GetVolumeResponse\x124\n" +
 	"\x06volume\x18\x01 \x01(\v2\x1c.blockvault.volume.v1.VolumeR\x06volume\"\xdb\x01\n" +
 	"\x12ListVolumesRequest\x12\x1d\n" +
@@ -3568,12 +3773,13 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\tquota_set\x18\x01 \x03(\v2:.blockvault.volume.v1.UpdateQuotaSetResponse.QuotaSetEntryR\bquotaSet\x1a]\n" +
 	"\rQuotaSetEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x126\n" +
-	"\x05value\x18\x02 \x01(\v2 .blockvault.volume.v1.QuotaUsageR\x05value:\x028\x012\xdd\x11\n" +
+	"\x05value\x18\x02 \x01(\v2 .blockvault.volume.v1.QuotaUsageR\x05value:\x028\x012\xf6\x12\n" +
 	"\x14VolumeManagerService\x12\x8a\x01\n" +
 	"\fCreateVolume\x12).blockvault.volume.v1.CreateVolumeRequest\x1a*.blockvault.volume.v1.CreateVolumeResponse\"#\x82\xd3\xe4\x93\x02\x1d:\x01*\"\x18/v3/{project_id}/volumes\x12\x8a\x01\n" +
 	"\tGetVolume\x12&.blockvault.volume.v1.GetVolumeRequest\x1a'.blockvault.volume.v1.GetVolumeResponse\",\x82\xd3\xe4\x93\x02&\x12$/v3/{project_id}/volumes/{volume_id}\x12\xa7\x01\n" +
 	"\vListVolumes\x12(.blockvault.volume.v1.ListVolumesRequest\x1a).blockvault.volume.v1.ListVolumesResponse\"C\x82\xd3\xe4\x93\x02=Z\x1a\x12\x18/v3/{project_id}/volumes\x12\x1f/v3/{project_id}/volumes/detail\x12\x93\x01\n" +
-	"\fDeleteVolume\x12).blockvault.volume.v1.DeleteVolumeRequest\x1a*.blockvault.volume.v1.DeleteVolumeResponse\",\x82\xd3\xe4\x93\x02&*$/v3/{project_id}/volumes/{volume_id}\x12e\n" +
+	"\fDeleteVolume\x12).blockvault.volume.v1.DeleteVolumeRequest\x1a*.blockvault.volume.v1.DeleteVolumeResponse\",\x82\xd3\xe4\x93\x02&*$/v3/{project_id}/volumes/{volume_id}\x12\x96\x01\n" +
+	"\fUpdateVolume\x12).blockvault.volume.v1.UpdateVolumeRequest\x1a*.blockvault.volume.v1.UpdateVolumeResponse\"/\x82\xd3\xe4\x93\x02):\x01*\x1a$/v3/{project_id}/volumes/{volume_id}\x12e\n" +
 	"\fExtendVolume\x12).blockvault.volume.v1.ExtendVolumeRequest\x1a*.blockvault.volume.v1.ExtendVolumeResponse\x12\x9d\x01\n" +
 	"\fVolumeAction\x12).blockvault.volume.v1.VolumeActionRequest\x1a*.blockvault.volume.v1.VolumeActionResponse\"6\x82\xd3\xe4\x93\x020:\x01*\"+/v3/{project_id}/volumes/{volume_id}/action\x12t\n" +
 	"\x11ResetVolumeStatus\x12..blockvault.volume.v1.ResetVolumeStatusRequest\x1a/.blockvault.volume.v1.ResetVolumeStatusResponse\x12\x8e\x01\n" +
@@ -3599,7 +3805,7 @@ func file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP() []byte {
 	return file_blockvault_volume_v1_volume_manager_proto_rawDescData
 }
 
-var file_blockvault_volume_v1_volume_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 55)
+var file_blockvault_volume_v1_volume_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
 var file_blockvault_volume_v1_volume_manager_proto_goTypes = []any{
 	(*Volume)(nil),                    // 0: blockvault.volume.v1.Volume
 	(*Link)(nil),                      // 1: blockvault.volume.v1.Link
@@ -3613,121 +3819,128 @@ var file_blockvault_volume_v1_volume_manager_proto_goTypes = []any{
 	(*CreateVolumeRequest)(nil),       // 9: blockvault.volume.v1.CreateVolumeRequest
 	(*CreateVolumeResponse)(nil),      // 10: blockvault.volume.v1.CreateVolumeResponse
 	(*GetVolumeRequest)(nil),          // 11: blockvault.volume.v1.GetVolumeRequest
-	(*GetVolumeResponse)(nil),         // 12: blockvault.volume.v1.GetVolumeResponse
-	(*ListVolumesRequest)(nil),        // 13: blockvault.volume.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),       // 14: blockvault.volume.v1.ListVolumesResponse
-	(*DeleteVolumeRequest)(nil),       // 15: blockvault.volume.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),      // 16: blockvault.volume.v1.DeleteVolumeResponse
-	(*ExtendVolumeRequest)(nil),       // 17: blockvault.volume.v1.ExtendVolumeRequest
-	(*ExtendVolumeResponse)(nil),      // 18: blockvault.volume.v1.ExtendVolumeResponse
-	(*ExtendAction)(nil),              // 19: blockvault.volume.v1.ExtendAction
-	(*ResetStatusAction)(nil),         // 20: blockvault.volume.v1.ResetStatusAction
-	(*AttachAction)(nil),              // 21: blockvault.volume.v1.AttachAction
-	(*DetachAction)(nil),              // 22: blockvault.volume.v1.DetachAction
-	(*VolumeActionRequest)(nil),       // 23: blockvault.volume.v1.VolumeActionRequest
-	(*VolumeActionResponse)(nil),      // 24: blockvault.volume.v1.VolumeActionResponse
-	(*ResetVolumeStatusRequest)(nil),  // 25: blockvault.volume.v1.ResetVolumeStatusRequest
-	(*ResetVolumeStatusResponse)(nil), // 26: blockvault.volume.v1.ResetVolumeStatusResponse
-	(*AttachmentInput)(nil),           // 27: blockvault.volume.v1.AttachmentInput
-	(*AttachVolumeRequest)(nil),       // 28: blockvault.volume.v1.AttachVolumeRequest
-	(*AttachVolumeResponse)(nil),      // 29: blockvault.volume.v1.AttachVolumeResponse
-	(*DetachVolumeRequest)(nil),       // 30: blockvault.volume.v1.DetachVolumeRequest
-	(*DetachVolumeResponse)(nil),      // 31: blockvault.volume.v1.DetachVolumeResponse
-	(*SnapshotInput)(nil),             // 32: blockvault.volume.v1.SnapshotInput
-	(*CreateSnapshotRequest)(nil),     // 33: blockvault.volume.v1.CreateSnapshotRequest
-	(*CreateSnapshotResponse)(nil),    // 34: blockvault.volume.v1.CreateSnapshotResponse
-	(*GetSnapshotRequest)(nil),        // 35: blockvault.volume.v1.GetSnapshotRequest
-	(*GetSnapshotResponse)(nil),       // 36: blockvault.volume.v1.GetSnapshotResponse
-	(*ListSnapshotsRequest)(nil),      // 37: blockvault.volume.v1.ListSnapshotsRequest
-	(*ListSnapshotsResponse)(nil),     // 38: blockvault.volume.v1.ListSnapshotsResponse
-	(*DeleteSnapshotRequest)(nil),     // 39: blockvault.volume.v1.DeleteSnapshotRequest
-	(*DeleteSnapshotResponse)(nil),    // 40: blockvault.volume.v1.DeleteSnapshotResponse
-	(*GetCapabilitiesRequest)(nil),    // 41: blockvault.volume.v1.GetCapabilitiesRequest
-	(*GetCapabilitiesResponse)(nil),   // 42: blockvault.volume.v1.GetCapabilitiesResponse
-	(*QuotaUsage)(nil),                // 43: blockvault.volume.v1.QuotaUsage
-	(*GetQuotaSetRequest)(nil),        // 44: blockvault.volume.v1.GetQuotaSetRequest
-	(*GetQuotaSetResponse)(nil),       // 45: blockvault.volume.v1.GetQuotaSetResponse
-	(*UpdateQuotaSetRequest)(nil),     // 46: blockvault.volume.v1.UpdateQuotaSetRequest
-	(*UpdateQuotaSetResponse)(nil),    // 47: blockvault.volume.v1.UpdateQuotaSetResponse
-	nil,                               // 48: blockvault.volume.v1.Volume.MetadataEntry
-	nil,                               // 49: blockvault.volume.v1.Snapshot.MetadataEntry
-	nil,                               // 50: blockvault.volume.v1.VolumeInput.MetadataEntry
-	nil,                               // 51: blockvault.volume.v1.SnapshotInput.MetadataEntry
-	nil,                               // 52: blockvault.volume.v1.GetQuotaSetResponse.QuotaSetEntry
-	nil,                               // 53: blockvault.volume.v1.UpdateQuotaSetRequest.LimitsEntry
-	nil,                               // 54: blockvault.volume.v1.UpdateQuotaSetResponse.QuotaSetEntry
+	(*VolumeUpdate)(nil),              // 12: blockvault.volume.v1.VolumeUpdate
+	(*UpdateVolumeRequest)(nil),       // 13: blockvault.volume.v1.UpdateVolumeRequest
+	(*UpdateVolumeResponse)(nil),      // 14: blockvault.volume.v1.UpdateVolumeResponse
+	(*GetVolumeResponse)(nil),         // 15: blockvault.volume.v1.GetVolumeResponse
+	(*ListVolumesRequest)(nil),        // 16: blockvault.volume.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),       // 17: blockvault.volume.v1.ListVolumesResponse
+	(*DeleteVolumeRequest)(nil),       // 18: blockvault.volume.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),      // 19: blockvault.volume.v1.DeleteVolumeResponse
+	(*ExtendVolumeRequest)(nil),       // 20: blockvault.volume.v1.ExtendVolumeRequest
+	(*ExtendVolumeResponse)(nil),      // 21: blockvault.volume.v1.ExtendVolumeResponse
+	(*ExtendAction)(nil),              // 22: blockvault.volume.v1.ExtendAction
+	(*ResetStatusAction)(nil),         // 23: blockvault.volume.v1.ResetStatusAction
+	(*AttachAction)(nil),              // 24: blockvault.volume.v1.AttachAction
+	(*DetachAction)(nil),              // 25: blockvault.volume.v1.DetachAction
+	(*VolumeActionRequest)(nil),       // 26: blockvault.volume.v1.VolumeActionRequest
+	(*VolumeActionResponse)(nil),      // 27: blockvault.volume.v1.VolumeActionResponse
+	(*ResetVolumeStatusRequest)(nil),  // 28: blockvault.volume.v1.ResetVolumeStatusRequest
+	(*ResetVolumeStatusResponse)(nil), // 29: blockvault.volume.v1.ResetVolumeStatusResponse
+	(*AttachmentInput)(nil),           // 30: blockvault.volume.v1.AttachmentInput
+	(*AttachVolumeRequest)(nil),       // 31: blockvault.volume.v1.AttachVolumeRequest
+	(*AttachVolumeResponse)(nil),      // 32: blockvault.volume.v1.AttachVolumeResponse
+	(*DetachVolumeRequest)(nil),       // 33: blockvault.volume.v1.DetachVolumeRequest
+	(*DetachVolumeResponse)(nil),      // 34: blockvault.volume.v1.DetachVolumeResponse
+	(*SnapshotInput)(nil),             // 35: blockvault.volume.v1.SnapshotInput
+	(*CreateSnapshotRequest)(nil),     // 36: blockvault.volume.v1.CreateSnapshotRequest
+	(*CreateSnapshotResponse)(nil),    // 37: blockvault.volume.v1.CreateSnapshotResponse
+	(*GetSnapshotRequest)(nil),        // 38: blockvault.volume.v1.GetSnapshotRequest
+	(*GetSnapshotResponse)(nil),       // 39: blockvault.volume.v1.GetSnapshotResponse
+	(*ListSnapshotsRequest)(nil),      // 40: blockvault.volume.v1.ListSnapshotsRequest
+	(*ListSnapshotsResponse)(nil),     // 41: blockvault.volume.v1.ListSnapshotsResponse
+	(*DeleteSnapshotRequest)(nil),     // 42: blockvault.volume.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil),    // 43: blockvault.volume.v1.DeleteSnapshotResponse
+	(*GetCapabilitiesRequest)(nil),    // 44: blockvault.volume.v1.GetCapabilitiesRequest
+	(*GetCapabilitiesResponse)(nil),   // 45: blockvault.volume.v1.GetCapabilitiesResponse
+	(*QuotaUsage)(nil),                // 46: blockvault.volume.v1.QuotaUsage
+	(*GetQuotaSetRequest)(nil),        // 47: blockvault.volume.v1.GetQuotaSetRequest
+	(*GetQuotaSetResponse)(nil),       // 48: blockvault.volume.v1.GetQuotaSetResponse
+	(*UpdateQuotaSetRequest)(nil),     // 49: blockvault.volume.v1.UpdateQuotaSetRequest
+	(*UpdateQuotaSetResponse)(nil),    // 50: blockvault.volume.v1.UpdateQuotaSetResponse
+	nil,                               // 51: blockvault.volume.v1.Volume.MetadataEntry
+	nil,                               // 52: blockvault.volume.v1.Snapshot.MetadataEntry
+	nil,                               // 53: blockvault.volume.v1.VolumeInput.MetadataEntry
+	nil,                               // 54: blockvault.volume.v1.SnapshotInput.MetadataEntry
+	nil,                               // 55: blockvault.volume.v1.GetQuotaSetResponse.QuotaSetEntry
+	nil,                               // 56: blockvault.volume.v1.UpdateQuotaSetRequest.LimitsEntry
+	nil,                               // 57: blockvault.volume.v1.UpdateQuotaSetResponse.QuotaSetEntry
 }
 var file_blockvault_volume_v1_volume_manager_proto_depIdxs = []int32{
 	2,  // 0: blockvault.volume.v1.Volume.attachments:type_name -> blockvault.volume.v1.Attachment
-	48, // 1: blockvault.volume.v1.Volume.metadata:type_name -> blockvault.volume.v1.Volume.MetadataEntry
+	51, // 1: blockvault.volume.v1.Volume.metadata:type_name -> blockvault.volume.v1.Volume.MetadataEntry
 	1,  // 2: blockvault.volume.v1.Volume.links:type_name -> blockvault.volume.v1.Link
 	3,  // 3: blockvault.volume.v1.Attachment.connection_info:type_name -> blockvault.volume.v1.ConnectionInfo
 	4,  // 4: blockvault.volume.v1.ConnectionInfo.data:type_name -> blockvault.volume.v1.ConnectionData
-	49, // 5: blockvault.volume.v1.Snapshot.metadata:type_name -> blockvault.volume.v1.Snapshot.MetadataEntry
-	50, // 6: blockvault.volume.v1.VolumeInput.metadata:type_name -> blockvault.volume.v1.VolumeInput.MetadataEntry
+	52, // 5: blockvault.volume.v1.Snapshot.metadata:type_name -> blockvault.volume.v1.Snapshot.MetadataEntry
+	53, // 6: blockvault.volume.v1.VolumeInput.metadata:type_name -> blockvault.volume.v1.VolumeInput.MetadataEntry
 	8,  // 7: blockvault.volume.v1.CreateVolumeRequest.volume:type_name -> blockvault.volume.v1.VolumeInput
 	0,  // 8: blockvault.volume.v1.CreateVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
-	0,  // 9: blockvault.volume.v1.GetVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
-	0,  // 10: blockvault.volume.v1.ListVolumesResponse.volumes:type_name -> blockvault.volume.v1.Volume
-	1,  // 11: blockvault.volume.v1.ListVolumesResponse.volumes_links:type_name -> blockvault.volume.v1.Link
-	0,  // 12: blockvault.volume.v1.ExtendVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
-	19, // 13: blockvault.volume.v1.VolumeActionRequest.os_extend:type_name -> blockvault.volume.v1.ExtendAction
-	20, // 14: blockvault.volume.v1.VolumeActionRequest.os_reset_status:type_name -> blockvault.volume.v1.ResetStatusAction
-	21, // 15: blockvault.volume.v1.VolumeActionRequest.os_attach:type_name -> blockvault.volume.v1.AttachAction
-	22, // 16: blockvault.volume.v1.VolumeActionRequest.os_detach:type_name -> blockvault.volume.v1.DetachAction
-	0,  // 17: blockvault.volume.v1.ResetVolumeStatusResponse.volume:type_name -> blockvault.volume.v1.Volume
-	5,  // 18: blockvault.volume.v1.AttachmentInput.connector:type_name -> blockvault.volume.v1.Connector
-	27, // 19: blockvault.volume.v1.AttachVolumeRequest.attachment:type_name -> blockvault.volume.v1.AttachmentInput
-	2,  // 20: blockvault.volume.v1.AttachVolumeResponse.attachment:type_name -> blockvault.volume.v1.Attachment
-	51, // 21: blockvault.volume.v1.SnapshotInput.metadata:type_name -> blockvault.volume.v1.SnapshotInput.MetadataEntry
-	32, // 22: blockvault.volume.v1.CreateSnapshotRequest.snapshot:type_name -> blockvault.volume.v1.SnapshotInput
-	6,  // 23: blockvault.volume.v1.CreateSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
-	6,  // 24: blockvault.volume.v1.GetSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
-	6,  // 25: blockvault.volume.v1.ListSnapshotsResponse.snapshots:type_name -> blockvault.volume.v1.Snapshot
-	1,  // 26: blockvault.volume.v1.ListSnapshotsResponse.snapshots_links:type_name -> blockvault.volume.v1.Link
-	7,  // 27: blockvault.volume.v1.GetCapabilitiesResponse.capabilities:type_name -> blockvault.volume.v1.Capabilities
-	52, // 28: blockvault.volume.v1.GetQuotaSetResponse.quota_set:type_name -> blockvault.volume.v1.GetQuotaSetResponse.QuotaSetEntry
-	53, // 29: blockvault.volume.v1.UpdateQuotaSetRequest.limits:type_name -> blockvault.volume.v1.UpdateQuotaSetRequest.LimitsEntry
-	54, // 30: blockvault.volume.v1.UpdateQuotaSetResponse.quota_set:type_name -> blockvault.volume.v1.UpdateQuotaSetResponse.QuotaSetEntry
-	43, // 31: blockvault.volume.v1.GetQuotaSetResponse.QuotaSetEntry.value:type_name -> blockvault.volume.v1.QuotaUsage
-	43, // 32: blockvault.volume.v1.UpdateQuotaSetResponse.QuotaSetEntry.value:type_name -> blockvault.volume.v1.QuotaUsage
-	9,  // 33: blockvault.volume.v1.VolumeManagerService.CreateVolume:input_type -> blockvault.volume.v1.CreateVolumeRequest
-	11, // 34: blockvault.volume.v1.VolumeManagerService.GetVolume:input_type -> blockvault.volume.v1.GetVolumeRequest
-	13, // 35: blockvault.volume.v1.VolumeManagerService.ListVolumes:input_type -> blockvault.volume.v1.ListVolumesRequest
-	15, // 36: blockvault.volume.v1.VolumeManagerService.DeleteVolume:input_type -> blockvault.volume.v1.DeleteVolumeRequest
-	17, // 37: blockvault.volume.v1.VolumeManagerService.ExtendVolume:input_type -> blockvault.volume.v1.ExtendVolumeRequest
-	23, // 38: blockvault.volume.v1.VolumeManagerService.VolumeAction:input_type -> blockvault.volume.v1.VolumeActionRequest
-	25, // 39: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:input_type -> blockvault.volume.v1.ResetVolumeStatusRequest
-	28, // 40: blockvault.volume.v1.VolumeManagerService.AttachVolume:input_type -> blockvault.volume.v1.AttachVolumeRequest
-	30, // 41: blockvault.volume.v1.VolumeManagerService.DetachVolume:input_type -> blockvault.volume.v1.DetachVolumeRequest
-	33, // 42: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:input_type -> blockvault.volume.v1.CreateSnapshotRequest
-	35, // 43: blockvault.volume.v1.VolumeManagerService.GetSnapshot:input_type -> blockvault.volume.v1.GetSnapshotRequest
-	37, // 44: blockvault.volume.v1.VolumeManagerService.ListSnapshots:input_type -> blockvault.volume.v1.ListSnapshotsRequest
-	39, // 45: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:input_type -> blockvault.volume.v1.DeleteSnapshotRequest
-	44, // 46: blockvault.volume.v1.VolumeManagerService.GetQuotaSet:input_type -> blockvault.volume.v1.GetQuotaSetRequest
-	46, // 47: blockvault.volume.v1.VolumeManagerService.UpdateQuotaSet:input_type -> blockvault.volume.v1.UpdateQuotaSetRequest
-	41, // 48: blockvault.volume.v1.VolumeManagerService.GetCapabilities:input_type -> blockvault.volume.v1.GetCapabilitiesRequest
-	10, // 49: blockvault.volume.v1.VolumeManagerService.CreateVolume:output_type -> blockvault.volume.v1.CreateVolumeResponse
-	12, // 50: blockvault.volume.v1.VolumeManagerService.GetVolume:output_type -> blockvault.volume.v1.GetVolumeResponse
-	14, // 51: blockvault.volume.v1.VolumeManagerService.ListVolumes:output_type -> blockvault.volume.v1.ListVolumesResponse
-	16, // 52: blockvault.volume.v1.VolumeManagerService.DeleteVolume:output_type -> blockvault.volume.v1.DeleteVolumeResponse
-	18, // 53: blockvault.volume.v1.VolumeManagerService.ExtendVolume:output_type -> blockvault.volume.v1.ExtendVolumeResponse
-	24, // 54: blockvault.volume.v1.VolumeManagerService.VolumeAction:output_type -> blockvault.volume.v1.VolumeActionResponse
-	26, // 55: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:output_type -> blockvault.volume.v1.ResetVolumeStatusResponse
-	29, // 56: blockvault.volume.v1.VolumeManagerService.AttachVolume:output_type -> blockvault.volume.v1.AttachVolumeResponse
-	31, // 57: blockvault.volume.v1.VolumeManagerService.DetachVolume:output_type -> blockvault.volume.v1.DetachVolumeResponse
-	34, // 58: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:output_type -> blockvault.volume.v1.CreateSnapshotResponse
-	36, // 59: blockvault.volume.v1.VolumeManagerService.GetSnapshot:output_type -> blockvault.volume.v1.GetSnapshotResponse
-	38, // 60: blockvault.volume.v1.VolumeManagerService.ListSnapshots:output_type -> blockvault.volume.v1.ListSnapshotsResponse
-	40, // 61: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:output_type -> blockvault.volume.v1.DeleteSnapshotResponse
-	45, // 62: blockvault.volume.v1.VolumeManagerService.GetQuotaSet:output_type -> blockvault.volume.v1.GetQuotaSetResponse
-	47, // 63: blockvault.volume.v1.VolumeManagerService.UpdateQuotaSet:output_type -> blockvault.volume.v1.UpdateQuotaSetResponse
-	42, // 64: blockvault.volume.v1.VolumeManagerService.GetCapabilities:output_type -> blockvault.volume.v1.GetCapabilitiesResponse
-	49, // [49:65] is the sub-list for method output_type
-	33, // [33:49] is the sub-list for method input_type
-	33, // [33:33] is the sub-list for extension type_name
-	33, // [33:33] is the sub-list for extension extendee
-	0,  // [0:33] is the sub-list for field type_name
+	12, // 9: blockvault.volume.v1.UpdateVolumeRequest.volume:type_name -> blockvault.volume.v1.VolumeUpdate
+	0,  // 10: blockvault.volume.v1.UpdateVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
+	0,  // 11: blockvault.volume.v1.GetVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
+	0,  // 12: blockvault.volume.v1.ListVolumesResponse.volumes:type_name -> blockvault.volume.v1.Volume
+	1,  // 13: blockvault.volume.v1.ListVolumesResponse.volumes_links:type_name -> blockvault.volume.v1.Link
+	0,  // 14: blockvault.volume.v1.ExtendVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
+	22, // 15: blockvault.volume.v1.VolumeActionRequest.os_extend:type_name -> blockvault.volume.v1.ExtendAction
+	23, // 16: blockvault.volume.v1.VolumeActionRequest.os_reset_status:type_name -> blockvault.volume.v1.ResetStatusAction
+	24, // 17: blockvault.volume.v1.VolumeActionRequest.os_attach:type_name -> blockvault.volume.v1.AttachAction
+	25, // 18: blockvault.volume.v1.VolumeActionRequest.os_detach:type_name -> blockvault.volume.v1.DetachAction
+	0,  // 19: blockvault.volume.v1.ResetVolumeStatusResponse.volume:type_name -> blockvault.volume.v1.Volume
+	5,  // 20: blockvault.volume.v1.AttachmentInput.connector:type_name -> blockvault.volume.v1.Connector
+	30, // 21: blockvault.volume.v1.AttachVolumeRequest.attachment:type_name -> blockvault.volume.v1.AttachmentInput
+	2,  // 22: blockvault.volume.v1.AttachVolumeResponse.attachment:type_name -> blockvault.volume.v1.Attachment
+	54, // 23: blockvault.volume.v1.SnapshotInput.metadata:type_name -> blockvault.volume.v1.SnapshotInput.MetadataEntry
+	35, // 24: blockvault.volume.v1.CreateSnapshotRequest.snapshot:type_name -> blockvault.volume.v1.SnapshotInput
+	6,  // 25: blockvault.volume.v1.CreateSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
+	6,  // 26: blockvault.volume.v1.GetSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
+	6,  // 27: blockvault.volume.v1.ListSnapshotsResponse.snapshots:type_name -> blockvault.volume.v1.Snapshot
+	1,  // 28: blockvault.volume.v1.ListSnapshotsResponse.snapshots_links:type_name -> blockvault.volume.v1.Link
+	7,  // 29: blockvault.volume.v1.GetCapabilitiesResponse.capabilities:type_name -> blockvault.volume.v1.Capabilities
+	55, // 30: blockvault.volume.v1.GetQuotaSetResponse.quota_set:type_name -> blockvault.volume.v1.GetQuotaSetResponse.QuotaSetEntry
+	56, // 31: blockvault.volume.v1.UpdateQuotaSetRequest.limits:type_name -> blockvault.volume.v1.UpdateQuotaSetRequest.LimitsEntry
+	57, // 32: blockvault.volume.v1.UpdateQuotaSetResponse.quota_set:type_name -> blockvault.volume.v1.UpdateQuotaSetResponse.QuotaSetEntry
+	46, // 33: blockvault.volume.v1.GetQuotaSetResponse.QuotaSetEntry.value:type_name -> blockvault.volume.v1.QuotaUsage
+	46, // 34: blockvault.volume.v1.UpdateQuotaSetResponse.QuotaSetEntry.value:type_name -> blockvault.volume.v1.QuotaUsage
+	9,  // 35: blockvault.volume.v1.VolumeManagerService.CreateVolume:input_type -> blockvault.volume.v1.CreateVolumeRequest
+	11, // 36: blockvault.volume.v1.VolumeManagerService.GetVolume:input_type -> blockvault.volume.v1.GetVolumeRequest
+	16, // 37: blockvault.volume.v1.VolumeManagerService.ListVolumes:input_type -> blockvault.volume.v1.ListVolumesRequest
+	18, // 38: blockvault.volume.v1.VolumeManagerService.DeleteVolume:input_type -> blockvault.volume.v1.DeleteVolumeRequest
+	13, // 39: blockvault.volume.v1.VolumeManagerService.UpdateVolume:input_type -> blockvault.volume.v1.UpdateVolumeRequest
+	20, // 40: blockvault.volume.v1.VolumeManagerService.ExtendVolume:input_type -> blockvault.volume.v1.ExtendVolumeRequest
+	26, // 41: blockvault.volume.v1.VolumeManagerService.VolumeAction:input_type -> blockvault.volume.v1.VolumeActionRequest
+	28, // 42: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:input_type -> blockvault.volume.v1.ResetVolumeStatusRequest
+	31, // 43: blockvault.volume.v1.VolumeManagerService.AttachVolume:input_type -> blockvault.volume.v1.AttachVolumeRequest
+	33, // 44: blockvault.volume.v1.VolumeManagerService.DetachVolume:input_type -> blockvault.volume.v1.DetachVolumeRequest
+	36, // 45: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:input_type -> blockvault.volume.v1.CreateSnapshotRequest
+	38, // 46: blockvault.volume.v1.VolumeManagerService.GetSnapshot:input_type -> blockvault.volume.v1.GetSnapshotRequest
+	40, // 47: blockvault.volume.v1.VolumeManagerService.ListSnapshots:input_type -> blockvault.volume.v1.ListSnapshotsRequest
+	42, // 48: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:input_type -> blockvault.volume.v1.DeleteSnapshotRequest
+	47, // 49: blockvault.volume.v1.VolumeManagerService.GetQuotaSet:input_type -> blockvault.volume.v1.GetQuotaSetRequest
+	49, // 50: blockvault.volume.v1.VolumeManagerService.UpdateQuotaSet:input_type -> blockvault.volume.v1.UpdateQuotaSetRequest
+	44, // 51: blockvault.volume.v1.VolumeManagerService.GetCapabilities:input_type -> blockvault.volume.v1.GetCapabilitiesRequest
+	10, // 52: blockvault.volume.v1.VolumeManagerService.CreateVolume:output_type -> blockvault.volume.v1.CreateVolumeResponse
+	15, // 53: blockvault.volume.v1.VolumeManagerService.GetVolume:output_type -> blockvault.volume.v1.GetVolumeResponse
+	17, // 54: blockvault.volume.v1.VolumeManagerService.ListVolumes:output_type -> blockvault.volume.v1.ListVolumesResponse
+	19, // 55: blockvault.volume.v1.VolumeManagerService.DeleteVolume:output_type -> blockvault.volume.v1.DeleteVolumeResponse
+	14, // 56: blockvault.volume.v1.VolumeManagerService.UpdateVolume:output_type -> blockvault.volume.v1.UpdateVolumeResponse
+	21, // 57: blockvault.volume.v1.VolumeManagerService.ExtendVolume:output_type -> blockvault.volume.v1.ExtendVolumeResponse
+	27, // 58: blockvault.volume.v1.VolumeManagerService.VolumeAction:output_type -> blockvault.volume.v1.VolumeActionResponse
+	29, // 59: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:output_type -> blockvault.volume.v1.ResetVolumeStatusResponse
+	32, // 60: blockvault.volume.v1.VolumeManagerService.AttachVolume:output_type -> blockvault.volume.v1.AttachVolumeResponse
+	34, // 61: blockvault.volume.v1.VolumeManagerService.DetachVolume:output_type -> blockvault.volume.v1.DetachVolumeResponse
+	37, // 62: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:output_type -> blockvault.volume.v1.CreateSnapshotResponse
+	39, // 63: blockvault.volume.v1.VolumeManagerService.GetSnapshot:output_type -> blockvault.volume.v1.GetSnapshotResponse
+	41, // 64: blockvault.volume.v1.VolumeManagerService.ListSnapshots:output_type -> blockvault.volume.v1.ListSnapshotsResponse
+	43, // 65: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:output_type -> blockvault.volume.v1.DeleteSnapshotResponse
+	48, // 66: blockvault.volume.v1.VolumeManagerService.GetQuotaSet:output_type -> blockvault.volume.v1.GetQuotaSetResponse
+	50, // 67: blockvault.volume.v1.VolumeManagerService.UpdateQuotaSet:output_type -> blockvault.volume.v1.UpdateQuotaSetResponse
+	45, // 68: blockvault.volume.v1.VolumeManagerService.GetCapabilities:output_type -> blockvault.volume.v1.GetCapabilitiesResponse
+	52, // [52:69] is the sub-list for method output_type
+	35, // [35:52] is the sub-list for method input_type
+	35, // [35:35] is the sub-list for extension type_name
+	35, // [35:35] is the sub-list for extension extendee
+	0,  // [0:35] is the sub-list for field type_name
 }
 
 func init() { file_blockvault_volume_v1_volume_manager_proto_init() }
@@ -3735,7 +3948,8 @@ func file_blockvault_volume_v1_volume_manager_proto_init() {
 	if File_blockvault_volume_v1_volume_manager_proto != nil {
 		return
 	}
-	file_blockvault_volume_v1_volume_manager_proto_msgTypes[23].OneofWrappers = []any{
+	file_blockvault_volume_v1_volume_manager_proto_msgTypes[12].OneofWrappers = []any{}
+	file_blockvault_volume_v1_volume_manager_proto_msgTypes[26].OneofWrappers = []any{
 		(*VolumeActionRequest_OsExtend)(nil),
 		(*VolumeActionRequest_OsResetStatus)(nil),
 		(*VolumeActionRequest_OsAttach)(nil),
@@ -3747,7 +3961,7 @@ func file_blockvault_volume_v1_volume_manager_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_blockvault_volume_v1_volume_manager_proto_rawDesc), len(file_blockvault_volume_v1_volume_manager_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   55,
+			NumMessages:   58,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

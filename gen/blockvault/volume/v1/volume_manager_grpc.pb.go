@@ -29,6 +29,7 @@ const (
 	VolumeManagerService_GetVolume_FullMethodName         = "/blockvault.volume.v1.VolumeManagerService/GetVolume"
 	VolumeManagerService_ListVolumes_FullMethodName       = "/blockvault.volume.v1.VolumeManagerService/ListVolumes"
 	VolumeManagerService_DeleteVolume_FullMethodName      = "/blockvault.volume.v1.VolumeManagerService/DeleteVolume"
+	VolumeManagerService_UpdateVolume_FullMethodName      = "/blockvault.volume.v1.VolumeManagerService/UpdateVolume"
 	VolumeManagerService_ExtendVolume_FullMethodName      = "/blockvault.volume.v1.VolumeManagerService/ExtendVolume"
 	VolumeManagerService_VolumeAction_FullMethodName      = "/blockvault.volume.v1.VolumeManagerService/VolumeAction"
 	VolumeManagerService_ResetVolumeStatus_FullMethodName = "/blockvault.volume.v1.VolumeManagerService/ResetVolumeStatus"
@@ -58,6 +59,9 @@ type VolumeManagerServiceClient interface {
 	ListVolumes(ctx context.Context, in *ListVolumesRequest, opts ...grpc.CallOption) (*ListVolumesResponse, error)
 	// DeleteVolume deletes a volume that has no snapshots and no attachments.
 	DeleteVolume(ctx context.Context, in *DeleteVolumeRequest, opts ...grpc.CallOption) (*DeleteVolumeResponse, error)
+	// UpdateVolume sets a volume's name or description (the Block Storage
+	// API's PUT of a volume: openstack volume set --name, cinder rename).
+	UpdateVolume(ctx context.Context, in *UpdateVolumeRequest, opts ...grpc.CallOption) (*UpdateVolumeResponse, error)
 	// ExtendVolume grows an available volume.
 	ExtendVolume(ctx context.Context, in *ExtendVolumeRequest, opts ...grpc.CallOption) (*ExtendVolumeResponse, error)
 	// VolumeAction is the REST `POST /volumes/{id}/action` endpoint: one of
@@ -133,6 +137,16 @@ func (c *volumeManagerServiceClient) DeleteVolume(ctx context.Context, in *Delet
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(DeleteVolumeResponse)
 	err := c.cc.Invoke(ctx, VolumeManagerService_DeleteVolume_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *volumeManagerServiceClient) UpdateVolume(ctx context.Context, in *UpdateVolumeRequest, opts ...grpc.CallOption) (*UpdateVolumeResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(UpdateVolumeResponse)
+	err := c.cc.Invoke(ctx, VolumeManagerService_UpdateVolume_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -274,6 +288,9 @@ type VolumeManagerServiceServer interface {
 	ListVolumes(context.Context, *ListVolumesRequest) (*ListVolumesResponse, error)
 	// DeleteVolume deletes a volume that has no snapshots and no attachments.
 	DeleteVolume(context.Context, *DeleteVolumeRequest) (*DeleteVolumeResponse, error)
+	// UpdateVolume sets a volume's name or description (the Block Storage
+	// API's PUT of a volume: openstack volume set --name, cinder rename).
+	UpdateVolume(context.Context, *UpdateVolumeRequest) (*UpdateVolumeResponse, error)
 	// ExtendVolume grows an available volume.
 	ExtendVolume(context.Context, *ExtendVolumeRequest) (*ExtendVolumeResponse, error)
 	// VolumeAction is the REST `POST /volumes/{id}/action` endpoint: one of
@@ -326,6 +343,9 @@ func (UnimplementedVolumeManagerServiceServer) ListVolumes(context.Context, *Lis
 }
 func (UnimplementedVolumeManagerServiceServer) DeleteVolume(context.Context, *DeleteVolumeRequest) (*DeleteVolumeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method DeleteVolume not implemented")
+}
+func (UnimplementedVolumeManagerServiceServer) UpdateVolume(context.Context, *UpdateVolumeRequest) (*UpdateVolumeResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method UpdateVolume not implemented")
 }
 func (UnimplementedVolumeManagerServiceServer) ExtendVolume(context.Context, *ExtendVolumeRequest) (*ExtendVolumeResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method ExtendVolume not implemented")
@@ -452,6 +472,24 @@ func _VolumeManagerService_DeleteVolume_Handler(srv interface{}, ctx context.Con
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(VolumeManagerServiceServer).DeleteVolume(ctx, req.(*DeleteVolumeRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VolumeManagerService_UpdateVolume_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(UpdateVolumeRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeManagerServiceServer).UpdateVolume(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeManagerService_UpdateVolume_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeManagerServiceServer).UpdateVolume(ctx, req.(*UpdateVolumeRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -694,6 +732,10 @@ var VolumeManagerService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "DeleteVolume",
 			Handler:    _VolumeManagerService_DeleteVolume_Handler,
+		},
+		{
+			MethodName: "UpdateVolume",
+			Handler:    _VolumeManagerService_UpdateVolume_Handler,
 		},
 		{
 			MethodName: "ExtendVolume",
