@@ -61,29 +61,95 @@ func reservePort() (int, error) {
 	var last error
 	for range 2000 {
 		p := lo + rand.IntN(hi-lo)
-		if portsUsed[p] {
-			continue
-		}
-		f, err := os.OpenFile(filepath.Join(portLockDir, strconv.Itoa(p)), os.O_CREATE|os.O_RDWR, 0o666)
-		if err != nil {
-			return 0, err
-		}
-		if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
-			f.Close() // another test process holds it
-			continue
-		}
-		l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+		f, err := lockPort(p)
 		if err != nil {
 			last = err
-			f.Close() // in use by something that is not a test of ours
 			continue
 		}
-		l.Close()
+		if f == nil {
+			continue
+		}
 		portsUsed[p] = true
 		portLocks = append(portLocks, f)
 		return p, nil
 	}
 	return 0, fmt.Errorf("2000 ports of %d-%d tried (last: %v)", lo, hi, last)
+}
+
+// FreePortRange reserves n consecutive ports the way FreePort reserves one
+// and returns the first, for a daemon that picks its own ports within
+// bounds (Ceph's "ms bind port min/max").
+func FreePortRange(t testing.TB, n int) int {
+	t.Helper()
+	p, err := reservePortRange(n)
+	if err != nil {
+		t.Fatalf("testenv: no %d consecutive free ports: %v", n, err)
+	}
+	return p
+}
+
+func reservePortRange(n int) (int, error) {
+	portsMu.Lock()
+	defer portsMu.Unlock()
+	lo, hi := portRange()
+	if n < 1 || n > (hi-lo)/4 {
+		return 0, fmt.Errorf("a block of %d ports asked for, from %d-%d", n, lo, hi)
+	}
+	if err := os.MkdirAll(portLockDir, 0o777); err != nil {
+		return 0, err
+	}
+	var last error
+	for range 2000 {
+		start := lo + rand.IntN(hi-lo-n)
+		var locks []*os.File
+		for p := start; p < start+n; p++ {
+			f, err := lockPort(p)
+			if err != nil {
+				last = err
+			}
+			if f == nil {
+				break
+			}
+			locks = append(locks, f)
+		}
+		if len(locks) < n {
+			for _, f := range locks {
+				f.Close()
+			}
+			continue
+		}
+		for p := start; p < start+n; p++ {
+			portsUsed[p] = true
+		}
+		portLocks = append(portLocks, locks...)
+		return start, nil
+	}
+	return 0, fmt.Errorf("2000 blocks of %d ports in %d-%d tried (last: %v)", n, lo, hi, last)
+}
+
+// lockPort takes port p's lock file and checks that p can be listened on;
+// it returns the locked file, or nil if p is taken (by this process,
+// another test process, or something else: then with the error that says
+// so). portsMu must be held.
+func lockPort(p int) (*os.File, error) {
+	if portsUsed[p] {
+		return nil, nil
+	}
+	f, err := os.OpenFile(filepath.Join(portLockDir, strconv.Itoa(p)), os.O_CREATE|os.O_RDWR, 0o666)
+	if err != nil {
+		return nil, err
+	}
+	if err := unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB); err != nil {
+		f.Close() // another test process holds it
+		return nil, nil
+	}
+	l, err := net.Listen("tcp", "127.0.0.1:"+strconv.Itoa(p))
+	if err != nil {
+		f.Close() // in use by something that is not a test of ours
+		return nil, err
+	}
+	l.Close()
+	return f, nil
 }
 
 // portRange is the ports below the ephemeral range
