@@ -1,6 +1,7 @@
 package testenv
 
 import (
+	"bufio"
 	"bytes"
 	"crypto/rand"
 	"encoding/json"
@@ -164,12 +165,19 @@ func TestCephSweep(t *testing.T) {
 	// "daemon" starts a process that ignores SIGTERM, so the sweep needs
 	// SIGKILL, with $0 in dir (as --conf dir/ceph.conf is for a daemon).
 	daemon := func(dir string) *exec.Cmd {
-		cmd := exec.Command("sh", "-c", `trap "" TERM; while :; do sleep 1; done`, filepath.Join(dir, "ceph.conf"))
+		cmd := exec.Command("sh", "-c", `trap "" TERM; echo ready; while :; do sleep 1; done`, filepath.Join(dir, "ceph.conf"))
 		cmd.SysProcAttr = &syscall.SysProcAttr{Setpgid: true, Pdeathsig: syscall.SIGKILL}
+		out, err := cmd.StdoutPipe()
+		if err != nil {
+			t.Fatal(err)
+		}
 		if err := cmd.Start(); err != nil {
 			t.Fatal(err)
 		}
 		t.Cleanup(func() { syscall.Kill(-cmd.Process.Pid, syscall.SIGKILL); cmd.Wait() })
+		if _, err := bufio.NewReader(out).ReadString('\n'); err != nil { // the trap is set
+			t.Fatalf("the stand-in daemon did not start: %v", err)
+		}
 		return cmd
 	}
 
