@@ -225,7 +225,9 @@ func (c *CephCluster) Logs() string {
 
 // cephConf is the cluster's configuration: msgr2 on 127.0.0.1 only, the
 // mon on monPort, the other daemons within [bindPort,
-// bindPort+cephPorts), no authentication, a pool size of one, small memory.
+// bindPort+cephPorts), no authentication, a pool size of one, small memory;
+// a client's call fails after Patience instead of hanging (librados waits
+// forever by default) when the cluster is gone.
 // Admin sockets, pid files and log files are set for the daemons only, so
 // that concurrent clients do not fight over client.admin's.
 func cephConf(dir, fsid string, monPort, bindPort int) string {
@@ -259,6 +261,10 @@ mon warn on insecure global id reclaim allowed = false
 osd crush chooseleaf type = 0
 run dir = %[1]s/run
 keyring = %[1]s/keyring
+[client]
+client mount timeout = %[8]d
+rados mon op timeout = %[8]d
+rados osd op timeout = %[8]d
 [mon]
 %[6]smon data = %[1]s/$name
 mon data avail warn = 1
@@ -276,7 +282,7 @@ bluestore fsck on mount = false
 osd memory target = 1073741824
 bluestore cache autotune = false
 bluestore cache size = 134217728
-`, dir, fsid, monPort, bindPort, bindPort+cephPorts-1, daemon, cephOSDSize)
+`, dir, fsid, monPort, bindPort, bindPort+cephPorts-1, daemon, cephOSDSize, int(Patience.Seconds()))
 }
 
 // newCephDir sweeps cephParent of the clusters of dead test processes and
