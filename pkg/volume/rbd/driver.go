@@ -130,6 +130,12 @@ func New(cfg Config) (*Driver, error) {
 
 // Close closes the devices still open and the connection.
 func (d *Driver) Close() error {
+	d.life.Lock()
+	defer d.life.Unlock()
+	if d.closed {
+		return nil
+	}
+	d.closed = true
 	d.mu.Lock()
 	devs := d.devs
 	d.devs = map[*device]struct{}{}
@@ -137,12 +143,6 @@ func (d *Driver) Close() error {
 	for dev := range devs {
 		dev.Close()
 	}
-	d.life.Lock()
-	defer d.life.Unlock()
-	if d.closed {
-		return nil
-	}
-	d.closed = true
 	d.ioctx.Destroy()
 	d.conn.Shutdown()
 	return nil
@@ -247,7 +247,6 @@ func (d *Driver) Space(ctx context.Context) (total, free int64, err error) {
 	if err != nil {
 		return 0, 0, err
 	}
-	defer release()
 	cmd, _ := json.Marshal(map[string]string{"prefix": "df", "format": "json"})
 	type result struct {
 		out    []byte
@@ -255,7 +254,9 @@ func (d *Driver) Space(ctx context.Context) (total, free int64, err error) {
 		err    error
 	}
 	done := make(chan result, 1)
+	// The command may outlive ctx: it keeps the connection until it ends.
 	go func() {
+		defer release()
 		out, status, err := d.conn.MonCommand(cmd)
 		done <- result{out, status, err}
 	}()
@@ -449,13 +450,13 @@ func (d *Driver) forget(dev *device) {
 }
 
 // openDevices counts the devices open in this process on an image (at its
-// head or a snapshot).
-func (d *Driver) openDevices(name string) int {
+// head or any snapshot), or with snap not "", on that snapshot of it.
+func (d *Driver) openDevices(name, snap string) int {
 	d.mu.Lock()
 	defer d.mu.Unlock()
 	n := 0
 	for dev := range d.devs {
-		if dev.name == name {
+		if dev.name == name && (snap == "" || dev.snap == snap) {
 			n++
 		}
 	}
@@ -475,7 +476,7 @@ func (d *Driver) DeleteVolume(ctx context.Context, id string) error {
 	}
 	defer release()
 	name := imageName(id)
-	if n := d.openDevices(name); n > 0 {
+	if n := d.openDevices(name, ""); n > 0 {
 		return fmt.Errorf("image %s has %d device(s) open: %w", name, n, volume.ErrInUse)
 	}
 	img, err := d.openImage(name, librbd.NoSnapshot, true)
@@ -648,7 +649,11 @@ func (d *Driver) DeleteSnapshot(_ context.Context, volumeID, snapshotID string) 
 		return err
 	}
 	defer release()
-	return d.removeSnapshot(imageName(volumeID), snapName(snapshotID), true)
+	name, snap := imageName(volumeID), snapName(snapshotID)
+	if n := d.openDevices(name, snap); n > 0 {
+		return fmt.Errorf("snapshot %s@%s has %d device(s) open: %w", name, snap, n, volume.ErrInUse)
+	}
+	return d.removeSnapshot(name, snap, true)
 }
 
 // protect protects a snapshot (already protected is fine).

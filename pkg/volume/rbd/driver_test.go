@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	"github.com/blockvault/blockvault/pkg/blockdev"
+	"github.com/blockvault/blockvault/pkg/testenv"
 	"github.com/blockvault/blockvault/pkg/volume"
 	"github.com/blockvault/blockvault/pkg/volume/rbd"
 	"github.com/blockvault/blockvault/pkg/volume/volumetest"
@@ -21,7 +22,7 @@ const mib = 1 << 20
 
 // newDriver returns a driver on a fresh namespace of the cluster's pool,
 // closed at the test's end.
-func newDriver(t *testing.T, c *cephCluster, ns string) *rbd.Driver {
+func newDriver(t *testing.T, c *testenv.CephCluster, ns string) *rbd.Driver {
 	t.Helper()
 	if ns == "" {
 		ns = c.NewNamespace(t)
@@ -34,12 +35,13 @@ func newDriver(t *testing.T, c *cephCluster, ns string) *rbd.Driver {
 	return d
 }
 
-func TestRBD(t *testing.T) {
-	c := startCeph(t)
-	t.Run("Conformance", func(t *testing.T) {
-		volumetest.Run(t, func(t *testing.T) volume.Driver { return newDriver(t, c, "") })
-	})
-	t.Run("ConformanceSnapshotOpenDisabled", func(t *testing.T) {
+// TestConformance runs the conformance suite, with snapshot opening on and
+// off, and the driver's own tests, on one cluster: each driver gets a
+// namespace of its own.
+func TestConformance(t *testing.T) {
+	c := testenv.StartCeph(t)
+	volumetest.Run(t, func(t *testing.T) volume.Driver { return newDriver(t, c, "") })
+	t.Run("SnapshotOpenDisabled", func(t *testing.T) {
 		volumetest.Run(t, func(t *testing.T) volume.Driver {
 			d, err := rbd.New(rbd.Config{ConfPath: c.Conf, Pool: c.Pool, Namespace: c.NewNamespace(t), DisableSnapshotOpen: true})
 			if err != nil {
@@ -52,13 +54,16 @@ func TestRBD(t *testing.T) {
 			return d
 		})
 	})
-	t.Run("Naming", func(t *testing.T) { testNaming(t, c) })
-	t.Run("HiddenCloneSnapshots", func(t *testing.T) { testHiddenCloneSnapshots(t, c) })
-	t.Run("DeleteSnapshotFlattensClones", func(t *testing.T) { testDeleteSnapshotWithClones(t, c) })
-	t.Run("Extents", func(t *testing.T) { testExtents(t, c) })
-	t.Run("ZeroAndTrimUnaligned", func(t *testing.T) { testZero(t, c) })
-	t.Run("DeleteOpenElsewhere", func(t *testing.T) { testDeleteOpenElsewhere(t, c) })
-	t.Run("MissingPoolOrNamespace", func(t *testing.T) { testMissingPool(t, c) })
+	t.Run("Driver", func(t *testing.T) {
+		t.Run("Naming", func(t *testing.T) { testNaming(t, c) })
+		t.Run("HiddenCloneSnapshots", func(t *testing.T) { testHiddenCloneSnapshots(t, c) })
+		t.Run("DeleteSnapshotFlattensClones", func(t *testing.T) { testDeleteSnapshotWithClones(t, c) })
+		t.Run("Extents", func(t *testing.T) { testExtents(t, c) })
+		t.Run("ZeroAndTrimUnaligned", func(t *testing.T) { testZero(t, c) })
+		t.Run("DeleteOpenElsewhere", func(t *testing.T) { testDeleteOpenElsewhere(t, c) })
+		t.Run("MissingPoolOrNamespace", func(t *testing.T) { testMissingPool(t, c) })
+		t.Run("CloseClosesDevices", func(t *testing.T) { testClose(t, c) })
+	})
 }
 
 func fill(b byte, n int) []byte { return bytes.Repeat([]byte{b}, n) }
@@ -101,7 +106,7 @@ func lines(out string) []string {
 }
 
 // snapNames lists an image's snapshots with the rbd command.
-func snapNames(t *testing.T, c *cephCluster, ns, image string) []string {
+func snapNames(t *testing.T, c *testenv.CephCluster, ns, image string) []string {
 	t.Helper()
 	var snaps []struct {
 		Name      string `json:"name"`
@@ -121,7 +126,7 @@ func snapNames(t *testing.T, c *cephCluster, ns, image string) []string {
 
 // testNaming: the images and snapshots carry Cinder's names and the
 // features the driver promises, which is what operators see with rbd.
-func testNaming(t *testing.T, c *cephCluster) {
+func testNaming(t *testing.T, c *testenv.CephCluster) {
 	ctx := context.Background()
 	ns := c.NewNamespace(t)
 	d := newDriver(t, c, ns)
@@ -183,7 +188,7 @@ func testNaming(t *testing.T, c *cephCluster) {
 // testHiddenCloneSnapshots: a clone of a volume comes from a hidden
 // snapshot, which goes with the clone; deleting the source flattens the
 // clones still there.
-func testHiddenCloneSnapshots(t *testing.T, c *cephCluster) {
+func testHiddenCloneSnapshots(t *testing.T, c *testenv.CephCluster) {
 	ctx := context.Background()
 	ns := c.NewNamespace(t)
 	d := newDriver(t, c, ns)
@@ -236,7 +241,7 @@ func testHiddenCloneSnapshots(t *testing.T, c *cephCluster) {
 
 // testDeleteSnapshotWithClones: deleting a snapshot that volumes were made
 // from flattens them, and they keep their data and size.
-func testDeleteSnapshotWithClones(t *testing.T, c *cephCluster) {
+func testDeleteSnapshotWithClones(t *testing.T, c *testenv.CephCluster) {
 	ctx := context.Background()
 	ns := c.NewNamespace(t)
 	d := newDriver(t, c, ns)
@@ -257,6 +262,14 @@ func testDeleteSnapshotWithClones(t *testing.T, c *cephCluster) {
 	if err := d.VolumeFromSnapshot(ctx, "v", "absent", "f3", 0); !errors.Is(err, volume.ErrNotFound) {
 		t.Errorf("volume from an absent snapshot: %v", err)
 	}
+	sd, err := d.OpenSnapshot(ctx, "v", "s")
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.DeleteSnapshot(ctx, "v", "s"); !errors.Is(err, volume.ErrInUse) {
+		t.Errorf("delete a snapshot open for reading: %v", err)
+	}
+	sd.Close()
 	if err := d.DeleteSnapshot(ctx, "v", "s"); err != nil {
 		t.Fatal(err)
 	}
@@ -274,7 +287,7 @@ func testDeleteSnapshotWithClones(t *testing.T, c *cephCluster) {
 
 // testExtents: an unwritten image is one hole; written ranges are data,
 // exactly, and a zeroed range within them a hole again or zeros.
-func testExtents(t *testing.T, c *cephCluster) {
+func testExtents(t *testing.T, c *testenv.CephCluster) {
 	ctx := context.Background()
 	d := newDriver(t, c, "")
 	const size = 16 * mib
@@ -336,7 +349,7 @@ func testExtents(t *testing.T, c *cephCluster) {
 // testZero: Zero and Trim give zeros over exactly their range, edges not
 // aligned to anything and across objects included, on an image and on a
 // clone whose data is in its parent.
-func testZero(t *testing.T, c *cephCluster) {
+func testZero(t *testing.T, c *testenv.CephCluster) {
 	ctx := context.Background()
 	d := newDriver(t, c, "")
 	const size = 12 * mib
@@ -393,7 +406,7 @@ func testZero(t *testing.T, c *cephCluster) {
 
 // testDeleteOpenElsewhere: a volume another client (another driver, as a
 // second volume manager would be) has open is in use.
-func testDeleteOpenElsewhere(t *testing.T, c *cephCluster) {
+func testDeleteOpenElsewhere(t *testing.T, c *testenv.CephCluster) {
 	ctx := context.Background()
 	ns := c.NewNamespace(t)
 	d1, d2 := newDriver(t, c, ns), newDriver(t, c, ns)
@@ -420,7 +433,7 @@ func testDeleteOpenElsewhere(t *testing.T, c *cephCluster) {
 
 // testMissingPool: a pool or namespace that does not exist is named in the
 // error New returns.
-func testMissingPool(t *testing.T, c *cephCluster) {
+func testMissingPool(t *testing.T, c *testenv.CephCluster) {
 	_, err := rbd.New(rbd.Config{ConfPath: c.Conf, Pool: "no-such-pool"})
 	if err == nil || !strings.Contains(err.Error(), `pool "no-such-pool" does not exist`) || !strings.Contains(err.Error(), c.Conf) {
 		t.Errorf("New with a missing pool: %v", err)
@@ -431,5 +444,37 @@ func testMissingPool(t *testing.T, c *cephCluster) {
 	}
 	if _, err := rbd.New(rbd.Config{ConfPath: c.Conf}); !errors.Is(err, volume.ErrInvalidArgument) {
 		t.Errorf("New without a pool: %v", err)
+	}
+}
+
+// testClose: closing the driver closes its devices, which then fail
+// instead of touching freed handles.
+func testClose(t *testing.T, c *testenv.CephCluster) {
+	ctx := context.Background()
+	d, err := rbd.New(rbd.Config{ConfPath: c.Conf, Pool: c.Pool, Namespace: c.NewNamespace(t)})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.CreateVolume(ctx, "v", mib); err != nil {
+		t.Fatal(err)
+	}
+	dev, err := d.OpenVolume(ctx, "v", false)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.Close(); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := dev.ReadAt(make([]byte, 512), 0); err == nil {
+		t.Error("a device of a closed driver reads")
+	}
+	if err := dev.Close(); err != nil {
+		t.Errorf("close a device the driver closed: %v", err)
+	}
+	if err := d.Close(); err != nil {
+		t.Errorf("close twice: %v", err)
+	}
+	if _, err := d.VolumeSize(ctx, "v"); err == nil {
+		t.Error("a closed driver answers")
 	}
 }
