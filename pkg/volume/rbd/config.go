@@ -14,8 +14,10 @@
 // snapshot is protected while it has children); a clone of a volume is
 // made from a hidden snapshot of it, removed with the clone's deletion.
 // Changed ranges between two snapshots and a device's extents come from
-// librbd's diff-iterate, first object by object (the object map, quick),
-// then byte-exact within the objects it reports.
+// librbd's diff-iterate, first object by object (fast-diff answers from the
+// object maps), then byte ranges within the objects it reported: exact
+// where an object already existed, and from the object's start to the end
+// of its data where it did not (librbd reports no finer).
 //
 // The driver needs librbd (cgo, build tag rbd). A binary built without them
 // has a New that says so.
