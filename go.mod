@@ -3,6 +3,7 @@ module github.com/blockvault/blockvault
 go 1.26.8
 
 require (
+	github.com/ceph/go-ceph v0.30.0
 	github.com/glebarez/sqlite v1.11.0
 	github.com/google/uuid v1.6.0
 	github.com/gophercloud/gophercloud/v2 v2.15.0

@@ -52,6 +52,11 @@ func Binaries(t testing.TB) string {
 		_, file, _, _ := runtime.Caller(0)
 		root := filepath.Join(filepath.Dir(file), "..", "..")
 		args := []string{"build", "-o", dir + "/"}
+		if _, err := os.Stat("/usr/include/rbd/librbd.h"); err == nil {
+			// The rbd driver is compiled in where librbd-dev is, as
+			// `make build` does (the Ceph tests need it).
+			args = append(args, "-tags", "rbd")
+		}
 		if os.Getenv("BLOCKVAULT_TEST_RACE") != "" {
 			// The daemons run with the race detector; a race they report
 			// fails the test that ran them (see Start's cleanup).
@@ -76,7 +81,9 @@ type Daemon struct {
 	Name string
 	Args []string
 	// Env is added to the process's environment.
-	Env  []string
+	Env []string
+	// Bin is the program (default: the daemon Name among Binaries).
+	Bin  string
 	Addr string
 	Log  string
 	cmd  *exec.Cmd
@@ -91,7 +98,11 @@ func (d *Daemon) Start() {
 	if err != nil {
 		d.t.Fatal(err)
 	}
-	d.cmd = exec.Command(filepath.Join(Binaries(d.t), d.Name), d.Args...)
+	bin := d.Bin
+	if bin == "" {
+		bin = filepath.Join(Binaries(d.t), d.Name)
+	}
+	d.cmd = exec.Command(bin, d.Args...)
 	d.cmd.Env = append(os.Environ(), d.Env...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
 	if err := d.cmd.Start(); err != nil {
@@ -164,6 +175,9 @@ type Options struct {
 	// TLS gives the daemons and the gateway certificates of a CA made for
 	// the stack (Stack.TLS): gRPC between them is mutual TLS.
 	TLS bool
+	// Ceph runs the volume manager on the rbd driver, its volumes in a
+	// namespace of their own in the cluster's pool.
+	Ceph *testenv.CephCluster
 }
 
 // Stack is the three daemons with their clients.
@@ -186,9 +200,13 @@ type Stack struct {
 	SigningKey     []byte
 	SigningKeyFile string
 	// TLS is the PEM files every process of a TLS stack uses.
-	TLS         mtls.Files
-	dialOpt     grpc.DialOption
-	clientToken string
+	TLS mtls.Files
+	// Ceph and RBDNamespace are where an rbd stack's images live
+	// (Options.Ceph); Ceph is nil on the file driver.
+	Ceph         *testenv.CephCluster
+	RBDNamespace string
+	dialOpt      grpc.DialOption
+	clientToken  string
 }
 
 // Token mints a token for project with roles (Options.Tokens stacks).
@@ -244,6 +262,10 @@ func Start(t testing.TB, o Options) *Stack {
 			t.Fatal(err)
 		}
 		s.dialOpt = opt
+	}
+	if o.Ceph != nil {
+		s.Ceph, s.RBDNamespace = o.Ceph, o.Ceph.NewNamespace(t)
+		vmArgs = append(vmArgs, "--driver", "rbd", "--ceph-conf", o.Ceph.Conf, "--rbd-pool", o.Ceph.Pool, "--rbd-namespace", s.RBDNamespace)
 	}
 	// No quotas unless a test gives its own (its flags come later and win).
 	vmArgs = append(vmArgs, "--quota-volumes", "-1", "--quota-gigabytes", "-1", "--quota-snapshots", "-1")
