@@ -58,8 +58,8 @@ type cephDaemon struct {
 var cephParent = filepath.Join(os.TempDir(), "blockvault-ceph")
 
 const (
-	// cephOSDSize is the size of the OSD's block file. The file is sparse:
-	// it takes on disk what the tests write, no more.
+	// cephOSDSize is the size of the OSD's block file StartCeph makes. The
+	// file is sparse: it takes on disk what the tests write, no more.
 	cephOSDSize = 8 << 30
 	// cephPorts is how many ports the OSD and the mgr may bind (the OSD's
 	// public, cluster and two heartbeat messengers, the mgr's one, and
@@ -84,6 +84,13 @@ var errCephTimeout = fmt.Errorf("no answer within %v", Patience)
 // daemons it starts die with the test process (Pdeathsig) even when that
 // is killed and no cleanup runs.
 func StartCeph(t testing.TB) *CephCluster {
+	t.Helper()
+	return StartCephSized(t, cephOSDSize)
+}
+
+// StartCephSized is StartCeph with an OSD of osdSize bytes (a sparse
+// file), for tests and benchmarks that write more than StartCeph's 8 GiB.
+func StartCephSized(t testing.TB, osdSize int64) *CephCluster {
 	t.Helper()
 	RequireRoot(t)
 	bin := map[string]string{}
@@ -122,7 +129,7 @@ func StartCeph(t testing.TB) *CephCluster {
 				return err
 			}
 		}
-		if err := os.WriteFile(c.Conf, []byte(cephConf(c.Dir, fsid, monPort, bindPort)), 0o644); err != nil {
+		if err := os.WriteFile(c.Conf, []byte(cephConf(c.Dir, fsid, monPort, bindPort, osdSize)), 0o644); err != nil {
 			return err
 		}
 		keyring := filepath.Join(c.Dir, "keyring")
@@ -230,7 +237,7 @@ func (c *CephCluster) Logs() string {
 // forever by default) when the cluster is gone.
 // Admin sockets, pid files and log files are set for the daemons only, so
 // that concurrent clients do not fight over client.admin's.
-func cephConf(dir, fsid string, monPort, bindPort int) string {
+func cephConf(dir, fsid string, monPort, bindPort int, osdSize int64) string {
 	daemon := fmt.Sprintf(`admin socket = %[1]s/run/$name.asok
 pid file = %[1]s/run/$name.pid
 log file = %[1]s/log/$name.log
@@ -282,7 +289,7 @@ bluestore fsck on mount = false
 osd memory target = 1073741824
 bluestore cache autotune = false
 bluestore cache size = 134217728
-`, dir, fsid, monPort, bindPort, bindPort+cephPorts-1, daemon, cephOSDSize, int(Patience.Seconds()))
+`, dir, fsid, monPort, bindPort, bindPort+cephPorts-1, daemon, osdSize, int(Patience.Seconds()))
 }
 
 // newCephDir sweeps cephParent of the clusters of dead test processes and
@@ -546,6 +553,15 @@ func (c *CephCluster) stop(t testing.TB) {
 	}
 	c.owner.Close()
 	t.Logf("ceph: cluster in %s stopped and removed in %.1fs", c.Dir, time.Since(began).Seconds())
+}
+
+// Run runs prog (ceph or rbd) against the cluster and returns its stdout,
+// or an error with its stderr: for callers that cannot fail a test.
+func (c *CephCluster) Run(ctx context.Context, prog string, args ...string) (string, error) {
+	if c.bin[prog] == "" {
+		return "", fmt.Errorf("ceph: %q is not one of the cluster's programs", prog)
+	}
+	return c.cli(ctx, prog, args...)
 }
 
 // mustCLI runs a ceph or rbd command and fails the test if it fails.
