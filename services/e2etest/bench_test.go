@@ -53,6 +53,33 @@ var benchVariants = []benchVariant{
 			// (a sparse image: only what is used takes space).
 			return Options{SameNode: true, VolumeManagerDir: testenv.XFSDir(b, 3*size+2<<30)}
 		}},
+	{"rbd", "volume pool on a single-node Ceph cluster (one bluestore OSD on a sparse file in the temp dir, no replication); RBD snapshots attached over NBD, incrementals read what rbd diff reports",
+		func(b *testing.B, size int64) Options {
+			// Room for the volume, its restore and the snapshots' copies.
+			return Options{Ceph: testenv.StartCephSized(b, 3*size+4<<30)}
+		}},
+}
+
+// benchVariantsWanted is benchVariants, or those BLOCKVAULT_BENCH_VARIANTS
+// names.
+func benchVariantsWanted(b testing.TB) []benchVariant {
+	names := strings.Fields(os.Getenv("BLOCKVAULT_BENCH_VARIANTS"))
+	if len(names) == 0 {
+		return benchVariants
+	}
+	var out []benchVariant
+	for _, n := range names {
+		found := false
+		for _, v := range benchVariants {
+			if v.name == n {
+				out, found = append(out, v), true
+			}
+		}
+		if !found {
+			b.Fatalf("BLOCKVAULT_BENCH_VARIANTS=%q: no variant %q (there are nbd, local and rbd)", os.Getenv("BLOCKVAULT_BENCH_VARIANTS"), n)
+		}
+	}
+	return out
 }
 
 // BenchmarkThroughDaemons measures backups and restores the way users get
@@ -64,7 +91,8 @@ var benchVariants = []benchVariant{
 //
 // BLOCKVAULT_BENCH_BACKUP_ARGS adds backup-service flags (to compare
 // settings, e.g. "--chunk-size 1048576"); BLOCKVAULT_BENCH_RIVALS=off skips
-// restic and borg; BLOCKVAULT_BENCH_VOLUMES=mixed runs only the named
+// restic and borg; BLOCKVAULT_BENCH_VARIANTS=rbd runs only the named
+// deployments (nbd, local, rbd); BLOCKVAULT_BENCH_VOLUMES=mixed runs only the named
 // volumes (space-separated; for a quick look at one, or the 16 GiB memory
 // check); BLOCKVAULT_BENCH_PERF=dir records each operation with perf
 // (see benchMeter.perf).
@@ -117,7 +145,7 @@ func BenchmarkThroughDaemons(b *testing.B) {
 		rep.settings = append(rep.settings, fmt.Sprintf("  %-7s %s", v.name, v.about))
 	}
 	rep.settings = append(rep.settings, "variants:")
-	for _, v := range benchVariants {
+	for _, v := range benchVariantsWanted(b) {
 		rep.settings = append(rep.settings, fmt.Sprintf("  %-7s %s", v.name, v.about))
 	}
 	rep.settings = append(rep.settings, "operations, in this order, the volume attached read-write (in-use) throughout, backups with force, one container per volume:",
@@ -144,7 +172,7 @@ func BenchmarkThroughDaemons(b *testing.B) {
 	if rep.storage, err = storageRate(storage, min(size, benchSample), rep.storageWorkers); err != nil {
 		b.Fatalf("storage limit: %v", err)
 	}
-	for i, v := range benchVariants {
+	for i, v := range benchVariantsWanted(b) {
 		var withRivals []*rival
 		if i == 0 {
 			withRivals = tools // once: the tools do not depend on the variant
@@ -182,8 +210,12 @@ func runVariant(b *testing.B, rep *benchReport, v benchVariant, size int64, back
 	opts.RepositoryDir = filepath.Join(b.TempDir(), "repository")
 	opts.BackupArgs = backupArgs
 	s := Start(b, opts)
-	rep.dirs = append(rep.dirs,
-		fmt.Sprintf("%s: volume pool %s: %s", v.name, s.PoolDir, fsOf(s.PoolDir)),
+	pool := fmt.Sprintf("%s: volume pool %s: %s", v.name, s.PoolDir, fsOf(s.PoolDir))
+	if s.Ceph != nil {
+		pool = fmt.Sprintf("%s: volume pool: RBD pool %s, namespace %s, of the cluster in %s (its OSD's block file: %s)",
+			v.name, s.Ceph.Pool, s.RBDNamespace, s.Ceph.Dir, fsOf(s.Ceph.Dir))
+	}
+	rep.dirs = append(rep.dirs, pool,
 		fmt.Sprintf("%s: repository %s: %s", v.name, opts.RepositoryDir, fsOf(filepath.Dir(opts.RepositoryDir))))
 	for _, vol := range benchVolumesWanted(b) {
 		runVolume(b, rep, s, v.name, vol, size, tools)
@@ -320,6 +352,9 @@ func (s *Stack) repositoryDir() string {
 // poolFileBytes is the disk space of a volume's file in the pool (its
 // allocated blocks), -1 when it cannot be read.
 func poolFileBytes(s *Stack, volumeID string) int64 {
+	if s.Ceph != nil {
+		return rbdUsedBytes(s, volumeID)
+	}
 	var st syscall.Stat_t
 	if err := syscall.Stat(filepath.Join(s.PoolDir, "volumes", volumeID+".img"), &st); err != nil {
 		return -1
