@@ -98,6 +98,9 @@ func New(cfg Config) (*Driver, error) {
 		conn.Shutdown()
 		return nil, fmt.Errorf("rbd driver: read %s: %w", conf, err)
 	}
+	// Connect waits for the monitors up to client_mount_timeout (300 s
+	// unless ceph.conf says otherwise): say what it waits for.
+	cfg.Logger.Info("rbd driver: connecting to the Ceph cluster", "conf", conf, "user", "client."+user, "pool", cfg.Pool, "namespace", cfg.Namespace)
 	if err := conn.Connect(); err != nil {
 		conn.Shutdown()
 		return nil, fmt.Errorf("rbd driver: connect to the cluster of %s as client.%s: %w", conf, user, err)
