@@ -385,7 +385,12 @@ func waitProgress(t *testing.T, s *Stack, id, op string) {
 // the backup error, the volume in-use and no temporary resource; the same
 // mid-restore leaves the backup available and the target error_restoring.
 func TestBackupServiceKilledMidBackup(t *testing.T) {
-	s := Start(t, Options{})
+	backupServiceKilledMidBackup(t, Start(t, Options{}))
+}
+
+// backupServiceKilledMidBackup is TestBackupServiceKilledMidBackup on one
+// stack.
+func backupServiceKilledMidBackup(t *testing.T, s *Stack) {
 	ctx := context.Background()
 	vol, _, dev := attached(t, s, 1<<30)
 	fill(t, dev)

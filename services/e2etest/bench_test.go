@@ -380,6 +380,7 @@ type benchMeter struct {
 func (m *benchMeter) measure(op string, fn func() string) benchOp {
 	m.b.Helper()
 	bs0, vm0 := m.usage()
+	osd0, osdOK := m.osdUsage()
 	if !relResetPeakRSS(m.s.Backup) || !relResetPeakRSS(m.s.VolumeManager) {
 		m.rep.peakReset = false
 	}
@@ -401,6 +402,9 @@ func (m *benchMeter) measure(op string, fn func() string) benchOp {
 	o.vm = procUse{cpu: vm1.cpu - vm0.cpu, sys: vm1.sys - vm0.sys, peak: vm1.peak}
 	if strings.HasPrefix(op, "inc") {
 		o.note = fmt.Sprintf("%s, read %.0f%% of the volume", note, 100*float64(o.read)/float64(o.size))
+	}
+	if osd1, ok := m.osdUsage(); ok && osdOK {
+		o.note = fmt.Sprintf("%s; ceph-osd CPU %.2f (%.2f)", o.note, (osd1.cpu - osd0.cpu).Seconds(), (osd1.sys - osd0.sys).Seconds())
 	}
 	m.rep.ops = append(m.rep.ops, o)
 	m.b.Logf("%s %s %s: %s MB/s, %s, read %s, stored %s", o.variant, o.volume, o.op, benchMBps(o.size, o.wall), benchSecs(o.wall), benchMiB(o.read), benchMiB(o.stored))
@@ -427,6 +431,24 @@ func (m *benchMeter) perf(op string) func() {
 			m.b.Logf("perf record: %v", err)
 		}
 	}
+}
+
+// osdUsage is the Ceph OSD's CPU use (rbd variant; ok false elsewhere):
+// the volume manager's I/O is done there, outside its own process.
+func (m *benchMeter) osdUsage() (procUse, bool) {
+	if m.s.Ceph == nil {
+		return procUse{}, false
+	}
+	b, err := os.ReadFile(filepath.Join(m.s.Ceph.Dir, "run", "osd.0.pid"))
+	if err != nil {
+		return procUse{}, false
+	}
+	pid, err := strconv.Atoi(strings.TrimSpace(string(b)))
+	if err != nil {
+		return procUse{}, false
+	}
+	u, err := procUsage(pid)
+	return u, err == nil
 }
 
 func (m *benchMeter) usage() (bs, vm procUse) {

@@ -19,9 +19,10 @@ import (
 // real single-node Ceph cluster: a forced backup of an in-use RBD volume
 // under a writer, from an attached RBD snapshot and, with snapshot export
 // off, from a temporary RBD clone, each restored as a point in time; and
-// incremental backups that read only what RBD's diff reports changed. After
-// each, the pool holds only the user's images and snapshots (rbd ls and rbd
-// snap ls agree with the volume manager's records).
+// incremental backups that read only what RBD's diff reports changed; and a
+// backup service killed during a backup and during a restore. After each,
+// the pool holds only the user's images and snapshots (rbd ls and rbd snap
+// ls agree with the volume manager's records).
 func TestRBD(t *testing.T) {
 	c := testenv.StartCeph(t)
 	t.Run("NonDisruptiveBackup/attached-snapshot", func(t *testing.T) {
@@ -35,6 +36,9 @@ func TestRBD(t *testing.T) {
 	})
 	t.Run("ChangedBlockTracking", func(t *testing.T) {
 		changedBlockTracking(t, Start(t, Options{Ceph: c, BackupArgs: []string{"--changed-block-tracking"}}))
+	})
+	t.Run("BackupServiceKilledMidBackup", func(t *testing.T) {
+		backupServiceKilledMidBackup(t, Start(t, Options{Ceph: c}))
 	})
 }
 
