@@ -442,38 +442,7 @@ func backupServiceKilledMidBackup(t *testing.T, s *Stack) {
 // useful reason): the volume back in its previous status, nothing leaked.
 func TestFaults(t *testing.T) {
 	t.Run("volume manager unreachable", func(t *testing.T) {
-		s := Start(t, Options{NoGateway: true})
-		ctx := context.Background()
-		vol, _, dev := attached(t, s, 1<<30)
-		fill(t, dev)
-		dev.Close()
-		cr, err := s.Backups.CreateBackup(ctx, &backupv1.CreateBackupRequest{ProjectId: project, Backup: &backupv1.BackupInput{VolumeId: vol.GetId(), Force: true}})
-		if err != nil {
-			t.Fatal(err)
-		}
-		waitProgress(t, s, cr.GetBackup().GetId(), "backup")
-		s.VolumeManager.Kill()
-		time.Sleep(2 * time.Second)
-		s.VolumeManager.Start()
-		s.WaitHealthy(s.VolumeManager)
-		// The NBD connection is dialed again once the volume manager is
-		// back (its exports return under the same names): the backup goes
-		// on and completes, and it is whole.
-		b := waitBackup(t, s, cr.GetBackup().GetId(), testenv.Patience)
-		if b.GetStatus() != "available" {
-			t.Fatalf("backup through a volume manager crash: %s %q", b.GetStatus(), b.GetFailReason())
-		}
-		if v, err := s.Backups.VerifyBackup(ctx, &backupv1.VerifyBackupRequest{ProjectId: project, BackupId: b.GetId()}); err != nil || !v.GetOk() || v.GetChunksChecked() == 0 {
-			t.Fatalf("verify the backup made through a crash: %v %v", err, v)
-		}
-		deadline := time.Now().Add(testenv.Patience)
-		for volumeStatus(t, s, vol.GetId()).GetStatus() != "in-use" && time.Now().Before(deadline) {
-			time.Sleep(100 * time.Millisecond)
-		}
-		if v := volumeStatus(t, s, vol.GetId()); v.GetStatus() != "in-use" {
-			t.Fatalf("the volume is %s", v.GetStatus())
-		}
-		noLeftovers(t, s, 1)
+		volumeManagerKilledMidBackup(t, Start(t, Options{NoGateway: true}))
 	})
 	t.Run("source read failing", func(t *testing.T) {
 		// The temporary snapshot's export is pulled from under the reading
@@ -533,4 +502,55 @@ func TestFaults(t *testing.T) {
 		}
 		noLeftovers(t, s, 1)
 	})
+}
+
+// volumeManagerKilledMidBackup is TestFaults' "volume manager unreachable"
+// on one stack: the volume manager SIGKILLed during a backup of an
+// attached volume and started again; the backup completes and verifies.
+func volumeManagerKilledMidBackup(t *testing.T, s *Stack) {
+	ctx := context.Background()
+	vol, att, dev := attached(t, s, 1<<30)
+	fill(t, dev)
+	dev.Close()
+	cr, err := s.Backups.CreateBackup(ctx, &backupv1.CreateBackupRequest{ProjectId: project, Backup: &backupv1.BackupInput{VolumeId: vol.GetId(), Force: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	waitProgress(t, s, cr.GetBackup().GetId(), "backup")
+	s.VolumeManager.Kill()
+	time.Sleep(2 * time.Second)
+	s.VolumeManager.Start()
+	s.WaitHealthy(s.VolumeManager)
+	// The NBD connection is dialed again once the volume manager is
+	// back (its exports return under the same names): the backup goes
+	// on and completes, and it is whole.
+	b := waitBackup(t, s, cr.GetBackup().GetId(), testenv.Patience)
+	if b.GetStatus() != "available" {
+		t.Fatalf("backup through a volume manager crash: %s %q", b.GetStatus(), b.GetFailReason())
+	}
+	if v, err := s.Backups.VerifyBackup(ctx, &backupv1.VerifyBackupRequest{ProjectId: project, BackupId: b.GetId()}); err != nil || !v.GetOk() || v.GetChunksChecked() == 0 {
+		t.Fatalf("verify the backup made through a crash: %v %v", err, v)
+	}
+	deadline := time.Now().Add(testenv.Patience)
+	for volumeStatus(t, s, vol.GetId()).GetStatus() != "in-use" && time.Now().Before(deadline) {
+		time.Sleep(100 * time.Millisecond)
+	}
+	if v := volumeStatus(t, s, vol.GetId()); v.GetStatus() != "in-use" {
+		t.Fatalf("the volume is %s", v.GetStatus())
+	}
+	noLeftovers(t, s, 1)
+	// The user's export is back too, and takes writes (on rbd: the new
+	// process takes the image's exclusive lock from the dead one).
+	dev = dialExportWith(t, att.GetConnectionInfo(), s.TLS)
+	data := bytes.Repeat([]byte{0x5a}, 4096)
+	if _, err := dev.WriteAt(data, 1<<20); err != nil {
+		t.Fatalf("write to the user's export after the restart: %v", err)
+	}
+	if err := dev.Flush(); err != nil {
+		t.Fatalf("flush the user's export after the restart: %v", err)
+	}
+	got := make([]byte, len(data))
+	if _, err := dev.ReadAt(got, 1<<20); err != nil || !bytes.Equal(got, data) {
+		t.Fatalf("read back from the user's export after the restart: %v", err)
+	}
 }

@@ -20,7 +20,9 @@ import (
 // under a writer, from an attached RBD snapshot and, with snapshot export
 // off, from a temporary RBD clone, each restored as a point in time; and
 // incremental backups that read only what RBD's diff reports changed; and a
-// backup service killed during a backup and during a restore. After each,
+// backup service killed during a backup and during a restore, and the
+// volume manager killed during a backup (its images' exclusive locks are
+// taken over by the next one). After each,
 // the pool holds only the user's images and snapshots (rbd ls and rbd snap
 // ls agree with the volume manager's records).
 func TestRBD(t *testing.T) {
@@ -39,6 +41,9 @@ func TestRBD(t *testing.T) {
 	})
 	t.Run("BackupServiceKilledMidBackup", func(t *testing.T) {
 		backupServiceKilledMidBackup(t, Start(t, Options{Ceph: c}))
+	})
+	t.Run("VolumeManagerKilledMidBackup", func(t *testing.T) {
+		volumeManagerKilledMidBackup(t, Start(t, Options{Ceph: c, NoGateway: true}))
 	})
 }
 
