@@ -249,8 +249,15 @@ func checkCephPorts(t *testing.T, c *CephCluster) {
 	var mgr struct {
 		Active addrvec `json:"active_addrs"`
 	}
-	if err := json.Unmarshal([]byte(c.Ceph(t, "mgr", "dump", "-f", "json")), &mgr); err != nil {
-		t.Fatal(err)
+	// The mgr becomes active on its own time (StartCeph does not wait
+	// for it: RBD needs no mgr); on a busy machine, after the OSD.
+	for start := time.Now(); ; time.Sleep(200 * time.Millisecond) {
+		if err := json.Unmarshal([]byte(c.Ceph(t, "mgr", "dump", "-f", "json")), &mgr); err != nil {
+			t.Fatal(err)
+		}
+		if len(mgr.Active.Addrvec) > 0 || time.Since(start) > Patience {
+			break
+		}
 	}
 	var mon struct {
 		Mons []struct {
