@@ -8,7 +8,10 @@
 // names its project (project_id), and a token that is not an admin's may
 // only name its own project; every method of an Internal service (the
 // volume manager's daemon-to-daemon one) needs the service or admin role.
-// Handlers ask FromContext for admin-only actions.
+// Handlers ask FromContext for admin-only actions. The errors are this
+// package's (ErrNoToken, ErrBadToken, ErrExpired, ErrPermissionDenied);
+// pkg/rpcerr gives them their gRPC codes, so the interceptors run inside
+// rpcerr's (pkg/daemon chains them so).
 package auth
 
 import (
@@ -59,14 +62,32 @@ func (i Identity) Has(role string) bool { return slices.Contains(i.Roles, role) 
 // Admin reports whether the identity may act on every project.
 func (i Identity) Admin() bool { return i.Has(RoleAdmin) || i.Has(RoleService) }
 
-// Errors.
+// Errors; pkg/rpcerr gives them their gRPC codes.
 var (
-	ErrNoToken    = errors.New("authentication required: send a token in X-Auth-Token")
-	ErrBadToken   = errors.New("the token is not valid")
-	ErrExpired    = errors.New("the token has expired")
+	// ErrNoToken, ErrBadToken, ErrExpired: the call is not authenticated
+	// (Unauthenticated).
+	ErrNoToken  = errors.New("authentication required: send a token in X-Auth-Token")
+	ErrBadToken = errors.New("the token is not valid")
+	ErrExpired  = errors.New("the token has expired")
+	// ErrPermissionDenied: the caller's token is good but its roles or
+	// project do not allow the call (PermissionDenied). The errors that
+	// wrap it (Denied) say which policy refused what.
+	ErrPermissionDenied = errors.New("permission denied")
+	// ErrNoSource: a start-up error (New), never a request's.
 	ErrNoSource   = errors.New("auth: token mode needs a token file (--auth-token-file) or a signing key (--auth-signing-key-file); --auth noauth turns authentication off, for development only")
 	errRoleFormat = errors.New("roles must be member, admin or service")
 )
+
+// Denied returns an ErrPermissionDenied error whose text is the formatted
+// message (the whole of it: "Policy doesn't allow ...").
+func Denied(format string, args ...any) error {
+	return &denial{msg: fmt.Sprintf(format, args...)}
+}
+
+type denial struct{ msg string }
+
+func (e *denial) Error() string { return e.msg }
+func (e *denial) Unwrap() error { return ErrPermissionDenied }
 
 // Config selects how tokens are checked.
 type Config struct {

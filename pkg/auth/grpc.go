@@ -6,9 +6,7 @@ import (
 	"strings"
 
 	"google.golang.org/grpc"
-	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/metadata"
-	"google.golang.org/grpc/status"
 )
 
 // MetadataKey is the gRPC metadata key of the token (the gateway copies the
@@ -40,7 +38,7 @@ func RequireAdmin(ctx context.Context, what string) error {
 	if IsAdmin(ctx) {
 		return nil
 	}
-	return status.Errorf(codes.PermissionDenied, "Policy doesn't allow %s to be performed: it is for admins.", what)
+	return Denied("Policy doesn't allow %s to be performed: it is for admins.", what)
 }
 
 type projectScoped interface{ GetProjectId() string }
@@ -64,7 +62,10 @@ func (in Internal) has(method string) bool {
 }
 
 // check authenticates a call and returns the context carrying its identity.
-// Methods of internal services need the service (or admin) role.
+// Methods of internal services need the service (or admin) role. A token
+// that is not good is Authenticate's error (ErrNoToken, ErrBadToken,
+// ErrExpired; or why the token file cannot be read, the server's fault); a
+// good token without the right is ErrPermissionDenied.
 func (a *Authenticator) check(ctx context.Context, method string, req any, internal Internal) (context.Context, error) {
 	if public(method) {
 		return ctx, nil
@@ -77,13 +78,13 @@ func (a *Authenticator) check(ctx context.Context, method string, req any, inter
 	}
 	id, err := a.Authenticate(token)
 	if err != nil {
-		return nil, status.Error(codes.Unauthenticated, err.Error())
+		return nil, err
 	}
 	if internal.has(method) && !id.Has(RoleService) && !id.Has(RoleAdmin) {
-		return nil, status.Errorf(codes.PermissionDenied, "Policy doesn't allow %s to be performed: it is internal, for blockvault's own daemons (service role).", method[strings.LastIndex(method, "/")+1:])
+		return nil, Denied("Policy doesn't allow %s to be performed: it is internal, for blockvault's own daemons (service role).", method[strings.LastIndex(method, "/")+1:])
 	}
 	if p, ok := req.(projectScoped); ok && !id.Admin() && p.GetProjectId() != id.Project {
-		return nil, status.Errorf(codes.PermissionDenied, "Policy doesn't allow project %q to be reached with a token of project %q.", p.GetProjectId(), id.Project)
+		return nil, Denied("Policy doesn't allow project %q to be reached with a token of project %q.", p.GetProjectId(), id.Project)
 	}
 	return With(ctx, id), nil
 }

@@ -20,6 +20,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/rpcerr"
 	"golang.org/x/sync/errgroup"
 	"google.golang.org/grpc"
+	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/health"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 	"google.golang.org/grpc/reflection"
@@ -62,18 +63,19 @@ type Auth struct {
 
 // NewGRPCServer returns a server whose requests carry request ids, are
 // logged and authenticated (a nil Authenticator lets every call through),
-// whose handlers' errors are mapped to gRPC codes (rpcerr), and which
-// serves grpc.health.v1 and server reflection (so grpcurl list works).
+// whose handlers' and authenticator's errors are mapped to gRPC codes
+// (rpcerr, chained outside auth so that it sees auth's errors too), and
+// which serves grpc.health.v1 and server reflection (so grpcurl list works).
 func NewGRPCServer(log *slog.Logger, a Auth, opts ...grpc.ServerOption) *GRPCServer {
-	unary := []grpc.UnaryServerInterceptor{requestid.UnaryServerInterceptor(), logUnary(log)}
-	streams := []grpc.StreamServerInterceptor{requestid.StreamServerInterceptor()}
+	unary := []grpc.UnaryServerInterceptor{requestid.UnaryServerInterceptor(), logUnary(log), rpcerr.UnaryServerInterceptor()}
+	streams := []grpc.StreamServerInterceptor{requestid.StreamServerInterceptor(), rpcerr.StreamServerInterceptor()}
 	if a.Authenticator != nil {
 		unary = append(unary, a.UnaryServerInterceptor(a.Internal))
 		streams = append(streams, a.StreamServerInterceptor(a.Internal))
 	}
 	opts = append(opts,
-		grpc.ChainUnaryInterceptor(append(unary, rpcerr.UnaryServerInterceptor())...),
-		grpc.ChainStreamInterceptor(append(streams, rpcerr.StreamServerInterceptor())...),
+		grpc.ChainUnaryInterceptor(unary...),
+		grpc.ChainStreamInterceptor(streams...),
 		grpc.MaxRecvMsgSize(8<<20),
 	)
 	s := grpc.NewServer(opts...)
@@ -89,11 +91,12 @@ func logUnary(log *slog.Logger) grpc.UnaryServerInterceptor {
 		resp, err := h(ctx, req)
 		code := status.Code(rpcerr.ToStatus(err))
 		level := slog.LevelDebug
-		if err != nil {
+		switch code {
+		case codes.OK:
+		case codes.Internal, codes.DataLoss: // the server's fault, or the data's
+			level = slog.LevelError
+		default:
 			level = slog.LevelInfo
-			if rpcerr.Code(err).String() == "Internal" {
-				level = slog.LevelError
-			}
 		}
 		if strings.HasPrefix(info.FullMethod, "/grpc.health") {
 			return resp, err

@@ -7,6 +7,7 @@ package quota
 
 import (
 	"bufio"
+	"errors"
 	"flag"
 	"fmt"
 	"os"
@@ -14,10 +15,31 @@ import (
 	"strconv"
 	"strings"
 	"sync"
-
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
+
+// Errors; pkg/rpcerr gives them their gRPC codes. The errors the checks
+// return wrap them and say, in the Block Storage API's words, which limit
+// refused what.
+var (
+	// ErrExceeded: a request would pass one of the project's limits.
+	ErrExceeded = errors.New("quota exceeded")
+	// ErrInvalidLimits: a quota set names a resource this service does not
+	// keep, or a limit below -1.
+	ErrInvalidLimits = errors.New("invalid quota set")
+)
+
+// refusal is an error whose text is the whole message a user sees.
+type refusal struct {
+	msg  string
+	kind error
+}
+
+func (e *refusal) Error() string { return e.msg }
+func (e *refusal) Unwrap() error { return e.kind }
+
+func refuse(kind error, format string, args ...any) error {
+	return &refusal{msg: fmt.Sprintf(format, args...), kind: kind}
+}
 
 // The resources with quotas.
 const (
@@ -204,7 +226,7 @@ func (q *Quotas) CheckCount(project, resource string, used int64) error {
 		return nil
 	}
 	what := map[string]string{Volumes: "VolumeLimitExceeded", Snapshots: "SnapshotLimitExceeded", Backups: "BackupLimitExceeded"}[resource]
-	return status.Errorf(codes.ResourceExhausted, "%s: Maximum number of %s allowed (%d) exceeded for quota '%s'.", what, resource, limit, resource)
+	return refuse(ErrExceeded, "%s: Maximum number of %s allowed (%d) exceeded for quota '%s'.", what, resource, limit, resource)
 }
 
 // CheckGigabytes refuses requested more GiB of resource when used + requested
@@ -215,9 +237,9 @@ func (q *Quotas) CheckGigabytes(project, resource string, used, requested int64)
 		return nil
 	}
 	if resource == BackupGigabytes {
-		return status.Errorf(codes.ResourceExhausted, "Requested backup exceeds allowed Backup gigabytes quota. Requested %dG, quota is %dG and %dG has been consumed.", requested, limit, used)
+		return refuse(ErrExceeded, "Requested backup exceeds allowed Backup gigabytes quota. Requested %dG, quota is %dG and %dG has been consumed.", requested, limit, used)
 	}
-	return status.Errorf(codes.ResourceExhausted, "Requested volume or snapshot exceeds allowed %s quota. Requested %dG, quota is %dG and %dG has been consumed.", resource, requested, limit, used)
+	return refuse(ErrExceeded, "Requested volume or snapshot exceeds allowed %s quota. Requested %dG, quota is %dG and %dG has been consumed.", resource, requested, limit, used)
 }
 
 // GiB rounds bytes up to whole GiB.
@@ -250,10 +272,10 @@ func (q *Quotas) View(project string, resources []string, inUse map[string]int64
 func CheckUpdate(limits Limits, resources []string) error {
 	for r, l := range limits {
 		if !slices.Contains(resources, r) {
-			return status.Errorf(codes.InvalidArgument, "Bad key(s) in quota set: %s (this service keeps quotas of %s)", r, strings.Join(resources, ", "))
+			return refuse(ErrInvalidLimits, "Bad key(s) in quota set: %s (this service keeps quotas of %s)", r, strings.Join(resources, ", "))
 		}
 		if l < Unlimited {
-			return status.Errorf(codes.InvalidArgument, "Quota limit %d of %s is invalid: it must be -1 (no limit) or more.", l, r)
+			return refuse(ErrInvalidLimits, "Quota limit %d of %s is invalid: it must be -1 (no limit) or more.", l, r)
 		}
 	}
 	return nil

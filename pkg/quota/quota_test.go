@@ -1,6 +1,7 @@
 package quota
 
 import (
+	"errors"
 	"os"
 	"path/filepath"
 	"strings"
@@ -25,8 +26,17 @@ func TestQuotaFile(t *testing.T) {
 			t.Errorf("%s %s: %d, want %d", c.project, c.resource, got, c.want)
 		}
 	}
-	if err := q.CheckCount("team-b", Volumes, 10); err == nil || !strings.Contains(err.Error(), "Maximum number of volumes allowed (10)") {
+	if err := q.CheckCount("team-b", Volumes, 10); !errors.Is(err, ErrExceeded) || !strings.Contains(err.Error(), "Maximum number of volumes allowed (10)") {
 		t.Errorf("11th volume: %v", err)
+	}
+	if err := q.CheckGigabytes("team-b", Gigabytes, 999, 2); !errors.Is(err, ErrExceeded) {
+		t.Errorf("1001 GiB: %v", err)
+	}
+	if err := CheckUpdate(Limits{"floppies": 1}, []string{Volumes}); !errors.Is(err, ErrInvalidLimits) {
+		t.Errorf("an unknown resource: %v", err)
+	}
+	if err := CheckUpdate(Limits{Volumes: -2}, []string{Volumes}); !errors.Is(err, ErrInvalidLimits) {
+		t.Errorf("a limit of -2: %v", err)
 	}
 	if err := q.CheckCount("team-a", Backups, 1e9); err != nil {
 		t.Errorf("unlimited backups refused: %v", err)

@@ -15,8 +15,6 @@ import (
 	"github.com/blockvault/blockvault/pkg/rpcerr"
 	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/validate"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"gorm.io/gorm"
 )
 
@@ -54,7 +52,7 @@ func CheckTarget(ctx context.Context, project, target string) error {
 		return err
 	}
 	if target != project && !auth.IsAdmin(ctx) {
-		return status.Errorf(codes.PermissionDenied, "Policy doesn't allow the quotas of project %q to be shown with a token of project %q.", target, project)
+		return auth.Denied("Policy doesn't allow the quotas of project %q to be shown with a token of project %q.", target, project)
 	}
 	return nil
 }

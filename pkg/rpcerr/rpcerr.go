@@ -1,6 +1,46 @@
 // Package rpcerr decides, in one place, which gRPC code a domain error gets,
 // and gives handlers constructors for the errors they raise themselves (bad
-// input, wrong status). The gateway derives HTTP codes from these codes.
+// input, wrong status, a duplicate). The gateway derives HTTP codes from
+// these codes. Domain packages return their sentinels (wrapped with %w, or
+// in an error type whose Unwrap returns one) and never build a status
+// themselves; a test lists every exported Err* of the domain packages and
+// fails on one this table has no decision for.
+//
+// The table (domain below, in the order Code tries it):
+//
+//	context.Canceled, DeadlineExceeded             Canceled, DeadlineExceeded
+//	engine.ErrNoBackup                             NotFound
+//	engine.ErrCorrupt                              DataLoss
+//	engine.ErrWrongKey                             FailedPrecondition
+//	auth.ErrNoToken, ErrBadToken, ErrExpired       Unauthenticated
+//	auth.ErrPermissionDenied                       PermissionDenied
+//	quota.ErrExceeded                              ResourceExhausted
+//	quota.ErrInvalidLimits                         InvalidArgument
+//	ErrInvalidArgument, volume.ErrInvalidArgument,
+//	  repository.ErrInvalidName, blockdev.ErrOutOfRange   InvalidArgument
+//	store.ErrNotFound, volume.ErrNotFound,
+//	  repository.ErrNotFound                       NotFound
+//	ErrAlreadyExists, volume.ErrAlreadyExists      AlreadyExists
+//	ErrFailedPrecondition, store.ErrConflict, volume.ErrInUse,
+//	  lifecycle.ErrInvalidTransition, blockdev.ErrReadOnly   FailedPrecondition
+//	volume.ErrNoSpace, repository.ErrNoSpace       ResourceExhausted
+//	volume.ErrUnsupported                          Unimplemented
+//	repository.ErrUnavailable, store.ErrUnavailable   Unavailable
+//	auth.ErrNoSource, anything else                Internal
+//
+// The engine's errors are what an operator acts on, so each has the code
+// that says what to do: ErrNoBackup (the repository has no manifest of the
+// backup; an imported record naming a backup this repository lacks) is
+// NotFound, like any missing object; ErrCorrupt (an object failed its hash,
+// MAC or decoding) is DataLoss, the code gRPC keeps for unrecoverable
+// corruption, so it is not taken for a passing fault and retried; ErrWrongKey
+// (the backup service's --encryption-key-file does not open the container)
+// is FailedPrecondition: the request is fine and retrying it will not help
+// until an operator gives the service the right key. PermissionDenied would
+// send them looking at the caller's token and roles, which are not the
+// problem. Auth's errors ran before as statuses built in pkg/auth; a token
+// file the server cannot read is now Internal (it was Unauthenticated,
+// which blamed the caller's token).
 package rpcerr
 
 import (
@@ -8,8 +48,11 @@ import (
 	"errors"
 	"fmt"
 
+	"github.com/blockvault/blockvault/pkg/auth"
 	"github.com/blockvault/blockvault/pkg/blockdev"
+	"github.com/blockvault/blockvault/pkg/engine"
 	"github.com/blockvault/blockvault/pkg/lifecycle"
+	"github.com/blockvault/blockvault/pkg/quota"
 	"github.com/blockvault/blockvault/pkg/repository"
 	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/volume"
@@ -24,11 +67,58 @@ var (
 	ErrInvalidArgument = errors.New("invalid argument")
 	// ErrFailedPrecondition: the resource is in the wrong state (FailedPrecondition, 400).
 	ErrFailedPrecondition = errors.New("failed precondition")
-	// ErrOverQuota: a quota or a size limit is exceeded (ResourceExhausted, 413).
-	ErrOverQuota = errors.New("over quota")
-	// ErrPermissionDenied: the caller may not do this (PermissionDenied, 403).
-	ErrPermissionDenied = errors.New("permission denied")
+	// ErrAlreadyExists: what the request would create is there already (AlreadyExists, 409).
+	ErrAlreadyExists = errors.New("already exists")
 )
+
+// domain is every domain error with its code, in the order Code tries them:
+// an error that wraps two gets the first one's code.
+var domain = []struct {
+	err  error
+	code codes.Code
+}{
+	{context.Canceled, codes.Canceled},
+	{context.DeadlineExceeded, codes.DeadlineExceeded},
+
+	{engine.ErrNoBackup, codes.NotFound},
+	{engine.ErrCorrupt, codes.DataLoss},
+	{engine.ErrWrongKey, codes.FailedPrecondition},
+
+	{auth.ErrNoToken, codes.Unauthenticated},
+	{auth.ErrBadToken, codes.Unauthenticated},
+	{auth.ErrExpired, codes.Unauthenticated},
+	{auth.ErrPermissionDenied, codes.PermissionDenied},
+	{auth.ErrNoSource, codes.Internal}, // start-up only
+
+	{quota.ErrExceeded, codes.ResourceExhausted},
+	{quota.ErrInvalidLimits, codes.InvalidArgument},
+
+	{ErrInvalidArgument, codes.InvalidArgument},
+	{volume.ErrInvalidArgument, codes.InvalidArgument},
+	{repository.ErrInvalidName, codes.InvalidArgument},
+	{blockdev.ErrOutOfRange, codes.InvalidArgument},
+
+	{store.ErrNotFound, codes.NotFound},
+	{volume.ErrNotFound, codes.NotFound},
+	{repository.ErrNotFound, codes.NotFound},
+
+	{ErrAlreadyExists, codes.AlreadyExists},
+	{volume.ErrAlreadyExists, codes.AlreadyExists},
+
+	{ErrFailedPrecondition, codes.FailedPrecondition},
+	{store.ErrConflict, codes.FailedPrecondition},
+	{volume.ErrInUse, codes.FailedPrecondition},
+	{lifecycle.ErrInvalidTransition, codes.FailedPrecondition},
+	{blockdev.ErrReadOnly, codes.FailedPrecondition},
+
+	{volume.ErrNoSpace, codes.ResourceExhausted},
+	{repository.ErrNoSpace, codes.ResourceExhausted},
+
+	{volume.ErrUnsupported, codes.Unimplemented},
+
+	{repository.ErrUnavailable, codes.Unavailable},
+	{store.ErrUnavailable, codes.Unavailable},
+}
 
 // Invalid returns an InvalidArgument error with the formatted message.
 func Invalid(format string, args ...any) error {
@@ -40,6 +130,11 @@ func Precondition(format string, args ...any) error {
 	return &userError{msg: fmt.Sprintf(format, args...), kind: ErrFailedPrecondition}
 }
 
+// Exists returns an AlreadyExists error with the formatted message.
+func Exists(format string, args ...any) error {
+	return &userError{msg: fmt.Sprintf(format, args...), kind: ErrAlreadyExists}
+}
+
 // userError carries a complete user-facing message.
 type userError struct {
 	msg  string
@@ -49,7 +144,8 @@ type userError struct {
 func (e *userError) Error() string { return e.msg }
 func (e *userError) Unwrap() error { return e.kind }
 
-// Code is the gRPC code of err.
+// Code is the gRPC code of err: a status error's own, else the code of the
+// first domain error err wraps, else Internal.
 func Code(err error) codes.Code {
 	if err == nil {
 		return codes.OK
@@ -57,29 +153,10 @@ func Code(err error) codes.Code {
 	if s, ok := status.FromError(err); ok {
 		return s.Code()
 	}
-	switch {
-	case errors.Is(err, context.Canceled):
-		return codes.Canceled
-	case errors.Is(err, context.DeadlineExceeded):
-		return codes.DeadlineExceeded
-	case errors.Is(err, ErrInvalidArgument), errors.Is(err, volume.ErrInvalidArgument),
-		errors.Is(err, repository.ErrInvalidName), errors.Is(err, blockdev.ErrOutOfRange):
-		return codes.InvalidArgument
-	case errors.Is(err, store.ErrNotFound), errors.Is(err, volume.ErrNotFound), errors.Is(err, repository.ErrNotFound):
-		return codes.NotFound
-	case errors.Is(err, volume.ErrAlreadyExists):
-		return codes.AlreadyExists
-	case errors.Is(err, ErrFailedPrecondition), errors.Is(err, store.ErrConflict), errors.Is(err, volume.ErrInUse),
-		errors.Is(err, lifecycle.ErrInvalidTransition), errors.Is(err, volume.ErrInvalidTransition), errors.Is(err, blockdev.ErrReadOnly):
-		return codes.FailedPrecondition
-	case errors.Is(err, ErrOverQuota), errors.Is(err, volume.ErrNoSpace), errors.Is(err, repository.ErrNoSpace):
-		return codes.ResourceExhausted
-	case errors.Is(err, ErrPermissionDenied):
-		return codes.PermissionDenied
-	case errors.Is(err, volume.ErrUnsupported):
-		return codes.Unimplemented
-	case errors.Is(err, repository.ErrUnavailable), errors.Is(err, store.ErrUnavailable):
-		return codes.Unavailable
+	for _, d := range domain {
+		if errors.Is(err, d.err) {
+			return d.code
+		}
 	}
 	return codes.Internal
 }

@@ -14,13 +14,12 @@ import (
 
 // Sentinel errors drivers return (wrapped with %w).
 var (
-	ErrNotFound          = errors.New("not found")
-	ErrAlreadyExists     = errors.New("already exists")
-	ErrInvalidArgument   = errors.New("invalid argument")
-	ErrNoSpace           = errors.New("not enough free space in the pool")
-	ErrUnsupported       = errors.New("not supported by this driver")
-	ErrInUse             = errors.New("in use")
-	ErrInvalidTransition = errors.New("invalid status transition")
+	ErrNotFound        = errors.New("not found")
+	ErrAlreadyExists   = errors.New("already exists")
+	ErrInvalidArgument = errors.New("invalid argument")
+	ErrNoSpace         = errors.New("not enough free space in the pool")
+	ErrUnsupported     = errors.New("not supported by this driver")
+	ErrInUse           = errors.New("in use")
 )
 
 // Capabilities is what a driver can do, for the API and for the backup

@@ -241,7 +241,7 @@ func (s *Server) ImportBackupRecord(ctx context.Context, req *backupv1.ImportBac
 		return nil, err
 	}
 	if _, err := s.db.Get(ctx, "", r.BackupID); err == nil {
-		return nil, status.Errorf(codes.AlreadyExists, "backup %s is already registered here", r.BackupID)
+		return nil, rpcerr.Exists("backup %s is already registered here", r.BackupID)
 	}
 	now := time.Now().UTC()
 	b := &backupdb.Backup{ID: r.BackupID, ProjectID: req.GetProjectId(), VolumeID: r.VolumeID, ParentID: r.ParentID,
