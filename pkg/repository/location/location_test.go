@@ -10,7 +10,7 @@ import (
 
 	"github.com/blockvault/blockvault/pkg/repository/location"
 	"github.com/blockvault/blockvault/pkg/repository/s3/s3test"
-	"github.com/spf13/pflag"
+	"github.com/spf13/cobra"
 )
 
 func TestDirectory(t *testing.T) {
@@ -112,7 +112,7 @@ func TestFlags(t *testing.T) {
 		t.Errorf("flag: %+v, %v", c, err)
 	}
 	c = location.Config{}
-	pfs := pflag.NewFlagSet("cli", pflag.ContinueOnError)
+	pfs := (&cobra.Command{}).Flags() // the CLI's: a *pflag.FlagSet
 	location.Flags(pfs, &c, "")
 	if err := pfs.Parse(args); err != nil || c != want {
 		t.Errorf("pflag: %+v, %v", c, err)
