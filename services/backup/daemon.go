@@ -182,7 +182,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 		return fmt.Errorf("volume manager client: %w", err)
 	}
 	defer conn.Close()
-	eng, err := OpenEngine(ctx, cfg)
+	eng, err := openEngine(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -252,9 +252,9 @@ func (c DaemonConfig) serviceToken(a *auth.Authenticator) (string, error) {
 	return "", errors.New("service-token-file is required: the token (service role) the backup service calls the volume manager with, when tokens come from a token file")
 }
 
-// OpenEngine opens the repository the configuration names (Repository,
+// openEngine opens the repository the configuration names (Repository,
 // KeyFile) with the backup engine.
-func OpenEngine(ctx context.Context, cfg DaemonConfig) (*engine.Engine, error) {
+func openEngine(ctx context.Context, cfg DaemonConfig) (*engine.Engine, error) {
 	rc := cfg.Repository
 	if rc.URL == "" {
 		rc.URL = filepath.Join(cfg.DataDir, "repository")
