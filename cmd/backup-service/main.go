@@ -16,6 +16,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/daemon"
 	"github.com/blockvault/blockvault/pkg/mtls"
 	"github.com/blockvault/blockvault/pkg/quota"
+	"github.com/blockvault/blockvault/pkg/repository/location"
 	"github.com/blockvault/blockvault/services/backup"
 )
 
@@ -38,10 +39,7 @@ func run() error {
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the SQLite database and the default repository")
 	fs.StringVar(&cfg.DatabaseURL, "database-url", cfg.DatabaseURL, "database URL (postgres://...); default: SQLite in data-dir")
 	fs.StringVar(&cfg.NodeID, "node-id", cfg.NodeID, "name of this node (the volume manager's node id allows local-path reads)")
-	fs.StringVar(&cfg.Repository, "repository", cfg.Repository, "backup repository: a directory (default: <data-dir>/repository) or s3://host:port/bucket[/prefix] (s3s:// for TLS)")
-	fs.StringVar(&cfg.S3AccessKey, "s3-access-key", cfg.S3AccessKey, "S3 access key")
-	fs.StringVar(&cfg.S3SecretKey, "s3-secret-key", cfg.S3SecretKey, "S3 secret key (prefer the environment variable BLOCKVAULT_S3_SECRET_KEY)")
-	fs.StringVar(&cfg.S3Region, "s3-region", cfg.S3Region, "S3 region")
+	location.Flags(fs, &cfg.Repository, "<data-dir>/repository")
 	fs.StringVar(&cfg.KeyFile, "encryption-key-file", cfg.KeyFile, "file holding the repository key (at least 32 bytes); new containers are encrypted with it")
 	fs.IntVar(&cfg.MaxConcurrent, "max-concurrent", cfg.MaxConcurrent, "backups and restores running at once (more wait in a queue)")
 	fs.StringVar(&cfg.Strategy, "strategy", cfg.Strategy, "force how in-use volumes are read: local-snapshot, attached-snapshot, temporary-volume (default: chosen from the backend's capabilities)")

@@ -1,17 +1,18 @@
 package main
 
 import (
+	"context"
 	"encoding/base64"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"os"
-	"strings"
 	"time"
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
+	"github.com/blockvault/blockvault/pkg/engine"
 	"github.com/blockvault/blockvault/pkg/repository"
-	"github.com/blockvault/blockvault/services/backup"
+	"github.com/blockvault/blockvault/pkg/repository/location"
 	"github.com/spf13/cobra"
 )
 
@@ -20,8 +21,12 @@ import (
 // database (list what is there, print records to import elsewhere).
 func repositoryCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "repository", Short: "Read a backup repository directly (no daemon, no database)"}
-	cfg := backup.DaemonConfig{Container: backup.DefaultContainer}
-	var records bool
+	var (
+		repo      location.Config
+		container = engine.DefaultContainer
+		keyFile   string
+		records   bool
+	)
 	list := &cobra.Command{
 		Use:   "list",
 		Short: "List the backups of a container from their manifests",
@@ -30,41 +35,41 @@ func repositoryCmd(g *globals) *cobra.Command {
 			"the backups with a backup service that has lost (or never had) their database rows.",
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
-			if cfg.Repository == "" {
+			if repo.URL == "" {
 				return usageError{fmt.Errorf("--repository is required (a directory, or s3://host:port/bucket[/prefix])")}
 			}
-			if cfg.S3AccessKey == "" {
-				cfg.S3AccessKey = os.Getenv("BLOCKVAULT_S3_ACCESS_KEY")
+			if repo.S3AccessKey == "" {
+				repo.S3AccessKey = os.Getenv("BLOCKVAULT_S3_ACCESS_KEY")
 			}
-			if cfg.S3SecretKey == "" {
-				cfg.S3SecretKey = os.Getenv("BLOCKVAULT_S3_SECRET_KEY")
+			if repo.S3SecretKey == "" {
+				repo.S3SecretKey = os.Getenv("BLOCKVAULT_S3_SECRET_KEY")
 			}
-			if !strings.Contains(cfg.Repository, "://") {
+			if dir, ok := location.Directory(repo.URL); ok {
 				// A posix repository is a directory that must exist: listing
 				// must not create one where the operator mistyped a path.
-				if st, err := os.Stat(cfg.Repository); err != nil || !st.IsDir() {
-					return usageError{fmt.Errorf("repository %s: not a directory", cfg.Repository)}
+				if st, err := os.Stat(dir); err != nil || !st.IsDir() {
+					return usageError{fmt.Errorf("repository %s: not a directory", repo.URL)}
 				}
 			}
-			eng, err := backup.OpenEngine(cmd.Context(), cfg)
+			eng, err := openEngine(cmd.Context(), repo, keyFile)
 			if err != nil {
 				return err
 			}
 			// Reading a container that is not there would create it.
-			if _, err := eng.Repository().Stat(cmd.Context(), cfg.Container+"/config"); err != nil {
+			if _, err := eng.Repository().Stat(cmd.Context(), container+"/config"); err != nil {
 				if errors.Is(err, repository.ErrNotFound) {
-					return notFoundError{fmt.Errorf("container %q does not exist in repository %s", cfg.Container, eng.Repository().Location())}
+					return notFoundError{fmt.Errorf("container %q does not exist in repository %s", container, eng.Repository().Location())}
 				}
 				return err
 			}
-			sums, err := eng.ListBackups(cmd.Context(), cfg.Container)
+			sums, err := eng.ListBackups(cmd.Context(), container)
 			if err != nil {
-				return fmt.Errorf("container %q: %w", cfg.Container, err)
+				return fmt.Errorf("container %q: %w", container, err)
 			}
 			switch {
 			case records:
 				for _, s := range sums {
-					rec, err := eng.ExportRecord(cmd.Context(), cfg.Container, s.BackupID)
+					rec, err := eng.ExportRecord(cmd.Context(), container, s.BackupID)
 					if err != nil {
 						return fmt.Errorf("backup %s: %w", s.BackupID, err)
 					}
@@ -91,13 +96,25 @@ func repositoryCmd(g *globals) *cobra.Command {
 		},
 	}
 	f := list.Flags()
-	f.StringVar(&cfg.Repository, "repository", "", "the repository: a directory, or s3://host:port/bucket[/prefix] (s3s:// for TLS)")
-	f.StringVar(&cfg.Container, "container", cfg.Container, "the container to list")
-	f.StringVar(&cfg.KeyFile, "encryption-key-file", "", "the repository key, for encrypted containers")
-	f.StringVar(&cfg.S3AccessKey, "s3-access-key", "", "S3 access key (or BLOCKVAULT_S3_ACCESS_KEY)")
-	f.StringVar(&cfg.S3SecretKey, "s3-secret-key", "", "S3 secret key (or BLOCKVAULT_S3_SECRET_KEY)")
-	f.StringVar(&cfg.S3Region, "s3-region", "", "S3 region")
+	location.Flags(f, &repo, "")
+	f.StringVar(&container, "container", container, "the container to list")
+	f.StringVar(&keyFile, "encryption-key-file", "", "the repository key, for encrypted containers")
 	f.BoolVar(&records, "records", false, "print importable backup records, one per line")
 	cmd.AddCommand(list)
 	return cmd
+}
+
+// openEngine opens the repository with the backup engine, to read it.
+func openEngine(ctx context.Context, repo location.Config, keyFile string) (*engine.Engine, error) {
+	r, err := location.Open(ctx, repo)
+	if err != nil {
+		return nil, err
+	}
+	var key []byte
+	if keyFile != "" {
+		if key, err = engine.ReadKeyFile(keyFile); err != nil {
+			return nil, err
+		}
+	}
+	return engine.New(r, engine.Options{Key: key})
 }

@@ -16,6 +16,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/daemon"
 	"github.com/blockvault/blockvault/pkg/mtls"
 	"github.com/blockvault/blockvault/pkg/quota"
+	"github.com/blockvault/blockvault/pkg/volume/drivers"
 	"github.com/blockvault/blockvault/services/volumemanager"
 )
 
@@ -40,12 +41,7 @@ func run() error {
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the volume pool and the SQLite database")
 	fs.StringVar(&cfg.DatabaseURL, "database-url", cfg.DatabaseURL, "database URL (postgres://...); default: SQLite in data-dir")
 	fs.StringVar(&cfg.NodeID, "node-id", cfg.NodeID, "name of this node")
-	fs.StringVar(&cfg.Driver, "driver", cfg.Driver, "storage driver: file (files under data-dir/pool) or rbd (Ceph RBD images; needs a binary built with -tags rbd)")
-	fs.StringVar(&cfg.CephConf, "ceph-conf", cfg.CephConf, "rbd driver: the ceph.conf naming the monitors and keyring (default: librados's search, /etc/ceph/ceph.conf)")
-	fs.StringVar(&cfg.CephUser, "ceph-user", cfg.CephUser, "rbd driver: the cephx client id, without \"client.\" (default: admin)")
-	fs.StringVar(&cfg.RBDPool, "rbd-pool", cfg.RBDPool, "rbd driver: the pool that holds the volumes' images")
-	fs.StringVar(&cfg.RBDNamespace, "rbd-namespace", cfg.RBDNamespace, "rbd driver: an RBD namespace in the pool (default: none)")
-	fs.StringVar(&cfg.FileMode, "file-mode", cfg.FileMode, "file driver point-in-time mode: auto, reflink, copy-before-write")
+	driverFlags := drivers.Default().Flags(fs, &cfg.Driver) // --driver and each driver's own flags
 	fs.BoolVar(&cfg.DisableSnapshotExport, "disable-snapshot-export", cfg.DisableSnapshotExport, "refuse to attach snapshots (backups of in-use volumes then use a temporary clone)")
 	fs.StringVar(&cfg.HTTPListen, "http-listen", cfg.HTTPListen, "address of /metrics, /healthz and /readyz (empty: off)")
 	auth.Flags(fs, &cfg.Auth)
@@ -60,6 +56,10 @@ func run() error {
 	if *version {
 		fmt.Println("volume-manager", daemon.Version)
 		return nil
+	}
+	var err error
+	if cfg.DriverConfig, err = driverFlags.Config(); err != nil {
+		return err
 	}
 	log, err := daemon.NewLogger(os.Stderr, *logLevel, *logFormat)
 	if err != nil {

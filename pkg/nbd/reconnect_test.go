@@ -4,114 +4,43 @@ import (
 	"bytes"
 	"context"
 	"errors"
-	"io"
-	"net"
-	"sync"
-	"sync/atomic"
 	"testing"
 	"time"
 
 	"github.com/blockvault/blockvault/pkg/nbd"
+	"github.com/blockvault/blockvault/pkg/testenv"
 )
 
-// cutter is a TCP proxy whose connections can all be cut at once, or cut
-// after the server has sent a given number of further bytes (in the middle
-// of a reply).
-type cutter struct {
-	ln    net.Listener
-	mu    sync.Mutex
-	conns []net.Conn
-	// budget is how many more bytes the server may send before the
-	// connections are cut (or held, with hold); negative: no limit.
-	budget atomic.Int64
-	hold   atomic.Bool
-	// slow passes the server's bytes on at 16 KiB every 100 ms.
-	slow atomic.Bool
-}
-
-func newCutter(t *testing.T, target string) *cutter {
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	c := &cutter{ln: ln}
-	c.budget.Store(-1)
-	t.Cleanup(func() { ln.Close(); c.cut() })
-	go func() {
-		for {
-			in, err := ln.Accept()
-			if err != nil {
-				return
+// afterBytes is a reply hook that passes the server's next n bytes on,
+// then does f; connections made again run free.
+func afterBytes(n int64, f testenv.Fault) testenv.ReplyHook {
+	return func(b []byte) (int, testenv.Fault) {
+		if n < 0 || int64(len(b)) <= n {
+			if n >= 0 {
+				n -= int64(len(b))
 			}
-			out, err := net.Dial("tcp", target)
-			if err != nil {
-				in.Close()
-				continue
-			}
-			c.mu.Lock()
-			c.conns = append(c.conns, in, out)
-			c.mu.Unlock()
-			go func() { io.Copy(out, in); out.Close() }()
-			go func() { c.replies(in, out); in.Close() }()
+			return len(b), testenv.Pass
 		}
-	}()
-	return c
-}
-
-// replies copies the server's bytes to the client within the budget.
-func (c *cutter) replies(in, out net.Conn) {
-	buf := make([]byte, 32<<10)
-	for {
-		n, err := out.Read(buf)
-		if n > 0 {
-			send := n
-			if b := c.budget.Load(); b >= 0 {
-				send = int(min(int64(n), b))
-				c.budget.Add(-int64(send))
-			}
-			for p := buf[:send]; len(p) > 0; {
-				k := len(p)
-				if c.slow.Load() {
-					k = min(k, 16<<10)
-					time.Sleep(100 * time.Millisecond)
-				}
-				if _, werr := in.Write(p[:k]); werr != nil {
-					return
-				}
-				p = p[k:]
-			}
-			if send < n {
-				c.budget.Store(-1) // connections made again run free
-				if c.hold.Swap(false) {
-					// Held: the connection stays open, the server's
-					// bytes go nowhere.
-					io.Copy(io.Discard, out)
-					return
-				}
-				c.cut()
-				return
-			}
-		}
-		if err != nil {
-			return
-		}
+		k := int(n)
+		n = -1
+		return k, f
 	}
 }
 
-// cutAfter cuts the connections once the server has sent n more bytes.
-func (c *cutter) cutAfter(n int64) { c.budget.Store(n) }
+// cutAfter cuts the proxy's connections once the server has sent n more
+// bytes (in the middle of a reply).
+func cutAfter(px *testenv.Proxy, n int64) { px.OnReply(afterBytes(n, testenv.Cut)) }
 
 // holdAfter stops passing the server's bytes on once it has sent n more,
 // leaving the connection open: to the client, a server that hangs.
-func (c *cutter) holdAfter(n int64) { c.hold.Store(true); c.budget.Store(n) }
+func holdAfter(px *testenv.Proxy, n int64) { px.OnReply(afterBytes(n, testenv.Hold)) }
 
-func (c *cutter) cut() {
-	c.mu.Lock()
-	defer c.mu.Unlock()
-	for _, conn := range c.conns {
-		conn.Close()
-	}
-	c.conns = nil
+// slowReplies passes the server's bytes on at 16 KiB every 100 ms.
+func slowReplies(px *testenv.Proxy) {
+	px.OnReply(func(b []byte) (int, testenv.Fault) {
+		time.Sleep(100 * time.Millisecond)
+		return min(len(b), 16<<10), testenv.Pass
+	})
 }
 
 // TestReconnecting: a connection cut under a reader is dialed again and
@@ -121,15 +50,15 @@ func TestReconnecting(t *testing.T) {
 	s := serve(t)
 	path, want := image(t)
 	s.export(t, "vol", path, false)
-	px := newCutter(t, s.addr)
-	dev, err := nbd.DialReconnecting(context.Background(), "tcp", px.ln.Addr().String(), nbd.DialOptions{ExportName: "vol"}, 30*time.Second)
+	px := testenv.StartProxy(t, s.addr)
+	dev, err := nbd.DialReconnecting(context.Background(), "tcp", px.Addr(), nbd.DialOptions{ExportName: "vol"}, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer dev.Close()
 	got := make([]byte, len(want))
 	for i := 0; i < 3; i++ {
-		px.cut()
+		px.Cut()
 		if _, err := dev.ReadAt(got, 0); err != nil {
 			t.Fatalf("read %d after a cut: %v", i, err)
 		}
@@ -141,7 +70,7 @@ func TestReconnecting(t *testing.T) {
 		t.Fatalf("%d reconnections after three cuts", dev.Reconnects())
 	}
 	// Writes retried after a cut land once, as written.
-	px.cut()
+	px.Cut()
 	if _, err := dev.WriteAt(bytes.Repeat([]byte{7}, mib), 4*mib); err != nil {
 		t.Fatalf("write after a cut: %v", err)
 	}
@@ -152,7 +81,7 @@ func TestReconnecting(t *testing.T) {
 
 	// The export removed: no retrying for 30 s.
 	s.srv.RemoveExport("vol")
-	px.cut()
+	px.Cut()
 	start := time.Now()
 	_, err = dev.ReadAt(got[:mib], 0)
 	if err == nil || !errors.Is(err, nbd.ErrClosed) && !errors.Is(err, nbd.ErrUnknownExport) {
@@ -171,7 +100,7 @@ func TestConnectionLostMidReply(t *testing.T) {
 	s := serve(t)
 	path, want := image(t)
 	s.export(t, "vol", path, false)
-	px := newCutter(t, s.addr)
+	px := testenv.StartProxy(t, s.addr)
 	within := func(what string, f func() error) error {
 		t.Helper()
 		errc := make(chan error, 1)
@@ -184,13 +113,13 @@ func TestConnectionLostMidReply(t *testing.T) {
 			return nil
 		}
 	}
-	c, err := nbd.Dial(context.Background(), "tcp", px.ln.Addr().String(), nbd.DialOptions{ExportName: "vol"})
+	c, err := nbd.Dial(context.Background(), "tcp", px.Addr(), nbd.DialOptions{ExportName: "vol"})
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer c.Close()
 	got := make([]byte, 2*mib) // one data chunk: the image has data at 1-3 MiB
-	px.cutAfter(64 << 10)
+	cutAfter(px, 64<<10)
 	err = within("a read cut mid-reply", func() error { _, err := c.ReadAt(got, mib); return err })
 	if err == nil {
 		t.Fatal("a read whose reply was cut half way succeeded")
@@ -199,13 +128,13 @@ func TestConnectionLostMidReply(t *testing.T) {
 		t.Fatalf("the client does not say its connection broke (read: %v)", err)
 	}
 
-	dev, err := nbd.DialReconnecting(context.Background(), "tcp", px.ln.Addr().String(), nbd.DialOptions{ExportName: "vol"}, 30*time.Second)
+	dev, err := nbd.DialReconnecting(context.Background(), "tcp", px.Addr(), nbd.DialOptions{ExportName: "vol"}, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer dev.Close()
 	for i := 0; i < 3; i++ {
-		px.cutAfter(int64(i+1) * 100 << 10)
+		cutAfter(px, int64(i+1)*100<<10)
 		clear(got)
 		if err := within("a reconnecting read cut mid-reply", func() error { _, err := dev.ReadAt(got, mib); return err }); err != nil {
 			t.Fatalf("read %d cut mid-reply: %v", i, err)
@@ -228,9 +157,9 @@ func TestStalledServer(t *testing.T) {
 	s := serve(t)
 	path, want := image(t)
 	s.export(t, "vol", path, false)
-	px := newCutter(t, s.addr)
+	px := testenv.StartProxy(t, s.addr)
 	opts := nbd.DialOptions{ExportName: "vol", StallTimeout: 500 * time.Millisecond}
-	c, err := nbd.Dial(context.Background(), "tcp", px.ln.Addr().String(), opts)
+	c, err := nbd.Dial(context.Background(), "tcp", px.Addr(), opts)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -243,12 +172,12 @@ func TestStalledServer(t *testing.T) {
 	}
 	// A slow transfer: 256 KiB at 160 KiB/s takes 1.6 s, more than the
 	// timeout, but bytes keep coming.
-	px.slow.Store(true)
+	slowReplies(px)
 	if _, err := c.ReadAt(got[:256<<10], mib); err != nil || !bytes.Equal(got[:256<<10], want[mib:mib+256<<10]) {
 		t.Fatalf("a slow read: %v", err)
 	}
-	px.slow.Store(false)
-	px.holdAfter(64 << 10)
+	px.OnReply(nil)
+	holdAfter(px, 64<<10)
 	errc := make(chan error, 1)
 	go func() { _, err := c.ReadAt(got, mib); errc <- err }()
 	select {
@@ -260,12 +189,12 @@ func TestStalledServer(t *testing.T) {
 		t.Fatalf("a read from a server that stopped answering: %v, want ErrStalled", err)
 	}
 
-	dev, err := nbd.DialReconnecting(context.Background(), "tcp", px.ln.Addr().String(), opts, 30*time.Second)
+	dev, err := nbd.DialReconnecting(context.Background(), "tcp", px.Addr(), opts, 30*time.Second)
 	if err != nil {
 		t.Fatal(err)
 	}
 	defer dev.Close()
-	px.holdAfter(100 << 10)
+	holdAfter(px, 100<<10)
 	clear(got)
 	go func() { _, err := dev.ReadAt(got, mib); errc <- err }()
 	select {

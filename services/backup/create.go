@@ -9,6 +9,7 @@ import (
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/engine"
 	"github.com/blockvault/blockvault/pkg/lifecycle"
 	"github.com/blockvault/blockvault/pkg/metrics"
 	"github.com/blockvault/blockvault/pkg/quota"
@@ -39,7 +40,7 @@ const (
 )
 
 // DefaultContainer is the repository container of backups that name none.
-const DefaultContainer = "backups"
+const DefaultContainer = engine.DefaultContainer
 
 // CreateBackup implements BackupService: checks, the status swap on the
 // volume, a backup row creating, and the work started in the background.

@@ -7,10 +7,8 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
-	"net/url"
 	"os"
 	"path/filepath"
-	"strings"
 	"time"
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
@@ -21,9 +19,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/metrics"
 	"github.com/blockvault/blockvault/pkg/mtls"
 	"github.com/blockvault/blockvault/pkg/quota"
-	"github.com/blockvault/blockvault/pkg/repository"
-	"github.com/blockvault/blockvault/pkg/repository/posix"
-	"github.com/blockvault/blockvault/pkg/repository/s3"
+	"github.com/blockvault/blockvault/pkg/repository/location"
 	"github.com/blockvault/blockvault/pkg/requestid"
 	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/store/backupdb"
@@ -43,12 +39,9 @@ type DaemonConfig struct {
 	DatabaseURL string
 	// NodeID names this node (default: the host name).
 	NodeID string
-	// Repository is where backups go: a directory path (posix, the
-	// default: <data-dir>/repository), or s3://host:port/bucket[/prefix]
-	// (s3s:// for TLS) for an S3-compatible store.
-	Repository string
-	// S3AccessKey, S3SecretKey and S3Region are the S3 credentials.
-	S3AccessKey, S3SecretKey, S3Region string
+	// Repository is where backups go (its URL, see pkg/repository/location;
+	// an empty URL is <data-dir>/repository) and the S3 credentials.
+	Repository location.Config
 	// KeyFile holds the repository key (32 bytes or more) that encrypts new
 	// containers; empty leaves them unencrypted.
 	KeyFile string
@@ -189,7 +182,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 		return fmt.Errorf("volume manager client: %w", err)
 	}
 	defer conn.Close()
-	eng, err := OpenEngine(ctx, cfg)
+	eng, err := openEngine(ctx, cfg)
 	if err != nil {
 		return err
 	}
@@ -259,41 +252,22 @@ func (c DaemonConfig) serviceToken(a *auth.Authenticator) (string, error) {
 	return "", errors.New("service-token-file is required: the token (service role) the backup service calls the volume manager with, when tokens come from a token file")
 }
 
-// OpenEngine opens the repository the configuration names (Repository,
-// the S3 credentials, KeyFile) with the backup engine. The CLI uses it to
-// read a repository without any database.
-func OpenEngine(ctx context.Context, cfg DaemonConfig) (*engine.Engine, error) {
-	repo, err := openRepository(ctx, cfg)
+// openEngine opens the repository the configuration names (Repository,
+// KeyFile) with the backup engine.
+func openEngine(ctx context.Context, cfg DaemonConfig) (*engine.Engine, error) {
+	rc := cfg.Repository
+	if rc.URL == "" {
+		rc.URL = filepath.Join(cfg.DataDir, "repository")
+	}
+	repo, err := location.Open(ctx, rc)
 	if err != nil {
 		return nil, err
 	}
 	var key []byte
 	if cfg.KeyFile != "" {
-		if key, err = os.ReadFile(cfg.KeyFile); err != nil {
-			return nil, fmt.Errorf("repository key: %w", err)
+		if key, err = engine.ReadKeyFile(cfg.KeyFile); err != nil {
+			return nil, err
 		}
-		key = bytes.TrimSpace(key)
 	}
 	return engine.New(repo, engine.Options{Key: key, ChunkSize: cfg.ChunkSize})
-}
-
-// openRepository opens the repository the configuration names.
-func openRepository(ctx context.Context, cfg DaemonConfig) (repository.Repository, error) {
-	loc := cfg.Repository
-	if loc == "" {
-		loc = filepath.Join(cfg.DataDir, "repository")
-	}
-	if !strings.HasPrefix(loc, "s3://") && !strings.HasPrefix(loc, "s3s://") {
-		return posix.New(loc)
-	}
-	u, err := url.Parse(loc)
-	if err != nil {
-		return nil, fmt.Errorf("repository %q: %w", loc, err)
-	}
-	bucket, prefix, _ := strings.Cut(strings.TrimPrefix(u.Path, "/"), "/")
-	if u.Host == "" || bucket == "" {
-		return nil, fmt.Errorf("repository %q: want s3://host:port/bucket[/prefix]", loc)
-	}
-	return s3.New(ctx, s3.Config{Endpoint: u.Host, Bucket: bucket, Prefix: prefix, AccessKey: cfg.S3AccessKey,
-		SecretKey: cfg.S3SecretKey, Region: cfg.S3Region, UseTLS: u.Scheme == "s3s", CreateBucket: true})
 }

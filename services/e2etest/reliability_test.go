@@ -485,10 +485,10 @@ func relOutageAtTheEnd(t *testing.T, s *Stack, pg *storetest.Cluster, volID, vol
 func TestReliabilityRepositoryStallsThenRecovers(t *testing.T) {
 	srv := s3test.Start(t)
 	c := srv.Config
-	px := relStartProxy(t, c.Endpoint)
+	px := testenv.StartProxy(t, c.Endpoint)
 	t.Setenv("BLOCKVAULT_S3_SECRET_KEY", c.SecretKey)
 	s := Start(t, Options{NoGateway: true, BackupArgs: []string{
-		"--repository", "s3://" + px.addr() + "/" + c.Bucket + "/blockvault", "--s3-access-key", c.AccessKey, "--s3-region", c.Region}})
+		"--repository", "s3://" + px.Addr() + "/" + c.Bucket + "/blockvault", "--s3-access-key", c.AccessKey, "--s3-region", c.Region}})
 	relLogOnFailure(t, s)
 	ctx := context.Background()
 	vol, _, dev := attached(t, s, 256<<20)
@@ -500,9 +500,9 @@ func TestReliabilityRepositoryStallsThenRecovers(t *testing.T) {
 	id := cr.GetBackup().GetId()
 	waitProgress(t, s, id, "backup")
 
-	px.stall(true)
+	px.Stall(true)
 	stalled := time.Now()
-	movedAtStall := px.bytesMoved()
+	movedAtStall := px.BytesMoved()
 	time.Sleep(time.Second) // what was in flight settles
 	first, err := relGetBackup(s, id)
 	if err != nil {
@@ -530,10 +530,10 @@ func TestReliabilityRepositoryStallsThenRecovers(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if moved := px.bytesMoved(); moved != movedAtStall {
+	if moved := px.BytesMoved(); moved != movedAtStall {
 		t.Fatalf("the proxy moved %d bytes while stalled", moved-movedAtStall)
 	}
-	px.stall(false)
+	px.Stall(false)
 	t.Logf("stalled %v: the backup went %s -> %s, bytes done %s -> %s of %s",
 		time.Since(stalled).Round(time.Millisecond), first.GetStatus(), last.GetStatus(),
 		relMiB(first.GetProgress().GetBytesDone()), relMiB(last.GetProgress().GetBytesDone()), relMiB(last.GetProgress().GetBytesTotal()))

@@ -23,7 +23,6 @@ import (
 	"github.com/blockvault/blockvault/pkg/store/volumedb"
 	"github.com/blockvault/blockvault/pkg/volume"
 	"github.com/blockvault/blockvault/pkg/volume/file"
-	"github.com/blockvault/blockvault/pkg/volume/rbd"
 	healthpb "google.golang.org/grpc/health/grpc_health_v1"
 )
 
@@ -46,16 +45,13 @@ type DaemonConfig struct {
 	DatabaseURL string
 	// NodeID names this node (default: the host name).
 	NodeID string
-	// Driver names the storage backend: "file" (a directory of files, the
-	// default) or "rbd" (Ceph RBD images; compiled in with -tags rbd).
+	// Driver names the storage backend (pkg/volume/drivers): "file" (a
+	// directory of files, the default) or "rbd" (Ceph RBD images; compiled
+	// in with -tags rbd).
 	Driver string
-	// FileMode is the file driver's point-in-time mode: auto, reflink,
-	// copy-before-write.
-	FileMode string
-	// CephConf, CephUser, RBDPool and RBDNamespace configure the rbd
-	// driver: the ceph.conf (monitors, keyring), the cephx client id, the
-	// pool of the volumes' images and an optional namespace in it.
-	CephConf, CephUser, RBDPool, RBDNamespace string
+	// DriverConfig is that driver's own settings (a *file.Config, a
+	// *rbd.Config).
+	DriverConfig volume.DriverConfig
 	// DisableSnapshotExport makes the driver refuse to attach snapshots, so
 	// backups of in-use volumes take the temporary-clone path.
 	DisableSnapshotExport bool
@@ -74,7 +70,7 @@ type DaemonConfig struct {
 func DefaultDaemonConfig() DaemonConfig {
 	host, _ := os.Hostname()
 	return DaemonConfig{Listen: "127.0.0.1:7100", NBDListen: "127.0.0.1:10809", DataDir: "data/volume-manager",
-		NodeID: host, Driver: "file", FileMode: "auto", HTTPListen: "127.0.0.1:7101", Auth: auth.Config{Mode: auth.ModeToken},
+		NodeID: host, Driver: "file", DriverConfig: file.Factory().NewConfig(), HTTPListen: "127.0.0.1:7101", Auth: auth.Config{Mode: auth.ModeToken},
 		Quota: quota.Config{Defaults: quota.DefaultLimits()}}
 }
 
@@ -93,41 +89,12 @@ func (c DaemonConfig) Validate() error {
 	if c.NodeID == "" {
 		errs = append(errs, errors.New("node-id is required"))
 	}
-	switch c.FileMode {
-	case "auto", "reflink", "copy-before-write":
-	default:
-		errs = append(errs, fmt.Errorf("file-mode %q: want auto, reflink or copy-before-write", c.FileMode))
-	}
-	switch c.Driver {
-	case "file":
-	case "rbd":
-		if c.RBDPool == "" {
-			errs = append(errs, errors.New("driver rbd needs --rbd-pool (the Ceph pool of the volumes' images)"))
-		}
-	default:
-		errs = append(errs, fmt.Errorf("driver %q: want file or rbd", c.Driver))
+	if c.DriverConfig == nil {
+		errs = append(errs, fmt.Errorf("driver %q: no settings for it", c.Driver))
+	} else if err := c.DriverConfig.Validate(); err != nil {
+		errs = append(errs, err)
 	}
 	return errors.Join(errs...)
-}
-
-// openDriver opens the storage backend the configuration names.
-func openDriver(cfg DaemonConfig, log *slog.Logger) (volume.Driver, error) {
-	switch cfg.Driver {
-	case "rbd":
-		d, err := rbd.New(rbd.Config{ConfPath: cfg.CephConf, User: cfg.CephUser, Pool: cfg.RBDPool,
-			Namespace: cfg.RBDNamespace, DisableSnapshotOpen: cfg.DisableSnapshotExport, Logger: log})
-		if err != nil {
-			return nil, err // it names the driver, the pool and the cluster
-		}
-		return d, nil
-	default:
-		d, err := file.New(file.Config{Dir: filepath.Join(cfg.DataDir, "pool"), Mode: cfg.FileMode,
-			DisableSnapshotOpen: cfg.DisableSnapshotExport, Logger: log})
-		if err != nil {
-			return nil, err
-		}
-		return d, nil
-	}
 }
 
 func (c DaemonConfig) databaseURL() string {
@@ -164,7 +131,8 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 		return err
 	}
 	up.Step("database open and migrated", "database", store.Dialect(db))
-	driver, err := openDriver(cfg, log)
+	driver, err := cfg.DriverConfig.Open(volume.OpenOptions{DataDir: cfg.DataDir,
+		DisableSnapshotOpen: cfg.DisableSnapshotExport, Logger: log})
 	if err != nil {
 		return err
 	}

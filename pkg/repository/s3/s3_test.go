@@ -4,9 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"io"
-	"net"
-	"sync"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -15,6 +12,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/repository/repositorytest"
 	"github.com/blockvault/blockvault/pkg/repository/s3"
 	"github.com/blockvault/blockvault/pkg/repository/s3/s3test"
+	"github.com/blockvault/blockvault/pkg/testenv"
 )
 
 func TestConformance(t *testing.T) {
@@ -47,71 +45,15 @@ func TestServerDownIsUnavailable(t *testing.T) {
 	}
 }
 
-// switchProxy forwards TCP connections to a server while up; switched down,
-// it closes the connections it has and refuses new ones (a fault injected
-// between the repository and a real S3 server).
-type switchProxy struct {
-	addr    string
-	backend string
-	down    atomic.Bool
-	mu      sync.Mutex
-	conns   []net.Conn
-}
-
-func startProxy(t *testing.T, backend string) *switchProxy {
-	t.Helper()
-	l, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	t.Cleanup(func() { l.Close() })
-	p := &switchProxy{addr: l.Addr().String(), backend: backend}
-	go func() {
-		for {
-			c, err := l.Accept()
-			if err != nil {
-				return
-			}
-			if p.down.Load() {
-				c.Close()
-				continue
-			}
-			s, err := net.Dial("tcp", backend)
-			if err != nil {
-				c.Close()
-				continue
-			}
-			p.mu.Lock()
-			p.conns = append(p.conns, c, s)
-			p.mu.Unlock()
-			go func() { io.Copy(s, c); s.Close() }()
-			go func() { io.Copy(c, s); c.Close() }()
-		}
-	}()
-	return p
-}
-
-func (p *switchProxy) setDown(down bool) {
-	p.down.Store(down)
-	if down {
-		p.mu.Lock()
-		for _, c := range p.conns {
-			c.Close()
-		}
-		p.conns = nil
-		p.mu.Unlock()
-	}
-}
-
 // TestBatch: a batch's puts are stored by the time Sync returns, from
 // buffers the caller reuses at once; a bad name is refused by Put; uploads
 // that fail while the server cannot be reached make Sync fail with
 // ErrUnavailable, and the next Sync, with the server back, stores them.
 func TestBatch(t *testing.T) {
 	srv := s3test.Start(t)
-	proxy := startProxy(t, srv.Config.Endpoint)
+	proxy := testenv.StartProxy(t, srv.Config.Endpoint) // a fault between the repository and a real S3 server
 	cfg := srv.Config
-	cfg.Endpoint = proxy.addr
+	cfg.Endpoint = proxy.Addr()
 	cfg.MaxRetries = 1
 	r, err := s3.New(context.Background(), cfg)
 	if err != nil {
@@ -146,7 +88,7 @@ func TestBatch(t *testing.T) {
 	}
 	check(0, 100)
 
-	proxy.setDown(true)
+	proxy.SetDown(true)
 	b = r.NewBatch()
 	for i := 100; i < 110; i++ {
 		if err := b.Put(ctx, fmt.Sprintf("b/%d", i), content(i)); err != nil {
@@ -158,7 +100,7 @@ func TestBatch(t *testing.T) {
 	if err := b.Sync(sctx); !errors.Is(err, repository.ErrUnavailable) {
 		t.Fatalf("Sync with the server unreachable: %v, want ErrUnavailable", err)
 	}
-	proxy.setDown(false)
+	proxy.SetDown(false)
 	if err := b.Sync(sctx); err != nil {
 		t.Fatalf("Sync with the server back: %v", err)
 	}
