@@ -17,22 +17,47 @@ import (
 
 func backupCmd(g *globals) *cobra.Command {
 	cmd := &cobra.Command{Use: "backup", Short: "Back up volumes (attached or not), restore, verify, export and import backups"}
+	cmd.AddCommand(backupCreateCmd(g), backupListCmd(g), backupShowCmd(g), backupWatchCmd(g), backupDeleteCmd(g),
+		backupRestoreCmd(g), backupVerifyCmd(g), backupExportCmd(g), backupImportCmd(g))
+	return cmd
+}
 
-	var name, description, container, snapshotID string
-	var force, incremental, wait bool
-	create := &cobra.Command{
+// withBackups makes a command's RunE that dials the backup service, runs
+// fn with its client and hangs up.
+func (g *globals) withBackups(fn func(cmd *cobra.Command, args []string, c backupv1.BackupServiceClient) error) func(*cobra.Command, []string) error {
+	return func(cmd *cobra.Command, args []string) error {
+		c, done, err := g.backups()
+		if err != nil {
+			return err
+		}
+		defer done()
+		return fn(cmd, args, c)
+	}
+}
+
+// backupIDCmd is a subcommand of one BACKUP_ID argument that calls the
+// backup service.
+func (g *globals) backupIDCmd(verb, short string, fn func(ctx context.Context, c backupv1.BackupServiceClient, id string) error) *cobra.Command {
+	return &cobra.Command{
+		Use:   verb + " BACKUP_ID",
+		Short: short,
+		Args:  exactArgs(1),
+		RunE: g.withBackups(func(cmd *cobra.Command, args []string, c backupv1.BackupServiceClient) error {
+			return fn(cmd.Context(), c, args[0])
+		}),
+	}
+}
+
+func backupCreateCmd(g *globals) *cobra.Command {
+	var in backupv1.BackupInput // the flags, then the volume
+	var wait bool
+	cmd := &cobra.Command{
 		Use:   "create VOLUME_ID",
 		Short: "Back up a volume; --force for an in-use volume, --wait to follow it to the end",
 		Args:  exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, done, err := g.backups()
-			if err != nil {
-				return err
-			}
-			defer done()
-			r, err := c.CreateBackup(cmd.Context(), &backupv1.CreateBackupRequest{ProjectId: g.project, Backup: &backupv1.BackupInput{
-				VolumeId: args[0], Name: name, Description: description, Container: container, Force: force,
-				Incremental: incremental, SnapshotId: snapshotID}})
+		RunE: g.withBackups(func(cmd *cobra.Command, args []string, c backupv1.BackupServiceClient) error {
+			in.VolumeId = args[0]
+			r, err := c.CreateBackup(cmd.Context(), &backupv1.CreateBackupRequest{ProjectId: g.project, Backup: &in})
 			if err != nil {
 				return err
 			}
@@ -40,211 +65,185 @@ func backupCmd(g *globals) *cobra.Command {
 				return g.showBackup(r.GetBackup())
 			}
 			return g.watch(cmd.Context(), c, r.GetBackup().GetId())
-		},
+		}),
 	}
-	create.Flags().StringVar(&name, "name", "", "name")
-	create.Flags().StringVar(&description, "description", "", "description")
-	create.Flags().StringVar(&container, "container", "", "repository container (default: the service's)")
-	create.Flags().StringVar(&snapshotID, "snapshot", "", "back up this snapshot of the volume")
-	create.Flags().BoolVar(&force, "force", false, "back up an in-use volume (from a temporary snapshot or clone)")
-	create.Flags().BoolVar(&incremental, "incremental", false, "store only what changed since the volume's last backup")
-	create.Flags().BoolVar(&wait, "wait", false, "show progress until the backup ends")
+	f := cmd.Flags()
+	f.StringVar(&in.Name, "name", "", "name")
+	f.StringVar(&in.Description, "description", "", "description")
+	f.StringVar(&in.Container, "container", "", "repository container (default: the service's)")
+	f.StringVar(&in.SnapshotId, "snapshot", "", "back up this snapshot of the volume")
+	f.BoolVar(&in.Force, "force", false, "back up an in-use volume (from a temporary snapshot or clone)")
+	f.BoolVar(&in.Incremental, "incremental", false, "store only what changed since the volume's last backup")
+	f.BoolVar(&wait, "wait", false, "show progress until the backup ends")
+	return cmd
+}
 
-	list := &cobra.Command{
+func backupListCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
 		Use:   "list",
 		Short: "List backups, newest first",
 		Args:  cobra.NoArgs,
-		RunE: func(cmd *cobra.Command, _ []string) error {
-			c, done, err := g.backups()
-			if err != nil {
-				return err
-			}
-			defer done()
+		RunE: g.withBackups(func(cmd *cobra.Command, _ []string, c backupv1.BackupServiceClient) error {
 			r, err := c.ListBackups(cmd.Context(), &backupv1.ListBackupsRequest{ProjectId: g.project})
 			if err != nil {
 				return err
 			}
-			if g.output == "json" {
-				return printJSON(stdout, r)
-			}
-			var rows [][]string
-			for _, b := range r.GetBackups() {
-				rows = append(rows, []string{b.GetId(), b.GetVolumeId(), b.GetName(), b.GetStatus(), humanBytes(b.GetSizeBytes()),
-					strconv.FormatBool(b.GetIsIncremental()), b.GetCreatedAt()})
-			}
-			table(stdout, []string{"ID", "VOLUME", "NAME", "STATUS", "SIZE", "INCREMENTAL", "CREATED"}, rows)
-			return nil
-		},
+			return g.showBackups(r)
+		}),
 	}
+}
 
-	show := &cobra.Command{
-		Use:   "show BACKUP_ID",
-		Short: "Show a backup, with its progress while it runs",
-		Args:  exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, done, err := g.backups()
-			if err != nil {
-				return err
-			}
-			defer done()
-			r, err := c.GetBackup(cmd.Context(), &backupv1.GetBackupRequest{ProjectId: g.project, BackupId: args[0]})
+func backupShowCmd(g *globals) *cobra.Command {
+	return g.backupIDCmd("show", "Show a backup, with its progress while it runs",
+		func(ctx context.Context, c backupv1.BackupServiceClient, id string) error {
+			r, err := c.GetBackup(ctx, &backupv1.GetBackupRequest{ProjectId: g.project, BackupId: id})
 			if err != nil {
 				return err
 			}
 			return g.showBackup(r.GetBackup())
-		},
-	}
+		})
+}
 
-	watch := &cobra.Command{
-		Use:   "watch BACKUP_ID",
-		Short: "Follow a running backup or restore until it ends",
-		Args:  exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, done, err := g.backups()
-			if err != nil {
-				return err
-			}
-			defer done()
-			return g.watch(cmd.Context(), c, args[0])
-		},
-	}
+func backupWatchCmd(g *globals) *cobra.Command {
+	return g.backupIDCmd("watch", "Follow a running backup or restore until it ends", g.watch)
+}
 
-	del := &cobra.Command{
-		Use:   "delete BACKUP_ID",
-		Short: "Delete an available or failed backup",
-		Args:  exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, done, err := g.backups()
-			if err != nil {
+func backupDeleteCmd(g *globals) *cobra.Command {
+	return g.backupIDCmd("delete", "Delete an available or failed backup",
+		func(ctx context.Context, c backupv1.BackupServiceClient, id string) error {
+			if _, err := c.DeleteBackup(ctx, &backupv1.DeleteBackupRequest{ProjectId: g.project, BackupId: id}); err != nil {
 				return err
 			}
-			defer done()
-			if _, err := c.DeleteBackup(cmd.Context(), &backupv1.DeleteBackupRequest{ProjectId: g.project, BackupId: args[0]}); err != nil {
-				return err
-			}
-			return g.said(map[string]string{"id": args[0], "status": "deleting"},
-				"backup %s: deletion started (status deleting; it is gone from backup list when done)", args[0])
-		},
-	}
+			return g.said(map[string]string{"id": id, "status": "deleting"},
+				"backup %s: deletion started (status deleting; it is gone from backup list when done)", id)
+		})
+}
 
-	var restoreVolume, restoreName string
-	var restoreWait bool
-	restore := &cobra.Command{
-		Use:   "restore BACKUP_ID",
-		Short: "Restore a backup into a new volume, or into --volume",
-		Args:  exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, done, err := g.backups()
+func backupRestoreCmd(g *globals) *cobra.Command {
+	var in backupv1.RestoreInput // the flags
+	var wait bool
+	cmd := g.backupIDCmd("restore", "Restore a backup into a new volume, or into --volume",
+		func(ctx context.Context, c backupv1.BackupServiceClient, id string) error {
+			r, err := c.RestoreBackup(ctx, &backupv1.RestoreBackupRequest{ProjectId: g.project, BackupId: id,
+				Restore: &in})
 			if err != nil {
 				return err
 			}
-			defer done()
-			r, err := c.RestoreBackup(cmd.Context(), &backupv1.RestoreBackupRequest{ProjectId: g.project, BackupId: args[0],
-				Restore: &backupv1.RestoreInput{VolumeId: restoreVolume, Name: restoreName}})
-			if err != nil {
-				return err
-			}
-			if g.output == "json" && !restoreWait {
+			if g.output == "json" && !wait {
 				return printJSON(stdout, r)
 			}
 			if g.output == "table" {
 				fields(stdout, "backup_id", r.GetRestore().GetBackupId(), "volume_id", r.GetRestore().GetVolumeId(),
 					"volume_name", r.GetRestore().GetVolumeName())
 			}
-			if !restoreWait {
+			if !wait {
 				return nil
 			}
-			if _, err := g.follow(cmd.Context(), c, args[0]); err != nil {
+			if _, err := g.follow(ctx, c, id); err != nil {
 				return err
 			}
-			return g.showRestored(cmd.Context(), r.GetRestore())
-		},
-	}
-	restore.Flags().StringVar(&restoreVolume, "volume", "", "an existing available volume to restore into")
-	restore.Flags().StringVar(&restoreName, "name", "", "name of the new volume")
-	restore.Flags().BoolVar(&restoreWait, "wait", false, "show progress until the restore ends")
+			return g.showRestored(ctx, r.GetRestore())
+		})
+	f := cmd.Flags()
+	f.StringVar(&in.VolumeId, "volume", "", "an existing available volume to restore into")
+	f.StringVar(&in.Name, "name", "", "name of the new volume")
+	f.BoolVar(&wait, "wait", false, "show progress until the restore ends")
+	return cmd
+}
 
-	verify := &cobra.Command{
-		Use:   "verify BACKUP_ID",
-		Short: "Re-read every chunk of a backup and report damage",
-		Args:  exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, done, err := g.backups()
+func backupVerifyCmd(g *globals) *cobra.Command {
+	return g.backupIDCmd("verify", "Re-read every chunk of a backup and report damage",
+		func(ctx context.Context, c backupv1.BackupServiceClient, id string) error {
+			r, err := c.VerifyBackup(ctx, &backupv1.VerifyBackupRequest{ProjectId: g.project, BackupId: id})
 			if err != nil {
 				return err
 			}
-			defer done()
-			r, err := c.VerifyBackup(cmd.Context(), &backupv1.VerifyBackupRequest{ProjectId: g.project, BackupId: args[0]})
-			if err != nil {
-				return err
-			}
-			if g.output == "json" {
-				printJSON(stdout, r)
-			} else {
-				fields(stdout, "ok", strconv.FormatBool(r.GetOk()), "chunks_checked", strconv.FormatInt(r.GetChunksChecked(), 10),
-					"damaged", strconv.Itoa(len(r.GetDamaged())))
-				for _, d := range r.GetDamaged() {
-					fmt.Fprintf(stdout, "  chunk %s at offset %d: %s\n", d.GetChunkId(), d.GetOffset(), d.GetProblem())
-				}
-			}
+			g.showVerified(r)
 			if !r.GetOk() {
-				return failedError{fmt.Errorf("backup %s is damaged: %d chunk(s)", args[0], len(r.GetDamaged()))}
+				return failedError{fmt.Errorf("backup %s is damaged: %d chunk(s)", id, len(r.GetDamaged()))}
 			}
 			return nil
-		},
-	}
+		})
+}
 
-	export := &cobra.Command{
-		Use:   "export BACKUP_ID",
-		Short: "Print a backup record another deployment can import",
-		Args:  exactArgs(1),
-		RunE: func(cmd *cobra.Command, args []string) error {
-			c, done, err := g.backups()
-			if err != nil {
-				return err
-			}
-			defer done()
-			r, err := c.ExportBackupRecord(cmd.Context(), &backupv1.ExportBackupRecordRequest{ProjectId: g.project, BackupId: args[0]})
+func backupExportCmd(g *globals) *cobra.Command {
+	return g.backupIDCmd("export", "Print a backup record another deployment can import",
+		func(ctx context.Context, c backupv1.BackupServiceClient, id string) error {
+			r, err := c.ExportBackupRecord(ctx, &backupv1.ExportBackupRecordRequest{ProjectId: g.project, BackupId: id})
 			if err != nil {
 				return err
 			}
 			return printJSON(stdout, r.GetBackupRecord())
-		},
-	}
+		})
+}
 
-	importCmd := &cobra.Command{
+func backupImportCmd(g *globals) *cobra.Command {
+	return &cobra.Command{
 		Use:   "import FILE|-",
 		Short: "Register a backup from a record printed by export",
 		Args:  exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
-			var data []byte
-			var err error
-			if args[0] == "-" {
-				data, err = io.ReadAll(os.Stdin)
-			} else {
-				data, err = os.ReadFile(args[0])
-			}
-			if err != nil {
-				return usageError{err}
-			}
-			rec := &backupv1.BackupRecord{}
-			if err := (jsonIn).Unmarshal(data, rec); err != nil {
-				return usageError{fmt.Errorf("backup record: %w", err)}
-			}
-			c, done, err := g.backups()
+			rec, err := readBackupRecord(args[0])
 			if err != nil {
 				return err
 			}
-			defer done()
-			r, err := c.ImportBackupRecord(cmd.Context(), &backupv1.ImportBackupRecordRequest{ProjectId: g.project, BackupRecord: rec})
-			if err != nil {
-				return err
-			}
-			return g.showBackup(r.GetBackup())
+			return g.withBackups(func(cmd *cobra.Command, _ []string, c backupv1.BackupServiceClient) error {
+				r, err := c.ImportBackupRecord(cmd.Context(), &backupv1.ImportBackupRecordRequest{ProjectId: g.project, BackupRecord: rec})
+				if err != nil {
+					return err
+				}
+				return g.showBackup(r.GetBackup())
+			})(cmd, args)
 		},
 	}
-	cmd.AddCommand(create, list, show, watch, del, restore, verify, export, importCmd)
-	return cmd
+}
+
+// readBackupRecord reads a record printed by export from a file, or from
+// the standard input for "-".
+func readBackupRecord(path string) (*backupv1.BackupRecord, error) {
+	var data []byte
+	var err error
+	if path == "-" {
+		data, err = io.ReadAll(os.Stdin)
+	} else {
+		data, err = os.ReadFile(path)
+	}
+	if err != nil {
+		return nil, usageError{err}
+	}
+	rec := &backupv1.BackupRecord{}
+	if err := (jsonIn).Unmarshal(data, rec); err != nil {
+		return nil, usageError{fmt.Errorf("backup record: %w", err)}
+	}
+	return rec, nil
+}
+
+// showBackups prints a list of backups.
+func (g *globals) showBackups(r *backupv1.ListBackupsResponse) error {
+	if g.output == "json" {
+		return printJSON(stdout, r)
+	}
+	var rows [][]string
+	for _, b := range r.GetBackups() {
+		rows = append(rows, []string{b.GetId(), b.GetVolumeId(), b.GetName(), b.GetStatus(), humanBytes(b.GetSizeBytes()),
+			strconv.FormatBool(b.GetIsIncremental()), b.GetCreatedAt()})
+	}
+	table(stdout, []string{"ID", "VOLUME", "NAME", "STATUS", "SIZE", "INCREMENTAL", "CREATED"}, rows)
+	return nil
+}
+
+// showVerified prints the outcome of a verify: the chunks checked and
+// those damaged.
+func (g *globals) showVerified(r *backupv1.VerifyBackupResponse) {
+	if g.output == "json" {
+		printJSON(stdout, r)
+		return
+	}
+	fields(stdout, "ok", strconv.FormatBool(r.GetOk()), "chunks_checked", strconv.FormatInt(r.GetChunksChecked(), 10),
+		"damaged", strconv.Itoa(len(r.GetDamaged())))
+	for _, d := range r.GetDamaged() {
+		fmt.Fprintf(stdout, "  chunk %s at offset %d: %s\n", d.GetChunkId(), d.GetOffset(), d.GetProblem())
+	}
 }
 
 func (g *globals) showBackup(b *backupv1.Backup) error {

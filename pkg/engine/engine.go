@@ -251,183 +251,169 @@ func (e *Engine) Backup(ctx context.Context, containerName string, src blockdev.
 	if err != nil {
 		return nil, err
 	}
-	// The lock tells garbage collection a backup is running.
-	if err := e.put(ctx, lockName(c, spec.BackupID), []byte(time.Now().UTC().Format(time.RFC3339))); err != nil {
+	unlock, err := e.lockBackup(ctx, c, spec.BackupID)
+	if err != nil {
+		return nil, err
+	}
+	defer unlock()
+	b, err := e.newBackupRun(ctx, c, src, spec)
+	if err != nil {
+		return nil, err
+	}
+	if err := b.planRanges(e.opts.MaxManifestPieces); err != nil {
+		return nil, err
+	}
+	if err := b.readSealAndStore(ctx); err != nil {
+		return nil, err
+	}
+	if err := b.writeManifest(ctx); err != nil {
+		return nil, err
+	}
+	b.progress(true)
+	return b.m, nil
+}
+
+// lockBackup writes the lock that tells garbage collection a backup is
+// running; unlock removes it.
+func (e *Engine) lockBackup(ctx context.Context, c *container, backupID string) (unlock func(), err error) {
+	if err := e.put(ctx, lockName(c, backupID), []byte(time.Now().UTC().Format(time.RFC3339))); err != nil {
 		return nil, fmt.Errorf("engine: lock: %w", err)
 	}
-	defer e.repo.Delete(context.WithoutCancel(ctx), lockName(c, spec.BackupID))
+	return func() { e.repo.Delete(context.WithoutCancel(ctx), lockName(c, backupID)) }, nil
+}
 
+// backupRun is one backup under way: its plan, the manifest it fills, and
+// its counters.
+type backupRun struct {
+	e    *Engine
+	c    *container
+	src  blockdev.Device
+	spec BackupSpec
+	size int64
+	cs   int64 // the chunk size
+	n    int   // the number of chunks
+	m    *Manifest
+	// parent is the manifest of spec.ParentID, nil without one.
+	parent *Manifest
+	// known holds the ids of the chunks the repository has for sure (the
+	// parent's or ReuseFrom's, and those stored so far); knownMu guards it.
+	knownMu sync.Mutex
+	known   map[string]bool
+
+	// The plan (planRanges): the chunks lying wholly in holes, those kept
+	// from the parent (nil: none), and those stored in pieces (nil: none).
+	holes []bool
+	reuse []bool
+	plans []*piecePlan
+
+	done, read, stored, newChunks atomic.Int64
+	report                        func(p Progress, final bool)
+}
+
+// newBackupRun starts the manifest of a backup and learns the chunks it
+// need not store: the parent's, or else ReuseFrom's.
+func (e *Engine) newBackupRun(ctx context.Context, c *container, src blockdev.Device, spec BackupSpec) (*backupRun, error) {
 	size := src.Size()
 	cs := int64(c.cfg.ChunkSize)
 	n := int((size + cs - 1) / cs)
-	m := &Manifest{Version: FormatVersion, BackupID: spec.BackupID, VolumeID: spec.VolumeID, ParentID: spec.ParentID,
+	b := &backupRun{e: e, c: c, src: src, spec: spec, size: size, cs: cs, n: n, known: map[string]bool{}, report: throttle(spec.Progress)}
+	b.m = &Manifest{Version: FormatVersion, BackupID: spec.BackupID, VolumeID: spec.VolumeID, ParentID: spec.ParentID,
 		Size: size, ChunkSize: c.cfg.ChunkSize, Started: time.Now().UTC(), Chunks: make([]string, n)}
-
-	var parent *Manifest
-	known := map[string]bool{}
-	markKnown := func(id string) { known[id] = true }
+	markKnown := func(id string) { b.known[id] = true }
 	if spec.ParentID != "" {
-		if parent, err = e.loadManifest(ctx, c, spec.ParentID); err != nil {
+		parent, err := e.loadManifest(ctx, c, spec.ParentID)
+		if err != nil {
 			return nil, fmt.Errorf("engine: parent: %w", err)
 		}
+		b.parent = parent
 		parent.eachID(markKnown)
 	} else if spec.ReuseFrom != "" && checkBackupID(spec.ReuseFrom) == nil {
 		if ref, err := e.loadManifest(ctx, c, spec.ReuseFrom); err == nil {
 			ref.eachID(markKnown)
 		}
 	}
-	// Chunks to read: where the source has data, and (with a parent and
-	// changed ranges) where something changed. A chunk that changed in a
-	// few small ranges is stored in pieces (see planPieces): only those
-	// ranges are read and stored.
-	holes, err := holeChunks(src, size, cs, n)
-	if err != nil {
-		return nil, fmt.Errorf("engine: source allocation: %w", err)
-	}
-	var reuse []bool
-	var plans []*piecePlan
-	if parent != nil && spec.Changed != nil && parent.ChunkSize == c.cfg.ChunkSize && parent.Size == size {
-		reuse = make([]bool, n)
-		for i := range reuse {
-			reuse[i] = true
-		}
-		changed := map[int][]Range{}
-		for _, r := range spec.Changed {
-			for i := max(r.Offset, 0) / cs; i < int64(n) && i*cs < r.Offset+r.Length; i++ {
-				reuse[i] = false
-				lo := max(r.Offset, i*cs)
-				hi := min(r.Offset+r.Length, i*cs+chunkLength(size, cs, int(i)))
-				if hi > lo {
-					changed[int(i)] = append(changed[int(i)], Range{Offset: lo - i*cs, Length: hi - lo})
-				}
-			}
-		}
-		plans = make([]*piecePlan, n)
-		for i, rs := range changed {
-			plans[i] = planPieces(parent.piecesOf(i, cs), rs, chunkLength(size, cs, i))
-		}
-		boundPieces(parent, reuse, plans, e.opts.MaxManifestPieces)
-	}
+	return b, nil
+}
 
-	var done, read, stored, newChunks atomic.Int64
-	report := throttle(spec.Progress)
-	progress := func(final bool) {
-		report(Progress{Done: done.Load(), Total: size, Read: read.Load(), Stored: stored.Load()}, final)
+// progress reports the counters (throttled unless final).
+func (b *backupRun) progress(final bool) {
+	b.report(Progress{Done: b.done.Load(), Total: b.size, Read: b.read.Load(), Stored: b.stored.Load()}, final)
+}
+
+// planRanges decides what to read: where the source has data, and (with a
+// parent and changed ranges) where something changed. A chunk that changed
+// in a few small ranges is stored in pieces (see planPieces): only those
+// ranges are read and stored.
+func (b *backupRun) planRanges(maxPieces int) error {
+	holes, err := holeChunks(b.src, b.size, b.cs, b.n)
+	if err != nil {
+		return fmt.Errorf("engine: source allocation: %w", err)
 	}
-	jobs := make(chan chunkJob)
-	g, gctx := errgroup.WithContext(ctx)
-	g.Go(func() error {
-		defer close(jobs)
-		send := func(j chunkJob) error {
-			select {
-			case jobs <- j:
-				return nil
-			case <-gctx.Done():
-				return gctx.Err()
-			}
-		}
-		for i := 0; i < n; i++ {
-			length := chunkLength(size, cs, i)
-			switch {
-			case holes[i]:
-				done.Add(length)
-			case reuse != nil && reuse[i]:
-				m.Chunks[i] = parent.Chunks[i]
-				if ps := parent.Pieces[i]; ps != nil {
-					m.setPieces(i, ps)
-				}
-				done.Add(length)
-			case plans != nil && plans[i] != nil:
-				pl := plans[i]
-				done.Add(length - pl.freshBytes())
-				for f, k := range pl.fresh {
-					if err := send(chunkJob{i: i, piece: k, off: int64(i)*cs + pl.freshAt[f], length: pl.freshLen[f]}); err != nil {
-						return err
-					}
-				}
-				continue
-			default:
-				if err := send(chunkJob{i: i, piece: -1, off: int64(i) * cs, length: length}); err != nil {
-					return err
-				}
-				continue
-			}
-			progress(false)
-		}
+	b.holes = holes
+	p := b.parent
+	if p == nil || b.spec.Changed == nil || p.ChunkSize != b.c.cfg.ChunkSize || p.Size != b.size {
 		return nil
-	})
-	// Workers read, hash and seal chunks; putters store them. Between them
-	// a queue of sealed objects lets the workers run ahead while the
-	// repository is busy (a stretch of incompressible data is bound by its
-	// writes, one of compressible data by the CPU), so the two overlap.
-	// Object buffers go round: a worker takes a free one to seal into, a
-	// putter frees it once stored; there are as many as the workers and
-	// putters hold plus putAhead, which bounds the memory.
-	putters := e.opts.Workers
-	putAhead := max(1, backupPutAhead/int(cs))
+	}
+	b.reuse = make([]bool, b.n)
+	for i := range b.reuse {
+		b.reuse[i] = true
+	}
+	b.plans = make([]*piecePlan, b.n)
+	for i, rs := range b.changedInChunks() {
+		b.plans[i] = planPieces(p.piecesOf(i, b.cs), rs, chunkLength(b.size, b.cs, i))
+	}
+	boundPieces(p, b.reuse, b.plans, maxPieces)
+	return nil
+}
+
+// changedInChunks cuts the changed ranges at chunk boundaries: for each
+// chunk touched, its changed ranges relative to the chunk's start. The
+// chunks touched are no longer reused from the parent.
+func (b *backupRun) changedInChunks() map[int][]Range {
+	cs, size := b.cs, b.size
+	changed := map[int][]Range{}
+	for _, r := range b.spec.Changed {
+		for i := max(r.Offset, 0) / cs; i < int64(b.n) && i*cs < r.Offset+r.Length; i++ {
+			b.reuse[i] = false
+			lo := max(r.Offset, i*cs)
+			hi := min(r.Offset+r.Length, i*cs+chunkLength(size, cs, int(i)))
+			if hi > lo {
+				changed[int(i)] = append(changed[int(i)], Range{Offset: lo - i*cs, Length: hi - lo})
+			}
+		}
+	}
+	return changed
+}
+
+// readSealAndStore runs the pipeline: one goroutine turns the plan into
+// jobs, workers read, hash and seal chunks, putters store them. Between
+// workers and putters a queue of sealed objects lets the workers run ahead
+// while the repository is busy (a stretch of incompressible data is bound
+// by its writes, one of compressible data by the CPU), so the two overlap.
+// Object buffers go round: a worker takes a free one to seal into, a
+// putter frees it once stored; there are as many as the workers and
+// putters hold plus putAhead, which bounds the memory.
+func (b *backupRun) readSealAndStore(ctx context.Context) error {
+	workers := b.e.opts.Workers
+	putters := workers
+	putAhead := max(1, backupPutAhead/int(b.cs))
+	jobs := make(chan chunkJob)
 	puts := make(chan sealedChunk, putAhead)
-	free := make(chan []byte, e.opts.Workers+putters+putAhead)
+	free := make(chan []byte, workers+putters+putAhead)
 	for range cap(free) {
 		free <- nil
 	}
-	var knownMu sync.Mutex
+	g, gctx := errgroup.WithContext(ctx)
+	g.Go(func() error {
+		defer close(jobs)
+		return b.sendJobs(gctx, jobs)
+	})
 	var sealing sync.WaitGroup
-	for w := 0; w < e.opts.Workers; w++ {
+	for range workers {
 		sealing.Add(1)
 		g.Go(func() error {
 			defer sealing.Done()
-			enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
-			if err != nil {
-				return err
-			}
-			defer enc.Close()
-			h := c.keys.hasher()
-			buf := make([]byte, cs)
-			var scratch []byte // the compressed form of a chunk, reused
-			for j := range jobs {
-				off, length := j.off, j.length
-				b := buf[:length]
-				if _, err := src.ReadAt(b, off); err != nil {
-					return fmt.Errorf("engine: read the source at %d: %w", off, err)
-				}
-				read.Add(length)
-				if isZero(b) {
-					done.Add(length)
-					progress(false)
-					continue
-				}
-				id := c.keys.chunkID(h, b)
-				if j.piece < 0 {
-					m.Chunks[j.i] = id
-				} else {
-					// Each job has its own piece: no other goroutine
-					// touches this element until the workers are done.
-					plans[j.i].pieces[j.piece].ID = id
-				}
-				knownMu.Lock()
-				dup := known[id]
-				known[id] = true
-				knownMu.Unlock()
-				if dup {
-					done.Add(length)
-					progress(false)
-					continue
-				}
-				var objBuf []byte
-				select {
-				case objBuf = <-free:
-				case <-gctx.Done():
-					return gctx.Err()
-				}
-				obj, sc := c.keys.sealObject(enc, scratch, objBuf, b)
-				scratch = sc
-				select {
-				case puts <- sealedChunk{id: id, obj: obj, length: length}:
-				case <-gctx.Done():
-					return gctx.Err()
-				}
-			}
-			return nil
+			return b.readAndSeal(gctx, jobs, free, puts)
 		})
 	}
 	g.Go(func() error {
@@ -439,40 +425,159 @@ func (e *Engine) Backup(ctx context.Context, containerName string, src blockdev.
 	// repository has one: made durable together before the manifest,
 	// instead of one by one.
 	var batch repository.Batch
-	if b, ok := e.repo.(repository.Batcher); ok {
-		batch = b.NewBatch()
+	if rb, ok := b.e.repo.(repository.Batcher); ok {
+		batch = rb.NewBatch()
 	}
 	for range putters {
-		g.Go(func() error {
-			for p := range puts {
-				put := e.repo.Put
-				if batch != nil && len(p.obj) < batchedObjectMax {
-					put = batch.Put
-				}
-				name := chunkName(c, p.id)
-				if err := e.retry(gctx, func() error { return put(gctx, name, p.obj) }); err != nil {
-					return fmt.Errorf("engine: store chunk %s: %w", p.id, err)
-				}
-				// Put is done with the object: its buffer is free.
-				free <- p.obj
-				stored.Add(int64(len(p.obj)))
-				newChunks.Add(1)
-				done.Add(p.length)
-				progress(false)
-			}
-			return nil
-		})
+		g.Go(func() error { return b.store(gctx, batch, puts, free) })
 	}
 	if err := g.Wait(); err != nil {
-		return nil, err
+		return err
 	}
 	if batch != nil {
-		if err := e.retry(ctx, func() error { return batch.Sync(ctx) }); err != nil {
-			return nil, fmt.Errorf("engine: make the chunks durable: %w", err)
+		if err := b.e.retry(ctx, func() error { return batch.Sync(ctx) }); err != nil {
+			return fmt.Errorf("engine: make the chunks durable: %w", err)
 		}
 	}
-	for i, pl := range plans {
-		if pl != nil && !holes[i] {
+	return nil
+}
+
+// sendJobs walks the chunks in order: a hole or a chunk reused from the
+// parent is done at once, a chunk with a piece plan sends a job per fresh
+// piece, any other chunk a job for the whole chunk.
+func (b *backupRun) sendJobs(ctx context.Context, jobs chan<- chunkJob) error {
+	send := func(j chunkJob) error {
+		select {
+		case jobs <- j:
+			return nil
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	for i := 0; i < b.n; i++ {
+		length := chunkLength(b.size, b.cs, i)
+		switch {
+		case b.holes[i]:
+			b.done.Add(length)
+		case b.reuse != nil && b.reuse[i]:
+			b.m.Chunks[i] = b.parent.Chunks[i]
+			if ps := b.parent.Pieces[i]; ps != nil {
+				b.m.setPieces(i, ps)
+			}
+			b.done.Add(length)
+		case b.plans != nil && b.plans[i] != nil:
+			pl := b.plans[i]
+			b.done.Add(length - pl.freshBytes())
+			for f, k := range pl.fresh {
+				if err := send(chunkJob{i: i, piece: k, off: int64(i)*b.cs + pl.freshAt[f], length: pl.freshLen[f]}); err != nil {
+					return err
+				}
+			}
+			continue
+		default:
+			if err := send(chunkJob{i: i, piece: -1, off: int64(i) * b.cs, length: length}); err != nil {
+				return err
+			}
+			continue
+		}
+		b.progress(false)
+	}
+	return nil
+}
+
+// readAndSeal is one worker: it reads each job's range, names it by its
+// hash, and seals (compresses, encrypts) into a free buffer what the
+// repository does not have yet, for the putters.
+func (b *backupRun) readAndSeal(ctx context.Context, jobs <-chan chunkJob, free chan []byte, puts chan<- sealedChunk) error {
+	enc, err := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest), zstd.WithEncoderConcurrency(1), zstd.WithLowerEncoderMem(true))
+	if err != nil {
+		return err
+	}
+	defer enc.Close()
+	keys := b.c.keys
+	h := keys.hasher()
+	buf := make([]byte, b.cs)
+	var scratch []byte // the compressed form of a chunk, reused
+	for j := range jobs {
+		off, length := j.off, j.length
+		data := buf[:length]
+		if _, err := b.src.ReadAt(data, off); err != nil {
+			return fmt.Errorf("engine: read the source at %d: %w", off, err)
+		}
+		b.read.Add(length)
+		if isZero(data) {
+			b.done.Add(length)
+			b.progress(false)
+			continue
+		}
+		id := keys.chunkID(h, data)
+		if j.piece < 0 {
+			b.m.Chunks[j.i] = id
+		} else {
+			// Each job has its own piece: no other goroutine touches
+			// this element until the workers are done.
+			b.plans[j.i].pieces[j.piece].ID = id
+		}
+		if b.isKnown(id) {
+			b.done.Add(length)
+			b.progress(false)
+			continue
+		}
+		var objBuf []byte
+		select {
+		case objBuf = <-free:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+		obj, sc := keys.sealObject(enc, scratch, objBuf, data)
+		scratch = sc
+		select {
+		case puts <- sealedChunk{id: id, obj: obj, length: length}:
+		case <-ctx.Done():
+			return ctx.Err()
+		}
+	}
+	return nil
+}
+
+// isKnown reports whether chunk id is known (stored, or being stored), and
+// makes it known.
+func (b *backupRun) isKnown(id string) bool {
+	b.knownMu.Lock()
+	defer b.knownMu.Unlock()
+	dup := b.known[id]
+	b.known[id] = true
+	return dup
+}
+
+// store is one putter: it puts each sealed chunk (small ones through
+// batch, when there is one) and frees its buffer.
+func (b *backupRun) store(ctx context.Context, batch repository.Batch, puts <-chan sealedChunk, free chan<- []byte) error {
+	for p := range puts {
+		put := b.e.repo.Put
+		if batch != nil && len(p.obj) < batchedObjectMax {
+			put = batch.Put
+		}
+		name := chunkName(b.c, p.id)
+		if err := b.e.retry(ctx, func() error { return put(ctx, name, p.obj) }); err != nil {
+			return fmt.Errorf("engine: store chunk %s: %w", p.id, err)
+		}
+		// Put is done with the object: its buffer is free.
+		free <- p.obj
+		b.stored.Add(int64(len(p.obj)))
+		b.newChunks.Add(1)
+		b.done.Add(p.length)
+		b.progress(false)
+	}
+	return nil
+}
+
+// writeManifest completes the manifest (the pieces of the chunks stored in
+// pieces, the counts) and writes it, the backup's last object.
+func (b *backupRun) writeManifest(ctx context.Context) error {
+	m := b.m
+	for i, pl := range b.plans {
+		if pl != nil && !b.holes[i] {
 			m.setPieces(i, pl.pieces)
 		}
 	}
@@ -482,18 +587,17 @@ func (e *Engine) Backup(ctx context.Context, containerName string, src blockdev.
 		}
 	}
 	m.Finished = time.Now().UTC()
-	m.NewChunks, m.NewBytes = newChunks.Load(), stored.Load()
+	m.NewChunks, m.NewBytes = b.newChunks.Load(), b.stored.Load()
 	enc, _ := zstd.NewWriter(nil, zstd.WithEncoderLevel(zstd.SpeedFastest))
-	obj, err := c.keys.encodeManifest(enc, m)
+	obj, err := b.c.keys.encodeManifest(enc, m)
 	enc.Close()
 	if err != nil {
-		return nil, err
+		return err
 	}
-	if err := e.put(ctx, manifestName(c, m.BackupID), obj); err != nil {
-		return nil, fmt.Errorf("engine: write the manifest: %w", err)
+	if err := b.e.put(ctx, manifestName(b.c, m.BackupID), obj); err != nil {
+		return fmt.Errorf("engine: write the manifest: %w", err)
 	}
-	progress(true)
-	return m, nil
+	return nil
 }
 
 // backupPutAhead is how many bytes of sealed chunks a backup may hold

@@ -1,6 +1,7 @@
 package file
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"io"
@@ -12,6 +13,77 @@ import (
 	"github.com/blockvault/blockvault/pkg/blockdev"
 	"github.com/blockvault/blockvault/pkg/volume"
 )
+
+// cbwMode makes snapshots by copy-before-write (any filesystem): the volume
+// manager is the only writer of a volume, and saves a block's old contents
+// into each snapshot lacking it before the block is first overwritten.
+type cbwMode struct{ d *Driver }
+
+func (cbwMode) name() string { return ModeCopyBeforeWrite }
+
+// localPaths: a write to the volume's file behind the driver's back would
+// not be copied first, and a snapshot is not one file.
+func (cbwMode) localPaths() bool { return false }
+
+func (cbwMode) newVolume(*os.File) {}
+
+// openVolume loads the volume's snapshots (after a restart).
+func (m cbwMode) openVolume(st *volState) error { return st.loadSnapshots(m.d) }
+
+func (m cbwMode) createSnapshot(st *volState, id string) error { return st.addSnapshot(m.d, id) }
+
+func (m cbwMode) deleteSnapshot(volumeID, snapshotID string) error {
+	m.forget(volumeID, snapshotID)
+	if err := m.d.removeSnapshotFiles(volumeID, snapshotID); err != nil {
+		return err
+	}
+	// A snapshot being created registers itself only once its files are
+	// durable: drop one that did so meanwhile.
+	m.forget(volumeID, snapshotID)
+	return nil
+}
+
+// forget drops a snapshot's registration in its volume's state.
+func (m cbwMode) forget(volumeID, snapshotID string) {
+	if st, err := m.d.state(volumeID); err == nil {
+		st.removeSnapshot(snapshotID)
+		m.d.release(st)
+	}
+}
+
+func (m cbwMode) openSnapshot(volumeID, snapshotID string) (blockdev.Device, error) {
+	st, err := m.d.state(volumeID)
+	if err != nil {
+		return nil, err
+	}
+	sn := st.snapshot(snapshotID)
+	if sn == nil {
+		m.d.release(st)
+		return nil, fmt.Errorf("snapshot %s: %w", snapshotID, volume.ErrNotFound)
+	}
+	return &snapshotDevice{d: m.d, st: st, sn: sn}, nil
+}
+
+// clone copies the view of a short-lived internal snapshot, which gives the
+// point in time, holes skipped.
+func (m cbwMode) clone(ctx context.Context, st *volState, dstID string) error {
+	tmp := "clone-" + dstID
+	if err := st.addSnapshot(m.d, tmp); err != nil {
+		return err
+	}
+	defer m.d.DeleteSnapshot(context.WithoutCancel(ctx), st.id, tmp)
+	sn := st.snapshot(tmp)
+	return m.d.copyInto(ctx, &snapshotDevice{d: m.d, st: st, sn: sn, noRelease: true}, dstID, sn.size)
+}
+
+func (m cbwMode) volumeFromSnapshot(ctx context.Context, volumeID, snapshotID, dstID string, size int64) error {
+	dev, err := m.d.OpenSnapshot(ctx, volumeID, snapshotID)
+	if err != nil {
+		return err
+	}
+	defer dev.Close()
+	return m.d.copyInto(ctx, dev, dstID, max(size, dev.Size()))
+}
 
 // volState is what every open device of one volume shares.
 type volState struct {

@@ -35,20 +35,17 @@ func (d *Driver) ChangedRanges(ctx context.Context, volumeID, fromSnapshotID, to
 			return nil, err
 		}
 	}
-	if d.mode == ModeReflink {
-		return d.reflinkChangedRanges(ctx, volumeID, fromSnapshotID, toSnapshotID)
-	}
-	return d.cbwChangedRanges(volumeID, fromSnapshotID, toSnapshotID)
+	return d.pit.changedRanges(ctx, volumeID, fromSnapshotID, toSnapshotID)
 }
 
-// cbwChangedRanges answers ChangedRanges from the copy-before-write maps,
+// changedRanges answers ChangedRanges from the copy-before-write maps,
 // read under the volume's lock since writers set them.
-func (d *Driver) cbwChangedRanges(volumeID, fromID, toID string) ([]volume.Range, error) {
-	st, err := d.state(volumeID)
+func (m cbwMode) changedRanges(_ context.Context, volumeID, fromID, toID string) ([]volume.Range, error) {
+	st, err := m.d.state(volumeID)
 	if err != nil {
 		return nil, err
 	}
-	defer d.release(st)
+	defer m.d.release(st)
 	st.lock.RLock()
 	defer st.lock.RUnlock()
 	var snaps [2]*cbwSnap
@@ -106,10 +103,11 @@ func (sn *cbwSnap) changedIn(b int64, all uint16) uint16 {
 	return all
 }
 
-// reflinkChangedRanges answers ChangedRanges by comparing the extent maps of
-// the two snapshot files. Snapshot files are never written, so the maps
-// cannot change while they are read.
-func (d *Driver) reflinkChangedRanges(ctx context.Context, volumeID, fromID, toID string) ([]volume.Range, error) {
+// changedRanges answers ChangedRanges by comparing the extent maps of the
+// two snapshot files. Snapshot files are never written, so the maps cannot
+// change while they are read.
+func (m reflinkMode) changedRanges(ctx context.Context, volumeID, fromID, toID string) ([]volume.Range, error) {
+	d := m.d
 	if _, err := os.Stat(d.volumePath(volumeID)); errors.Is(err, os.ErrNotExist) {
 		return nil, fmt.Errorf("volume %s: %w", volumeID, volume.ErrNotFound)
 	} else if err != nil {

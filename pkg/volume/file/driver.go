@@ -15,6 +15,10 @@
 //     crash of the process never leaves a snapshot pointing at new data;
 //     Flush syncs the stores before the volume.
 //
+// The two are the two implementations of pointInTime (reflink.go, cbw.go);
+// the Driver's methods do what is common and leave the rest to the one New
+// chose.
+//
 // Layout under the pool directory:
 //
 //	volumes/<id>.img                  a volume
@@ -75,13 +79,52 @@ type Config struct {
 
 // Driver is the file driver.
 type Driver struct {
-	cfg  Config
-	mode string
-	log  *slog.Logger
+	cfg Config
+	pit pointInTime
+	log *slog.Logger
 
 	mu   sync.Mutex
 	vols map[string]*volState
 }
+
+// pointInTime is one way of making point-in-time copies (snapshots,
+// clones): reflink (reflink.go) or copy-before-write (cbw.go), chosen once
+// at New. The Driver's methods check their arguments and the volume, and
+// leave to it what differs.
+type pointInTime interface {
+	// name is the mode's name (ModeReflink or ModeCopyBeforeWrite).
+	name() string
+	// localPaths reports whether volumes and snapshots may be used as
+	// files (volume.LocalPather): only where nothing but the filesystem
+	// keeps the point in time.
+	localPaths() bool
+	// newVolume prepares the file of a new volume, still empty.
+	newVolume(f *os.File)
+	// openVolume completes the state of a volume when this process opens
+	// it first.
+	openVolume(st *volState) error
+	// createSnapshot takes snapshot id of the volume (its snapshot
+	// directory exists).
+	createSnapshot(st *volState, id string) error
+	// deleteSnapshot removes a snapshot's files and whatever state it has;
+	// a snapshot that is absent is no error.
+	deleteSnapshot(volumeID, snapshotID string) error
+	// openSnapshot opens a snapshot read-only.
+	openSnapshot(volumeID, snapshotID string) (blockdev.Device, error)
+	// clone makes volume dstID a point-in-time copy of the volume, which
+	// may be in use.
+	clone(ctx context.Context, st *volState, dstID string) error
+	// volumeFromSnapshot makes volume dstID of at least size bytes from a
+	// snapshot.
+	volumeFromSnapshot(ctx context.Context, volumeID, snapshotID, dstID string, size int64) error
+	// changedRanges answers ChangedRanges (the ids are checked).
+	changedRanges(ctx context.Context, volumeID, fromID, toID string) ([]volume.Range, error)
+}
+
+var (
+	_ pointInTime = reflinkMode{}
+	_ pointInTime = cbwMode{}
+)
 
 var (
 	_ volume.Driver         = (*Driver)(nil)
@@ -117,17 +160,17 @@ func New(cfg Config) (*Driver, error) {
 	canReflink := probeReflink(cfg.Dir)
 	switch cfg.Mode {
 	case "", ModeAuto:
-		d.mode = ModeCopyBeforeWrite
+		d.pit = cbwMode{d}
 		if canReflink {
-			d.mode = ModeReflink
+			d.pit = reflinkMode{d}
 		}
 	case ModeReflink:
 		if !canReflink {
 			return nil, fmt.Errorf("file driver: %w: the filesystem of %s cannot reflink (FICLONE); use XFS or btrfs, or mode copy-before-write", volume.ErrUnsupported, cfg.Dir)
 		}
-		d.mode = ModeReflink
+		d.pit = reflinkMode{d}
 	case ModeCopyBeforeWrite:
-		d.mode = ModeCopyBeforeWrite
+		d.pit = cbwMode{d}
 	default:
 		return nil, fmt.Errorf("file driver: %w: mode %q (want auto, reflink, copy-before-write)", volume.ErrInvalidArgument, cfg.Mode)
 	}
@@ -175,18 +218,18 @@ func (d *Driver) Close() error {
 func (d *Driver) Name() string { return "file" }
 
 // Mode is the point-in-time mode in use.
-func (d *Driver) Mode() string { return d.mode }
+func (d *Driver) Mode() string { return d.pit.name() }
 
 // Capabilities implements volume.Driver.
 func (d *Driver) Capabilities() volume.Capabilities {
 	return volume.Capabilities{
 		Snapshot:       true,
 		SnapshotExport: !d.cfg.DisableSnapshotOpen,
-		LocalPath:      d.mode == ModeReflink,
+		LocalPath:      d.pit.localPaths(),
 		Clone:          true,
 		Extend:         true,
 		ChangedRanges:  true,
-		Mode:           d.mode,
+		Mode:           d.pit.name(),
 	}
 }
 
@@ -247,9 +290,7 @@ func (d *Driver) CreateVolume(ctx context.Context, id string, size int64) error 
 		return fmt.Errorf("create volume %s: %w", id, err)
 	}
 	defer f.Close()
-	if d.mode == ModeReflink {
-		setAllocationHints(f)
-	}
+	d.pit.newVolume(f)
 	if err := f.Truncate(size); err != nil {
 		os.Remove(f.Name())
 		return fmt.Errorf("size volume %s: %w", id, err)
@@ -332,8 +373,8 @@ func (d *Driver) LocalPath(ctx context.Context, volumeID, snapshotID string) (st
 	if err := checkID(volumeID); err != nil {
 		return "", err
 	}
-	if d.mode != ModeReflink {
-		return "", fmt.Errorf("local paths in %s mode: %w", d.mode, volume.ErrUnsupported)
+	if !d.pit.localPaths() {
+		return "", fmt.Errorf("local paths in %s mode: %w", d.pit.name(), volume.ErrUnsupported)
 	}
 	p := d.volumePath(volumeID)
 	if snapshotID != "" {
@@ -401,11 +442,9 @@ func (d *Driver) state(id string) (*volState, error) {
 		return nil, err
 	}
 	st := &volState{id: id, f: f, size: fi.Size(), bs: d.cfg.BlockSize, refs: 1}
-	if d.mode == ModeCopyBeforeWrite {
-		if err := st.loadSnapshots(d); err != nil {
-			f.Close()
-			return nil, err
-		}
+	if err := d.pit.openVolume(st); err != nil {
+		f.Close()
+		return nil, err
 	}
 	d.vols[id] = st
 	return st, nil
@@ -432,45 +471,7 @@ func (d *Driver) CreateSnapshot(ctx context.Context, volumeID, snapshotID string
 	if err := os.MkdirAll(d.snapDir(volumeID), 0o750); err != nil {
 		return err
 	}
-	if d.mode == ModeReflink {
-		// FICLONE writes the source's dirty pages back and shares the
-		// extents holding the inode lock; flushing first leaves it less to
-		// do. Both run while the writes are staged: a write to a page
-		// under writeback waits for it on devices that need stable pages
-		// (zram, disks with integrity data), so flushing with the writers
-		// going stalled them for as long as the flush (40-55 ms a
-		// snapshot on zram, docs/benchmarks.md).
-		return st.withStaging(newStage(d.cfg.Dir), func() error {
-			if err := st.flushForClone(); err != nil {
-				return err
-			}
-			return d.reflink(st.f, d.snapPath(volumeID, snapshotID, ".img"), 0)
-		})
-	}
-	return st.addSnapshot(d, snapshotID)
-}
-
-// reflink clones src into a new file at dst (grown to size if larger).
-func (d *Driver) reflink(src *os.File, dst string, size int64) error {
-	f, err := os.OpenFile(dst, os.O_RDWR|os.O_CREATE|os.O_EXCL, 0o600)
-	if errors.Is(err, os.ErrExist) {
-		return fmt.Errorf("%s: %w", filepath.Base(dst), volume.ErrAlreadyExists)
-	}
-	if err != nil {
-		return err
-	}
-	defer f.Close()
-	if err := unix.IoctlFileClone(int(f.Fd()), int(src.Fd())); err != nil {
-		os.Remove(dst)
-		return fmt.Errorf("reflink: %w", err)
-	}
-	if fi, err := f.Stat(); err == nil && size > fi.Size() {
-		if err := f.Truncate(size); err != nil {
-			os.Remove(dst)
-			return err
-		}
-	}
-	return nil
+	return d.pit.createSnapshot(st, snapshotID)
 }
 
 // DeleteSnapshot implements volume.Snapshotter.
@@ -481,28 +482,22 @@ func (d *Driver) DeleteSnapshot(ctx context.Context, volumeID, snapshotID string
 	if err := checkID(snapshotID); err != nil {
 		return err
 	}
-	if d.mode == ModeCopyBeforeWrite {
-		st, err := d.state(volumeID)
-		if err == nil {
-			st.removeSnapshot(snapshotID)
-			d.release(st)
-		}
+	if err := d.pit.deleteSnapshot(volumeID, snapshotID); err != nil {
+		return err
 	}
+	if entries, _ := os.ReadDir(d.snapDir(volumeID)); len(entries) == 0 {
+		os.Remove(d.snapDir(volumeID))
+	}
+	return nil
+}
+
+// removeSnapshotFiles removes the files a snapshot may have, in either
+// mode.
+func (d *Driver) removeSnapshotFiles(volumeID, snapshotID string) error {
 	for _, ext := range []string{".img", ".cow", ".map"} {
 		if err := os.Remove(d.snapPath(volumeID, snapshotID, ext)); err != nil && !errors.Is(err, os.ErrNotExist) {
 			return fmt.Errorf("delete snapshot %s: %w", snapshotID, err)
 		}
-	}
-	if d.mode == ModeCopyBeforeWrite {
-		// A copy-before-write snapshot being created registers itself only
-		// once its files are durable: drop one that did so meanwhile.
-		if st, err := d.state(volumeID); err == nil {
-			st.removeSnapshot(snapshotID)
-			d.release(st)
-		}
-	}
-	if entries, _ := os.ReadDir(d.snapDir(volumeID)); len(entries) == 0 {
-		os.Remove(d.snapDir(volumeID))
 	}
 	return nil
 }
@@ -515,23 +510,7 @@ func (d *Driver) OpenSnapshot(ctx context.Context, volumeID, snapshotID string) 
 	if err := checkID(snapshotID); err != nil {
 		return nil, err
 	}
-	if d.mode == ModeReflink {
-		dev, err := blockdev.OpenFile(d.snapPath(volumeID, snapshotID, ".img"), true)
-		if errors.Is(err, os.ErrNotExist) {
-			return nil, fmt.Errorf("snapshot %s: %w", snapshotID, volume.ErrNotFound)
-		}
-		return dev, err
-	}
-	st, err := d.state(volumeID)
-	if err != nil {
-		return nil, err
-	}
-	sn := st.snapshot(snapshotID)
-	if sn == nil {
-		d.release(st)
-		return nil, fmt.Errorf("snapshot %s: %w", snapshotID, volume.ErrNotFound)
-	}
-	return &snapshotDevice{d: d, st: st, sn: sn}, nil
+	return d.pit.openSnapshot(volumeID, snapshotID)
 }
 
 // CloneVolume implements volume.Cloner: a point-in-time copy of a volume
@@ -548,24 +527,7 @@ func (d *Driver) CloneVolume(ctx context.Context, srcID, dstID string) error {
 	if err := d.checkSize(ctx, 512); err != nil {
 		return err
 	}
-	if d.mode == ModeReflink {
-		// As in CreateSnapshot: the flush too runs with the writes staged.
-		return st.withStaging(newStage(d.cfg.Dir), func() error {
-			if err := st.flushForClone(); err != nil {
-				return err
-			}
-			return d.reflink(st.f, d.volumePath(dstID), 0)
-		})
-	}
-	// Copy-before-write: a short-lived internal snapshot gives the point in
-	// time; its view is copied, holes skipped.
-	tmp := "clone-" + dstID
-	if err := st.addSnapshot(d, tmp); err != nil {
-		return err
-	}
-	defer d.DeleteSnapshot(context.WithoutCancel(ctx), srcID, tmp)
-	sn := st.snapshot(tmp)
-	return d.copyInto(ctx, &snapshotDevice{d: d, st: st, sn: sn, noRelease: true}, dstID, sn.size)
+	return d.pit.clone(ctx, st, dstID)
 }
 
 // VolumeFromSnapshot implements volume.Cloner.
@@ -573,23 +535,7 @@ func (d *Driver) VolumeFromSnapshot(ctx context.Context, volumeID, snapshotID, d
 	if err := checkID(dstID); err != nil {
 		return err
 	}
-	if d.mode == ModeReflink {
-		src, err := os.Open(d.snapPath(volumeID, snapshotID, ".img"))
-		if errors.Is(err, os.ErrNotExist) {
-			return fmt.Errorf("snapshot %s: %w", snapshotID, volume.ErrNotFound)
-		}
-		if err != nil {
-			return err
-		}
-		defer src.Close()
-		return d.reflink(src, d.volumePath(dstID), size)
-	}
-	dev, err := d.OpenSnapshot(ctx, volumeID, snapshotID)
-	if err != nil {
-		return err
-	}
-	defer dev.Close()
-	return d.copyInto(ctx, dev, dstID, max(size, dev.Size()))
+	return d.pit.volumeFromSnapshot(ctx, volumeID, snapshotID, dstID, size)
 }
 
 // copyInto creates volume dstID of size bytes holding src's data.
