@@ -507,8 +507,10 @@ func (d *Driver) OpenSnapshot(ctx context.Context, volumeID, snapshotID string) 
 	if d.cfg.DisableSnapshotOpen {
 		return nil, fmt.Errorf("opening snapshots is disabled: %w", volume.ErrUnsupported)
 	}
-	if err := checkID(snapshotID); err != nil {
-		return nil, err
+	for _, id := range []string{volumeID, snapshotID} {
+		if err := checkID(id); err != nil {
+			return nil, err
+		}
 	}
 	return d.pit.openSnapshot(volumeID, snapshotID)
 }
@@ -532,8 +534,10 @@ func (d *Driver) CloneVolume(ctx context.Context, srcID, dstID string) error {
 
 // VolumeFromSnapshot implements volume.Cloner.
 func (d *Driver) VolumeFromSnapshot(ctx context.Context, volumeID, snapshotID, dstID string, size int64) error {
-	if err := checkID(dstID); err != nil {
-		return err
+	for _, id := range []string{volumeID, snapshotID, dstID} {
+		if err := checkID(id); err != nil {
+			return err
+		}
 	}
 	return d.pit.volumeFromSnapshot(ctx, volumeID, snapshotID, dstID, size)
 }
