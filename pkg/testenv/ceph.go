@@ -184,6 +184,7 @@ func StartCephSized(t testing.TB, osdSize int64) *CephCluster {
 		}
 		return nil
 	})
+	step("pool in ceph df", c.waitPoolInDF)
 	t.Logf("ceph: cluster in %s (mon v2:127.0.0.1:%d, OSD and mgr on ports %d-%d) up in %.1fs (%s)",
 		c.Dir, monPort, bindPort, bindPort+cephPorts-1, time.Since(began).Seconds(), strings.Join(steps, ", "))
 	return c
@@ -637,6 +638,43 @@ func (c *CephCluster) waitOSDUp() error {
 		if c.ctx.Err() != nil || time.Now().After(deadline) {
 			return fmt.Errorf("the OSD did not come up (ceph osd stat: num_up_osds 1) within %v: %v; last osd stat: %s\n%s",
 				Patience, context.Cause(c.ctx), last, c.Logs())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+}
+
+// waitPoolInDF waits, up to Patience, until ceph df lists the pool with
+// its space: the mgr reports a new pool's statistics to the mon on its own
+// time (on a busy machine, seconds after the pool is usable), and the rbd
+// driver sizes volumes against the pool's MAX AVAIL there.
+func (c *CephCluster) waitPoolInDF() error {
+	deadline := time.Now().Add(Patience)
+	var last string
+	for {
+		out, err := c.cli(c.ctx, "ceph", "df", "-f", "json")
+		if err != nil {
+			last = err.Error()
+		} else {
+			last = strings.TrimSpace(out)
+			var df struct {
+				Pools []struct {
+					Name  string `json:"name"`
+					Stats struct {
+						MaxAvail int64 `json:"max_avail"`
+					} `json:"stats"`
+				} `json:"pools"`
+			}
+			if json.Unmarshal([]byte(out), &df) == nil {
+				for _, p := range df.Pools {
+					if p.Name == c.Pool && p.Stats.MaxAvail > 0 {
+						return nil
+					}
+				}
+			}
+		}
+		if c.ctx.Err() != nil || time.Now().After(deadline) {
+			return fmt.Errorf("ceph df did not list the pool %q with its space within %v: %v; last ceph df: %s\n%s",
+				c.Pool, Patience, context.Cause(c.ctx), last, c.Logs())
 		}
 		time.Sleep(200 * time.Millisecond)
 	}

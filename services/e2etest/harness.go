@@ -324,7 +324,12 @@ func Start(t testing.TB, o Options) *Stack {
 					continue
 				}
 				logs := d.Logs()
-				before, stacks, _ := strings.Cut(logs, "SIGQUIT: quit")
+				shown := logs
+				if crash := crashReport(logs); crash != "" {
+					t.Logf("---- %s crashed ----\n%s", d.Name, crash)
+					shown, _, _ = strings.Cut(logs, crash[:min(len(crash), 40)])
+				}
+				before, stacks, _ := strings.Cut(shown, "SIGQUIT: quit")
 				t.Logf("---- %s log (without per-call debug lines) ----\n%s", d.Name, tail(withoutRPCLines(before), 60))
 				if ours := ourGoroutines(stacks); ours != "" {
 					t.Logf("---- %s goroutines in blockvault code at the end ----\n%s", d.Name, head(ours, 150))
@@ -385,6 +390,36 @@ func withoutRPCLines(s string) string {
 		}
 	}
 	return strings.Join(keep, "\n")
+}
+
+// crashReport is what a daemon that died of a signal or a fatal error
+// wrote about it: the runtime's first lines (the signal, the faulting
+// address, "signal arrived during cgo execution") and the goroutine that
+// was running, which names the call (a C function through cgo shows as
+// _Cfunc_...); "" when the log has none.
+func crashReport(logs string) string {
+	start := -1
+	for _, marker := range []string{"\nSIGSEGV", "\nSIGABRT", "\nSIGBUS", "\nSIGILL", "\nfatal error:", "\npanic:"} {
+		if i := strings.Index(logs, marker); i >= 0 && (start < 0 || i < start) {
+			start = i + 1
+		}
+	}
+	if start < 0 {
+		return ""
+	}
+	crash := logs[start:]
+	// The header and the first goroutine (the one that crashed) end at the
+	// second blank line.
+	end, blanks := len(crash), 0
+	for i := 0; i+1 < len(crash); i++ {
+		if crash[i] == '\n' && crash[i+1] == '\n' {
+			if blanks++; blanks == 2 {
+				end = i
+				break
+			}
+		}
+	}
+	return head(crash[:end], 80)
 }
 
 // ourGoroutines keeps, of a Go runtime's goroutine dump, the goroutines

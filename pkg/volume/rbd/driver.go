@@ -291,7 +291,9 @@ func (d *Driver) Space(ctx context.Context) (total, free int64, err error) {
 			return df.Stats.TotalBytes, p.Stats.MaxAvail, nil
 		}
 	}
-	return 0, 0, fmt.Errorf("rbd driver: pool %q is not in ceph df: %w", d.cfg.Pool, volume.ErrNotFound)
+	// The pool exists (New opened it), but the mgr has not reported its
+	// statistics yet: it does within seconds of the pool's creation.
+	return 0, 0, fmt.Errorf("rbd driver: ceph df does not list pool %q yet (the mgr reports a new pool's space within seconds; if this lasts, is a ceph-mgr running?)", d.cfg.Pool)
 }
 
 // checkSize refuses a size that is not a positive multiple of 512, and one
