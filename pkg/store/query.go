@@ -5,32 +5,60 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/blockvault/blockvault/pkg/lifecycle"
 	"gorm.io/gorm"
 )
 
-// Transition moves the row id of model's table to status to, only if its
-// status is one of from, setting extra columns in the same statement. It is
-// the compare-and-swap every status change goes through. When the row is in
-// another status it returns ErrConflict (wrapped, naming the current status)
-// and that status; when absent, ErrNotFound.
-func Transition(ctx context.Context, db *gorm.DB, model any, kind, id string, from []string, to string, extra map[string]any) (string, error) {
-	set := map[string]any{"status": to, "updated_at": time.Now().UTC()}
+// Transition applies event ev of machine m to the row id of model's table:
+// the status becomes the event's target, only if it is one of the event's
+// sources, with extra columns set in the same statement. It is the
+// compare-and-swap every status change goes through, and the only writer of
+// the status and previous_status columns. An event m lacks (or extra naming
+// those columns) is ErrInvalidTransition and writes nothing. When the row is
+// in another status it returns ErrConflict (wrapped, naming the current
+// status) and that status; when absent, ErrNotFound. On success it returns
+// the new status.
+func Transition(ctx context.Context, db *gorm.DB, model any, m lifecycle.Machine, ev lifecycle.Event, id string, extra map[string]any) (string, error) {
+	r, err := m.Rule(ev)
+	if err != nil {
+		return "", fmt.Errorf("%s %s: %w", m.Kind, id, err)
+	}
+	set := map[string]any{"status": r.To, "updated_at": time.Now().UTC()}
 	for k, v := range extra {
+		if k == "status" || k == "previous_status" {
+			return "", fmt.Errorf("%s %s: %s: the lifecycle table sets %s: %w", m.Kind, id, ev, k, lifecycle.ErrInvalidTransition)
+		}
 		set[k] = v
 	}
-	res := db.WithContext(ctx).Model(model).Where("id = ? AND status IN ?", id, from).Updates(set)
-	if res.Error != nil {
-		return "", Translate(res.Error, "update "+kind+" "+id)
+	if r.KeepPrevious {
+		set["previous_status"] = gorm.Expr("status")
 	}
-	if res.RowsAffected == 1 {
-		return to, nil
+	if len(r.ToPrevious) > 0 {
+		// The right-hand sides read the row as it was, so previous_status
+		// is read before it is cleared.
+		set["status"] = gorm.Expr("CASE WHEN previous_status IN ? THEN previous_status ELSE ? END", r.ToPrevious, r.To)
+		set["previous_status"] = ""
+	}
+	q := db.WithContext(ctx).Model(model).Where("id = ?", id)
+	if !r.AnySource {
+		q = q.Where("status IN ?", r.From)
+	}
+	res := q.Updates(set)
+	if res.Error != nil {
+		return "", Translate(res.Error, "update "+m.Kind+" "+id)
 	}
 	var current struct{ Status string }
-	err := db.WithContext(ctx).Model(model).Select("status").Where("id = ?", id).Take(&current).Error
-	if err != nil {
-		return "", Translate(err, kind+" "+id)
+	if res.RowsAffected == 1 && len(r.ToPrevious) == 0 {
+		return r.To, nil
 	}
-	return current.Status, fmt.Errorf("%s %s is %s: %w", kind, id, current.Status, ErrConflict)
+	err = db.WithContext(ctx).Model(model).Select("status").Where("id = ?", id).Take(&current).Error
+	if err != nil {
+		return "", Translate(err, m.Kind+" "+id)
+	}
+	if res.RowsAffected == 1 {
+		return current.Status, nil
+	}
+	return current.Status, fmt.Errorf("%s %s is %s: %w", m.Kind, id, current.Status, ErrConflict)
 }
 
 // Page describes one page of a list, newest first.

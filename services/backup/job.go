@@ -128,7 +128,7 @@ func (s *Server) runBackup(ctx context.Context, id, previousStatus string) {
 		if errors.Is(err, context.Canceled) {
 			reason = "backup cancelled"
 		}
-		if terr := s.settle(cleanupCtx, b.ID, lifecycle.BackupCreating, lifecycle.BackupError, map[string]any{"fail_reason": reason}); terr != nil {
+		if terr := s.settle(cleanupCtx, b.ID, lifecycle.CreateFailed, map[string]any{"fail_reason": reason}); terr != nil {
 			if errors.Is(terr, store.ErrConflict) {
 				log.Info("backup ended in another status", "err", terr)
 			} else {
@@ -154,7 +154,7 @@ func (s *Server) runBackup(ctx context.Context, id, previousStatus string) {
 		// restart recovery ends it. Say so on the backup.
 		extra["fail_reason"] = "backup stored, but the volume's status could not be restored yet: " + endErr.Error()
 	}
-	if err := s.settle(cleanupCtx, b.ID, lifecycle.BackupCreating, lifecycle.BackupAvailable, extra); err != nil {
+	if err := s.settle(cleanupCtx, b.ID, lifecycle.CreateDone, extra); err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			// Force-deleted meanwhile: it must never flip back to available.
 			log.Info("backup finished after it was cancelled; removing its data", "err", err)
@@ -237,14 +237,14 @@ func (s *Server) changedSince(ctx context.Context, b *backupdb.Backup, snapID st
 	return out
 }
 
-// settle moves backup id from status from to status to, retrying while the
+// settle applies event ev to backup id, retrying while the
 // database is unreachable (for up to Config.CleanupTimeout). A conflict
 // (the backup left from meanwhile: force-deleted) returns at once.
-func (s *Server) settle(ctx context.Context, id, from, to string, extra map[string]any) error {
+func (s *Server) settle(ctx context.Context, id string, ev lifecycle.Event, extra map[string]any) error {
 	deadline := time.Now().Add(s.cfg.cleanupTimeout())
 	delay := 200 * time.Millisecond
 	for {
-		_, err := s.db.Transition(ctx, id, []string{from}, to, extra)
+		_, err := s.db.Transition(ctx, id, ev, extra)
 		if err == nil || !errors.Is(err, store.ErrUnavailable) || time.Now().After(deadline) {
 			return err
 		}

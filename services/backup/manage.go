@@ -32,7 +32,7 @@ func (s *Server) DeleteBackup(ctx context.Context, req *backupv1.DeleteBackupReq
 	if err != nil {
 		return nil, err
 	}
-	if cur, err := s.db.Transition(ctx, b.ID, nil, lifecycle.BackupDeleting, map[string]any{"owner_node": s.cfg.NodeID, "lease_expires_at": s.lease()}); err != nil {
+	if cur, err := s.db.Transition(ctx, b.ID, lifecycle.Delete, map[string]any{"owner_node": s.cfg.NodeID, "lease_expires_at": s.lease()}); err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			return nil, rpcerr.Invalid("Invalid backup: backup %s is %s; only an available or error backup can be deleted.", b.ID, cur)
 		}
@@ -66,7 +66,7 @@ func (s *Server) runDelete(ctx context.Context, b *backupdb.Backup) {
 	}
 	if err != nil {
 		s.log.Warn("delete backup data", "backup_id", b.ID, "err", err)
-		s.db.Transition(context.WithoutCancel(ctx), b.ID, []string{lifecycle.BackupDeleting}, lifecycle.BackupErrorDeleting,
+		s.db.Transition(context.WithoutCancel(ctx), b.ID, lifecycle.DeleteFailed,
 			map[string]any{"fail_reason": failReason("delete", err)})
 		return
 	}
@@ -95,17 +95,17 @@ func (s *Server) BackupAction(ctx context.Context, req *backupv1.BackupActionReq
 	switch a := req.GetAction().(type) {
 	case *backupv1.BackupActionRequest_OsResetStatus:
 		st := a.OsResetStatus.GetStatus()
-		if st != lifecycle.BackupAvailable && st != lifecycle.BackupError {
+		if !lifecycle.Backups.Has(lifecycle.ResetStatus(st)) {
 			return nil, rpcerr.Invalid("os-reset_status: status %q must be available or error", st)
 		}
 		if b.Status == lifecycle.BackupCreating || b.Status == lifecycle.BackupRestoring {
 			s.cancel(b.ID)
 		}
-		if err := s.db.Update(ctx, b.ID, map[string]any{"status": st}); err != nil {
+		if _, err := s.db.Transition(ctx, b.ID, lifecycle.ResetStatus(st), nil); err != nil {
 			return nil, err
 		}
 	case *backupv1.BackupActionRequest_OsForceDelete:
-		if _, err := s.db.Transition(ctx, b.ID, []string{b.Status}, lifecycle.BackupDeleting, map[string]any{"owner_node": s.cfg.NodeID, "lease_expires_at": s.lease()}); err != nil {
+		if _, err := s.db.Transition(ctx, b.ID, lifecycle.ForceDelete, map[string]any{"owner_node": s.cfg.NodeID, "lease_expires_at": s.lease()}); err != nil {
 			return nil, err
 		}
 		if s.cancel(b.ID) {

@@ -57,7 +57,7 @@ func (s *Server) recoverJob(ctx context.Context, b *backupdb.Backup, backupReaso
 			s.internal.EndRestore(ctx, &volumev1.EndRestoreRequest{ProjectId: b.ProjectID, VolumeId: b.RestoreVolumeID,
 				FailReason: restoreReason})
 		}
-		s.db.Transition(ctx, b.ID, []string{lifecycle.BackupRestoring}, lifecycle.BackupAvailable, map[string]any{"restore_volume_id": ""})
+		s.db.Transition(ctx, b.ID, lifecycle.EndRestore, map[string]any{"restore_volume_id": ""})
 		log.Warn("interrupted restore: backup available again, target volume error_restoring", "target", b.RestoreVolumeID)
 	case lifecycle.BackupDeleting:
 		log.Info("resuming an interrupted delete")
@@ -91,7 +91,7 @@ func (s *Server) recoverBackup(ctx context.Context, b *backupdb.Backup, reason s
 	// What the interrupted backup wrote is unreferenced: drop its manifest
 	// if any; the chunks go with the next garbage collection.
 	s.engine.Delete(ctx, b.Container, b.ID)
-	_, err := s.db.Transition(ctx, b.ID, []string{lifecycle.BackupCreating}, lifecycle.BackupError, map[string]any{"fail_reason": reason})
+	_, err := s.db.Transition(ctx, b.ID, lifecycle.CreateFailed, map[string]any{"fail_reason": reason})
 	return err
 }
 

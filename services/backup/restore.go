@@ -57,7 +57,7 @@ func (s *Server) RestoreBackup(ctx context.Context, req *backupv1.RestoreBackupR
 		}
 	}
 	// The backup first: a second restore or a delete racing this one loses.
-	if cur, err := s.db.Transition(ctx, b.ID, []string{lifecycle.BackupAvailable}, lifecycle.BackupRestoring,
+	if cur, err := s.db.Transition(ctx, b.ID, lifecycle.BeginRestore,
 		map[string]any{"restore_volume_id": volID, "owner_node": s.cfg.NodeID, "lease_expires_at": s.lease()}); err != nil {
 		undoVolume()
 		if errors.Is(err, store.ErrConflict) {
@@ -67,7 +67,7 @@ func (s *Server) RestoreBackup(ctx context.Context, req *backupv1.RestoreBackupR
 	}
 	bv, err := s.internal.BeginRestore(ctx, &volumev1.BeginRestoreRequest{ProjectId: b.ProjectID, VolumeId: volID, MinSizeBytes: b.SizeBytes})
 	if err != nil {
-		s.db.Transition(context.WithoutCancel(ctx), b.ID, []string{lifecycle.BackupRestoring}, lifecycle.BackupAvailable, map[string]any{"restore_volume_id": ""})
+		s.db.Transition(context.WithoutCancel(ctx), b.ID, lifecycle.EndRestore, map[string]any{"restore_volume_id": ""})
 		undoVolume()
 		return nil, err
 	}
@@ -134,7 +134,7 @@ func (s *Server) runRestore(ctx context.Context, backupID, volID string) {
 		cols["fail_reason"] = ""
 		log.Info("restore finished")
 	}
-	if err := s.settle(cleanupCtx, b.ID, lifecycle.BackupRestoring, lifecycle.BackupAvailable, cols); err != nil {
+	if err := s.settle(cleanupCtx, b.ID, lifecycle.EndRestore, cols); err != nil {
 		log.Error("the restore ended but the backup's status could not be recorded; the next start of the backup service sets it available", "err", err)
 	}
 }

@@ -98,7 +98,7 @@ func (s *Server) attach(ctx context.Context, req *volumev1.AttachVolumeRequest, 
 	becameInUse := false
 	switch {
 	case v.Status == lifecycle.VolumeAvailable:
-		if cur, err := s.db.TransitionVolume(ctx, v.ID, []string{lifecycle.VolumeAvailable}, lifecycle.VolumeInUse, nil); err != nil {
+		if cur, err := s.db.TransitionVolume(ctx, v.ID, lifecycle.Attach, nil); err != nil {
 			if errors.Is(err, store.ErrConflict) {
 				return nil, rpcerr.Precondition("volume %s is %s; it must be available to be attached", v.ID, cur)
 			}
@@ -113,7 +113,7 @@ func (s *Server) attach(ctx context.Context, req *volumev1.AttachVolumeRequest, 
 	}
 	undo := func() {
 		if becameInUse {
-			s.db.TransitionVolume(context.WithoutCancel(ctx), v.ID, []string{lifecycle.VolumeInUse}, lifecycle.VolumeAvailable, nil)
+			s.db.TransitionVolume(context.WithoutCancel(ctx), v.ID, lifecycle.Detach, nil)
 		}
 	}
 
@@ -184,10 +184,8 @@ func (s *Server) DetachVolume(ctx context.Context, req *volumev1.DetachVolumeReq
 	if len(rest) == 0 {
 		// Nobody attached any more: in-use becomes available (also as the
 		// status a running backup will return the volume to).
-		s.db.TransitionVolume(ctx, a.VolumeID, []string{lifecycle.VolumeInUse}, lifecycle.VolumeAvailable, nil)
-		if v, err := s.db.GetVolume(ctx, "", a.VolumeID); err == nil && v.Status == lifecycle.VolumeBackingUp && v.PreviousStatus == lifecycle.VolumeInUse {
-			s.db.UpdateVolume(ctx, v.ID, map[string]any{"previous_status": lifecycle.VolumeAvailable})
-		}
+		s.db.TransitionVolume(ctx, a.VolumeID, lifecycle.Detach, nil)
+		s.db.DetachedDuringBackup(ctx, a.VolumeID)
 	}
 	s.log.InfoContext(ctx, "volume detached", "volume_id", a.VolumeID, "attachment_id", a.ID)
 	return &volumev1.DetachVolumeResponse{}, nil

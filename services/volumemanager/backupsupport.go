@@ -38,8 +38,7 @@ func (s *Server) BeginBackup(ctx context.Context, req *volumev1.BeginBackupReque
 		if sn.VolumeID != v.ID {
 			return nil, rpcerr.Invalid("snapshot %s is not a snapshot of volume %s", sn.ID, v.ID)
 		}
-		if cur, err := s.db.TransitionSnapshot(ctx, sn.ID, []string{lifecycle.SnapshotAvailable}, lifecycle.SnapshotBackingUp,
-			map[string]any{"previous_status": lifecycle.SnapshotAvailable}); err != nil {
+		if cur, err := s.db.TransitionSnapshot(ctx, sn.ID, lifecycle.BeginBackup, nil); err != nil {
 			if errors.Is(err, store.ErrConflict) {
 				return nil, rpcerr.Invalid("Invalid snapshot: snapshot %s is %s; it must be available to be backed up.", sn.ID, cur)
 			}
@@ -84,7 +83,7 @@ func (s *Server) EndBackup(ctx context.Context, req *volumev1.EndBackupRequest) 
 	}
 	resp := &volumev1.EndBackupResponse{}
 	if req.GetSnapshotId() != "" {
-		_, err := s.db.TransitionSnapshot(ctx, req.GetSnapshotId(), []string{lifecycle.SnapshotBackingUp}, lifecycle.SnapshotAvailable, map[string]any{"previous_status": ""})
+		_, err := s.db.TransitionSnapshot(ctx, req.GetSnapshotId(), lifecycle.EndBackup, nil)
 		if err != nil && !errors.Is(err, store.ErrConflict) {
 			return nil, err
 		}
@@ -117,7 +116,7 @@ func (s *Server) BeginRestore(ctx context.Context, req *volumev1.BeginRestoreReq
 	if v.SizeBytes < req.GetMinSizeBytes() {
 		return nil, rpcerr.Invalid("Invalid volume: volume %s has %d bytes, smaller than the backup's %d bytes.", v.ID, v.SizeBytes, req.GetMinSizeBytes())
 	}
-	if cur, err := s.db.TransitionVolume(ctx, v.ID, []string{lifecycle.VolumeAvailable}, lifecycle.VolumeRestoringBackup, nil); err != nil {
+	if cur, err := s.db.TransitionVolume(ctx, v.ID, lifecycle.BeginRestore, nil); err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			return nil, rpcerr.Invalid("Invalid volume: volume %s is %s; a backup can be restored only into an available volume.", v.ID, cur)
 		}
@@ -135,11 +134,11 @@ func (s *Server) EndRestore(ctx context.Context, req *volumev1.EndRestoreRequest
 	if err := s.checkVolumeRef(req.GetProjectId(), req.GetVolumeId()); err != nil {
 		return nil, err
 	}
-	to, extra := lifecycle.VolumeAvailable, map[string]any{"fail_reason": ""}
+	ev, extra := lifecycle.RestoreDone, map[string]any{"fail_reason": ""}
 	if !req.GetSuccess() {
-		to, extra = lifecycle.VolumeErrorRestoring, map[string]any{"fail_reason": req.GetFailReason()}
+		ev, extra = lifecycle.RestoreFailed, map[string]any{"fail_reason": req.GetFailReason()}
 	}
-	if _, err := s.db.TransitionVolume(ctx, req.GetVolumeId(), []string{lifecycle.VolumeRestoringBackup}, to, extra); err != nil && !errors.Is(err, store.ErrConflict) {
+	if _, err := s.db.TransitionVolume(ctx, req.GetVolumeId(), ev, extra); err != nil && !errors.Is(err, store.ErrConflict) {
 		return nil, err
 	}
 	out, err := s.volumeView(ctx, req.GetVolumeId())

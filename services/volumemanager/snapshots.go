@@ -99,7 +99,7 @@ func (s *Server) createSnapshot(ctx context.Context, req *volumev1.CreateSnapsho
 		s.db.DeleteSnapshot(context.WithoutCancel(ctx), sn.ID)
 		return nil, fmt.Errorf("snapshot volume %s: %w", v.ID, err)
 	}
-	if _, err := s.db.TransitionSnapshot(ctx, sn.ID, nil, lifecycle.SnapshotAvailable, map[string]any{
+	if _, err := s.db.TransitionSnapshot(ctx, sn.ID, lifecycle.CreateDone, map[string]any{
 		"provider_id": sn.ID, "provider_location": s.driver.Name() + ":" + s.driver.Capabilities().Mode}); err != nil {
 		return nil, err
 	}
@@ -188,7 +188,7 @@ func (s *Server) DeleteSnapshot(ctx context.Context, req *volumev1.DeleteSnapsho
 // removeSnapshot deletes a snapshot that nothing has attached: its status,
 // its data in the driver, its row.
 func (s *Server) removeSnapshot(ctx context.Context, sn *volumedb.Snapshot) error {
-	if cur, err := s.db.TransitionSnapshot(ctx, sn.ID, nil, lifecycle.SnapshotDeleting, nil); err != nil {
+	if cur, err := s.db.TransitionSnapshot(ctx, sn.ID, lifecycle.Delete, nil); err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			return rpcerr.Precondition("snapshot %s is %s; only an available or failed snapshot can be deleted", sn.ID, cur)
 		}
@@ -196,7 +196,7 @@ func (s *Server) removeSnapshot(ctx context.Context, sn *volumedb.Snapshot) erro
 	}
 	if snapper, err := s.snapshotter(); err == nil {
 		if err := snapper.DeleteSnapshot(ctx, sn.VolumeID, sn.ID); err != nil {
-			s.db.TransitionSnapshot(context.WithoutCancel(ctx), sn.ID, nil, lifecycle.SnapshotErrorDeleting, map[string]any{"fail_reason": err.Error()})
+			s.db.TransitionSnapshot(context.WithoutCancel(ctx), sn.ID, lifecycle.DeleteFailed, map[string]any{"fail_reason": err.Error()})
 			return fmt.Errorf("delete snapshot %s: %w", sn.ID, err)
 		}
 	}

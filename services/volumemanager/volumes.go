@@ -4,7 +4,6 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"time"
 
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/auth"
@@ -188,7 +187,7 @@ func (s *Server) createVolume(ctx context.Context, req *volumev1.CreateVolumeReq
 		s.db.DeleteVolume(context.WithoutCancel(ctx), v.ID)
 		return nil, fmt.Errorf("create volume of %d bytes: %w", size, err)
 	}
-	if _, err := s.db.TransitionVolume(ctx, v.ID, nil, lifecycle.VolumeAvailable, nil); err != nil {
+	if _, err := s.db.TransitionVolume(ctx, v.ID, lifecycle.CreateDone, nil); err != nil {
 		return nil, err
 	}
 	s.log.InfoContext(ctx, "volume created", "volume_id", v.ID, "project_id", v.ProjectID, "size_bytes", size)
@@ -357,7 +356,7 @@ func (s *Server) DeleteVolume(ctx context.Context, req *volumev1.DeleteVolumeReq
 			return nil, rpcerr.Precondition("volume %s is being backed up (its temporary snapshot %s is attached); wait for the backup to end", v.ID, sn.ID)
 		}
 	}
-	if cur, err := s.db.TransitionVolume(ctx, v.ID, nil, lifecycle.VolumeDeleting, nil); err != nil {
+	if cur, err := s.db.TransitionVolume(ctx, v.ID, lifecycle.Delete, nil); err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			return nil, rpcerr.Precondition("volume %s is %s; only an available or failed volume can be deleted", v.ID, cur)
 		}
@@ -365,12 +364,12 @@ func (s *Server) DeleteVolume(ctx context.Context, req *volumev1.DeleteVolumeReq
 	}
 	for _, sn := range temps {
 		if err := s.removeSnapshot(ctx, &sn); err != nil {
-			s.db.TransitionVolume(context.WithoutCancel(ctx), v.ID, nil, lifecycle.VolumeErrorDeleting, map[string]any{"fail_reason": err.Error()})
+			s.db.TransitionVolume(context.WithoutCancel(ctx), v.ID, lifecycle.DeleteFailed, map[string]any{"fail_reason": err.Error()})
 			return nil, fmt.Errorf("delete volume %s: %w", v.ID, err)
 		}
 	}
 	if err := s.driver.DeleteVolume(ctx, v.ID); err != nil {
-		s.db.TransitionVolume(context.WithoutCancel(ctx), v.ID, nil, lifecycle.VolumeErrorDeleting, map[string]any{"fail_reason": err.Error()})
+		s.db.TransitionVolume(context.WithoutCancel(ctx), v.ID, lifecycle.DeleteFailed, map[string]any{"fail_reason": err.Error()})
 		return nil, fmt.Errorf("delete volume %s: %w", v.ID, err)
 	}
 	if err := s.db.DeleteVolume(ctx, v.ID); err != nil {
@@ -408,7 +407,7 @@ func (s *Server) ExtendVolume(ctx context.Context, req *volumev1.ExtendVolumeReq
 		}
 		defer unlock()
 	}
-	if cur, err := s.db.TransitionVolume(ctx, v.ID, nil, lifecycle.VolumeExtending, nil); err != nil {
+	if cur, err := s.db.TransitionVolume(ctx, v.ID, lifecycle.BeginExtend, nil); err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			return nil, rpcerr.Precondition("volume %s is %s; only an available volume can be extended", v.ID, cur)
 		}
@@ -416,10 +415,10 @@ func (s *Server) ExtendVolume(ctx context.Context, req *volumev1.ExtendVolumeReq
 	}
 	if err := ext.ExtendVolume(ctx, v.ID, size); err != nil {
 		// The data is as it was: back to available, and say why.
-		s.db.TransitionVolume(context.WithoutCancel(ctx), v.ID, []string{lifecycle.VolumeExtending}, lifecycle.VolumeAvailable, nil)
+		s.db.TransitionVolume(context.WithoutCancel(ctx), v.ID, lifecycle.EndExtend, nil)
 		return nil, fmt.Errorf("extend volume %s to %d bytes: %w", v.ID, size, err)
 	}
-	if _, err := s.db.TransitionVolume(ctx, v.ID, []string{lifecycle.VolumeExtending}, lifecycle.VolumeAvailable, map[string]any{"size_bytes": size}); err != nil {
+	if _, err := s.db.TransitionVolume(ctx, v.ID, lifecycle.EndExtend, map[string]any{"size_bytes": size}); err != nil {
 		return nil, err
 	}
 	out, err := s.volumeView(ctx, v.ID)
@@ -472,7 +471,7 @@ func (s *Server) ResetVolumeStatus(ctx context.Context, req *volumev1.ResetVolum
 	if _, err := s.db.GetVolume(ctx, req.GetProjectId(), req.GetVolumeId()); err != nil {
 		return nil, err
 	}
-	if err := s.db.UpdateVolume(ctx, req.GetVolumeId(), map[string]any{"status": req.GetStatus(), "updated_at": time.Now().UTC()}); err != nil {
+	if _, err := s.db.TransitionVolume(ctx, req.GetVolumeId(), lifecycle.ResetStatus(req.GetStatus()), nil); err != nil {
 		return nil, err
 	}
 	out, err := s.volumeView(ctx, req.GetVolumeId())

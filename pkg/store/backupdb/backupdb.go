@@ -193,17 +193,19 @@ func (s *Store) List(ctx context.Context, f Filter) ([]Backup, error) {
 	return out, store.Translate(q.Find(&out).Error, "list backups")
 }
 
-// Transition moves backup id to status to from the statuses the backup
-// machine allows (or from, when given), setting extra columns.
-func (s *Store) Transition(ctx context.Context, id string, from []string, to string, extra map[string]any) (string, error) {
-	if from == nil {
-		from = lifecycle.Backups.Sources(to)
-	}
-	return store.Transition(ctx, s.db, &Backup{}, "backup", id, from, to, extra)
+// Transition applies event ev of the backup machine (lifecycle.Backups)
+// to backup id, setting extra columns in the same conditional update (see
+// store.Transition).
+func (s *Store) Transition(ctx context.Context, id string, ev lifecycle.Event, extra map[string]any) (string, error) {
+	return store.Transition(ctx, s.db, &Backup{}, lifecycle.Backups, ev, id, extra)
 }
 
-// Update sets columns of backup id without a status check.
+// Update sets columns of backup id other than its status (which only
+// Transition writes).
 func (s *Store) Update(ctx context.Context, id string, cols map[string]any) error {
+	if _, ok := cols["status"]; ok {
+		return fmt.Errorf("backup %s: status changes only through an event of the lifecycle table: %w", id, lifecycle.ErrInvalidTransition)
+	}
 	cols["updated_at"] = time.Now().UTC()
 	res := s.db.WithContext(ctx).Model(&Backup{}).Where("id = ?", id).Updates(cols)
 	if res.Error == nil && res.RowsAffected == 0 {

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"os"
+	"reflect"
 	"testing"
 
 	"github.com/blockvault/blockvault/pkg/lifecycle"
@@ -37,10 +38,10 @@ func TestBackupsTable(t *testing.T) {
 			t.Fatal(err)
 		}
 		// A creating backup cannot be deleted; it can fail, then be deleted.
-		if _, err := s.Transition(ctx, b.ID, nil, lifecycle.BackupDeleting, nil); !errors.Is(err, store.ErrConflict) {
+		if _, err := s.Transition(ctx, b.ID, lifecycle.Delete, nil); !errors.Is(err, store.ErrConflict) {
 			t.Fatalf("creating -> deleting: %v", err)
 		}
-		if _, err := s.Transition(ctx, b.ID, nil, lifecycle.BackupError, map[string]any{"fail_reason": "boom"}); err != nil {
+		if _, err := s.Transition(ctx, b.ID, lifecycle.CreateFailed, map[string]any{"fail_reason": "boom"}); err != nil {
 			t.Fatal(err)
 		}
 		got, err := s.Get(ctx, "p", b.ID)
@@ -49,6 +50,67 @@ func TestBackupsTable(t *testing.T) {
 		}
 		if _, err := s.Get(ctx, "q", b.ID); !errors.Is(err, store.ErrNotFound) {
 			t.Fatalf("other project: %v", err)
+		}
+	})
+}
+
+// TestEventFromWrongStatusWritesNothing runs every event of the backup table
+// from every status it does not start from: ErrConflict, and the row as it
+// was. The admin's events start from any status; a reset to a status the
+// table does not allow is refused.
+func TestEventFromWrongStatusWritesNothing(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, url string) {
+		ctx := context.Background()
+		db, err := store.Open(ctx, url, nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer store.Close(db)
+		s, err := backupdb.New(ctx, db)
+		if err != nil {
+			t.Fatal(err)
+		}
+		create := func(status string) *backupdb.Backup {
+			b := &backupdb.Backup{ID: uuid.NewString(), ProjectID: "p", VolumeID: uuid.NewString(), Status: status}
+			if err := s.Create(ctx, b); err != nil {
+				t.Fatal(err)
+			}
+			got, err := s.Get(ctx, "", b.ID)
+			if err != nil {
+				t.Fatal(err)
+			}
+			return got
+		}
+		for _, r := range lifecycle.Backups.Rules {
+			for _, from := range lifecycle.Backups.Statuses {
+				b := create(from)
+				cur, err := s.Transition(ctx, b.ID, r.Event, map[string]any{"fail_reason": "written"})
+				after, _ := s.Get(ctx, "", b.ID)
+				if r.Allows(from) {
+					if err != nil || cur != r.To || after.Status != r.To || after.FailReason != "written" {
+						t.Errorf("%s from %s: %q %v, row %q", r.Event, from, cur, err, after.Status)
+					}
+					continue
+				}
+				if !errors.Is(err, store.ErrConflict) || cur != from {
+					t.Errorf("%s from %s: %q, %v; want %q and ErrConflict", r.Event, from, cur, err, from)
+				}
+				if !reflect.DeepEqual(after, b) {
+					t.Errorf("%s from %s wrote:\n%+v\nwas\n%+v", r.Event, from, after, b)
+				}
+			}
+		}
+		b := create(lifecycle.BackupError)
+		for _, ev := range []lifecycle.Event{lifecycle.ResetStatus(lifecycle.BackupDeleting), lifecycle.Attach} {
+			if _, err := s.Transition(ctx, b.ID, ev, nil); !errors.Is(err, lifecycle.ErrInvalidTransition) {
+				t.Errorf("%s: %v, want ErrInvalidTransition", ev, err)
+			}
+		}
+		if err := s.Update(ctx, b.ID, map[string]any{"status": lifecycle.BackupAvailable}); !errors.Is(err, lifecycle.ErrInvalidTransition) {
+			t.Errorf("Update of the status: %v, want ErrInvalidTransition", err)
+		}
+		if after, _ := s.Get(ctx, "", b.ID); !reflect.DeepEqual(after, b) {
+			t.Errorf("a refused move wrote:\n%+v\nwas\n%+v", after, b)
 		}
 	})
 }

@@ -4,6 +4,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"time"
 
 	"github.com/blockvault/blockvault/pkg/lifecycle"
 	"github.com/blockvault/blockvault/pkg/store"
@@ -77,53 +78,73 @@ func (s *Store) ListVolumes(ctx context.Context, f VolumeFilter) ([]Volume, erro
 	return out, store.Translate(q.Find(&out).Error, "list volumes")
 }
 
-// TransitionVolume moves volume id to status to if it is in one of the
-// statuses the volume machine allows for to (or in from, when given),
-// setting extra columns in the same update.
-func (s *Store) TransitionVolume(ctx context.Context, id string, from []string, to string, extra map[string]any) (string, error) {
-	if from == nil {
-		from = lifecycle.Volumes.Sources(to)
-	}
-	return store.Transition(ctx, s.db, &Volume{}, "volume", id, from, to, extra)
+// TransitionVolume applies event ev of the volume machine
+// (lifecycle.Volumes) to volume id, setting extra columns in the same
+// conditional update (see store.Transition).
+func (s *Store) TransitionVolume(ctx context.Context, id string, ev lifecycle.Event, extra map[string]any) (string, error) {
+	return store.Transition(ctx, s.db, &Volume{}, lifecycle.Volumes, ev, id, extra)
 }
 
 // BeginBackup is the blueprint's begin: status := backing-up and
 // previous_status := the old status, in one conditional update, from
 // available, or also from in-use when allowInUse.
 func (s *Store) BeginBackup(ctx context.Context, id string, allowInUse bool) (string, error) {
-	from := []string{lifecycle.VolumeAvailable}
+	ev := lifecycle.BeginBackup
 	if allowInUse {
-		from = append(from, lifecycle.VolumeInUse)
+		ev = lifecycle.BeginBackupInUse
 	}
-	return s.TransitionVolume(ctx, id, from, lifecycle.VolumeBackingUp, map[string]any{"previous_status": gorm.Expr("status")})
+	return s.TransitionVolume(ctx, id, ev, nil)
 }
 
-// EndBackup returns a backing-up volume to its previous status.
+// EndBackup returns a backing-up volume to its previous status (in-use or
+// available), in one conditional update. A volume that is not backing-up
+// is returned with ErrConflict.
 func (s *Store) EndBackup(ctx context.Context, id string) (*Volume, error) {
-	v, err := s.GetVolume(ctx, "", id)
-	if err != nil {
-		return nil, err
-	}
-	if v.Status != lifecycle.VolumeBackingUp {
-		return v, fmt.Errorf("volume %s is %s, not backing-up: %w", id, v.Status, store.ErrConflict)
-	}
-	prev := v.PreviousStatus
-	if prev != lifecycle.VolumeInUse && prev != lifecycle.VolumeAvailable {
-		prev = lifecycle.VolumeAvailable
-	}
-	if _, err := store.Transition(ctx, s.db, &Volume{}, "volume", id, []string{lifecycle.VolumeBackingUp}, prev, map[string]any{"previous_status": ""}); err != nil {
+	if _, err := s.TransitionVolume(ctx, id, lifecycle.EndBackup, nil); err != nil {
+		if errors.Is(err, store.ErrConflict) {
+			v, gerr := s.GetVolume(ctx, "", id)
+			if gerr != nil {
+				return nil, gerr
+			}
+			return v, err
+		}
 		return nil, err
 	}
 	return s.GetVolume(ctx, "", id)
 }
 
-// UpdateVolume sets columns of volume id without a status check.
+// DetachedDuringBackup records that a backing-up volume lost its last
+// attachment: the end of the backup returns it to available, not in-use.
+// The status itself does not change.
+func (s *Store) DetachedDuringBackup(ctx context.Context, id string) error {
+	err := s.db.WithContext(ctx).Model(&Volume{}).
+		Where("id = ? AND status = ? AND previous_status = ?", id, lifecycle.VolumeBackingUp, lifecycle.VolumeInUse).
+		Updates(map[string]any{"previous_status": lifecycle.VolumeAvailable, "updated_at": time.Now().UTC()}).Error
+	return store.Translate(err, "update volume "+id)
+}
+
+// UpdateVolume sets columns of volume id other than its status (which only
+// TransitionVolume writes).
 func (s *Store) UpdateVolume(ctx context.Context, id string, cols map[string]any) error {
+	if err := statusFree("volume", id, cols); err != nil {
+		return err
+	}
 	res := s.db.WithContext(ctx).Model(&Volume{}).Where("id = ?", id).Updates(cols)
 	if res.Error == nil && res.RowsAffected == 0 {
 		return fmt.Errorf("volume %s: %w", id, store.ErrNotFound)
 	}
 	return store.Translate(res.Error, "update volume "+id)
+}
+
+// statusFree refuses an update of the status columns outside the lifecycle
+// table.
+func statusFree(kind, id string, cols map[string]any) error {
+	for _, k := range []string{"status", "previous_status"} {
+		if _, ok := cols[k]; ok {
+			return fmt.Errorf("%s %s: %s changes only through an event of the lifecycle table: %w", kind, id, k, lifecycle.ErrInvalidTransition)
+		}
+	}
+	return nil
 }
 
 // DeleteVolume removes the volume row.
@@ -195,16 +216,16 @@ func (s *Store) ListSnapshots(ctx context.Context, f SnapshotFilter) ([]Snapshot
 	return out, store.Translate(q.Find(&out).Error, "list snapshots")
 }
 
-// TransitionSnapshot is TransitionVolume for snapshots.
-func (s *Store) TransitionSnapshot(ctx context.Context, id string, from []string, to string, extra map[string]any) (string, error) {
-	if from == nil {
-		from = lifecycle.Snapshots.Sources(to)
-	}
-	return store.Transition(ctx, s.db, &Snapshot{}, "snapshot", id, from, to, extra)
+// TransitionSnapshot is TransitionVolume for snapshots (lifecycle.Snapshots).
+func (s *Store) TransitionSnapshot(ctx context.Context, id string, ev lifecycle.Event, extra map[string]any) (string, error) {
+	return store.Transition(ctx, s.db, &Snapshot{}, lifecycle.Snapshots, ev, id, extra)
 }
 
-// UpdateSnapshot sets columns of snapshot id without a status check.
+// UpdateSnapshot sets columns of snapshot id other than its status.
 func (s *Store) UpdateSnapshot(ctx context.Context, id string, cols map[string]any) error {
+	if err := statusFree("snapshot", id, cols); err != nil {
+		return err
+	}
 	res := s.db.WithContext(ctx).Model(&Snapshot{}).Where("id = ?", id).Updates(cols)
 	if res.Error == nil && res.RowsAffected == 0 {
 		return fmt.Errorf("snapshot %s: %w", id, store.ErrNotFound)
