@@ -15,6 +15,7 @@ import (
 	"os/exec"
 	"path/filepath"
 	"runtime"
+	"slices"
 	"strconv"
 	"strings"
 	"sync"
@@ -63,23 +64,7 @@ var benchVariants = []benchVariant{
 // benchVariantsWanted is benchVariants, or those BLOCKVAULT_BENCH_VARIANTS
 // names.
 func benchVariantsWanted(b testing.TB) []benchVariant {
-	names := strings.Fields(os.Getenv("BLOCKVAULT_BENCH_VARIANTS"))
-	if len(names) == 0 {
-		return benchVariants
-	}
-	var out []benchVariant
-	for _, n := range names {
-		found := false
-		for _, v := range benchVariants {
-			if v.name == n {
-				out, found = append(out, v), true
-			}
-		}
-		if !found {
-			b.Fatalf("BLOCKVAULT_BENCH_VARIANTS=%q: no variant %q (there are nbd, local and rbd)", os.Getenv("BLOCKVAULT_BENCH_VARIANTS"), n)
-		}
-	}
-	return out
+	return pickByName(b, "BLOCKVAULT_BENCH_VARIANTS", benchVariants, func(v benchVariant) string { return v.name })
 }
 
 // BenchmarkThroughDaemons measures backups and restores the way users get
@@ -225,23 +210,29 @@ func runVariant(b *testing.B, rep *benchReport, v benchVariant, size int64, back
 // benchVolumesWanted is benchVolumes, or those BLOCKVAULT_BENCH_VOLUMES
 // names.
 func benchVolumesWanted(b testing.TB) []benchVolume {
-	names := strings.Fields(os.Getenv("BLOCKVAULT_BENCH_VOLUMES"))
+	return pickByName(b, "BLOCKVAULT_BENCH_VOLUMES", benchVolumes, func(v benchVolume) string { return v.name })
+}
+
+// pickByName is all, or the ones the environment variable names
+// (space-separated, in its order); a name not among them fails b.
+func pickByName[T any](b testing.TB, env string, all []T, name func(T) string) []T {
+	names := strings.Fields(os.Getenv(env))
 	if len(names) == 0 {
-		return benchVolumes
+		return all
 	}
-	var out []benchVolume
+	var known []string
+	var picked []T
+	for _, v := range all {
+		known = append(known, name(v))
+	}
 	for _, n := range names {
-		found := false
-		for _, v := range benchVolumes {
-			if v.name == n {
-				out, found = append(out, v), true
-			}
+		i := slices.Index(known, n)
+		if i < 0 {
+			b.Fatalf("%s=%q: no %q (there are %s)", env, os.Getenv(env), n, strings.Join(known, ", "))
 		}
-		if !found {
-			b.Fatalf("BLOCKVAULT_BENCH_VOLUMES=%q: no volume %q (there are mixed and random)", os.Getenv("BLOCKVAULT_BENCH_VOLUMES"), n)
-		}
+		picked = append(picked, all[i])
 	}
-	return out
+	return picked
 }
 
 // runVolume builds one volume and runs the operations on it, then removes

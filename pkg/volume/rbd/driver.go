@@ -385,23 +385,33 @@ func (d *Driver) openImage(name, snap string, readOnly bool) (*librbd.Image, err
 	return img, nil
 }
 
+// onImage holds the connection open, opens image name (read-only or not)
+// and runs f on it.
+func (d *Driver) onImage(name string, readOnly bool, f func(img *librbd.Image) error) error {
+	release, err := d.begin()
+	if err != nil {
+		return err
+	}
+	defer release()
+	img, err := d.openImage(name, librbd.NoSnapshot, readOnly)
+	if err != nil {
+		return err
+	}
+	defer img.Close()
+	return f(img)
+}
+
 // VolumeSize implements volume.Driver.
 func (d *Driver) VolumeSize(_ context.Context, id string) (int64, error) {
 	if err := checkID(id); err != nil {
 		return 0, err
 	}
-	release, err := d.begin()
-	if err != nil {
-		return 0, err
-	}
-	defer release()
-	img, err := d.openImage(imageName(id), librbd.NoSnapshot, true)
-	if err != nil {
-		return 0, err
-	}
-	defer img.Close()
-	size, err := img.GetSize()
-	return int64(size), d.translate(err, "size of image %s", imageName(id))
+	var size uint64
+	err := d.onImage(imageName(id), true, func(img *librbd.Image) (err error) {
+		size, err = img.GetSize()
+		return d.translate(err, "size of image %s", imageName(id))
+	})
+	return int64(size), err
 }
 
 // OpenVolume implements volume.Driver: a device over an image handle of its
@@ -628,19 +638,11 @@ func (d *Driver) CreateSnapshot(_ context.Context, volumeID, snapshotID string) 
 	if err := checkIDs(volumeID, snapshotID); err != nil {
 		return err
 	}
-	release, err := d.begin()
-	if err != nil {
-		return err
-	}
-	defer release()
 	name := imageName(volumeID)
-	img, err := d.openImage(name, librbd.NoSnapshot, false)
-	if err != nil {
-		return err
-	}
-	defer img.Close()
-	_, err = img.CreateSnapshot(snapName(snapshotID))
-	return d.translate(err, "create snapshot %s@%s", name, snapName(snapshotID))
+	return d.onImage(name, false, func(img *librbd.Image) error {
+		_, err := img.CreateSnapshot(snapName(snapshotID))
+		return d.translate(err, "create snapshot %s@%s", name, snapName(snapshotID))
+	})
 }
 
 // DeleteSnapshot implements volume.Snapshotter: its clones (volumes made
@@ -814,28 +816,20 @@ func (d *Driver) ExtendVolume(ctx context.Context, id string, newSize int64) err
 	if err := checkID(id); err != nil {
 		return err
 	}
-	release, err := d.begin()
-	if err != nil {
-		return err
-	}
-	defer release()
 	name := imageName(id)
-	img, err := d.openImage(name, librbd.NoSnapshot, false)
-	if err != nil {
-		return err
-	}
-	defer img.Close()
-	cur, err := img.GetSize()
-	if err != nil {
-		return d.translate(err, "size of image %s", name)
-	}
-	if newSize <= int64(cur) || newSize%512 != 0 {
-		return fmt.Errorf("%w: new size %d must be a multiple of 512 larger than %d", volume.ErrInvalidArgument, newSize, cur)
-	}
-	if err := d.checkFree(ctx, newSize-int64(cur)); err != nil {
-		return err
-	}
-	return d.translate(img.Resize(uint64(newSize)), "resize image %s to %d bytes", name, newSize)
+	return d.onImage(name, false, func(img *librbd.Image) error {
+		cur, err := img.GetSize()
+		if err != nil {
+			return d.translate(err, "size of image %s", name)
+		}
+		if newSize <= int64(cur) || newSize%512 != 0 {
+			return fmt.Errorf("%w: new size %d must be a multiple of 512 larger than %d", volume.ErrInvalidArgument, newSize, cur)
+		}
+		if err := d.checkFree(ctx, newSize-int64(cur)); err != nil {
+			return err
+		}
+		return d.translate(img.Resize(uint64(newSize)), "resize image %s to %d bytes", name, newSize)
+	})
 }
 
 // ChangedRanges implements volume.ChangedRanger: librbd's diff between the
@@ -844,17 +838,17 @@ func (d *Driver) ChangedRanges(_ context.Context, volumeID, fromSnapshotID, toSn
 	if err := checkIDs(volumeID, fromSnapshotID, toSnapshotID); err != nil {
 		return nil, err
 	}
-	release, err := d.begin()
-	if err != nil {
-		return nil, err
-	}
-	defer release()
 	name := imageName(volumeID)
-	img, err := d.openImage(name, librbd.NoSnapshot, true)
-	if err != nil {
-		return nil, err
-	}
-	defer img.Close()
+	var out []volume.Range
+	err := d.onImage(name, true, func(img *librbd.Image) (err error) {
+		out, err = d.changedRanges(img, name, fromSnapshotID, toSnapshotID)
+		return err
+	})
+	return out, err
+}
+
+// changedRanges is ChangedRanges on the open image name.
+func (d *Driver) changedRanges(img *librbd.Image, name, fromSnapshotID, toSnapshotID string) ([]volume.Range, error) {
 	snaps, err := img.GetSnapshotNames()
 	if err != nil {
 		return nil, d.translate(err, "list the snapshots of image %s", name)
