@@ -5,7 +5,6 @@ import (
 	"bytes"
 	"crypto/rand"
 	"encoding/json"
-	"errors"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -309,15 +308,7 @@ func TestCephFreePortRange(t *testing.T) {
 				t.Fatalf("port %d handed out twice", p)
 			}
 			seen[p] = true
-			f, err := os.Open(filepath.Join(portLockDir, strconv.Itoa(p)))
-			if err != nil {
-				t.Fatal(err)
-			}
-			err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-			f.Close()
-			if !errors.Is(err, unix.EWOULDBLOCK) {
-				t.Fatalf("the lock of port %d could be taken by another process (flock: %v)", p, err)
-			}
+			checkPortLocked(t, p)
 		}
 	}
 }

@@ -31,17 +31,24 @@ func TestFreePort(t *testing.T) {
 			t.Fatalf("listen on the free port %d: %v", p, err)
 		}
 		l.Close()
-		f, err := os.Open(filepath.Join(portLockDir, strconv.Itoa(p)))
-		if err != nil {
-			t.Fatal(err)
-		}
-		err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
-		f.Close()
-		if !errors.Is(err, unix.EWOULDBLOCK) {
-			t.Fatalf("the lock of port %d could be taken by another process (flock: %v)", p, err)
-		}
+		checkPortLocked(t, p)
 	}
 	if b, err := os.ReadFile("/proc/sys/net/ipv4/ip_local_port_range"); err == nil {
 		t.Logf("ephemeral range %q; test ports from %d-%d", b, lo, hi)
+	}
+}
+
+// checkPortLocked fails the test unless port p's lock file is locked (by
+// this process), so that another test process cannot take the port.
+func checkPortLocked(t *testing.T, p int) {
+	t.Helper()
+	f, err := os.Open(filepath.Join(portLockDir, strconv.Itoa(p)))
+	if err != nil {
+		t.Fatal(err)
+	}
+	err = unix.Flock(int(f.Fd()), unix.LOCK_EX|unix.LOCK_NB)
+	f.Close()
+	if !errors.Is(err, unix.EWOULDBLOCK) {
+		t.Fatalf("the lock of port %d could be taken by another process (flock: %v)", p, err)
 	}
 }

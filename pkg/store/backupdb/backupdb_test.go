@@ -12,6 +12,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/store/backupdb"
 	"github.com/blockvault/blockvault/pkg/store/storetest"
 	"github.com/google/uuid"
+	"gorm.io/gorm"
 )
 
 func TestMain(m *testing.M) { os.Exit(storetest.Main(m)) }
@@ -19,15 +20,7 @@ func TestMain(m *testing.M) { os.Exit(storetest.Main(m)) }
 func TestBackupsTable(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, url string) {
 		ctx := context.Background()
-		db, err := store.Open(ctx, url, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer store.Close(db)
-		s, err := backupdb.New(ctx, db)
-		if err != nil {
-			t.Fatal(err)
-		}
+		db, s := openStore(t, url)
 		for _, col := range []string{"temp_volume_id", "temp_snapshot_id", "parent_id", "fail_reason", "bytes_done", "project_id"} {
 			if !db.Migrator().HasColumn("backups", col) {
 				t.Errorf("backups has no column %s", col)
@@ -61,15 +54,7 @@ func TestBackupsTable(t *testing.T) {
 func TestEventFromWrongStatusWritesNothing(t *testing.T) {
 	storetest.Each(t, func(t *testing.T, url string) {
 		ctx := context.Background()
-		db, err := store.Open(ctx, url, nil)
-		if err != nil {
-			t.Fatal(err)
-		}
-		defer store.Close(db)
-		s, err := backupdb.New(ctx, db)
-		if err != nil {
-			t.Fatal(err)
-		}
+		_, s := openStore(t, url)
 		create := func(status string) *backupdb.Backup {
 			b := &backupdb.Backup{ID: uuid.NewString(), ProjectID: "p", VolumeID: uuid.NewString(), Status: status}
 			if err := s.Create(ctx, b); err != nil {
@@ -113,4 +98,21 @@ func TestEventFromWrongStatusWritesNothing(t *testing.T) {
 			t.Errorf("a refused move wrote:\n%+v\nwas\n%+v", after, b)
 		}
 	})
+}
+
+// openStore opens the backups' store on a fresh database (closed at the
+// test's end) and returns the database too.
+func openStore(t *testing.T, url string) (*gorm.DB, *backupdb.Store) {
+	t.Helper()
+	ctx := context.Background()
+	db, err := store.Open(ctx, url, nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { store.Close(db) })
+	s, err := backupdb.New(ctx, db)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return db, s
 }
