@@ -1,4 +1,4 @@
-package backup
+package backupjob
 
 import (
 	"context"
@@ -9,8 +9,7 @@ import (
 	"testing"
 	"time"
 
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
+	"github.com/blockvault/blockvault/pkg/store"
 )
 
 // TestReleaseRetriesWhatAFailureForNowCaused: the detach of a temporary
@@ -18,13 +17,13 @@ import (
 // its delete fails for good ("is attached"); once the database is back, the
 // next pass detaches and deletes it: nothing is left behind.
 func TestReleaseRetriesWhatAFailureForNowCaused(t *testing.T) {
-	s := &Server{cfg: Config{CleanupTimeout: 10 * time.Second}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
+	s := &Runner{cfg: Config{CleanupTimeout: 10 * time.Second}, log: slog.New(slog.NewTextHandler(io.Discard, nil))}
 	attached, deleted := true, false
 	detachCalls := 0
 	src := &source{}
 	src.defer_(func(context.Context) error { // registered first, undone last
 		if attached {
-			return fmt.Errorf("delete temporary snapshot s: %w", status.Error(codes.FailedPrecondition, "snapshot s is attached"))
+			return errors.New("delete temporary snapshot s: snapshot s is attached")
 		}
 		deleted = true
 		return nil
@@ -32,7 +31,7 @@ func TestReleaseRetriesWhatAFailureForNowCaused(t *testing.T) {
 	src.defer_(func(context.Context) error {
 		detachCalls++
 		if detachCalls == 1 {
-			return status.Error(codes.Unavailable, "the database is unavailable")
+			return fmt.Errorf("detach snapshot s: %w", ErrUnavailable)
 		}
 		attached = false
 		return nil
@@ -47,20 +46,21 @@ func TestReleaseRetriesWhatAFailureForNowCaused(t *testing.T) {
 	// A step that fails for good on its own is reported, not retried.
 	src = &source{}
 	calls := 0
+	no := errors.New("no")
 	src.defer_(func(context.Context) error {
 		calls++
-		return status.Error(codes.FailedPrecondition, "no")
+		return no
 	})
-	if err := s.persist(context.Background(), src.release); status.Code(err) != codes.FailedPrecondition || calls != 1 {
-		t.Fatalf("a failure for good: %v after %d calls, want FailedPrecondition after 1", err, calls)
+	if err := s.persist(context.Background(), src.release); !errors.Is(err, no) || calls != 1 {
+		t.Fatalf("a failure for good: %v after %d calls, want it after 1", err, calls)
 	}
 }
 
 // TestTransientJoined: of joined errors, one transient is enough, in
 // whatever order, also wrapped.
 func TestTransientJoined(t *testing.T) {
-	down := status.Error(codes.Unavailable, "down")
-	no := status.Error(codes.FailedPrecondition, "no")
+	down := fmt.Errorf("detach: %w", ErrUnavailable)
+	no := fmt.Errorf("delete: %w", ErrNotFound)
 	for _, c := range []struct {
 		err  error
 		want bool
@@ -72,6 +72,7 @@ func TestTransientJoined(t *testing.T) {
 		{errors.Join(down, no), true},
 		{fmt.Errorf("x: %w", errors.Join(no, down)), true},
 		{errors.Join(no, no), false},
+		{fmt.Errorf("update: %w", store.ErrUnavailable), true},
 	} {
 		if got := transient(c.err); got != c.want {
 			t.Errorf("transient(%v) = %v, want %v", c.err, got, c.want)

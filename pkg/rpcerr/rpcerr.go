@@ -19,13 +19,14 @@
 //	ErrInvalidArgument, volume.ErrInvalidArgument,
 //	  repository.ErrInvalidName, blockdev.ErrOutOfRange   InvalidArgument
 //	store.ErrNotFound, volume.ErrNotFound,
-//	  repository.ErrNotFound                       NotFound
+//	  repository.ErrNotFound, backupjob.ErrNotFound   NotFound
 //	ErrAlreadyExists, volume.ErrAlreadyExists      AlreadyExists
 //	ErrFailedPrecondition, store.ErrConflict, volume.ErrInUse,
 //	  lifecycle.ErrInvalidTransition, blockdev.ErrReadOnly   FailedPrecondition
 //	volume.ErrNoSpace, repository.ErrNoSpace       ResourceExhausted
 //	volume.ErrUnsupported                          Unimplemented
-//	repository.ErrUnavailable, store.ErrUnavailable   Unavailable
+//	repository.ErrUnavailable, store.ErrUnavailable,
+//	  backupjob.ErrUnavailable                     Unavailable
 //	auth.ErrNoSource, anything else                Internal
 //
 // The engine's errors are what an operator acts on, so each has the code
@@ -49,6 +50,7 @@ import (
 	"fmt"
 
 	"github.com/blockvault/blockvault/pkg/auth"
+	"github.com/blockvault/blockvault/pkg/backupjob"
 	"github.com/blockvault/blockvault/pkg/blockdev"
 	"github.com/blockvault/blockvault/pkg/engine"
 	"github.com/blockvault/blockvault/pkg/lifecycle"
@@ -101,6 +103,7 @@ var domain = []struct {
 	{store.ErrNotFound, codes.NotFound},
 	{volume.ErrNotFound, codes.NotFound},
 	{repository.ErrNotFound, codes.NotFound},
+	{backupjob.ErrNotFound, codes.NotFound},
 
 	{ErrAlreadyExists, codes.AlreadyExists},
 	{volume.ErrAlreadyExists, codes.AlreadyExists},
@@ -118,6 +121,7 @@ var domain = []struct {
 
 	{repository.ErrUnavailable, codes.Unavailable},
 	{store.ErrUnavailable, codes.Unavailable},
+	{backupjob.ErrUnavailable, codes.Unavailable},
 }
 
 // Invalid returns an InvalidArgument error with the formatted message.

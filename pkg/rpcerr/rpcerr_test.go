@@ -13,6 +13,7 @@ import (
 	"testing"
 
 	"github.com/blockvault/blockvault/pkg/auth"
+	"github.com/blockvault/blockvault/pkg/backupjob"
 	"github.com/blockvault/blockvault/pkg/blockdev"
 	"github.com/blockvault/blockvault/pkg/engine"
 	"github.com/blockvault/blockvault/pkg/lifecycle"
@@ -38,6 +39,8 @@ var sentinels = map[string]struct {
 	"volume.ErrInUse":                {volume.ErrInUse, codes.FailedPrecondition},
 	"lifecycle.ErrInvalidTransition": {lifecycle.ErrInvalidTransition, codes.FailedPrecondition},
 	"engine.ErrNoBackup":             {engine.ErrNoBackup, codes.NotFound},
+	"backupjob.ErrNotFound":          {backupjob.ErrNotFound, codes.NotFound},
+	"backupjob.ErrUnavailable":       {backupjob.ErrUnavailable, codes.Unavailable},
 	"engine.ErrCorrupt":              {engine.ErrCorrupt, codes.DataLoss},
 	"engine.ErrWrongKey":             {engine.ErrWrongKey, codes.FailedPrecondition},
 	"repository.ErrNotFound":         {repository.ErrNotFound, codes.NotFound},
@@ -63,7 +66,7 @@ var sentinels = map[string]struct {
 
 // domainPackages are the packages whose errors reach the daemons' handlers
 // (directories beside this one).
-var domainPackages = []string{"volume", "lifecycle", "engine", "repository", "quota", "auth", "store", "blockdev", "rpcerr"}
+var domainPackages = []string{"volume", "lifecycle", "engine", "repository", "quota", "auth", "store", "blockdev", "rpcerr", "backupjob"}
 
 // TestEverySentinelHasACode: each exported Err* variable of the domain
 // packages, read from their source, has a decision in sentinels, and Code

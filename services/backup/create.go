@@ -3,7 +3,6 @@ package backup
 import (
 	"context"
 	"errors"
-	"fmt"
 	"sync"
 	"time"
 
@@ -11,32 +10,13 @@ import (
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/engine"
 	"github.com/blockvault/blockvault/pkg/lifecycle"
-	"github.com/blockvault/blockvault/pkg/metrics"
 	"github.com/blockvault/blockvault/pkg/quota"
 	"github.com/blockvault/blockvault/pkg/repository"
-	"github.com/blockvault/blockvault/pkg/requestid"
 	"github.com/blockvault/blockvault/pkg/rpcerr"
 	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/store/backupdb"
 	"github.com/blockvault/blockvault/pkg/validate"
 	"github.com/google/uuid"
-)
-
-// Strategies: how the source of a backup is read.
-const (
-	// StrategyVolume reads an available volume itself, attached read-only.
-	StrategyVolume = "volume"
-	// StrategySnapshot reads a user's snapshot (a snapshot backup).
-	StrategySnapshot = "snapshot"
-	// StrategyLocalSnapshot reads a temporary snapshot through its local
-	// path (the blueprint's step 1: same node).
-	StrategyLocalSnapshot = "local-snapshot"
-	// StrategyAttachedSnapshot reads a temporary snapshot attached over NBD
-	// (steps 2 and 3).
-	StrategyAttachedSnapshot = "attached-snapshot"
-	// StrategyTemporaryVolume reads a temporary clone of the volume (the
-	// fallback for backends that cannot attach snapshots).
-	StrategyTemporaryVolume = "temporary-volume"
 )
 
 // DefaultContainer is the repository container of backups that name none.
@@ -92,7 +72,7 @@ func (s *Server) CreateBackup(ctx context.Context, req *backupv1.CreateBackupReq
 	// row is in, so two requests cannot both take the last unit.
 	unlock := func() {}
 	if q := s.cfg.Quotas; q != nil && !q.Unlimited(req.GetProjectId(), quota.Backups, quota.BackupGigabytes) {
-		gv, err := s.volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{ProjectId: req.GetProjectId(), VolumeId: in.GetVolumeId()})
+		gv, err := s.vm.volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{ProjectId: req.GetProjectId(), VolumeId: in.GetVolumeId()})
 		if err != nil {
 			return nil, err
 		}
@@ -114,7 +94,7 @@ func (s *Server) CreateBackup(ctx context.Context, req *backupv1.CreateBackupReq
 
 	// The status swap: the volume manager moves the volume (or snapshot)
 	// to backing-up in one conditional update, or says why not.
-	begin, err := s.internal.BeginBackup(ctx, &volumev1.BeginBackupRequest{ProjectId: req.GetProjectId(),
+	begin, err := s.vm.internal.BeginBackup(ctx, &volumev1.BeginBackupRequest{ProjectId: req.GetProjectId(),
 		VolumeId: in.GetVolumeId(), SnapshotId: in.GetSnapshotId(), Force: in.GetForce()})
 	if err != nil {
 		return nil, err
@@ -125,7 +105,7 @@ func (s *Server) CreateBackup(ctx context.Context, req *backupv1.CreateBackupReq
 		ID: uuid.NewString(), ProjectID: req.GetProjectId(), VolumeID: vol.GetId(), SnapshotID: in.GetSnapshotId(),
 		Name: name, Description: description, Container: container, Status: lifecycle.BackupCreating,
 		SizeBytes: vol.GetSizeBytes(), IsIncremental: parent != nil, AvailabilityZone: vol.GetAvailabilityZone(),
-		Metadata: store.EncodeMap(in.GetMetadata()), OwnerNode: s.cfg.NodeID, LeaseExpiresAt: ptr(s.lease()), ProgressOp: "backup",
+		Metadata: store.EncodeMap(in.GetMetadata()), OwnerNode: s.cfg.Jobs.NodeID, LeaseExpiresAt: ptr(s.jobs.Lease()), ProgressOp: "backup",
 		BytesTotal: vol.GetSizeBytes(), StartedAt: &now, DataTimestamp: &now,
 	}
 	if parent != nil {
@@ -139,7 +119,7 @@ func (s *Server) CreateBackup(ctx context.Context, req *backupv1.CreateBackupReq
 	}
 	s.log.InfoContext(ctx, "backup accepted", "backup_id", b.ID, "volume_id", b.VolumeID, "previous_status", vol.GetPreviousStatus(),
 		"incremental", b.IsIncremental, "snapshot_id", b.SnapshotID)
-	s.start(ctx, b.ID, func(ctx context.Context) { s.runBackup(ctx, b.ID, vol.GetPreviousStatus()) })
+	s.jobs.Backup(ctx, b.ID, vol.GetPreviousStatus())
 	out, err := s.view(ctx, b.ProjectID, b.ID)
 	if err != nil {
 		return nil, err
@@ -164,81 +144,12 @@ func checkContainer(c string) error {
 	return nil
 }
 
-// endBackup returns the volume (or snapshot) to its previous status.
-func (s *Server) endBackup(ctx context.Context, b *backupdb.Backup) error {
-	_, err := s.internal.EndBackup(ctx, &volumev1.EndBackupRequest{ProjectId: b.ProjectID, VolumeId: b.VolumeID, SnapshotId: b.SnapshotID})
-	if err != nil {
+// endBackup returns the volume (or snapshot) of a backup whose row could not
+// be written to its previous status.
+func (s *Server) endBackup(ctx context.Context, b *backupdb.Backup) {
+	if err := s.vm.EndBackup(ctx, b.ProjectID, b.VolumeID, b.SnapshotID); err != nil {
 		s.log.Error("end backup: the volume may stay backing-up until the next recovery", "backup_id", b.ID, "volume_id", b.VolumeID, "err", err)
 	}
-	return err
 }
 
-// start runs job in the background, at most MaxConcurrent at once; the job
-// can be cancelled through cancel(id). The job's calls and logs carry the
-// request id of reqCtx, the call that started it.
-func (s *Server) start(reqCtx context.Context, id string, job func(ctx context.Context)) {
-	rid := requestid.From(reqCtx)
-	if rid == "" {
-		rid = requestid.New()
-	}
-	ctx, cancel := context.WithCancel(requestid.With(s.baseCtx, rid))
-	s.mu.Lock()
-	s.jobs[id] = cancel
-	s.mu.Unlock()
-	s.wg.Add(1)
-	go func() {
-		defer s.wg.Done()
-		defer func() {
-			s.mu.Lock()
-			delete(s.jobs, id)
-			s.mu.Unlock()
-			cancel()
-		}()
-		metrics.Queued.Inc()
-		select {
-		case s.slots <- struct{}{}:
-			metrics.Queued.Dec()
-			defer func() { <-s.slots }()
-		case <-ctx.Done():
-			metrics.Queued.Dec()
-			job(ctx) // the job sees the cancellation and cleans up
-			return
-		}
-		metrics.Running.Inc()
-		defer metrics.Running.Dec()
-		job(ctx)
-	}()
-}
-
-// cancel stops the job of backup id, if one runs here.
-func (s *Server) cancel(id string) bool {
-	s.mu.Lock()
-	c, ok := s.jobs[id]
-	s.mu.Unlock()
-	if ok {
-		c()
-	}
-	return ok
-}
-
-func failReason(op string, err error) string {
-	msg := fmt.Sprintf("%s failed: %v", op, err)
-	if len(msg) > 1000 {
-		msg = msg[:1000]
-	}
-	return msg
-}
-
-// finished records a finished job in the metrics.
-func finished(op string, started time.Time, err error) {
-	result := "ok"
-	switch {
-	case errors.Is(err, context.Canceled):
-		result = "cancelled"
-	case err != nil:
-		result = "error"
-	}
-	metrics.Jobs.WithLabelValues(op, result).Inc()
-	metrics.JobSeconds.WithLabelValues(op).Observe(time.Since(started).Seconds())
-	metrics.Throughput.WithLabelValues(op).Set(0)
-}
+func ptr[T any](v T) *T { return &v }

@@ -13,6 +13,7 @@ import (
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	"github.com/blockvault/blockvault/pkg/auth"
+	"github.com/blockvault/blockvault/pkg/backupjob"
 	"github.com/blockvault/blockvault/pkg/cpuprio"
 	"github.com/blockvault/blockvault/pkg/daemon"
 	"github.com/blockvault/blockvault/pkg/engine"
@@ -112,7 +113,7 @@ func (c DaemonConfig) Validate() error {
 	if c.Nice < 0 || c.Nice > cpuprio.Max {
 		errs = append(errs, fmt.Errorf("nice %d must be 0 to %d", c.Nice, cpuprio.Max))
 	}
-	if err := ValidateStrategy(c.Strategy); err != nil {
+	if err := backupjob.ValidateStrategy(c.Strategy); err != nil {
 		errs = append(errs, err)
 	}
 	if err := checkContainer(c.Container); err != nil || c.Container == "" {
@@ -196,9 +197,9 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	if err := LoadQuotaLimits(ctx, bdb, quotas); err != nil {
 		return err
 	}
-	srv := New(Config{NodeID: cfg.NodeID, LocalReads: !cfg.NoLocalReads, Strategy: cfg.Strategy, MaxConcurrent: cfg.MaxConcurrent,
-		Container: cfg.Container, Quotas: quotas, LeaseDuration: cfg.LeaseDuration,
-		ChangedBlockTracking: cfg.ChangedBlockTracking, NBDTLS: nbdTLS}, bdb, conn, EngineAdapter{E: eng}, log)
+	srv := New(Config{Container: cfg.Container, Quotas: quotas, Jobs: backupjob.Config{NodeID: cfg.NodeID, LocalReads: !cfg.NoLocalReads,
+		Strategy: cfg.Strategy, MaxConcurrent: cfg.MaxConcurrent, LeaseDuration: cfg.LeaseDuration,
+		ChangedBlockTracking: cfg.ChangedBlockTracking, NBDTLS: nbdTLS}}, bdb, conn, eng, log)
 	defer srv.Close()
 	if err := srv.Recover(ctx); err != nil {
 		// Recovery is retried at the next start; new work is still accepted.

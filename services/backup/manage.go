@@ -15,11 +15,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/store/backupdb"
 	"github.com/blockvault/blockvault/pkg/validate"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 )
-
-func isNotFound(err error) bool { return status.Code(err) == codes.NotFound }
 
 // DeleteBackup implements BackupService: only an available or failed
 // backup; its data goes in the background. Deleting a backup others were
@@ -32,49 +28,14 @@ func (s *Server) DeleteBackup(ctx context.Context, req *backupv1.DeleteBackupReq
 	if err != nil {
 		return nil, err
 	}
-	if cur, err := s.db.Transition(ctx, b.ID, lifecycle.Delete, map[string]any{"owner_node": s.cfg.NodeID, "lease_expires_at": s.lease()}); err != nil {
+	if cur, err := s.db.Transition(ctx, b.ID, lifecycle.Delete, map[string]any{"owner_node": s.cfg.Jobs.NodeID, "lease_expires_at": s.jobs.Lease()}); err != nil {
 		if errors.Is(err, store.ErrConflict) {
 			return nil, rpcerr.Invalid("Invalid backup: backup %s is %s; only an available or error backup can be deleted.", b.ID, cur)
 		}
 		return nil, err
 	}
-	s.start(ctx, b.ID, func(ctx context.Context) { s.runDelete(ctx, b) })
+	s.jobs.Delete(ctx, b)
 	return &backupv1.DeleteBackupResponse{}, nil
-}
-
-func (s *Server) runDelete(ctx context.Context, b *backupdb.Backup) {
-	started := time.Now()
-	var err error
-	if b.TrackingSnapshotID != "" {
-		// The snapshot kept for the next incremental backup goes with it.
-		err = s.persist(ctx, func(ctx context.Context) error {
-			return s.deleteTemporarySnapshot(ctx, b.ProjectID, b.TrackingSnapshotID)
-		})
-		if err == nil {
-			err = s.db.Update(ctx, b.ID, map[string]any{"tracking_snapshot_id": ""})
-		}
-	}
-	if err == nil {
-		err = s.engine.Delete(ctx, b.Container, b.ID)
-	}
-	finished("delete", started, err)
-	if err != nil && ctx.Err() != nil {
-		// Stopped (the service is shutting down): the backup stays
-		// deleting and the next start resumes the delete.
-		s.log.Info("delete interrupted; it resumes at the next start", "backup_id", b.ID)
-		return
-	}
-	if err != nil {
-		s.log.Warn("delete backup data", "backup_id", b.ID, "err", err)
-		s.db.Transition(context.WithoutCancel(ctx), b.ID, lifecycle.DeleteFailed,
-			map[string]any{"fail_reason": failReason("delete", err)})
-		return
-	}
-	if err := s.db.Delete(context.WithoutCancel(ctx), b.ID); err != nil {
-		s.log.Error("delete backup row", "backup_id", b.ID, "err", err)
-		return
-	}
-	s.log.Info("backup deleted", "backup_id", b.ID)
 }
 
 // BackupAction implements BackupService: os-reset_status and
@@ -99,34 +60,22 @@ func (s *Server) BackupAction(ctx context.Context, req *backupv1.BackupActionReq
 			return nil, rpcerr.Invalid("os-reset_status: status %q must be available or error", st)
 		}
 		if b.Status == lifecycle.BackupCreating || b.Status == lifecycle.BackupRestoring {
-			s.cancel(b.ID)
+			s.jobs.Cancel(b.ID)
 		}
 		if _, err := s.db.Transition(ctx, b.ID, lifecycle.ResetStatus(st), nil); err != nil {
 			return nil, err
 		}
 	case *backupv1.BackupActionRequest_OsForceDelete:
-		if _, err := s.db.Transition(ctx, b.ID, lifecycle.ForceDelete, map[string]any{"owner_node": s.cfg.NodeID, "lease_expires_at": s.lease()}); err != nil {
+		if _, err := s.db.Transition(ctx, b.ID, lifecycle.ForceDelete, map[string]any{"owner_node": s.cfg.Jobs.NodeID, "lease_expires_at": s.jobs.Lease()}); err != nil {
 			return nil, err
 		}
-		if s.cancel(b.ID) {
-			// Wait (briefly) for the job to release its resources.
-			deadline := time.Now().Add(30 * time.Second)
-			for s.running(b.ID) && time.Now().Before(deadline) {
-				time.Sleep(50 * time.Millisecond)
-			}
-		}
-		s.start(ctx, b.ID, func(ctx context.Context) { s.runDelete(ctx, b) })
+		// Wait (briefly) for the job to release its resources.
+		s.jobs.CancelAndWait(b.ID, 30*time.Second)
+		s.jobs.Delete(ctx, b)
 	default:
 		return nil, rpcerr.Invalid("the action body must hold one of os-reset_status, os-force_delete")
 	}
 	return &backupv1.BackupActionResponse{}, nil
-}
-
-func (s *Server) running(id string) bool {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	_, ok := s.jobs[id]
-	return ok
 }
 
 // steady reports whether no work runs on a backup in this status.
@@ -190,7 +139,7 @@ func (s *Server) VerifyBackup(ctx context.Context, req *backupv1.VerifyBackupReq
 	}
 	out := &backupv1.VerifyBackupResponse{Ok: len(res.Damaged) == 0, ChunksChecked: res.ChunksChecked}
 	for _, d := range res.Damaged {
-		out.Damaged = append(out.Damaged, &backupv1.DamagedChunk{ChunkId: d.ChunkID, Offset: d.Offset, Problem: d.Problem})
+		out.Damaged = append(out.Damaged, &backupv1.DamagedChunk{ChunkId: d.ChunkID, Offset: d.Offset, Problem: d.Err.Error()})
 	}
 	return out, nil
 }
@@ -245,7 +194,7 @@ func (s *Server) ImportBackupRecord(ctx context.Context, req *backupv1.ImportBac
 	}
 	now := time.Now().UTC()
 	b := &backupdb.Backup{ID: r.BackupID, ProjectID: req.GetProjectId(), VolumeID: r.VolumeID, ParentID: r.ParentID,
-		Container: r.Container, Status: lifecycle.BackupAvailable, SizeBytes: r.SizeBytes, ObjectCount: r.ObjectCount,
+		Container: r.Container, Status: lifecycle.BackupAvailable, SizeBytes: r.Size, ObjectCount: r.DataChunks,
 		IsIncremental: r.ParentID != "", Name: "imported-" + r.BackupID, DataTimestamp: &now}
 	if err := s.db.Create(ctx, b); err != nil {
 		return nil, err

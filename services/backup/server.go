@@ -6,16 +6,14 @@ package backup
 
 import (
 	"context"
-	"crypto/tls"
 	"errors"
 	"fmt"
 	"log/slog"
-	"sync"
-	"time"
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
-	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/auth"
+	"github.com/blockvault/blockvault/pkg/backupjob"
+	"github.com/blockvault/blockvault/pkg/engine"
 	"github.com/blockvault/blockvault/pkg/quota"
 	"github.com/blockvault/blockvault/pkg/rpcerr"
 	"github.com/blockvault/blockvault/pkg/store"
@@ -26,55 +24,13 @@ import (
 
 // Config is what the service needs to know about where it runs.
 type Config struct {
-	// NodeID names this node: the same as the volume manager's makes a
-	// local-path read possible (the blueprint's step 1).
-	NodeID string
-	// LocalReads allows reading through local paths when on the volume
-	// manager's node (default true in the daemon).
-	LocalReads bool
-	// Strategy forces how in-use volumes are read: "" (choose from the
-	// backend's capabilities), local-snapshot, attached-snapshot or
-	// temporary-volume.
-	Strategy string
-	// MaxConcurrent caps the backups and restores running at once; more wait.
-	MaxConcurrent int
+	// Jobs is how the backups, restores and deletes run.
+	Jobs backupjob.Config
 	// Container is the default repository container.
 	Container string
 	// Quotas limits each project's backups and backup gigabytes (nil: no
 	// limits).
 	Quotas *quota.Quotas
-	// CleanupTimeout bounds the retries of cleanup steps while the volume
-	// manager is unreachable (default 2 minutes).
-	CleanupTimeout time.Duration
-	// LeaseDuration is how long a node's claim on its running jobs lasts
-	// without a heartbeat; after that another node takes them over
-	// (default 30 s).
-	LeaseDuration time.Duration
-	// ChangedBlockTracking keeps the snapshot each backup of an in-use
-	// volume was read from, so that the next incremental backup of the
-	// volume reads only the ranges the volume manager reports changed
-	// since (drivers with the changed-ranges capability).
-	ChangedBlockTracking bool
-	// NBDTLS is the client TLS configuration (certificate and CA) for NBD
-	// exports that require TLS; nil: such exports cannot be read.
-	NBDTLS *tls.Config
-}
-
-func (c Config) leaseDuration() time.Duration {
-	if c.LeaseDuration <= 0 {
-		return 30 * time.Second
-	}
-	return c.LeaseDuration
-}
-
-// lease is the end of a claim made now.
-func (s *Server) lease() time.Time { return time.Now().UTC().Add(s.cfg.leaseDuration()) }
-
-func (c Config) cleanupTimeout() time.Duration {
-	if c.CleanupTimeout <= 0 {
-		return 2 * time.Minute
-	}
-	return c.CleanupTimeout
 }
 
 func (c Config) container() string {
@@ -84,57 +40,39 @@ func (c Config) container() string {
 	return c.Container
 }
 
-// ValidateStrategy checks a Strategy value.
-func ValidateStrategy(s string) error {
-	switch s {
-	case "", StrategyLocalSnapshot, StrategyAttachedSnapshot, StrategyTemporaryVolume:
-		return nil
-	}
-	return fmt.Errorf("strategy %q: want empty (auto), %s, %s or %s", s, StrategyLocalSnapshot, StrategyAttachedSnapshot, StrategyTemporaryVolume)
-}
-
 // Server implements BackupService.
 type Server struct {
 	backupv1.UnimplementedBackupServiceServer
 
-	cfg     Config
-	db      *backupdb.Store
-	volumes volumev1.VolumeManagerServiceClient
-	// internal is the volume manager's daemon-only service (begin/end of
-	// backups and restores, temporary resources, snapshot exports).
-	internal volumev1.VolumeManagerInternalServiceClient
-	engine   Engine
-	log      *slog.Logger
-
-	baseCtx context.Context
-	stop    context.CancelFunc
-	slots   chan struct{}
-	wg      sync.WaitGroup
-	mu      sync.Mutex
-	jobs    map[string]context.CancelFunc
+	cfg    Config
+	db     *backupdb.Store
+	vm     vmClient
+	engine *engine.Engine
+	jobs   *backupjob.Runner
+	log    *slog.Logger
 }
 
 // New returns a Server calling the volume manager on vm (both its public
 // and its internal service; the connection carries a service token). Call
 // Recover before serving, and Close to stop the running jobs.
-func New(cfg Config, db *backupdb.Store, vm grpc.ClientConnInterface, engine Engine, log *slog.Logger) *Server {
+func New(cfg Config, db *backupdb.Store, vm grpc.ClientConnInterface, eng *engine.Engine, log *slog.Logger) *Server {
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	if cfg.MaxConcurrent <= 0 {
-		cfg.MaxConcurrent = 4
-	}
-	ctx, stop := context.WithCancel(context.Background())
-	return &Server{cfg: cfg, db: db, volumes: volumev1.NewVolumeManagerServiceClient(vm),
-		internal: volumev1.NewVolumeManagerInternalServiceClient(vm), engine: engine, log: log, baseCtx: ctx, stop: stop,
-		slots: make(chan struct{}, cfg.MaxConcurrent), jobs: map[string]context.CancelFunc{}}
+	c := newVMClient(vm)
+	return &Server{cfg: cfg, db: db, vm: c, engine: eng, jobs: backupjob.New(cfg.Jobs, db, c, eng, log), log: log}
 }
 
+// Recover finishes what a crash of this node interrupted (see
+// backupjob.Runner.Recover).
+func (s *Server) Recover(ctx context.Context) error { return s.jobs.Recover(ctx) }
+
+// RunLeases renews this node's job leases and takes over lapsed ones, until
+// ctx is done (see backupjob.Runner.RunLeases).
+func (s *Server) RunLeases(ctx context.Context) error { return s.jobs.RunLeases(ctx) }
+
 // Close cancels the running jobs and waits for their cleanup.
-func (s *Server) Close() {
-	s.stop()
-	s.wg.Wait()
-}
+func (s *Server) Close() { s.jobs.Close() }
 
 func checkRef(project, id string) error {
 	if err := validate.Project(project); err != nil {

@@ -17,10 +17,10 @@ import (
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/backupjob"
 	"github.com/blockvault/blockvault/pkg/mtls"
 	"github.com/blockvault/blockvault/pkg/nbd"
 	"github.com/blockvault/blockvault/pkg/testenv"
-	"github.com/blockvault/blockvault/services/backup"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
 )
@@ -240,16 +240,16 @@ func TestNonDisruptiveBackup(t *testing.T) {
 		opts     func(t *testing.T) Options
 		strategy string
 	}{
-		{"attached-snapshot/copy-before-write", func(t *testing.T) Options { return Options{} }, backup.StrategyAttachedSnapshot},
+		{"attached-snapshot/copy-before-write", func(t *testing.T) Options { return Options{} }, backupjob.StrategyAttachedSnapshot},
 		{"temporary-volume", func(t *testing.T) Options {
 			return Options{VolumeManagerArgs: []string{"--disable-snapshot-export"}}
-		}, backup.StrategyTemporaryVolume},
+		}, backupjob.StrategyTemporaryVolume},
 		{"local-snapshot/reflink", func(t *testing.T) Options {
 			return Options{SameNode: true, VolumeManagerDir: testenv.XFSDir(t, 4<<30)}
-		}, backup.StrategyLocalSnapshot},
+		}, backupjob.StrategyLocalSnapshot},
 		{"attached-snapshot/reflink", func(t *testing.T) Options {
 			return Options{VolumeManagerDir: testenv.XFSDir(t, 4<<30)}
-		}, backup.StrategyAttachedSnapshot},
+		}, backupjob.StrategyAttachedSnapshot},
 	}
 	for _, tc := range cases {
 		t.Run(tc.name, func(t *testing.T) { nonDisruptiveBackup(t, Start(t, tc.opts(t)), tc.strategy) })
@@ -319,7 +319,7 @@ func TestAvailableVolumeBackupAndRestoreChecks(t *testing.T) {
 		t.Fatalf("REST create backup: %d %v", code, body)
 	}
 	id := body["backup"].(map[string]any)["id"].(string)
-	if b := waitBackup(t, s, id, testenv.Patience); b.GetStatus() != "available" || b.GetStrategy() != backup.StrategyVolume {
+	if b := waitBackup(t, s, id, testenv.Patience); b.GetStatus() != "available" || b.GetStrategy() != backupjob.StrategyVolume {
 		t.Fatalf("backup of an available volume: %v", b)
 	}
 	if v := volumeStatus(t, s, vol.GetId()); v.GetStatus() != "available" {
@@ -403,7 +403,7 @@ func backupServiceKilledMidBackup(t *testing.T, s *Stack) {
 	s.Backup.Start()
 	s.WaitHealthy(s.Backup)
 	b := waitBackup(t, s, cr.GetBackup().GetId(), testenv.Patience)
-	if b.GetStatus() != "error" || b.GetFailReason() != backup.MsgResetOnRestart {
+	if b.GetStatus() != "error" || b.GetFailReason() != backupjob.MsgResetOnRestart {
 		t.Fatalf("after the restart the backup is %s: %q", b.GetStatus(), b.GetFailReason())
 	}
 	if v := volumeStatus(t, s, vol.GetId()); v.GetStatus() != "in-use" || v.GetPreviousStatus() != "" {

@@ -11,8 +11,8 @@ import (
 	"time"
 
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/backupjob"
 	"github.com/blockvault/blockvault/pkg/testenv"
-	"github.com/blockvault/blockvault/services/backup"
 )
 
 // TestRBD runs the non-disruptive backup flows on the rbd driver, against a
@@ -30,11 +30,11 @@ func TestRBD(t *testing.T) {
 	t.Run("NonDisruptiveBackup/attached-snapshot", func(t *testing.T) {
 		s := Start(t, Options{Ceph: c})
 		checkDriver(t, s, "rbd")
-		nonDisruptiveBackup(t, s, backup.StrategyAttachedSnapshot)
+		nonDisruptiveBackup(t, s, backupjob.StrategyAttachedSnapshot)
 	})
 	t.Run("NonDisruptiveBackup/temporary-volume", func(t *testing.T) {
 		s := Start(t, Options{Ceph: c, VolumeManagerArgs: []string{"--disable-snapshot-export"}})
-		nonDisruptiveBackup(t, s, backup.StrategyTemporaryVolume)
+		nonDisruptiveBackup(t, s, backupjob.StrategyTemporaryVolume)
 	})
 	t.Run("ChangedBlockTracking", func(t *testing.T) {
 		changedBlockTracking(t, Start(t, Options{Ceph: c, BackupArgs: []string{"--changed-block-tracking"}}))

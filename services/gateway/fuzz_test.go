@@ -12,6 +12,7 @@ import (
 	"testing"
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
+	"github.com/blockvault/blockvault/pkg/backupjob"
 	"github.com/blockvault/blockvault/pkg/engine"
 	"github.com/blockvault/blockvault/pkg/repository/posix"
 	"github.com/blockvault/blockvault/pkg/store"
@@ -49,7 +50,7 @@ func newGateway(t testing.TB) http.Handler {
 	if err != nil {
 		t.Fatal(err)
 	}
-	bs := backup.New(backup.Config{NodeID: "b", MaxConcurrent: 2}, bdb, vmConn, backup.EngineAdapter{E: eng}, nil)
+	bs := backup.New(backup.Config{Jobs: backupjob.Config{NodeID: "b", MaxConcurrent: 2}}, bdb, vmConn, eng, nil)
 	t.Cleanup(bs.Close)
 	bsConn := vmtest.Serve(t, func(s *grpc.Server) { backupv1.RegisterBackupServiceServer(s, bs) })
 
