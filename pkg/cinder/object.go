@@ -1,0 +1,137 @@
+package cinder
+
+import (
+	"bytes"
+	"context"
+	"crypto/md5"
+	"crypto/sha256"
+	"errors"
+	"fmt"
+	"io"
+
+	"github.com/blockvault/blockvault/pkg/repository"
+)
+
+// objectBuffer is the decompressed data a worker holds of an object at a
+// time (a whole number of blocks, rounded up from this): objects are
+// streamed, never held whole (Cinder's posix objects are near 2 GB).
+const objectBuffer = 4 << 20
+
+// objectReader streams objects for one worker: its buffer and decoders.
+type objectReader struct {
+	repo repository.Repository
+	buf  []byte
+	dec  decoders
+}
+
+func newObjectReader(repo repository.Repository, blockSize int64) *objectReader {
+	n := max(1, objectBuffer/blockSize) * blockSize
+	return &objectReader{repo: repo, buf: make([]byte, n)}
+}
+
+func (r *objectReader) close() { r.dec.close() }
+
+// read streams an object of backup l, decompressed, in runs of whole blocks
+// (the last maybe short, at the end of the volume): each run is checked
+// (check, given the run's volume offset) and then handed to use. Once the
+// object ends, its length and md5 are checked. A missing or damaged object
+// is an *ObjectError naming it.
+func (r *objectReader) read(ctx context.Context, l Link, o *object, check, use func(off int64, data []byte) error) error {
+	name := l.objectName(o.Name)
+	fail := func(err error) error { return &ObjectError{BackupID: l.BackupID, Object: name, Err: err} }
+	c, err := compressionOf(o.Compression)
+	if err != nil {
+		return fail(err)
+	}
+	rc, err := repository.Open(ctx, r.repo, name)
+	if err != nil {
+		return objectErr(l, name, err)
+	}
+	defer rc.Close()
+	src := &sourceReader{r: rc}
+	// A read error of the repository is its own; any other error of the
+	// decoder means the object's bytes are wrong.
+	damaged := func(err error) error {
+		if src.err != nil {
+			return objectErr(l, name, src.err)
+		}
+		return fail(fmt.Errorf("%w: %s data: %w", ErrCorrupt, o.Compression, err))
+	}
+	data, err := r.dec.open(c, src)
+	if err != nil {
+		return damaged(err)
+	}
+	sum := md5.New()
+	pos := o.Offset
+	for {
+		if err := ctx.Err(); err != nil {
+			return err
+		}
+		n, err := io.ReadFull(data, r.buf)
+		if n > 0 {
+			if pos+int64(n) > o.end() {
+				return fail(fmt.Errorf("%w: holds more than its %d bytes", ErrCorrupt, o.Length))
+			}
+			run := r.buf[:n]
+			sum.Write(run)
+			if err := check(pos, run); err != nil {
+				return fail(err)
+			}
+			if err := use(pos, run); err != nil {
+				return err
+			}
+			pos += int64(n)
+		}
+		if err == io.EOF || err == io.ErrUnexpectedEOF {
+			break
+		}
+		if err != nil {
+			return damaged(err)
+		}
+	}
+	if pos != o.end() {
+		return fail(fmt.Errorf("%w: holds %d bytes, not %d", ErrCorrupt, pos-o.Offset, o.Length))
+	}
+	if got := sum.Sum(nil); !bytes.Equal(got, o.MD5[:]) {
+		return fail(fmt.Errorf("%w: md5 %x, the metadata says %x", ErrCorrupt, got, o.MD5))
+	}
+	return nil
+}
+
+// checkBlocks checks the blocks of run (at volume offset off) that lie in
+// parts against sums (nil parts: every block).
+func checkBlocks(sums *sha256File, parts []span, off int64, run []byte) error {
+	bs := sums.BlockSize
+	end := off + int64(len(run))
+	in := func(b int64) bool {
+		if parts == nil {
+			return true
+		}
+		for _, p := range parts {
+			if b >= p.off && b < p.end {
+				return true
+			}
+		}
+		return false
+	}
+	for b := off; b < end; b += bs {
+		if !in(b) {
+			continue
+		}
+		i := b / bs
+		if i >= int64(len(sums.Sums)) {
+			return fmt.Errorf("%w: block %d (volume offset %d) is past the %d blocks of %s", ErrCorrupt, i, b, len(sums.Sums), sums.Name)
+		}
+		if sha256.Sum256(run[b-off:min(b+bs, end)-off]) != sums.Sums[i] {
+			return fmt.Errorf("%w: block %d (volume offset %d) does not match its sha256 in %s", ErrCorrupt, i, b, sums.Name)
+		}
+	}
+	return nil
+}
+
+// damaged reports whether err is about a backup's data (an object missing
+// or corrupt) rather than about reaching it.
+func damaged(err error) bool {
+	var oe *ObjectError
+	return errors.As(err, &oe) && (errors.Is(err, ErrMissing) || errors.Is(err, ErrCorrupt) || errors.Is(err, ErrUnsupported))
+}
