@@ -101,6 +101,25 @@ func (c *coverage) claim(s span) []span {
 	return free
 }
 
+// subtract returns the parts of spans (sorted, disjoint) outside c.
+func subtract(spans []span, c coverage) []span {
+	var out []span
+	for _, s := range spans {
+		pos := s.off
+		i := sort.Search(len(c), func(i int) bool { return c[i].end > s.off })
+		for ; i < len(c) && c[i].off < s.end; i++ {
+			if c[i].off > pos {
+				out = append(out, span{pos, c[i].off})
+			}
+			pos = max(pos, c[i].end)
+		}
+		if pos < s.end {
+			out = append(out, span{pos, s.end})
+		}
+	}
+	return out
+}
+
 // piece is an object of the chain with the parts of it the newest backup's
 // view of the volume takes (the rest later backups overwrote).
 type piece struct {

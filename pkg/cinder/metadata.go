@@ -124,6 +124,7 @@ func readMetadata(ctx context.Context, repo repository.Repository, l Link) (*met
 // of the volume as it was at that backup.
 type sha256File struct {
 	Name      string // the object's name, for errors
+	BackupID  string
 	BlockSize int64
 	Sums      [][32]byte
 }
@@ -141,10 +142,13 @@ func readSHA256File(ctx context.Context, repo repository.Repository, l Link) (*s
 	src := &sourceReader{r: rc}
 	f, err := decodeSHA256File(json.NewDecoder(src), l.BackupID)
 	if err == nil {
-		f.Name = name
+		f.Name, f.BackupID = name, l.BackupID
 	} else {
 		if src.err != nil {
 			return nil, objectErr(l, name, src.err)
+		}
+		if errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) {
+			err = errors.New("it ends before its JSON does (truncated)")
 		}
 		return nil, &ObjectError{BackupID: l.BackupID, Object: name, Err: fmt.Errorf("%w: %w", ErrCorrupt, err)}
 	}

@@ -35,7 +35,8 @@ func (r *objectReader) close() { r.dec.close() }
 // (the last maybe short, at the end of the volume): each run is checked
 // (check, given the run's volume offset) and then handed to use. Once the
 // object ends, its length and md5 are checked. A missing or damaged object
-// is an *ObjectError naming it.
+// is an *ObjectError naming it; where the object's md5 is right but a
+// block's sha256 is not, the error names the sha256file.
 func (r *objectReader) read(ctx context.Context, l Link, o *object, check, use func(off int64, data []byte) error) error {
 	name := l.objectName(o.Name)
 	fail := func(err error) error { return &ObjectError{BackupID: l.BackupID, Object: name, Err: err} }
@@ -63,6 +64,10 @@ func (r *objectReader) read(ctx context.Context, l Link, o *object, check, use f
 	}
 	sum := md5.New()
 	pos := o.Offset
+	// A block that does not match the sha256file is not used, nor is any
+	// block after it; the object is still read to its end, so that its md5
+	// tells whether the data or the sha256file is wrong.
+	var mismatch error
 	for {
 		if err := ctx.Err(); err != nil {
 			return err
@@ -74,11 +79,13 @@ func (r *objectReader) read(ctx context.Context, l Link, o *object, check, use f
 			}
 			run := r.buf[:n]
 			sum.Write(run)
-			if err := check(pos, run); err != nil {
-				return fail(err)
+			if mismatch == nil {
+				mismatch = check(pos, run)
 			}
-			if err := use(pos, run); err != nil {
-				return err
+			if mismatch == nil {
+				if err := use(pos, run); err != nil {
+					return err
+				}
 			}
 			pos += int64(n)
 		}
@@ -95,8 +102,29 @@ func (r *objectReader) read(ctx context.Context, l Link, o *object, check, use f
 	if got := sum.Sum(nil); !bytes.Equal(got, o.MD5[:]) {
 		return fail(fmt.Errorf("%w: md5 %x, the metadata says %x", ErrCorrupt, got, o.MD5))
 	}
+	var bm *blockMismatch
+	if errors.As(mismatch, &bm) {
+		// The data is what Cinder wrote: the sums are wrong.
+		return &ObjectError{BackupID: bm.file.BackupID, Object: bm.file.Name, Err: fmt.Errorf("%w: the sha256 of block %d (volume offset %d) does not match the data of %s, whose md5 does", ErrCorrupt, bm.block, bm.block*bm.file.BlockSize, name)}
+	}
+	if mismatch != nil {
+		return fail(mismatch)
+	}
 	return nil
 }
+
+// blockMismatch is a block whose sha256 is not the one its sha256file
+// lists.
+type blockMismatch struct {
+	file  *sha256File
+	block int64
+}
+
+func (e *blockMismatch) Error() string {
+	return fmt.Sprintf("block %d (volume offset %d) does not match its sha256 in %s", e.block, e.block*e.file.BlockSize, e.file.Name)
+}
+
+func (e *blockMismatch) Unwrap() error { return ErrCorrupt }
 
 // checkBlocks checks the blocks of run (at volume offset off) that lie in
 // parts against sums (nil parts: every block).
@@ -123,7 +151,7 @@ func checkBlocks(sums *sha256File, parts []span, off int64, run []byte) error {
 			return fmt.Errorf("%w: block %d (volume offset %d) is past the %d blocks of %s", ErrCorrupt, i, b, len(sums.Sums), sums.Name)
 		}
 		if sha256.Sum256(run[b-off:min(b+bs, end)-off]) != sums.Sums[i] {
-			return fmt.Errorf("%w: block %d (volume offset %d) does not match its sha256 in %s", ErrCorrupt, i, b, sums.Name)
+			return &blockMismatch{file: sums, block: i}
 		}
 	}
 	return nil

@@ -90,10 +90,29 @@ func Verify(ctx context.Context, repo repository.Repository, chain []Link, progr
 			return nil, err
 		}
 	}
-	// Every object, several at once.
+	// Every object, several at once. An object's blocks are checked
+	// against its own backup's sha256file, and against each later one's
+	// where no backup between overwrote them: each backup's sums describe
+	// the volume as the chain up to it restores.
+	covs := make([]coverage, len(chain))
+	for i, m := range c.metas {
+		if m == nil {
+			continue
+		}
+		for _, o := range m.Objects {
+			if o.Length > 0 {
+				covs[i].claim(span{o.Offset, o.end()})
+			}
+		}
+	}
+	type check struct {
+		sums  *sha256File
+		parts []span // nil: the whole object
+	}
 	type job struct {
-		link int
-		obj  *object
+		link   int
+		obj    *object
+		checks []check
 	}
 	var jobs []job
 	var total int64
@@ -102,8 +121,20 @@ func Verify(ctx context.Context, repo repository.Repository, chain []Link, progr
 			continue
 		}
 		for k := range m.Objects {
-			jobs = append(jobs, job{i, &m.Objects[k]})
-			total += m.Objects[k].Length
+			o := &m.Objects[k]
+			j := job{link: i, obj: o}
+			if allSums[i] != nil {
+				j.checks = append(j.checks, check{sums: allSums[i]})
+			}
+			visible := []span{{o.Offset, o.end()}}
+			for later := i + 1; later < len(chain) && len(visible) > 0 && c.metas[later] != nil; later++ {
+				visible = subtract(visible, covs[later])
+				if len(visible) > 0 && allSums[later] != nil {
+					j.checks = append(j.checks, check{sums: allSums[later], parts: visible})
+				}
+			}
+			jobs = append(jobs, j)
+			total += o.Length
 		}
 	}
 	report := throttle(progress, total)
@@ -130,12 +161,15 @@ func Verify(ctx context.Context, repo repository.Repository, chain []Link, progr
 			r := newObjectReader(repo, bs)
 			defer r.close()
 			for j := range next {
-				sums := allSums[j.link]
+				// Where a sha256file is damaged (and listed), the md5
+				// still counts.
 				check := func(off int64, run []byte) error {
-					if sums == nil {
-						return nil // damaged, and listed: the md5 still counts
+					for _, c := range j.checks {
+						if err := checkBlocks(c.sums, c.parts, off, run); err != nil {
+							return err
+						}
 					}
-					return checkBlocks(sums, nil, off, run)
+					return nil
 				}
 				use := func(off int64, run []byte) error {
 					report(done.Add(int64(len(run))), false)
