@@ -27,7 +27,7 @@ const mib = 1 << 20
 // of, one file each: text that compresses, random data that does not, and
 // holes; each later state changes data, fills part of a hole, zeroes data,
 // and changes a single byte. size need not be a whole number of blocks.
-func volumes(t *testing.T, size int64, states int) []string {
+func volumes(t testing.TB, size int64, states int) []string {
 	t.Helper()
 	rng := rand.New(rand.NewPCG(uint64(size), 23))
 	dir := t.TempDir()
@@ -117,7 +117,7 @@ func parse(t *testing.T, c cindertest.Chain) ([]*cinder.Record, []cinder.Link) {
 	return recs, links
 }
 
-func openPosix(t *testing.T, dir string) repository.Repository {
+func openPosix(t testing.TB, dir string) repository.Repository {
 	t.Helper()
 	r, err := posix.New(dir)
 	if err != nil {

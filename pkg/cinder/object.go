@@ -8,35 +8,63 @@ import (
 	"errors"
 	"fmt"
 	"io"
+	"sync"
+	"sync/atomic"
 
 	"github.com/blockvault/blockvault/pkg/repository"
 )
 
-// objectBuffer is the decompressed data a worker holds of an object at a
-// time (a whole number of blocks, rounded up from this): objects are
-// streamed, never held whole (Cinder's posix objects are near 2 GB).
+// objectBuffer is the decompressed data of an object in one buffer (a
+// whole number of blocks, rounded up from this): objects are streamed,
+// never held whole (Cinder's posix objects are near 2 GB).
 const objectBuffer = 4 << 20
 
-// objectReader streams objects for one worker: its buffer and decoders.
+// objectBuffers is how many buffers a worker has: one being filled by the
+// decompressor, one being hashed by md5, one being checked and written, so
+// that one object keeps more than one CPU busy (a posix backup of a volume
+// under 1.9 GB is a single object).
+const objectBuffers = 3
+
+// objectReader streams objects for one worker: its buffers and decoders.
 type objectReader struct {
 	repo repository.Repository
-	buf  []byte
+	free chan []byte
 	dec  decoders
 }
 
 func newObjectReader(repo repository.Repository, blockSize int64) *objectReader {
 	n := max(1, objectBuffer/blockSize) * blockSize
-	return &objectReader{repo: repo, buf: make([]byte, n)}
+	r := &objectReader{repo: repo, free: make(chan []byte, objectBuffers)}
+	for range objectBuffers {
+		r.free <- make([]byte, n)
+	}
+	return r
 }
 
 func (r *objectReader) close() { r.dec.close() }
 
+// run is a stretch of an object's data in one of a worker's buffers, going
+// to the md5 and to the check and use; the last to be done with it gives
+// the buffer back.
+type run struct {
+	data []byte
+	off  int64 // in the volume
+	refs *atomic.Int32
+}
+
+func (r *objectReader) release(x run) {
+	if x.refs.Add(-1) == 0 {
+		r.free <- x.data[:cap(x.data)]
+	}
+}
+
 // read streams an object of backup l, decompressed, in runs of whole blocks
 // (the last maybe short, at the end of the volume): each run is checked
-// (check, given the run's volume offset) and then handed to use. Once the
-// object ends, its length and md5 are checked. A missing or damaged object
-// is an *ObjectError naming it; where the object's md5 is right but a
-// block's sha256 is not, the error names the sha256file.
+// (check, given the run's volume offset) and then handed to use, in order,
+// while the md5 is computed beside. Once the object ends, its length and
+// md5 are checked. A missing or damaged object is an *ObjectError naming
+// it; where the object's md5 is right but a block's sha256 is not, the
+// error names the sha256file.
 func (r *objectReader) read(ctx context.Context, l Link, o *object, check, use func(off int64, data []byte) error) error {
 	name := l.objectName(o.Name)
 	fail := func(err error) error { return &ObjectError{BackupID: l.BackupID, Object: name, Err: err} }
@@ -62,41 +90,76 @@ func (r *objectReader) read(ctx context.Context, l Link, o *object, check, use f
 	if err != nil {
 		return damaged(err)
 	}
+
+	ctx, cancel := context.WithCancelCause(ctx)
+	defer cancel(nil)
+	hashes := make(chan run, objectBuffers)
+	uses := make(chan run, objectBuffers)
+	var wg sync.WaitGroup
 	sum := md5.New()
-	pos := o.Offset
+	wg.Go(func() {
+		for x := range hashes {
+			sum.Write(x.data)
+			r.release(x)
+		}
+	})
 	// A block that does not match the sha256file is not used, nor is any
 	// block after it; the object is still read to its end, so that its md5
 	// tells whether the data or the sha256file is wrong.
-	var mismatch error
-	for {
-		if err := ctx.Err(); err != nil {
-			return err
-		}
-		n, err := io.ReadFull(data, r.buf)
-		if n > 0 {
-			if pos+int64(n) > o.end() {
-				return fail(fmt.Errorf("%w: holds more than its %d bytes", ErrCorrupt, o.Length))
-			}
-			run := r.buf[:n]
-			sum.Write(run)
-			if mismatch == nil {
-				mismatch = check(pos, run)
-			}
-			if mismatch == nil {
-				if err := use(pos, run); err != nil {
-					return err
+	var mismatch, useErr error
+	wg.Go(func() {
+		for x := range uses {
+			if mismatch == nil && useErr == nil {
+				mismatch = check(x.off, x.data)
+				if mismatch == nil {
+					if useErr = use(x.off, x.data); useErr != nil {
+						cancel(useErr)
+					}
 				}
 			}
+			r.release(x)
+		}
+	})
+	pos, readErr := o.Offset, error(nil)
+	for readErr == nil {
+		var buf []byte
+		select {
+		case buf = <-r.free:
+		case <-ctx.Done():
+			readErr = context.Cause(ctx)
+			continue
+		}
+		n, err := io.ReadFull(data, buf)
+		switch {
+		case pos+int64(n) > o.end():
+			readErr = fail(fmt.Errorf("%w: holds more than its %d bytes", ErrCorrupt, o.Length))
+		case n > 0:
+			x := run{data: buf[:n], off: pos, refs: new(atomic.Int32)}
+			x.refs.Store(2)
+			hashes <- x
+			uses <- x
 			pos += int64(n)
+			buf = nil
 		}
-		if err == io.EOF || err == io.ErrUnexpectedEOF {
-			break
+		if buf != nil {
+			r.free <- buf
 		}
-		if err != nil {
-			return damaged(err)
+		if readErr == nil && err != nil {
+			if err == io.EOF || err == io.ErrUnexpectedEOF {
+				break
+			}
+			readErr = damaged(err)
 		}
 	}
-	if pos != o.end() {
+	close(hashes)
+	close(uses)
+	wg.Wait()
+	switch {
+	case useErr != nil:
+		return useErr
+	case readErr != nil:
+		return readErr
+	case pos != o.end():
 		return fail(fmt.Errorf("%w: holds %d bytes, not %d", ErrCorrupt, pos-o.Offset, o.Length))
 	}
 	if got := sum.Sum(nil); !bytes.Equal(got, o.MD5[:]) {
