@@ -15,10 +15,12 @@ import (
 	"context"
 	_ "embed"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -210,15 +212,23 @@ func Backup(t testing.TB, opts Options) Chain {
 // python3-cinder can be imported.
 func Require(t testing.TB) {
 	t.Helper()
+	if why := missing(); why != "" {
+		testenv.Missing(t, "%s", why)
+	}
+}
+
+// missing says what of Cinder is missing, once per test process.
+var missing = sync.OnceValue(func() string {
 	if _, err := os.Stat(Python); err != nil {
-		testenv.Missing(t, "%s (Debian's python3, for python3-cinder)", Python)
+		return fmt.Sprintf("%s (Debian's python3, for python3-cinder)", Python)
 	}
 	cmd := exec.Command(Python, "-c", "import cinder.backup.drivers.posix, cinder.backup.drivers.s3, zstd")
 	cmd.Env = pythonEnv()
 	if out, err := cmd.CombinedOutput(); err != nil {
-		testenv.Missing(t, "Debian's python3-cinder (apt-get install python3-cinder; .ci/deps.sh does): %v: %s", err, tail(string(out), 500))
+		return fmt.Sprintf("Debian's python3-cinder (apt-get install python3-cinder; .ci/deps.sh does): %v: %s", err, tail(string(out), 500))
 	}
-}
+	return ""
+})
 
 // pythonEnv is the environment Cinder runs in: the test's, without what
 // would send Python elsewhere (a pyenv, a virtualenv, a user site).
