@@ -2,12 +2,14 @@
 # Installs the Debian packages the tests talk to (PostgreSQL, libnbd's tools,
 # nbdkit, qemu-img, xfsprogs for the reflink image, tmux for the terminal
 # test, jq and curl for the docs examples, the openstack and cinder CLIs for the
-# Block Storage compatibility test, a single-node Ceph (mon, osd, mgr and the
-# ceph/rbd CLIs) and librbd's headers for the rbd driver and its tests), once:
-# packages already installed are not touched. Needs root.
+# Block Storage compatibility test, Cinder itself (python3-cinder: its real
+# posix and S3 backup drivers make the backups the Cinder import tests read),
+# a single-node Ceph (mon, osd, mgr and the ceph/rbd CLIs) and librbd's
+# headers for the rbd driver and its tests), once: packages already installed
+# are not touched. Needs root.
 set -euo pipefail
 need=()
-for pkg in postgresql libnbd-bin nbdkit qemu-utils xfsprogs tmux util-linux jq curl python3-openstackclient python3-cinderclient \
+for pkg in postgresql libnbd-bin nbdkit qemu-utils xfsprogs tmux util-linux jq curl python3-openstackclient python3-cinderclient python3-cinder \
   ceph-mon ceph-osd ceph-mgr ceph-common librbd-dev librados-dev uuid-runtime; do
   dpkg -s "$pkg" >/dev/null 2>&1 || need+=("$pkg")
 done

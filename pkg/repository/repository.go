@@ -5,9 +5,11 @@
 package repository
 
 import (
+	"bytes"
 	"context"
 	"errors"
 	"fmt"
+	"io"
 	"strings"
 	"time"
 )
@@ -64,6 +66,28 @@ type BufferGetter interface {
 	// GetInto is Get, with the object read into buf's storage (appended to
 	// buf[:0]) when it fits, else into a new slice.
 	GetInto(ctx context.Context, name string, buf []byte) ([]byte, error)
+}
+
+// Opener is implemented by backends that can stream an object instead of
+// returning it whole: for objects too large to hold in memory (a Cinder
+// posix backup's objects are close to 2 GB each).
+type Opener interface {
+	// Open returns a reader of the object's bytes, or ErrNotFound. Errors
+	// while reading are translated as Get's are. The caller closes it.
+	Open(ctx context.Context, name string) (io.ReadCloser, error)
+}
+
+// Open streams an object from r: through Opener where r implements it, else
+// from a whole Get.
+func Open(ctx context.Context, r Repository, name string) (io.ReadCloser, error) {
+	if o, ok := r.(Opener); ok {
+		return o.Open(ctx, name)
+	}
+	b, err := r.Get(ctx, name)
+	if err != nil {
+		return nil, err
+	}
+	return io.NopCloser(bytes.NewReader(b)), nil
 }
 
 // Batcher is implemented by backends where making each put durable on its

@@ -40,6 +40,7 @@ type Repository struct {
 var (
 	_ repository.Repository = (*Repository)(nil)
 	_ repository.Batcher    = (*Repository)(nil)
+	_ repository.Opener     = (*Repository)(nil)
 )
 
 // New opens (creating) the repository at dir and removes leftover
@@ -154,6 +155,49 @@ func (r *Repository) GetInto(ctx context.Context, name string, buf []byte) ([]by
 		return nil, fmt.Errorf("get %s: %w", name, translate(err))
 	}
 	return b, nil
+}
+
+// Open implements repository.Opener. The object's pages leave the page
+// cache when the reader is closed, as after a Get.
+func (r *Repository) Open(ctx context.Context, name string) (io.ReadCloser, error) {
+	if err := ctx.Err(); err != nil {
+		return nil, err
+	}
+	p, err := r.path(name)
+	if err != nil {
+		return nil, err
+	}
+	f, err := os.Open(p)
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", name, translate(err))
+	}
+	if fi, err := f.Stat(); err != nil || fi.IsDir() {
+		f.Close()
+		if err == nil {
+			err = fs.ErrNotExist
+		}
+		return nil, fmt.Errorf("open %s: %w", name, translate(err))
+	}
+	return &objectReader{f: f, name: name}, nil
+}
+
+// objectReader is an open object: read errors name it.
+type objectReader struct {
+	f    *os.File
+	name string
+}
+
+func (o *objectReader) Read(p []byte) (int, error) {
+	n, err := o.f.Read(p)
+	if err != nil && err != io.EOF {
+		err = fmt.Errorf("read %s: %w", o.name, translate(err))
+	}
+	return n, err
+}
+
+func (o *objectReader) Close() error {
+	unix.Fadvise(int(o.f.Fd()), 0, 0, unix.FADV_DONTNEED)
+	return o.f.Close()
 }
 
 // Stat implements repository.Repository.

@@ -8,6 +8,7 @@ import (
 	"crypto/rand"
 	"errors"
 	"fmt"
+	"io"
 	"sync"
 	"testing"
 
@@ -77,6 +78,39 @@ func Run(t *testing.T, newRepo func(t *testing.T) repository.Repository) {
 		}
 		if _, err := bg.GetInto(ctx, "absent", buf); !errors.Is(err, repository.ErrNotFound) {
 			t.Errorf("get absent: %v", err)
+		}
+	})
+	t.Run("Open", func(t *testing.T) {
+		// Objects too large to hold are streamed.
+		r := newRepo(t)
+		o, ok := r.(repository.Opener)
+		if !ok {
+			t.Fatalf("%T does not implement repository.Opener", r)
+		}
+		data := make([]byte, 3<<20+5)
+		rand.Read(data)
+		if err := r.Put(ctx, "d/big", data); err != nil {
+			t.Fatal(err)
+		}
+		rc, err := o.Open(ctx, "d/big")
+		if err != nil {
+			t.Fatal(err)
+		}
+		got, err := io.ReadAll(rc)
+		if cerr := rc.Close(); err == nil {
+			err = cerr
+		}
+		if err != nil || !bytes.Equal(got, data) {
+			t.Fatalf("open d/big: %d bytes, %v", len(got), err)
+		}
+		if _, err := o.Open(ctx, "absent"); !errors.Is(err, repository.ErrNotFound) {
+			t.Errorf("open absent: %v", err)
+		}
+		if _, err := o.Open(ctx, "d"); !errors.Is(err, repository.ErrNotFound) {
+			t.Errorf("open a prefix of objects: %v", err)
+		}
+		if _, err := o.Open(ctx, "../x"); !errors.Is(err, repository.ErrInvalidName) {
+			t.Errorf("open ../x: %v", err)
 		}
 	})
 	t.Run("Missing", func(t *testing.T) {

@@ -46,6 +46,7 @@ type Repository struct {
 var (
 	_ repository.Repository = (*Repository)(nil)
 	_ repository.Batcher    = (*Repository)(nil)
+	_ repository.Opener     = (*Repository)(nil)
 )
 
 // New connects to the bucket, creating it when asked.
@@ -182,6 +183,41 @@ func (r *Repository) GetInto(ctx context.Context, name string, buf []byte) ([]by
 		}
 	}
 }
+
+// Open implements repository.Opener: one GET, whose body is read as the
+// caller reads (minio-go sends the request at the first Stat or Read; Open
+// makes it at once, so a missing object is ErrNotFound here).
+func (r *Repository) Open(ctx context.Context, name string) (io.ReadCloser, error) {
+	k, err := r.key(name)
+	if err != nil {
+		return nil, err
+	}
+	obj, err := r.client.GetObject(ctx, r.cfg.Bucket, k, minio.GetObjectOptions{})
+	if err != nil {
+		return nil, fmt.Errorf("open %s: %w", name, translate(err))
+	}
+	if _, err := obj.Stat(); err != nil {
+		obj.Close()
+		return nil, fmt.Errorf("open %s: %w", name, translate(err))
+	}
+	return &objectReader{obj: obj, name: name}, nil
+}
+
+// objectReader is an open object: read errors name it and are translated.
+type objectReader struct {
+	obj  *minio.Object
+	name string
+}
+
+func (o *objectReader) Read(p []byte) (int, error) {
+	n, err := o.obj.Read(p)
+	if err != nil && err != io.EOF {
+		err = fmt.Errorf("read %s: %w", o.name, translate(err))
+	}
+	return n, err
+}
+
+func (o *objectReader) Close() error { return o.obj.Close() }
 
 // guardedReader is a Put's request body that can be cut off from the data.
 type guardedReader struct {

@@ -1,0 +1,144 @@
+package cinder_test
+
+import (
+	"context"
+	"fmt"
+	"math/rand/v2"
+	"os"
+	"path/filepath"
+	"sync"
+	"syscall"
+	"testing"
+
+	"github.com/blockvault/blockvault/pkg/blockdev"
+	"github.com/blockvault/blockvault/pkg/cinder"
+	"github.com/blockvault/blockvault/pkg/cinder/cindertest"
+	"github.com/blockvault/blockvault/pkg/repository"
+)
+
+// benchDir holds the benchmark's backups across its runs.
+var benchDir string
+
+// benchVolume writes a sparse volume file of size bytes in 512 KiB
+// stretches, as volumes does, without holding it: a quarter text, a
+// quarter random, a quarter holes, a quarter half random, half zeros.
+func benchVolume(b *testing.B, size int64) string {
+	b.Helper()
+	p := filepath.Join(benchDir, fmt.Sprintf("volume-%d", size))
+	f, err := os.Create(p)
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer f.Close()
+	rng := rand.New(rand.NewPCG(uint64(size), 23))
+	buf := make([]byte, 512<<10)
+	var text []byte
+	for len(text) < len(buf)+4096 {
+		text = fmt.Appendf(text, "blockvault imports Cinder backups, line %d\n", rng.IntN(1000))
+	}
+	for off := int64(0); off < size; off += int64(len(buf)) {
+		n := min(int64(len(buf)), size-off)
+		switch (off / int64(len(buf))) % 4 {
+		case 0:
+			// The text, shifted: no two stretches alike.
+			k := rng.IntN(4096)
+			copy(buf, text[k:k+len(buf)])
+		case 1:
+			for i := range buf {
+				buf[i] = byte(rng.Uint32())
+			}
+		case 2:
+			continue
+		case 3:
+			clear(buf)
+			for i := range buf[:len(buf)/2] {
+				buf[i] = byte(rng.Uint32())
+			}
+		}
+		if _, err := f.WriteAt(buf[:n], off); err != nil {
+			b.Fatal(err)
+		}
+	}
+	if err := f.Truncate(size); err != nil {
+		b.Fatal(err)
+	}
+	return p
+}
+
+// BenchmarkRestore restores a 1 GiB volume (a quarter text, a quarter
+// random, a quarter holes, a quarter half random) from a backup that
+// Cinder's posix driver made, with objects of the posix driver's default
+// size (one object: no parallelism to be had) and of the S3 driver's
+// (50 MiB), into a sparse file. Making the backup (Cinder, in Python) takes
+// a while and is not timed. BENCH_CINDER_SIZE (bytes) changes the volume's
+// size.
+func BenchmarkRestore(b *testing.B) {
+	dir, err := os.MkdirTemp("", "cinder-bench-")
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer os.RemoveAll(dir)
+	benchDir = dir
+	size := int64(1 << 30)
+	if s := os.Getenv("BENCH_CINDER_SIZE"); s != "" {
+		fmt.Sscan(s, &size)
+	}
+	for _, bc := range []struct {
+		compression string
+		objectSize  int
+	}{
+		{"zlib", 61035 * 32768}, // backup_file_size's default
+		{"zlib", 52428800},      // backup_s3_object_size's default
+		{"zstd", 52428800},
+	} {
+		// The backup is made once, before the first run of the benchmark
+		// function, and kept for the next (b.N grows).
+		var (
+			once  sync.Once
+			repo  repository.Repository
+			chain []cinder.Link
+		)
+		b.Run(fmt.Sprintf("%s/%dMiB-objects", bc.compression, bc.objectSize>>20), func(b *testing.B) {
+			once.Do(func() {
+				vol := benchVolume(b, size)
+				c := cindertest.Backup(b, cindertest.Options{Driver: cindertest.Posix, PosixPath: filepath.Join(benchDir, "repo"), Compression: bc.compression, ObjectSize: bc.objectSize, Backups: []cindertest.Step{{Volume: vol}}})
+				os.Remove(vol)
+				r, err := cinder.ParseExportRecord(c.Records[0].BackupService, c.Records[0].BackupURL)
+				if err != nil {
+					b.Fatal(err)
+				}
+				repo = openPosix(b, c.PosixPath)
+				chain = []cinder.Link{r.Link()}
+			})
+			if repo == nil {
+				b.Fatal("no backup")
+			}
+			dstPath := filepath.Join(b.TempDir(), "dst")
+			b.SetBytes(size)
+			b.ResetTimer()
+			for range b.N {
+				b.StopTimer()
+				os.Remove(dstPath)
+				if err := os.WriteFile(dstPath, nil, 0o644); err != nil {
+					b.Fatal(err)
+				}
+				os.Truncate(dstPath, size)
+				dst, err := blockdev.OpenFileForBulkWrites(dstPath)
+				if err != nil {
+					b.Fatal(err)
+				}
+				b.StartTimer()
+				if err := cinder.Restore(context.Background(), repo, chain, dst, nil); err != nil {
+					b.Fatal(err)
+				}
+				b.StopTimer()
+				dst.Close()
+				b.StartTimer()
+			}
+			b.StopTimer()
+			var ru syscall.Rusage
+			syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
+			b.ReportMetric(float64(ru.Maxrss)/1024, "maxrss-MiB")
+		})
+	}
+}
