@@ -40,6 +40,8 @@ func run() error {
 	fs.StringVar(&cfg.DatabaseURL, "database-url", cfg.DatabaseURL, "database URL (postgres://...); default: SQLite in data-dir")
 	fs.StringVar(&cfg.NodeID, "node-id", cfg.NodeID, "name of this node (the volume manager's node id allows local-path reads)")
 	location.Flags(fs, &cfg.Repository, "<data-dir>/repository")
+	fs.StringVar(&cfg.CinderRepository, "cinder-repository", cfg.CinderRepository,
+		"where Cinder's backup drivers wrote the backups imported from Cinder records that name no repository: a directory (backup_posix_path, or the NFS share mounted) or s3://host:port (s3s:// for TLS; the S3 credentials are --s3-access-key/--s3-secret-key); read only")
 	fs.StringVar(&cfg.KeyFile, "encryption-key-file", cfg.KeyFile, "file holding the repository key (at least 32 bytes); new containers are encrypted with it")
 	fs.IntVar(&cfg.MaxConcurrent, "max-concurrent", cfg.MaxConcurrent, "backups and restores running at once (more wait in a queue)")
 	fs.StringVar(&cfg.Strategy, "strategy", cfg.Strategy, "force how in-use volumes are read: local-snapshot, attached-snapshot, temporary-volume (default: chosen from the backend's capabilities)")

@@ -178,17 +178,25 @@ func backupExportCmd(g *globals) *cobra.Command {
 }
 
 func backupImportCmd(g *globals) *cobra.Command {
-	return &cobra.Command{
+	var repository string
+	cmd := &cobra.Command{
 		Use:   "import FILE|-",
-		Short: "Register a backup from a record printed by export",
-		Args:  exactArgs(1),
+		Short: "Register a backup from a record printed by export, or from Cinder's export record",
+		Long: `Register a backup from its record: one printed by "blockvault backup export",
+or one Cinder exported ("openstack volume backup record export -f json ID", or
+{"backup_service": ..., "backup_url": ...}) for a backup of Cinder's posix, nfs
+or s3 backup driver. A Cinder backup stays where Cinder wrote it: --repository
+names that place (a directory, or s3://host:port), unless the backup service
+was started with --cinder-repository. Import a parent before its incrementals.`,
+		Args: exactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			rec, err := readBackupRecord(args[0])
 			if err != nil {
 				return err
 			}
 			return g.withBackups(func(cmd *cobra.Command, _ []string, c backupv1.BackupServiceClient) error {
-				r, err := c.ImportBackupRecord(cmd.Context(), &backupv1.ImportBackupRecordRequest{ProjectId: g.project, BackupRecord: rec})
+				r, err := c.ImportBackupRecord(cmd.Context(), &backupv1.ImportBackupRecordRequest{ProjectId: g.project, BackupRecord: rec,
+					Repository: repository})
 				if err != nil {
 					return err
 				}
@@ -196,6 +204,8 @@ func backupImportCmd(g *globals) *cobra.Command {
 			})(cmd, args)
 		},
 	}
+	cmd.Flags().StringVar(&repository, "repository", "", "for a Cinder record: where Cinder wrote the backup, a directory (backup_posix_path, or the NFS share mounted) or s3://host:port (s3s:// for TLS)")
+	return cmd
 }
 
 // readBackupRecord reads a record printed by export from a file, or from
@@ -254,6 +264,9 @@ func (g *globals) showBackup(b *backupv1.Backup) error {
 		"size", humanBytes(b.GetSizeBytes()), "incremental", strconv.FormatBool(b.GetIsIncremental()),
 		"strategy", b.GetStrategy(), "object_count", strconv.Itoa(int(b.GetObjectCount())),
 		"fail_reason", b.GetFailReason(), "created_at", b.GetCreatedAt())
+	if b.GetOrigin() != "" {
+		fields(stdout, "origin", b.GetOrigin(), "parent_id", b.GetParentId())
+	}
 	if p := b.GetProgress(); p != nil {
 		fmt.Fprintln(stdout, progressLine(b.GetStatus(), p))
 	}

@@ -62,6 +62,12 @@ type Engine interface {
 	Delete(ctx context.Context, container, backupID string) error
 }
 
+// Imported restores the backups another system wrote and blockvault
+// imported (backupdb.Backup.Origin not empty), such as Cinder's.
+type Imported interface {
+	Restore(ctx context.Context, b *backupdb.Backup, dst blockdev.Device, progress func(engine.Progress)) error
+}
+
 // Config is how the jobs run, and where.
 type Config struct {
 	// NodeID names this node: the same as the volume manager's makes a
@@ -109,11 +115,12 @@ func (c Config) cleanupTimeout() time.Duration {
 
 // Runner runs jobs, at most Config.MaxConcurrent at once.
 type Runner struct {
-	cfg    Config
-	db     *backupdb.Store
-	vm     VolumeManager
-	engine Engine
-	log    *slog.Logger
+	cfg      Config
+	db       *backupdb.Store
+	vm       VolumeManager
+	engine   Engine
+	imported Imported
+	log      *slog.Logger
 
 	baseCtx context.Context
 	stop    context.CancelFunc
@@ -136,6 +143,11 @@ func New(cfg Config, db *backupdb.Store, vm VolumeManager, eng Engine, log *slog
 	return &Runner{cfg: cfg, db: db, vm: vm, engine: eng, log: log, baseCtx: ctx, stop: stop,
 		slots: make(chan struct{}, cfg.MaxConcurrent), jobs: map[string]context.CancelFunc{}}
 }
+
+// RestoreImportedWith makes imported restore the backups that have an
+// Origin; without it their restores fail, saying so. Call it before any job
+// starts.
+func (r *Runner) RestoreImportedWith(imported Imported) { r.imported = imported }
 
 // Close cancels the running jobs and waits for their cleanup.
 func (r *Runner) Close() {

@@ -12,7 +12,8 @@ import (
 
 // runDelete removes a deleting backup's data (and the snapshot it kept for
 // changed-block tracking), then its row; on failure the backup becomes
-// error_deleting with the reason.
+// error_deleting with the reason. An imported backup's data is another
+// system's repository: only its row goes.
 func (r *Runner) runDelete(ctx context.Context, b *backupdb.Backup) {
 	started := time.Now()
 	var err error
@@ -25,7 +26,7 @@ func (r *Runner) runDelete(ctx context.Context, b *backupdb.Backup) {
 			err = r.db.Update(ctx, b.ID, map[string]any{"tracking_snapshot_id": ""})
 		}
 	}
-	if err == nil {
+	if err == nil && b.Origin == "" {
 		err = r.engine.Delete(ctx, b.Container, b.ID)
 		if errors.Is(err, engine.ErrNoBackup) {
 			err = nil // never written, or deleted before a crash

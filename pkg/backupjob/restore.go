@@ -5,9 +5,11 @@ import (
 	"fmt"
 	"time"
 
+	"github.com/blockvault/blockvault/pkg/blockdev"
 	"github.com/blockvault/blockvault/pkg/failpoint"
 	"github.com/blockvault/blockvault/pkg/lifecycle"
 	"github.com/blockvault/blockvault/pkg/requestid"
+	"github.com/blockvault/blockvault/pkg/store/backupdb"
 )
 
 // runRestore writes the backup into the target volume through a read-write
@@ -26,7 +28,7 @@ func (r *Runner) runRestore(ctx context.Context, backupID, volID string) {
 	failpoint.Pause("restore-begun")
 	err = r.attachForRestore(ctx, b, volID, src)
 	if err == nil {
-		err = r.engine.Restore(ctx, b.Container, b.ID, src.dev, r.progressRecorder(b.ID, "restore"))
+		err = r.restoreData(ctx, b, src.dev)
 	}
 	if err == nil {
 		err = src.dev.Flush()
@@ -57,4 +59,17 @@ func (r *Runner) runRestore(ctx context.Context, backupID, volID string) {
 	if err := r.settle(cleanupCtx, b.ID, lifecycle.EndRestore, cols); err != nil {
 		log.Error("the restore ended but the backup's status could not be recorded; the next start of the backup service sets it available", "err", err)
 	}
+}
+
+// restoreData writes backup b onto dst: with the engine, or for an
+// imported backup, with what reads its origin's format.
+func (r *Runner) restoreData(ctx context.Context, b *backupdb.Backup, dst blockdev.Device) error {
+	progress := r.progressRecorder(b.ID, "restore")
+	if b.Origin == "" {
+		return r.engine.Restore(ctx, b.Container, b.ID, dst, progress)
+	}
+	if r.imported == nil {
+		return fmt.Errorf("backup %s was imported (%s) and this backup service cannot read its origin", b.ID, b.Origin)
+	}
+	return r.imported.Restore(ctx, b, dst, progress)
 }

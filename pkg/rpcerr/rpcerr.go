@@ -12,6 +12,10 @@
 //	engine.ErrNoBackup                             NotFound
 //	engine.ErrCorrupt                              DataLoss
 //	engine.ErrWrongKey                             FailedPrecondition
+//	cinder.ErrCorrupt                              DataLoss
+//	cinder.ErrMissing                              NotFound
+//	cinder.ErrInvalidRecord, ErrUnsupported        InvalidArgument
+//	cinder.ErrBrokenChain                          FailedPrecondition
 //	auth.ErrNoToken, ErrBadToken, ErrExpired       Unauthenticated
 //	auth.ErrPermissionDenied                       PermissionDenied
 //	quota.ErrExceeded                              ResourceExhausted
@@ -52,6 +56,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/auth"
 	"github.com/blockvault/blockvault/pkg/backupjob"
 	"github.com/blockvault/blockvault/pkg/blockdev"
+	"github.com/blockvault/blockvault/pkg/cinder"
 	"github.com/blockvault/blockvault/pkg/engine"
 	"github.com/blockvault/blockvault/pkg/lifecycle"
 	"github.com/blockvault/blockvault/pkg/quota"
@@ -85,6 +90,12 @@ var domain = []struct {
 	{engine.ErrNoBackup, codes.NotFound},
 	{engine.ErrCorrupt, codes.DataLoss},
 	{engine.ErrWrongKey, codes.FailedPrecondition},
+
+	{cinder.ErrCorrupt, codes.DataLoss},
+	{cinder.ErrMissing, codes.NotFound},
+	{cinder.ErrInvalidRecord, codes.InvalidArgument},
+	{cinder.ErrUnsupported, codes.InvalidArgument},
+	{cinder.ErrBrokenChain, codes.FailedPrecondition},
 
 	{auth.ErrNoToken, codes.Unauthenticated},
 	{auth.ErrBadToken, codes.Unauthenticated},

@@ -15,6 +15,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/auth"
 	"github.com/blockvault/blockvault/pkg/backupjob"
 	"github.com/blockvault/blockvault/pkg/blockdev"
+	"github.com/blockvault/blockvault/pkg/cinder"
 	"github.com/blockvault/blockvault/pkg/engine"
 	"github.com/blockvault/blockvault/pkg/lifecycle"
 	"github.com/blockvault/blockvault/pkg/quota"
@@ -40,6 +41,11 @@ var sentinels = map[string]struct {
 	"lifecycle.ErrInvalidTransition": {lifecycle.ErrInvalidTransition, codes.FailedPrecondition},
 	"engine.ErrNoBackup":             {engine.ErrNoBackup, codes.NotFound},
 	"backupjob.ErrNotFound":          {backupjob.ErrNotFound, codes.NotFound},
+	"cinder.ErrInvalidRecord":        {cinder.ErrInvalidRecord, codes.InvalidArgument},
+	"cinder.ErrUnsupported":          {cinder.ErrUnsupported, codes.InvalidArgument},
+	"cinder.ErrBrokenChain":          {cinder.ErrBrokenChain, codes.FailedPrecondition},
+	"cinder.ErrMissing":              {cinder.ErrMissing, codes.NotFound},
+	"cinder.ErrCorrupt":              {cinder.ErrCorrupt, codes.DataLoss},
 	"backupjob.ErrUnavailable":       {backupjob.ErrUnavailable, codes.Unavailable},
 	"engine.ErrCorrupt":              {engine.ErrCorrupt, codes.DataLoss},
 	"engine.ErrWrongKey":             {engine.ErrWrongKey, codes.FailedPrecondition},
@@ -66,7 +72,7 @@ var sentinels = map[string]struct {
 
 // domainPackages are the packages whose errors reach the daemons' handlers
 // (directories beside this one).
-var domainPackages = []string{"volume", "lifecycle", "engine", "repository", "quota", "auth", "store", "blockdev", "rpcerr", "backupjob"}
+var domainPackages = []string{"volume", "lifecycle", "engine", "repository", "quota", "auth", "store", "blockdev", "rpcerr", "backupjob", "cinder"}
 
 // TestEverySentinelHasACode: each exported Err* variable of the domain
 // packages, read from their source, has a decision in sentinels, and Code

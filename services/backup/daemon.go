@@ -43,6 +43,11 @@ type DaemonConfig struct {
 	// Repository is where backups go (its URL, see pkg/repository/location;
 	// an empty URL is <data-dir>/repository) and the S3 credentials.
 	Repository location.Config
+	// CinderRepository is where imported Cinder backups are read when their
+	// import names no repository: Cinder's backup directory (posix, NFS
+	// mounted) or s3://host:port (its S3 bucket; the credentials are
+	// Repository's).
+	CinderRepository string
 	// KeyFile holds the repository key (32 bytes or more) that encrypts new
 	// containers; empty leaves them unencrypted.
 	KeyFile string
@@ -197,7 +202,9 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	if err := LoadQuotaLimits(ctx, bdb, quotas); err != nil {
 		return err
 	}
-	srv := New(Config{Container: cfg.Container, Quotas: quotas, Jobs: backupjob.Config{NodeID: cfg.NodeID, LocalReads: !cfg.NoLocalReads,
+	cinder := location.Config{URL: cfg.CinderRepository, S3AccessKey: cfg.Repository.S3AccessKey,
+		S3SecretKey: cfg.Repository.S3SecretKey, S3Region: cfg.Repository.S3Region}
+	srv := New(Config{Container: cfg.Container, Quotas: quotas, Cinder: cinder, Jobs: backupjob.Config{NodeID: cfg.NodeID, LocalReads: !cfg.NoLocalReads,
 		Strategy: cfg.Strategy, MaxConcurrent: cfg.MaxConcurrent, LeaseDuration: cfg.LeaseDuration,
 		ChangedBlockTracking: cfg.ChangedBlockTracking, NBDTLS: nbdTLS}}, bdb, conn, eng, log)
 	defer srv.Close()

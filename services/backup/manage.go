@@ -20,6 +20,8 @@ import (
 // DeleteBackup implements BackupService: only an available or failed
 // backup; its data goes in the background. Deleting a backup others were
 // made from is allowed: every backup in the repository stands on its own.
+// A backup imported from Cinder is only forgotten (its objects stay in
+// Cinder's repository), and not while imported incrementals depend on it.
 func (s *Server) DeleteBackup(ctx context.Context, req *backupv1.DeleteBackupRequest) (*backupv1.DeleteBackupResponse, error) {
 	if err := checkRef(req.GetProjectId(), req.GetBackupId()); err != nil {
 		return nil, err
@@ -27,6 +29,17 @@ func (s *Server) DeleteBackup(ctx context.Context, req *backupv1.DeleteBackupReq
 	b, err := s.db.Get(ctx, req.GetProjectId(), req.GetBackupId())
 	if err != nil {
 		return nil, err
+	}
+	if b.Origin != "" {
+		// An imported Cinder incremental restores over its parent's
+		// record, as in Cinder, which refuses the same.
+		n, err := s.db.CountDependents(ctx, b.ID)
+		if err != nil {
+			return nil, err
+		}
+		if n > 0 {
+			return nil, rpcerr.Invalid("Invalid backup: Incremental backups exist for this backup (imported from Cinder, they restore over it); delete them first.")
+		}
 	}
 	if cur, err := s.db.Transition(ctx, b.ID, lifecycle.Delete, map[string]any{"owner_node": s.cfg.Jobs.NodeID, "lease_expires_at": s.jobs.Lease()}); err != nil {
 		if errors.Is(err, store.ErrConflict) {
@@ -133,6 +146,9 @@ func (s *Server) VerifyBackup(ctx context.Context, req *backupv1.VerifyBackupReq
 	if b.Status != lifecycle.BackupAvailable && b.Status != lifecycle.BackupRestoring {
 		return nil, rpcerr.Invalid("Invalid backup: backup %s is %s; only an available backup can be verified.", b.ID, b.Status)
 	}
+	if b.Origin != "" {
+		return s.cinder.verify(ctx, b)
+	}
 	res, err := s.engine.Verify(ctx, b.Container, b.ID)
 	if err != nil {
 		return nil, err
@@ -156,6 +172,9 @@ func (s *Server) ExportBackupRecord(ctx context.Context, req *backupv1.ExportBac
 	if b.Status != lifecycle.BackupAvailable {
 		return nil, rpcerr.Invalid("Invalid backup: backup %s is %s; only an available backup can be exported.", b.ID, b.Status)
 	}
+	if b.Origin != "" {
+		return nil, rpcerr.Invalid("Invalid backup: backup %s was imported from Cinder (%s) and is read where Cinder wrote it; export its record from Cinder, or import the same record elsewhere.", b.ID, b.Origin)
+	}
 	rec, err := s.engine.ExportRecord(ctx, b.Container, b.ID)
 	if err != nil {
 		return nil, err
@@ -178,8 +197,23 @@ func (s *Server) ImportBackupRecord(ctx context.Context, req *backupv1.ImportBac
 		return nil, err
 	}
 	rec := req.GetBackupRecord()
+	if isCinderRecord(rec) {
+		b, err := s.cinder.importRecord(ctx, req.GetProjectId(), rec, req.GetRepository())
+		if err != nil {
+			return nil, err
+		}
+		s.log.InfoContext(ctx, "Cinder backup imported", "backup_id", b.ID, "origin", b.Origin, "repository", b.SourceURL, "parent_id", b.ParentID)
+		out, err := s.view(ctx, b.ProjectID, b.ID)
+		if err != nil {
+			return nil, err
+		}
+		return &backupv1.ImportBackupRecordResponse{Backup: out}, nil
+	}
 	if rec.GetBackupService() != "blockvault" {
-		return nil, rpcerr.Invalid("backup_service %q is not blockvault's", rec.GetBackupService())
+		return nil, rpcerr.Invalid("backup_service %q is neither blockvault's nor one of Cinder's backup drivers (cinder.backup.drivers.posix, nfs or s3)", rec.GetBackupService())
+	}
+	if req.GetRepository() != "" {
+		return nil, rpcerr.Invalid("repository is for Cinder's records only: a blockvault record is imported from this backup service's own repository")
 	}
 	data, err := base64.StdEncoding.DecodeString(rec.GetBackupUrl())
 	if err != nil {

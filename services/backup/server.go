@@ -15,6 +15,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/backupjob"
 	"github.com/blockvault/blockvault/pkg/engine"
 	"github.com/blockvault/blockvault/pkg/quota"
+	"github.com/blockvault/blockvault/pkg/repository/location"
 	"github.com/blockvault/blockvault/pkg/rpcerr"
 	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/store/backupdb"
@@ -31,6 +32,10 @@ type Config struct {
 	// Quotas limits each project's backups and backup gigabytes (nil: no
 	// limits).
 	Quotas *quota.Quotas
+	// Cinder is where imported Cinder backups are read: URL is the
+	// repository of records imported without one (--cinder-repository;
+	// may be empty), the S3 settings are for Cinder's S3 buckets.
+	Cinder location.Config
 }
 
 func (c Config) container() string {
@@ -49,6 +54,7 @@ type Server struct {
 	vm     vmClient
 	engine *engine.Engine
 	jobs   *backupjob.Runner
+	cinder *cinderRepos
 	log    *slog.Logger
 }
 
@@ -60,7 +66,10 @@ func New(cfg Config, db *backupdb.Store, vm grpc.ClientConnInterface, eng *engin
 		log = slog.New(slog.DiscardHandler)
 	}
 	c := newVMClient(vm)
-	return &Server{cfg: cfg, db: db, vm: c, engine: eng, jobs: backupjob.New(cfg.Jobs, db, c, eng, log), log: log}
+	s := &Server{cfg: cfg, db: db, vm: c, engine: eng, jobs: backupjob.New(cfg.Jobs, db, c, eng, log),
+		cinder: newCinderRepos(db, cfg.Cinder.URL, cfg.Cinder), log: log}
+	s.jobs.RestoreImportedWith(s.cinder)
+	return s
 }
 
 // Recover finishes what a crash of this node interrupted (see
@@ -72,7 +81,10 @@ func (s *Server) Recover(ctx context.Context) error { return s.jobs.Recover(ctx)
 func (s *Server) RunLeases(ctx context.Context) error { return s.jobs.RunLeases(ctx) }
 
 // Close cancels the running jobs and waits for their cleanup.
-func (s *Server) Close() { s.jobs.Close() }
+func (s *Server) Close() {
+	s.jobs.Close()
+	s.cinder.Close()
+}
 
 func checkRef(project, id string) error {
 	if err := validate.Project(project); err != nil {

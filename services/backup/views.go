@@ -19,7 +19,7 @@ func toBackup(b *backupdb.Backup, dependents int64) *backupv1.Backup {
 		IsIncremental: b.IsIncremental, HasDependentBackups: dependents > 0, ParentId: b.ParentID,
 		AvailabilityZone: b.AvailabilityZone, CreatedAt: store.Timestamp(b.CreatedAt), UpdatedAt: store.Timestamp(b.UpdatedAt),
 		TempVolumeId: b.TempVolumeID, TempSnapshotId: b.TempSnapshotID, Strategy: b.Strategy,
-		RestoreVolumeId: b.RestoreVolumeID, Metadata: store.DecodeMap(b.Metadata),
+		RestoreVolumeId: b.RestoreVolumeID, Metadata: store.DecodeMap(b.Metadata), Origin: b.Origin,
 		Links: []*backupv1.Link{
 			{Rel: "self", Href: fmt.Sprintf("/v3/%s/backups/%s", b.ProjectID, b.ID)},
 			{Rel: "bookmark", Href: fmt.Sprintf("/%s/backups/%s", b.ProjectID, b.ID)},

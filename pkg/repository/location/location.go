@@ -31,6 +31,10 @@ type Config struct {
 	URL string
 	// S3AccessKey, S3SecretKey and S3Region are the S3 credentials.
 	S3AccessKey, S3SecretKey, S3Region string
+	// Existing opens a repository that must exist already, to read it
+	// (another program's): no directory or bucket is created, and nothing
+	// is cleaned up.
+	Existing bool
 }
 
 // FlagSet is what Flags binds to: a *flag.FlagSet or a *pflag.FlagSet.
@@ -154,17 +158,21 @@ func fileDir(u *url.URL) (string, error) {
 
 // Posix is the backend of directories: a plain path or file:///path.
 func Posix() Backend {
-	return Backend{Schemes: []string{"", "file"}, Open: func(_ context.Context, u *url.URL, _ Config) (repository.Repository, error) {
+	return Backend{Schemes: []string{"", "file"}, Open: func(_ context.Context, u *url.URL, c Config) (repository.Repository, error) {
 		dir, err := fileDir(u)
 		if err != nil {
 			return nil, err
+		}
+		if c.Existing {
+			return posix.OpenExisting(dir)
 		}
 		return posix.New(dir)
 	}}
 }
 
 // S3 is the backend of S3-compatible stores: s3://host:port/bucket[/prefix],
-// s3s:// for TLS. It creates the bucket when it does not exist.
+// s3s:// for TLS. It creates the bucket when it does not exist (unless
+// Config.Existing).
 func S3() Backend {
 	return Backend{Schemes: []string{"s3", "s3s"}, Open: func(ctx context.Context, u *url.URL, c Config) (repository.Repository, error) {
 		bucket, prefix, _ := strings.Cut(strings.TrimPrefix(u.Path, "/"), "/")
@@ -172,6 +180,6 @@ func S3() Backend {
 			return nil, fmt.Errorf("repository %q: want s3://host:port/bucket[/prefix]", c.URL)
 		}
 		return s3.New(ctx, s3.Config{Endpoint: u.Host, Bucket: bucket, Prefix: prefix, AccessKey: c.S3AccessKey,
-			SecretKey: c.S3SecretKey, Region: c.S3Region, UseTLS: u.Scheme == "s3s", CreateBucket: true})
+			SecretKey: c.S3SecretKey, Region: c.S3Region, UseTLS: u.Scheme == "s3s", CreateBucket: !c.Existing})
 	}}
 }

@@ -62,6 +62,24 @@ func New(dir string) (*Repository, error) {
 	return &Repository{root: abs}, nil
 }
 
+// OpenExisting opens the existing directory dir as a repository to read,
+// such as one another program writes (Cinder's backup directory): it
+// creates nothing and removes nothing.
+func OpenExisting(dir string) (*Repository, error) {
+	abs, err := filepath.Abs(dir)
+	if err != nil {
+		return nil, err
+	}
+	st, err := os.Stat(abs)
+	if err != nil {
+		return nil, fmt.Errorf("posix repository: %w", translate(err))
+	}
+	if !st.IsDir() {
+		return nil, fmt.Errorf("posix repository: %s is not a directory", abs)
+	}
+	return &Repository{root: abs}, nil
+}
+
 // Location implements repository.Repository.
 func (r *Repository) Location() string { return r.root }
 

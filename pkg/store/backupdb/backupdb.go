@@ -53,8 +53,15 @@ type Backup struct {
 	// TrackingSnapshotID is the snapshot this backup was read from, kept
 	// for the next incremental backup's changed ranges ("" when none).
 	TrackingSnapshotID string `gorm:"size:36;index"`
-	CreatedAt          time.Time
-	UpdatedAt          time.Time
+	// Origin is "" for a backup blockvault wrote, or where an imported one
+	// came from ("cinder-posix", "cinder-nfs", "cinder-s3"); SourceURL and
+	// SourcePrefix say where its data lies (the repository, and the object
+	// prefix within Container).
+	Origin       string `gorm:"size:32"`
+	SourceURL    string `gorm:"size:1024"`
+	SourcePrefix string `gorm:"size:512"`
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
 }
 
 // Owner names the backup service's migration table.
@@ -122,6 +129,20 @@ var Migrations = []store.Migration{
 	}},
 	{Version: 4, Name: "quota limits set through the API", Up: func(tx *gorm.DB) error {
 		return store.CreateQuotaLimitsTable(tx, QuotaLimitsTable)
+	}},
+	{Version: 5, Name: "backups imported from Cinder", Up: func(tx *gorm.DB) error {
+		type backup struct {
+			Origin       string `gorm:"size:32"`
+			SourceURL    string `gorm:"size:1024"`
+			SourcePrefix string `gorm:"size:512"`
+		}
+		m := tx.Table("backups").Migrator()
+		for _, c := range []string{"Origin", "SourceURL", "SourcePrefix"} {
+			if err := m.AddColumn(&backup{}, c); err != nil {
+				return err
+			}
+		}
+		return nil
 	}},
 }
 
@@ -226,11 +247,12 @@ func (s *Store) CountDependents(ctx context.Context, id string) (int64, error) {
 	return n, store.Translate(err, "count dependent backups")
 }
 
-// LatestAvailable returns the newest available backup of a volume, or
-// ErrNotFound: the parent of an incremental backup.
+// LatestAvailable returns the newest available backup blockvault wrote of
+// a volume, or ErrNotFound: the parent of an incremental backup. Imported
+// backups (Origin) are passed over: their data is in another format.
 func (s *Store) LatestAvailable(ctx context.Context, project, volumeID string) (*Backup, error) {
 	var b Backup
-	err := s.db.WithContext(ctx).Where("project_id = ? AND volume_id = ? AND status = ?", project, volumeID, lifecycle.BackupAvailable).
+	err := s.db.WithContext(ctx).Where("project_id = ? AND volume_id = ? AND status = ? AND origin = ?", project, volumeID, lifecycle.BackupAvailable, "").
 		Order("created_at DESC").Take(&b).Error
 	if err != nil {
 		return nil, store.Translate(err, "latest available backup of volume "+volumeID)

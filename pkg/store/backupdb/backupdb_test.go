@@ -6,6 +6,7 @@ import (
 	"os"
 	"reflect"
 	"testing"
+	"time"
 
 	"github.com/blockvault/blockvault/pkg/lifecycle"
 	"github.com/blockvault/blockvault/pkg/store"
@@ -115,4 +116,40 @@ func openStore(t *testing.T, url string) (*gorm.DB, *backupdb.Store) {
 		t.Fatal(err)
 	}
 	return db, s
+}
+
+// TestLatestAvailablePassesOverImports: a backup imported from Cinder, even
+// the newest of a volume, is never the parent of a blockvault incremental
+// (its data is in Cinder's format); the newest blockvault backup is.
+func TestLatestAvailablePassesOverImports(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, url string) {
+		ctx := context.Background()
+		db, s := openStore(t, url)
+		for _, col := range []string{"origin", "source_url", "source_prefix"} {
+			if !db.Migrator().HasColumn("backups", col) {
+				t.Fatalf("no column %s", col)
+			}
+		}
+		vol := uuid.NewString()
+		if _, err := s.LatestAvailable(ctx, "p", vol); !errors.Is(err, store.ErrNotFound) {
+			t.Fatalf("no backups yet: %v", err)
+		}
+		own := &backupdb.Backup{ID: uuid.NewString(), ProjectID: "p", VolumeID: vol, Status: lifecycle.BackupAvailable}
+		if err := s.Create(ctx, own); err != nil {
+			t.Fatal(err)
+		}
+		imported := &backupdb.Backup{ID: uuid.NewString(), ProjectID: "p", VolumeID: vol, Status: lifecycle.BackupAvailable,
+			Origin: "cinder-posix", SourceURL: "/srv/cinder", SourcePrefix: "volume_x_backup_y", CreatedAt: own.CreatedAt.Add(time.Hour)}
+		if err := s.Create(ctx, imported); err != nil {
+			t.Fatal(err)
+		}
+		got, err := s.LatestAvailable(ctx, "p", vol)
+		if err != nil || got.ID != own.ID {
+			t.Fatalf("latest available: %v %v, want %s (not the import %s)", got, err, own.ID, imported.ID)
+		}
+		back, err := s.Get(ctx, "", imported.ID)
+		if err != nil || back.Origin != "cinder-posix" || back.SourceURL != "/srv/cinder" || back.SourcePrefix != "volume_x_backup_y" {
+			t.Fatalf("the import reads back as %+v, %v", back, err)
+		}
+	})
 }

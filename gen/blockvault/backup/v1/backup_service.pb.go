@@ -61,8 +61,12 @@ type Backup struct {
 	Metadata map[string]string `protobuf:"bytes,25,rep,name=metadata,proto3" json:"metadata,omitempty" protobuf_key:"bytes,1,opt,name=key" protobuf_val:"bytes,2,opt,name=value"`
 	// The volume a running restore writes to.
 	RestoreVolumeId string `protobuf:"bytes,26,opt,name=restore_volume_id,json=restoreVolumeId,proto3" json:"restore_volume_id,omitempty"`
-	unknownFields   protoimpl.UnknownFields
-	sizeCache       protoimpl.SizeCache
+	// Where the backup's data came from: "" for a backup blockvault wrote;
+	// "cinder-posix", "cinder-nfs" or "cinder-s3" for a backup imported from
+	// Cinder's chunked backup drivers, read where Cinder wrote it.
+	Origin        string `protobuf:"bytes,27,opt,name=origin,proto3" json:"origin,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
 }
 
 func (x *Backup) Reset() {
@@ -273,6 +277,13 @@ func (x *Backup) GetMetadata() map[string]string {
 func (x *Backup) GetRestoreVolumeId() string {
 	if x != nil {
 		return x.RestoreVolumeId
+	}
+	return ""
+}
+
+func (x *Backup) GetOrigin() string {
+	if x != nil {
+		return x.Origin
 	}
 	return ""
 }
@@ -1851,9 +1862,14 @@ func (x *ExportBackupRecordResponse) GetBackupRecord() *BackupRecord {
 
 // ImportBackupRecordRequest is the request of ImportBackupRecord.
 type ImportBackupRecordRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
-	ProjectId     string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
-	BackupRecord  *BackupRecord          `protobuf:"bytes,2,opt,name=backup_record,json=backup-record,proto3" json:"backup_record,omitempty"`
+	state        protoimpl.MessageState `protogen:"open.v1"`
+	ProjectId    string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
+	BackupRecord *BackupRecord          `protobuf:"bytes,2,opt,name=backup_record,json=backup-record,proto3" json:"backup_record,omitempty"`
+	// For a record exported by Cinder (backup_service naming its posix, nfs
+	// or s3 backup driver): the repository Cinder wrote it to, a directory
+	// (backup_posix_path, or the NFS share mounted) or s3://host:port[/bucket]
+	// (s3s:// for TLS). Empty: the backup service's --cinder-repository.
+	Repository    string `protobuf:"bytes,3,opt,name=repository,proto3" json:"repository,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1900,6 +1916,13 @@ func (x *ImportBackupRecordRequest) GetBackupRecord() *BackupRecord {
 		return x.BackupRecord
 	}
 	return nil
+}
+
+func (x *ImportBackupRecordRequest) GetRepository() string {
+	if x != nil {
+		return x.Repository
+	}
+	return ""
 }
 
 // ImportBackupRecordResponse is the response of ImportBackupRecord.
@@ -2229,7 +2252,7 @@ var File_blockvault_backup_v1_backup_service_proto protoreflect.FileDescriptor
 
 const file_blockvault_backup_v1_backup_service_proto_rawDesc = "" +
 	"\n" +
-	")blockvault/backup/v1/backup_service.proto\x12\x14blockvault.backup.v1\x1a\x1cgoogle/api/annotations.proto\"\xed\a\n" +
+	")blockvault/backup/v1/backup_service.proto\x12\x14blockvault.backup.v1\x1a\x1cgoogle/api/annotations.proto\"\x85\b\n" +
 	"\x06Backup\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
@@ -2263,7 +2286,8 @@ const file_blockvault_backup_v1_backup_service_proto_rawDesc = "" +
 	"\x10temp_snapshot_id\x18\x17 \x01(\tR\x0etempSnapshotId\x12\x1a\n" +
 	"\bstrategy\x18\x18 \x01(\tR\bstrategy\x12F\n" +
 	"\bmetadata\x18\x19 \x03(\v2*.blockvault.backup.v1.Backup.MetadataEntryR\bmetadata\x12*\n" +
-	"\x11restore_volume_id\x18\x1a \x01(\tR\x0frestoreVolumeId\x1a;\n" +
+	"\x11restore_volume_id\x18\x1a \x01(\tR\x0frestoreVolumeId\x12\x16\n" +
+	"\x06origin\x18\x1b \x01(\tR\x06origin\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
 	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\",\n" +
@@ -2382,11 +2406,14 @@ const file_blockvault_backup_v1_backup_service_proto_rawDesc = "" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1b\n" +
 	"\tbackup_id\x18\x02 \x01(\tR\bbackupId\"f\n" +
 	"\x1aExportBackupRecordResponse\x12H\n" +
-	"\rbackup_record\x18\x01 \x01(\v2\".blockvault.backup.v1.BackupRecordR\rbackup-record\"\x84\x01\n" +
+	"\rbackup_record\x18\x01 \x01(\v2\".blockvault.backup.v1.BackupRecordR\rbackup-record\"\xa4\x01\n" +
 	"\x19ImportBackupRecordRequest\x12\x1d\n" +
 	"\n" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x12H\n" +
-	"\rbackup_record\x18\x02 \x01(\v2\".blockvault.backup.v1.BackupRecordR\rbackup-record\"R\n" +
+	"\rbackup_record\x18\x02 \x01(\v2\".blockvault.backup.v1.BackupRecordR\rbackup-record\x12\x1e\n" +
+	"\n" +
+	"repository\x18\x03 \x01(\tR\n" +
+	"repository\"R\n" +
 	"\x1aImportBackupRecordResponse\x124\n" +
 	"\x06backup\x18\x01 \x01(\v2\x1c.blockvault.backup.v1.BackupR\x06backup\"U\n" +
 	"\n" +
