@@ -244,3 +244,5 @@ func (m *model) snapshot() []byte {
 	defer m.mu.Unlock()
 	return bytes.Clone(m.b)
 }
+
+func engineReaderOptions() engine.ReaderOptions { return engine.ReaderOptions{} }
