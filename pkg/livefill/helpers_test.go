@@ -239,6 +239,12 @@ func (m *model) zero(off, n int64) {
 	clear(m.b[off : off+n])
 }
 
+func (m *model) read(off, n int64) []byte {
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	return bytes.Clone(m.b[off : off+n])
+}
+
 func (m *model) snapshot() []byte {
 	m.mu.Lock()
 	defer m.mu.Unlock()
