@@ -1000,8 +1000,12 @@ type RestoreInput struct {
 	state protoimpl.MessageState `protogen:"open.v1"`
 	// An existing available volume at least as large as the backup; empty
 	// makes a new volume of the backup's size.
-	VolumeId      string `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
-	Name          string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	VolumeId string `protobuf:"bytes,1,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	Name     string `protobuf:"bytes,2,opt,name=name,proto3" json:"name,omitempty"`
+	// A live restore: the volume is usable at once, served from the backup
+	// while a background fill copies it (the volume's live_restore shows
+	// how far; the backup is restoring until the fill ends).
+	Live          bool `protobuf:"varint,3,opt,name=live,proto3" json:"live,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -1048,6 +1052,13 @@ func (x *RestoreInput) GetName() string {
 		return x.Name
 	}
 	return ""
+}
+
+func (x *RestoreInput) GetLive() bool {
+	if x != nil {
+		return x.Live
+	}
+	return false
 }
 
 // RestoreBackupRequest is the request of RestoreBackup.
@@ -2352,10 +2363,11 @@ const file_blockvault_backup_v1_backup_service_proto_rawDesc = "" +
 	"\n" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1b\n" +
 	"\tbackup_id\x18\x02 \x01(\tR\bbackupId\"\x16\n" +
-	"\x14DeleteBackupResponse\"?\n" +
+	"\x14DeleteBackupResponse\"S\n" +
 	"\fRestoreInput\x12\x1b\n" +
 	"\tvolume_id\x18\x01 \x01(\tR\bvolumeId\x12\x12\n" +
-	"\x04name\x18\x02 \x01(\tR\x04name\"\x90\x01\n" +
+	"\x04name\x18\x02 \x01(\tR\x04name\x12\x12\n" +
+	"\x04live\x18\x03 \x01(\bR\x04live\"\x90\x01\n" +
 	"\x14RestoreBackupRequest\x12\x1d\n" +
 	"\n" +
 	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1b\n" +

@@ -58,7 +58,10 @@ type Volume struct {
 	Links            []*Link           `protobuf:"bytes,21,rep,name=links,proto3" json:"links,omitempty"`
 	// Temporary volumes are made by the backup service (clones of in-use
 	// volumes) and removed by it.
-	Temporary     bool `protobuf:"varint,22,opt,name=temporary,proto3" json:"temporary,omitempty"`
+	Temporary bool `protobuf:"varint,22,opt,name=temporary,proto3" json:"temporary,omitempty"`
+	// Set while a live restore fills the volume (see LiveRestore); absent
+	// once the volume is an ordinary one.
+	LiveRestore   *LiveRestore `protobuf:"bytes,23,opt,name=live_restore,json=liveRestore,proto3" json:"live_restore,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -247,6 +250,86 @@ func (x *Volume) GetTemporary() bool {
 	return false
 }
 
+func (x *Volume) GetLiveRestore() *LiveRestore {
+	if x != nil {
+		return x.LiveRestore
+	}
+	return nil
+}
+
+// LiveRestore is the state of a volume that is usable while it is restored
+// from a backup: reads of what is not filled yet come from the backup.
+type LiveRestore struct {
+	state    protoimpl.MessageState `protogen:"open.v1"`
+	BackupId string                 `protobuf:"bytes,1,opt,name=backup_id,json=backupId,proto3" json:"backup_id,omitempty"`
+	// "filling": the background fill runs (or resumes after a restart);
+	// "failed": it stopped for good (fail_reason says why) and reads of what
+	// is not filled fail: delete the volume and restore again.
+	Status        string `protobuf:"bytes,2,opt,name=status,proto3" json:"status,omitempty"`
+	BytesFilled   int64  `protobuf:"varint,3,opt,name=bytes_filled,json=bytesFilled,proto3" json:"bytes_filled,omitempty"`
+	BytesTotal    int64  `protobuf:"varint,4,opt,name=bytes_total,json=bytesTotal,proto3" json:"bytes_total,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *LiveRestore) Reset() {
+	*x = LiveRestore{}
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[1]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *LiveRestore) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*LiveRestore) ProtoMessage() {}
+
+func (x *LiveRestore) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[1]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use LiveRestore.ProtoReflect.Descriptor instead.
+func (*LiveRestore) Descriptor() ([]byte, []int) {
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{1}
+}
+
+func (x *LiveRestore) GetBackupId() string {
+	if x != nil {
+		return x.BackupId
+	}
+	return ""
+}
+
+func (x *LiveRestore) GetStatus() string {
+	if x != nil {
+		return x.Status
+	}
+	return ""
+}
+
+func (x *LiveRestore) GetBytesFilled() int64 {
+	if x != nil {
+		return x.BytesFilled
+	}
+	return 0
+}
+
+func (x *LiveRestore) GetBytesTotal() int64 {
+	if x != nil {
+		return x.BytesTotal
+	}
+	return 0
+}
+
 // Link is a Block Storage API link.
 type Link struct {
 	state         protoimpl.MessageState `protogen:"open.v1"`
@@ -258,7 +341,7 @@ type Link struct {
 
 func (x *Link) Reset() {
 	*x = Link{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[1]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[2]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -270,7 +353,7 @@ func (x *Link) String() string {
 func (*Link) ProtoMessage() {}
 
 func (x *Link) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[1]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[2]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -283,7 +366,7 @@ func (x *Link) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Link.ProtoReflect.Descriptor instead.
 func (*Link) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{1}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{2}
 }
 
 func (x *Link) GetRel() string {
@@ -322,7 +405,7 @@ type Attachment struct {
 
 func (x *Attachment) Reset() {
 	*x = Attachment{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[2]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[3]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -334,7 +417,7 @@ func (x *Attachment) String() string {
 func (*Attachment) ProtoMessage() {}
 
 func (x *Attachment) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[2]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[3]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -347,7 +430,7 @@ func (x *Attachment) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Attachment.ProtoReflect.Descriptor instead.
 func (*Attachment) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{2}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{3}
 }
 
 func (x *Attachment) GetId() string {
@@ -425,7 +508,7 @@ type ConnectionInfo struct {
 
 func (x *ConnectionInfo) Reset() {
 	*x = ConnectionInfo{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[3]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[4]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -437,7 +520,7 @@ func (x *ConnectionInfo) String() string {
 func (*ConnectionInfo) ProtoMessage() {}
 
 func (x *ConnectionInfo) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[3]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[4]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -450,7 +533,7 @@ func (x *ConnectionInfo) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionInfo.ProtoReflect.Descriptor instead.
 func (*ConnectionInfo) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{3}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{4}
 }
 
 func (x *ConnectionInfo) GetDriverVolumeType() string {
@@ -485,7 +568,7 @@ type ConnectionData struct {
 
 func (x *ConnectionData) Reset() {
 	*x = ConnectionData{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[4]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[5]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -497,7 +580,7 @@ func (x *ConnectionData) String() string {
 func (*ConnectionData) ProtoMessage() {}
 
 func (x *ConnectionData) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[4]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[5]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -510,7 +593,7 @@ func (x *ConnectionData) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ConnectionData.ProtoReflect.Descriptor instead.
 func (*ConnectionData) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{4}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{5}
 }
 
 func (x *ConnectionData) GetHost() string {
@@ -585,7 +668,7 @@ type Connector struct {
 
 func (x *Connector) Reset() {
 	*x = Connector{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[5]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[6]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -597,7 +680,7 @@ func (x *Connector) String() string {
 func (*Connector) ProtoMessage() {}
 
 func (x *Connector) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[5]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[6]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -610,7 +693,7 @@ func (x *Connector) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Connector.ProtoReflect.Descriptor instead.
 func (*Connector) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{5}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{6}
 }
 
 func (x *Connector) GetHost() string {
@@ -673,7 +756,7 @@ type Snapshot struct {
 
 func (x *Snapshot) Reset() {
 	*x = Snapshot{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[6]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[7]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -685,7 +768,7 @@ func (x *Snapshot) String() string {
 func (*Snapshot) ProtoMessage() {}
 
 func (x *Snapshot) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[6]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[7]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -698,7 +781,7 @@ func (x *Snapshot) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Snapshot.ProtoReflect.Descriptor instead.
 func (*Snapshot) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{6}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{7}
 }
 
 func (x *Snapshot) GetId() string {
@@ -835,7 +918,7 @@ type Capabilities struct {
 
 func (x *Capabilities) Reset() {
 	*x = Capabilities{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[7]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[8]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -847,7 +930,7 @@ func (x *Capabilities) String() string {
 func (*Capabilities) ProtoMessage() {}
 
 func (x *Capabilities) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[7]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[8]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -860,7 +943,7 @@ func (x *Capabilities) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use Capabilities.ProtoReflect.Descriptor instead.
 func (*Capabilities) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{7}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{8}
 }
 
 func (x *Capabilities) GetDriver() string {
@@ -968,7 +1051,7 @@ type VolumeInput struct {
 
 func (x *VolumeInput) Reset() {
 	*x = VolumeInput{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[8]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[9]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -980,7 +1063,7 @@ func (x *VolumeInput) String() string {
 func (*VolumeInput) ProtoMessage() {}
 
 func (x *VolumeInput) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[8]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[9]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -993,7 +1076,7 @@ func (x *VolumeInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeInput.ProtoReflect.Descriptor instead.
 func (*VolumeInput) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{8}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{9}
 }
 
 func (x *VolumeInput) GetSize() int32 {
@@ -1105,7 +1188,7 @@ type CreateVolumeRequest struct {
 
 func (x *CreateVolumeRequest) Reset() {
 	*x = CreateVolumeRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[9]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[10]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1117,7 +1200,7 @@ func (x *CreateVolumeRequest) String() string {
 func (*CreateVolumeRequest) ProtoMessage() {}
 
 func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[9]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[10]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1130,7 +1213,7 @@ func (x *CreateVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeRequest.ProtoReflect.Descriptor instead.
 func (*CreateVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{9}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{10}
 }
 
 func (x *CreateVolumeRequest) GetProjectId() string {
@@ -1157,7 +1240,7 @@ type CreateVolumeResponse struct {
 
 func (x *CreateVolumeResponse) Reset() {
 	*x = CreateVolumeResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[10]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[11]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1169,7 +1252,7 @@ func (x *CreateVolumeResponse) String() string {
 func (*CreateVolumeResponse) ProtoMessage() {}
 
 func (x *CreateVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[10]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[11]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1182,7 +1265,7 @@ func (x *CreateVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateVolumeResponse.ProtoReflect.Descriptor instead.
 func (*CreateVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{10}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{11}
 }
 
 func (x *CreateVolumeResponse) GetVolume() *Volume {
@@ -1203,7 +1286,7 @@ type GetVolumeRequest struct {
 
 func (x *GetVolumeRequest) Reset() {
 	*x = GetVolumeRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[11]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[12]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1215,7 +1298,7 @@ func (x *GetVolumeRequest) String() string {
 func (*GetVolumeRequest) ProtoMessage() {}
 
 func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[11]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[12]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1228,7 +1311,7 @@ func (x *GetVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeRequest.ProtoReflect.Descriptor instead.
 func (*GetVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{11}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{12}
 }
 
 func (x *GetVolumeRequest) GetProjectId() string {
@@ -1260,7 +1343,7 @@ type VolumeUpdate struct {
 
 func (x *VolumeUpdate) Reset() {
 	*x = VolumeUpdate{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[12]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[13]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1272,7 +1355,7 @@ func (x *VolumeUpdate) String() string {
 func (*VolumeUpdate) ProtoMessage() {}
 
 func (x *VolumeUpdate) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[12]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[13]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1285,7 +1368,7 @@ func (x *VolumeUpdate) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeUpdate.ProtoReflect.Descriptor instead.
 func (*VolumeUpdate) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{12}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{13}
 }
 
 func (x *VolumeUpdate) GetName() string {
@@ -1328,7 +1411,7 @@ type UpdateVolumeRequest struct {
 
 func (x *UpdateVolumeRequest) Reset() {
 	*x = UpdateVolumeRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[13]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[14]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1340,7 +1423,7 @@ func (x *UpdateVolumeRequest) String() string {
 func (*UpdateVolumeRequest) ProtoMessage() {}
 
 func (x *UpdateVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[13]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[14]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1353,7 +1436,7 @@ func (x *UpdateVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateVolumeRequest.ProtoReflect.Descriptor instead.
 func (*UpdateVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{13}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{14}
 }
 
 func (x *UpdateVolumeRequest) GetProjectId() string {
@@ -1387,7 +1470,7 @@ type UpdateVolumeResponse struct {
 
 func (x *UpdateVolumeResponse) Reset() {
 	*x = UpdateVolumeResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[14]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[15]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1399,7 +1482,7 @@ func (x *UpdateVolumeResponse) String() string {
 func (*UpdateVolumeResponse) ProtoMessage() {}
 
 func (x *UpdateVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[14]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[15]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1412,7 +1495,7 @@ func (x *UpdateVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateVolumeResponse.ProtoReflect.Descriptor instead.
 func (*UpdateVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{14}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{15}
 }
 
 func (x *UpdateVolumeResponse) GetVolume() *Volume {
@@ -1432,7 +1515,7 @@ type GetVolumeResponse struct {
 
 func (x *GetVolumeResponse) Reset() {
 	*x = GetVolumeResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[15]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[16]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1444,7 +1527,7 @@ func (x *GetVolumeResponse) String() string {
 func (*GetVolumeResponse) ProtoMessage() {}
 
 func (x *GetVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[15]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[16]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1457,7 +1540,7 @@ func (x *GetVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetVolumeResponse.ProtoReflect.Descriptor instead.
 func (*GetVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{15}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{16}
 }
 
 func (x *GetVolumeResponse) GetVolume() *Volume {
@@ -1485,7 +1568,7 @@ type ListVolumesRequest struct {
 
 func (x *ListVolumesRequest) Reset() {
 	*x = ListVolumesRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[16]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[17]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1497,7 +1580,7 @@ func (x *ListVolumesRequest) String() string {
 func (*ListVolumesRequest) ProtoMessage() {}
 
 func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[16]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[17]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1510,7 +1593,7 @@ func (x *ListVolumesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesRequest.ProtoReflect.Descriptor instead.
 func (*ListVolumesRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{16}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{17}
 }
 
 func (x *ListVolumesRequest) GetProjectId() string {
@@ -1573,7 +1656,7 @@ type ListVolumesResponse struct {
 
 func (x *ListVolumesResponse) Reset() {
 	*x = ListVolumesResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[17]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[18]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1585,7 +1668,7 @@ func (x *ListVolumesResponse) String() string {
 func (*ListVolumesResponse) ProtoMessage() {}
 
 func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[17]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[18]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1598,7 +1681,7 @@ func (x *ListVolumesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListVolumesResponse.ProtoReflect.Descriptor instead.
 func (*ListVolumesResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{17}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{18}
 }
 
 func (x *ListVolumesResponse) GetVolumes() []*Volume {
@@ -1626,7 +1709,7 @@ type DeleteVolumeRequest struct {
 
 func (x *DeleteVolumeRequest) Reset() {
 	*x = DeleteVolumeRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[18]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[19]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1638,7 +1721,7 @@ func (x *DeleteVolumeRequest) String() string {
 func (*DeleteVolumeRequest) ProtoMessage() {}
 
 func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[18]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[19]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1651,7 +1734,7 @@ func (x *DeleteVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{18}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{19}
 }
 
 func (x *DeleteVolumeRequest) GetProjectId() string {
@@ -1677,7 +1760,7 @@ type DeleteVolumeResponse struct {
 
 func (x *DeleteVolumeResponse) Reset() {
 	*x = DeleteVolumeResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[19]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[20]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1689,7 +1772,7 @@ func (x *DeleteVolumeResponse) String() string {
 func (*DeleteVolumeResponse) ProtoMessage() {}
 
 func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[19]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[20]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1702,7 +1785,7 @@ func (x *DeleteVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DeleteVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{19}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{20}
 }
 
 // ExtendVolumeRequest is the request of ExtendVolume.
@@ -1719,7 +1802,7 @@ type ExtendVolumeRequest struct {
 
 func (x *ExtendVolumeRequest) Reset() {
 	*x = ExtendVolumeRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[20]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[21]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1731,7 +1814,7 @@ func (x *ExtendVolumeRequest) String() string {
 func (*ExtendVolumeRequest) ProtoMessage() {}
 
 func (x *ExtendVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[20]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[21]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1744,7 +1827,7 @@ func (x *ExtendVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendVolumeRequest.ProtoReflect.Descriptor instead.
 func (*ExtendVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{20}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{21}
 }
 
 func (x *ExtendVolumeRequest) GetProjectId() string {
@@ -1785,7 +1868,7 @@ type ExtendVolumeResponse struct {
 
 func (x *ExtendVolumeResponse) Reset() {
 	*x = ExtendVolumeResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[21]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[22]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1797,7 +1880,7 @@ func (x *ExtendVolumeResponse) String() string {
 func (*ExtendVolumeResponse) ProtoMessage() {}
 
 func (x *ExtendVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[21]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[22]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1810,7 +1893,7 @@ func (x *ExtendVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendVolumeResponse.ProtoReflect.Descriptor instead.
 func (*ExtendVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{21}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{22}
 }
 
 func (x *ExtendVolumeResponse) GetVolume() *Volume {
@@ -1831,7 +1914,7 @@ type ExtendAction struct {
 
 func (x *ExtendAction) Reset() {
 	*x = ExtendAction{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[22]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[23]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1843,7 +1926,7 @@ func (x *ExtendAction) String() string {
 func (*ExtendAction) ProtoMessage() {}
 
 func (x *ExtendAction) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[22]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[23]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1856,7 +1939,7 @@ func (x *ExtendAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ExtendAction.ProtoReflect.Descriptor instead.
 func (*ExtendAction) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{22}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{23}
 }
 
 func (x *ExtendAction) GetNewSize() int32 {
@@ -1885,7 +1968,7 @@ type ResetStatusAction struct {
 
 func (x *ResetStatusAction) Reset() {
 	*x = ResetStatusAction{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[23]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[24]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1897,7 +1980,7 @@ func (x *ResetStatusAction) String() string {
 func (*ResetStatusAction) ProtoMessage() {}
 
 func (x *ResetStatusAction) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[23]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[24]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1910,7 +1993,7 @@ func (x *ResetStatusAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetStatusAction.ProtoReflect.Descriptor instead.
 func (*ResetStatusAction) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{23}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{24}
 }
 
 func (x *ResetStatusAction) GetStatus() string {
@@ -1950,7 +2033,7 @@ type AttachAction struct {
 
 func (x *AttachAction) Reset() {
 	*x = AttachAction{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[24]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[25]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -1962,7 +2045,7 @@ func (x *AttachAction) String() string {
 func (*AttachAction) ProtoMessage() {}
 
 func (x *AttachAction) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[24]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[25]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -1975,7 +2058,7 @@ func (x *AttachAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachAction.ProtoReflect.Descriptor instead.
 func (*AttachAction) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{24}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{25}
 }
 
 func (x *AttachAction) GetInstanceUuid() string {
@@ -2017,7 +2100,7 @@ type DetachAction struct {
 
 func (x *DetachAction) Reset() {
 	*x = DetachAction{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[25]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[26]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2029,7 +2112,7 @@ func (x *DetachAction) String() string {
 func (*DetachAction) ProtoMessage() {}
 
 func (x *DetachAction) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[25]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[26]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2042,7 +2125,7 @@ func (x *DetachAction) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachAction.ProtoReflect.Descriptor instead.
 func (*DetachAction) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{25}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{26}
 }
 
 func (x *DetachAction) GetAttachmentId() string {
@@ -2070,7 +2153,7 @@ type VolumeActionRequest struct {
 
 func (x *VolumeActionRequest) Reset() {
 	*x = VolumeActionRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[26]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[27]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2082,7 +2165,7 @@ func (x *VolumeActionRequest) String() string {
 func (*VolumeActionRequest) ProtoMessage() {}
 
 func (x *VolumeActionRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[26]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[27]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2095,7 +2178,7 @@ func (x *VolumeActionRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeActionRequest.ProtoReflect.Descriptor instead.
 func (*VolumeActionRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{26}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{27}
 }
 
 func (x *VolumeActionRequest) GetProjectId() string {
@@ -2192,7 +2275,7 @@ type VolumeActionResponse struct {
 
 func (x *VolumeActionResponse) Reset() {
 	*x = VolumeActionResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[27]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[28]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2204,7 +2287,7 @@ func (x *VolumeActionResponse) String() string {
 func (*VolumeActionResponse) ProtoMessage() {}
 
 func (x *VolumeActionResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[27]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[28]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2217,7 +2300,7 @@ func (x *VolumeActionResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use VolumeActionResponse.ProtoReflect.Descriptor instead.
 func (*VolumeActionResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{27}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{28}
 }
 
 // ResetVolumeStatusRequest is the request of ResetVolumeStatus.
@@ -2232,7 +2315,7 @@ type ResetVolumeStatusRequest struct {
 
 func (x *ResetVolumeStatusRequest) Reset() {
 	*x = ResetVolumeStatusRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[28]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[29]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2244,7 +2327,7 @@ func (x *ResetVolumeStatusRequest) String() string {
 func (*ResetVolumeStatusRequest) ProtoMessage() {}
 
 func (x *ResetVolumeStatusRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[28]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[29]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2257,7 +2340,7 @@ func (x *ResetVolumeStatusRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetVolumeStatusRequest.ProtoReflect.Descriptor instead.
 func (*ResetVolumeStatusRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{28}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{29}
 }
 
 func (x *ResetVolumeStatusRequest) GetProjectId() string {
@@ -2291,7 +2374,7 @@ type ResetVolumeStatusResponse struct {
 
 func (x *ResetVolumeStatusResponse) Reset() {
 	*x = ResetVolumeStatusResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[29]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[30]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2303,7 +2386,7 @@ func (x *ResetVolumeStatusResponse) String() string {
 func (*ResetVolumeStatusResponse) ProtoMessage() {}
 
 func (x *ResetVolumeStatusResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[29]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[30]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2316,7 +2399,7 @@ func (x *ResetVolumeStatusResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ResetVolumeStatusResponse.ProtoReflect.Descriptor instead.
 func (*ResetVolumeStatusResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{29}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{30}
 }
 
 func (x *ResetVolumeStatusResponse) GetVolume() *Volume {
@@ -2339,7 +2422,7 @@ type AttachmentInput struct {
 
 func (x *AttachmentInput) Reset() {
 	*x = AttachmentInput{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[30]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[31]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2351,7 +2434,7 @@ func (x *AttachmentInput) String() string {
 func (*AttachmentInput) ProtoMessage() {}
 
 func (x *AttachmentInput) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[30]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[31]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2364,7 +2447,7 @@ func (x *AttachmentInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachmentInput.ProtoReflect.Descriptor instead.
 func (*AttachmentInput) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{30}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{31}
 }
 
 func (x *AttachmentInput) GetVolumeUuid() string {
@@ -2406,7 +2489,7 @@ type AttachVolumeRequest struct {
 
 func (x *AttachVolumeRequest) Reset() {
 	*x = AttachVolumeRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[31]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[32]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2418,7 +2501,7 @@ func (x *AttachVolumeRequest) String() string {
 func (*AttachVolumeRequest) ProtoMessage() {}
 
 func (x *AttachVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[31]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[32]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2431,7 +2514,7 @@ func (x *AttachVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachVolumeRequest.ProtoReflect.Descriptor instead.
 func (*AttachVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{31}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{32}
 }
 
 func (x *AttachVolumeRequest) GetProjectId() string {
@@ -2458,7 +2541,7 @@ type AttachVolumeResponse struct {
 
 func (x *AttachVolumeResponse) Reset() {
 	*x = AttachVolumeResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[32]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[33]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2470,7 +2553,7 @@ func (x *AttachVolumeResponse) String() string {
 func (*AttachVolumeResponse) ProtoMessage() {}
 
 func (x *AttachVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[32]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[33]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2483,7 +2566,7 @@ func (x *AttachVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use AttachVolumeResponse.ProtoReflect.Descriptor instead.
 func (*AttachVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{32}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{33}
 }
 
 func (x *AttachVolumeResponse) GetAttachment() *Attachment {
@@ -2504,7 +2587,7 @@ type DetachVolumeRequest struct {
 
 func (x *DetachVolumeRequest) Reset() {
 	*x = DetachVolumeRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[33]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[34]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2516,7 +2599,7 @@ func (x *DetachVolumeRequest) String() string {
 func (*DetachVolumeRequest) ProtoMessage() {}
 
 func (x *DetachVolumeRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[33]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[34]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2529,7 +2612,7 @@ func (x *DetachVolumeRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachVolumeRequest.ProtoReflect.Descriptor instead.
 func (*DetachVolumeRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{33}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{34}
 }
 
 func (x *DetachVolumeRequest) GetProjectId() string {
@@ -2555,7 +2638,7 @@ type DetachVolumeResponse struct {
 
 func (x *DetachVolumeResponse) Reset() {
 	*x = DetachVolumeResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[34]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[35]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2567,7 +2650,7 @@ func (x *DetachVolumeResponse) String() string {
 func (*DetachVolumeResponse) ProtoMessage() {}
 
 func (x *DetachVolumeResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[34]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[35]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2580,7 +2663,7 @@ func (x *DetachVolumeResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DetachVolumeResponse.ProtoReflect.Descriptor instead.
 func (*DetachVolumeResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{34}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{35}
 }
 
 // SnapshotInput is the body of a create snapshot request.
@@ -2598,7 +2681,7 @@ type SnapshotInput struct {
 
 func (x *SnapshotInput) Reset() {
 	*x = SnapshotInput{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[35]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[36]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2610,7 +2693,7 @@ func (x *SnapshotInput) String() string {
 func (*SnapshotInput) ProtoMessage() {}
 
 func (x *SnapshotInput) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[35]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[36]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2623,7 +2706,7 @@ func (x *SnapshotInput) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use SnapshotInput.ProtoReflect.Descriptor instead.
 func (*SnapshotInput) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{35}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{36}
 }
 
 func (x *SnapshotInput) GetVolumeId() string {
@@ -2672,7 +2755,7 @@ type CreateSnapshotRequest struct {
 
 func (x *CreateSnapshotRequest) Reset() {
 	*x = CreateSnapshotRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[36]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[37]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2684,7 +2767,7 @@ func (x *CreateSnapshotRequest) String() string {
 func (*CreateSnapshotRequest) ProtoMessage() {}
 
 func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[36]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[37]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2697,7 +2780,7 @@ func (x *CreateSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{36}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{37}
 }
 
 func (x *CreateSnapshotRequest) GetProjectId() string {
@@ -2724,7 +2807,7 @@ type CreateSnapshotResponse struct {
 
 func (x *CreateSnapshotResponse) Reset() {
 	*x = CreateSnapshotResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[37]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[38]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2736,7 +2819,7 @@ func (x *CreateSnapshotResponse) String() string {
 func (*CreateSnapshotResponse) ProtoMessage() {}
 
 func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[37]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[38]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2749,7 +2832,7 @@ func (x *CreateSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use CreateSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*CreateSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{37}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{38}
 }
 
 func (x *CreateSnapshotResponse) GetSnapshot() *Snapshot {
@@ -2770,7 +2853,7 @@ type GetSnapshotRequest struct {
 
 func (x *GetSnapshotRequest) Reset() {
 	*x = GetSnapshotRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[38]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[39]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2782,7 +2865,7 @@ func (x *GetSnapshotRequest) String() string {
 func (*GetSnapshotRequest) ProtoMessage() {}
 
 func (x *GetSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[38]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[39]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2795,7 +2878,7 @@ func (x *GetSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*GetSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{38}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{39}
 }
 
 func (x *GetSnapshotRequest) GetProjectId() string {
@@ -2822,7 +2905,7 @@ type GetSnapshotResponse struct {
 
 func (x *GetSnapshotResponse) Reset() {
 	*x = GetSnapshotResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[39]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[40]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2834,7 +2917,7 @@ func (x *GetSnapshotResponse) String() string {
 func (*GetSnapshotResponse) ProtoMessage() {}
 
 func (x *GetSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[39]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[40]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2847,7 +2930,7 @@ func (x *GetSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*GetSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{39}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{40}
 }
 
 func (x *GetSnapshotResponse) GetSnapshot() *Snapshot {
@@ -2874,7 +2957,7 @@ type ListSnapshotsRequest struct {
 
 func (x *ListSnapshotsRequest) Reset() {
 	*x = ListSnapshotsRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[40]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[41]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2886,7 +2969,7 @@ func (x *ListSnapshotsRequest) String() string {
 func (*ListSnapshotsRequest) ProtoMessage() {}
 
 func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[40]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[41]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2899,7 +2982,7 @@ func (x *ListSnapshotsRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsRequest.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{40}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{41}
 }
 
 func (x *ListSnapshotsRequest) GetProjectId() string {
@@ -2962,7 +3045,7 @@ type ListSnapshotsResponse struct {
 
 func (x *ListSnapshotsResponse) Reset() {
 	*x = ListSnapshotsResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[41]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[42]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -2974,7 +3057,7 @@ func (x *ListSnapshotsResponse) String() string {
 func (*ListSnapshotsResponse) ProtoMessage() {}
 
 func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[41]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[42]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -2987,7 +3070,7 @@ func (x *ListSnapshotsResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use ListSnapshotsResponse.ProtoReflect.Descriptor instead.
 func (*ListSnapshotsResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{41}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{42}
 }
 
 func (x *ListSnapshotsResponse) GetSnapshots() []*Snapshot {
@@ -3015,7 +3098,7 @@ type DeleteSnapshotRequest struct {
 
 func (x *DeleteSnapshotRequest) Reset() {
 	*x = DeleteSnapshotRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[42]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[43]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3027,7 +3110,7 @@ func (x *DeleteSnapshotRequest) String() string {
 func (*DeleteSnapshotRequest) ProtoMessage() {}
 
 func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[42]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[43]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3040,7 +3123,7 @@ func (x *DeleteSnapshotRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotRequest.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{42}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{43}
 }
 
 func (x *DeleteSnapshotRequest) GetProjectId() string {
@@ -3066,7 +3149,7 @@ type DeleteSnapshotResponse struct {
 
 func (x *DeleteSnapshotResponse) Reset() {
 	*x = DeleteSnapshotResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[43]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[44]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3078,7 +3161,7 @@ func (x *DeleteSnapshotResponse) String() string {
 func (*DeleteSnapshotResponse) ProtoMessage() {}
 
 func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[43]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[44]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3091,7 +3174,7 @@ func (x *DeleteSnapshotResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use DeleteSnapshotResponse.ProtoReflect.Descriptor instead.
 func (*DeleteSnapshotResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{43}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{44}
 }
 
 // GetCapabilitiesRequest is the request of GetCapabilities.
@@ -3103,7 +3186,7 @@ type GetCapabilitiesRequest struct {
 
 func (x *GetCapabilitiesRequest) Reset() {
 	*x = GetCapabilitiesRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[44]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[45]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3115,7 +3198,7 @@ func (x *GetCapabilitiesRequest) String() string {
 func (*GetCapabilitiesRequest) ProtoMessage() {}
 
 func (x *GetCapabilitiesRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[44]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[45]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3128,7 +3211,7 @@ func (x *GetCapabilitiesRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapabilitiesRequest.ProtoReflect.Descriptor instead.
 func (*GetCapabilitiesRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{44}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{45}
 }
 
 // GetCapabilitiesResponse is the response of GetCapabilities.
@@ -3141,7 +3224,7 @@ type GetCapabilitiesResponse struct {
 
 func (x *GetCapabilitiesResponse) Reset() {
 	*x = GetCapabilitiesResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[45]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[46]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3153,7 +3236,7 @@ func (x *GetCapabilitiesResponse) String() string {
 func (*GetCapabilitiesResponse) ProtoMessage() {}
 
 func (x *GetCapabilitiesResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[45]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[46]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3166,7 +3249,7 @@ func (x *GetCapabilitiesResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetCapabilitiesResponse.ProtoReflect.Descriptor instead.
 func (*GetCapabilitiesResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{45}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{46}
 }
 
 func (x *GetCapabilitiesResponse) GetCapabilities() *Capabilities {
@@ -3188,7 +3271,7 @@ type QuotaUsage struct {
 
 func (x *QuotaUsage) Reset() {
 	*x = QuotaUsage{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[46]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[47]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3200,7 +3283,7 @@ func (x *QuotaUsage) String() string {
 func (*QuotaUsage) ProtoMessage() {}
 
 func (x *QuotaUsage) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[46]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[47]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3213,7 +3296,7 @@ func (x *QuotaUsage) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use QuotaUsage.ProtoReflect.Descriptor instead.
 func (*QuotaUsage) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{46}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{47}
 }
 
 func (x *QuotaUsage) GetLimit() int64 {
@@ -3252,7 +3335,7 @@ type GetQuotaSetRequest struct {
 
 func (x *GetQuotaSetRequest) Reset() {
 	*x = GetQuotaSetRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[47]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[48]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3264,7 +3347,7 @@ func (x *GetQuotaSetRequest) String() string {
 func (*GetQuotaSetRequest) ProtoMessage() {}
 
 func (x *GetQuotaSetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[47]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[48]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3277,7 +3360,7 @@ func (x *GetQuotaSetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaSetRequest.ProtoReflect.Descriptor instead.
 func (*GetQuotaSetRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{47}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{48}
 }
 
 func (x *GetQuotaSetRequest) GetProjectId() string {
@@ -3312,7 +3395,7 @@ type GetQuotaSetResponse struct {
 
 func (x *GetQuotaSetResponse) Reset() {
 	*x = GetQuotaSetResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[48]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[49]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3324,7 +3407,7 @@ func (x *GetQuotaSetResponse) String() string {
 func (*GetQuotaSetResponse) ProtoMessage() {}
 
 func (x *GetQuotaSetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[48]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[49]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3337,7 +3420,7 @@ func (x *GetQuotaSetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use GetQuotaSetResponse.ProtoReflect.Descriptor instead.
 func (*GetQuotaSetResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{48}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{49}
 }
 
 func (x *GetQuotaSetResponse) GetQuotaSet() map[string]*QuotaUsage {
@@ -3360,7 +3443,7 @@ type UpdateQuotaSetRequest struct {
 
 func (x *UpdateQuotaSetRequest) Reset() {
 	*x = UpdateQuotaSetRequest{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[49]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[50]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3372,7 +3455,7 @@ func (x *UpdateQuotaSetRequest) String() string {
 func (*UpdateQuotaSetRequest) ProtoMessage() {}
 
 func (x *UpdateQuotaSetRequest) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[49]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[50]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3385,7 +3468,7 @@ func (x *UpdateQuotaSetRequest) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateQuotaSetRequest.ProtoReflect.Descriptor instead.
 func (*UpdateQuotaSetRequest) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{49}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{50}
 }
 
 func (x *UpdateQuotaSetRequest) GetProjectId() string {
@@ -3419,7 +3502,7 @@ type UpdateQuotaSetResponse struct {
 
 func (x *UpdateQuotaSetResponse) Reset() {
 	*x = UpdateQuotaSetResponse{}
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[50]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[51]
 	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 	ms.StoreMessageInfo(mi)
 }
@@ -3431,7 +3514,7 @@ func (x *UpdateQuotaSetResponse) String() string {
 func (*UpdateQuotaSetResponse) ProtoMessage() {}
 
 func (x *UpdateQuotaSetResponse) ProtoReflect() protoreflect.Message {
-	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[50]
+	mi := &file_blockvault_volume_v1_volume_manager_proto_msgTypes[51]
 	if x != nil {
 		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
 		if ms.LoadMessageInfo() == nil {
@@ -3444,7 +3527,7 @@ func (x *UpdateQuotaSetResponse) ProtoReflect() protoreflect.Message {
 
 // Deprecated: Use UpdateQuotaSetResponse.ProtoReflect.Descriptor instead.
 func (*UpdateQuotaSetResponse) Descriptor() ([]byte, []int) {
-	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{50}
+	return file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP(), []int{51}
 }
 
 func (x *UpdateQuotaSetResponse) GetQuotaSet() map[string]*QuotaUsage {
@@ -3458,7 +3541,7 @@ var File_blockvault_volume_v1_volume_manager_proto protoreflect.FileDescriptor
 
 const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\n" +
-	")blockvault/volume/v1/volume_manager.proto\x12\x14blockvault.volume.v1\x1a\x1cgoogle/api/annotations.proto\"\xc7\x06\n" +
+	")blockvault/volume/v1/volume_manager.proto\x12\x14blockvault.volume.v1\x1a\x1cgoogle/api/annotations.proto\"\x8d\a\n" +
 	"\x06Volume\x12\x0e\n" +
 	"\x02id\x18\x01 \x01(\tR\x02id\x12\x1d\n" +
 	"\n" +
@@ -3489,10 +3572,17 @@ const file_blockvault_volume_v1_volume_manager_proto_rawDesc = "" +
 	"\vfail_reason\x18\x14 \x01(\tR\n" +
 	"failReason\x120\n" +
 	"\x05links\x18\x15 \x03(\v2\x1a.blockvault.volume.v1.LinkR\x05links\x12\x1c\n" +
-	"\ttemporary\x18\x16 \x01(\bR\ttemporary\x1a;\n" +
+	"\ttemporary\x18\x16 \x01(\bR\ttemporary\x12D\n" +
+	"\flive_restore\x18\x17 \x01(\v2!.blockvault.volume.v1.LiveRestoreR\vliveRestore\x1a;\n" +
 	"\rMetadataEntry\x12\x10\n" +
 	"\x03key\x18\x01 \x01(\tR\x03key\x12\x14\n" +
-	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\",\n" +
+	"\x05value\x18\x02 \x01(\tR\x05value:\x028\x01\"\x86\x01\n" +
+	"\vLiveRestore\x12\x1b\n" +
+	"\tbackup_id\x18\x01 \x01(\tR\bbackupId\x12\x16\n" +
+	"\x06status\x18\x02 \x01(\tR\x06status\x12!\n" +
+	"\fbytes_filled\x18\x03 \x01(\x03R\vbytesFilled\x12\x1f\n" +
+	"\vbytes_total\x18\x04 \x01(\x03R\n" +
+	"bytesTotal\",\n" +
 	"\x04Link\x12\x10\n" +
 	"\x03rel\x18\x01 \x01(\tR\x03rel\x12\x12\n" +
 	"\x04href\x18\x02 \x01(\tR\x04href\"\xc1\x02\n" +
@@ -3805,142 +3895,144 @@ func file_blockvault_volume_v1_volume_manager_proto_rawDescGZIP() []byte {
 	return file_blockvault_volume_v1_volume_manager_proto_rawDescData
 }
 
-var file_blockvault_volume_v1_volume_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 58)
+var file_blockvault_volume_v1_volume_manager_proto_msgTypes = make([]protoimpl.MessageInfo, 59)
 var file_blockvault_volume_v1_volume_manager_proto_goTypes = []any{
 	(*Volume)(nil),                    // 0: blockvault.volume.v1.Volume
-	(*Link)(nil),                      // 1: blockvault.volume.v1.Link
-	(*Attachment)(nil),                // 2: blockvault.volume.v1.Attachment
-	(*ConnectionInfo)(nil),            // 3: blockvault.volume.v1.ConnectionInfo
-	(*ConnectionData)(nil),            // 4: blockvault.volume.v1.ConnectionData
-	(*Connector)(nil),                 // 5: blockvault.volume.v1.Connector
-	(*Snapshot)(nil),                  // 6: blockvault.volume.v1.Snapshot
-	(*Capabilities)(nil),              // 7: blockvault.volume.v1.Capabilities
-	(*VolumeInput)(nil),               // 8: blockvault.volume.v1.VolumeInput
-	(*CreateVolumeRequest)(nil),       // 9: blockvault.volume.v1.CreateVolumeRequest
-	(*CreateVolumeResponse)(nil),      // 10: blockvault.volume.v1.CreateVolumeResponse
-	(*GetVolumeRequest)(nil),          // 11: blockvault.volume.v1.GetVolumeRequest
-	(*VolumeUpdate)(nil),              // 12: blockvault.volume.v1.VolumeUpdate
-	(*UpdateVolumeRequest)(nil),       // 13: blockvault.volume.v1.UpdateVolumeRequest
-	(*UpdateVolumeResponse)(nil),      // 14: blockvault.volume.v1.UpdateVolumeResponse
-	(*GetVolumeResponse)(nil),         // 15: blockvault.volume.v1.GetVolumeResponse
-	(*ListVolumesRequest)(nil),        // 16: blockvault.volume.v1.ListVolumesRequest
-	(*ListVolumesResponse)(nil),       // 17: blockvault.volume.v1.ListVolumesResponse
-	(*DeleteVolumeRequest)(nil),       // 18: blockvault.volume.v1.DeleteVolumeRequest
-	(*DeleteVolumeResponse)(nil),      // 19: blockvault.volume.v1.DeleteVolumeResponse
-	(*ExtendVolumeRequest)(nil),       // 20: blockvault.volume.v1.ExtendVolumeRequest
-	(*ExtendVolumeResponse)(nil),      // 21: blockvault.volume.v1.ExtendVolumeResponse
-	(*ExtendAction)(nil),              // 22: blockvault.volume.v1.ExtendAction
-	(*ResetStatusAction)(nil),         // 23: blockvault.volume.v1.ResetStatusAction
-	(*AttachAction)(nil),              // 24: blockvault.volume.v1.AttachAction
-	(*DetachAction)(nil),              // 25: blockvault.volume.v1.DetachAction
-	(*VolumeActionRequest)(nil),       // 26: blockvault.volume.v1.VolumeActionRequest
-	(*VolumeActionResponse)(nil),      // 27: blockvault.volume.v1.VolumeActionResponse
-	(*ResetVolumeStatusRequest)(nil),  // 28: blockvault.volume.v1.ResetVolumeStatusRequest
-	(*ResetVolumeStatusResponse)(nil), // 29: blockvault.volume.v1.ResetVolumeStatusResponse
-	(*AttachmentInput)(nil),           // 30: blockvault.volume.v1.AttachmentInput
-	(*AttachVolumeRequest)(nil),       // 31: blockvault.volume.v1.AttachVolumeRequest
-	(*AttachVolumeResponse)(nil),      // 32: blockvault.volume.v1.AttachVolumeResponse
-	(*DetachVolumeRequest)(nil),       // 33: blockvault.volume.v1.DetachVolumeRequest
-	(*DetachVolumeResponse)(nil),      // 34: blockvault.volume.v1.DetachVolumeResponse
-	(*SnapshotInput)(nil),             // 35: blockvault.volume.v1.SnapshotInput
-	(*CreateSnapshotRequest)(nil),     // 36: blockvault.volume.v1.CreateSnapshotRequest
-	(*CreateSnapshotResponse)(nil),    // 37: blockvault.volume.v1.CreateSnapshotResponse
-	(*GetSnapshotRequest)(nil),        // 38: blockvault.volume.v1.GetSnapshotRequest
-	(*GetSnapshotResponse)(nil),       // 39: blockvault.volume.v1.GetSnapshotResponse
-	(*ListSnapshotsRequest)(nil),      // 40: blockvault.volume.v1.ListSnapshotsRequest
-	(*ListSnapshotsResponse)(nil),     // 41: blockvault.volume.v1.ListSnapshotsResponse
-	(*DeleteSnapshotRequest)(nil),     // 42: blockvault.volume.v1.DeleteSnapshotRequest
-	(*DeleteSnapshotResponse)(nil),    // 43: blockvault.volume.v1.DeleteSnapshotResponse
-	(*GetCapabilitiesRequest)(nil),    // 44: blockvault.volume.v1.GetCapabilitiesRequest
-	(*GetCapabilitiesResponse)(nil),   // 45: blockvault.volume.v1.GetCapabilitiesResponse
-	(*QuotaUsage)(nil),                // 46: blockvault.volume.v1.QuotaUsage
-	(*GetQuotaSetRequest)(nil),        // 47: blockvault.volume.v1.GetQuotaSetRequest
-	(*GetQuotaSetResponse)(nil),       // 48: blockvault.volume.v1.GetQuotaSetResponse
-	(*UpdateQuotaSetRequest)(nil),     // 49: blockvault.volume.v1.UpdateQuotaSetRequest
-	(*UpdateQuotaSetResponse)(nil),    // 50: blockvault.volume.v1.UpdateQuotaSetResponse
-	nil,                               // 51: blockvault.volume.v1.Volume.MetadataEntry
-	nil,                               // 52: blockvault.volume.v1.Snapshot.MetadataEntry
-	nil,                               // 53: blockvault.volume.v1.VolumeInput.MetadataEntry
-	nil,                               // 54: blockvault.volume.v1.SnapshotInput.MetadataEntry
-	nil,                               // 55: blockvault.volume.v1.GetQuotaSetResponse.QuotaSetEntry
-	nil,                               // 56: blockvault.volume.v1.UpdateQuotaSetRequest.LimitsEntry
-	nil,                               // 57: blockvault.volume.v1.UpdateQuotaSetResponse.QuotaSetEntry
+	(*LiveRestore)(nil),               // 1: blockvault.volume.v1.LiveRestore
+	(*Link)(nil),                      // 2: blockvault.volume.v1.Link
+	(*Attachment)(nil),                // 3: blockvault.volume.v1.Attachment
+	(*ConnectionInfo)(nil),            // 4: blockvault.volume.v1.ConnectionInfo
+	(*ConnectionData)(nil),            // 5: blockvault.volume.v1.ConnectionData
+	(*Connector)(nil),                 // 6: blockvault.volume.v1.Connector
+	(*Snapshot)(nil),                  // 7: blockvault.volume.v1.Snapshot
+	(*Capabilities)(nil),              // 8: blockvault.volume.v1.Capabilities
+	(*VolumeInput)(nil),               // 9: blockvault.volume.v1.VolumeInput
+	(*CreateVolumeRequest)(nil),       // 10: blockvault.volume.v1.CreateVolumeRequest
+	(*CreateVolumeResponse)(nil),      // 11: blockvault.volume.v1.CreateVolumeResponse
+	(*GetVolumeRequest)(nil),          // 12: blockvault.volume.v1.GetVolumeRequest
+	(*VolumeUpdate)(nil),              // 13: blockvault.volume.v1.VolumeUpdate
+	(*UpdateVolumeRequest)(nil),       // 14: blockvault.volume.v1.UpdateVolumeRequest
+	(*UpdateVolumeResponse)(nil),      // 15: blockvault.volume.v1.UpdateVolumeResponse
+	(*GetVolumeResponse)(nil),         // 16: blockvault.volume.v1.GetVolumeResponse
+	(*ListVolumesRequest)(nil),        // 17: blockvault.volume.v1.ListVolumesRequest
+	(*ListVolumesResponse)(nil),       // 18: blockvault.volume.v1.ListVolumesResponse
+	(*DeleteVolumeRequest)(nil),       // 19: blockvault.volume.v1.DeleteVolumeRequest
+	(*DeleteVolumeResponse)(nil),      // 20: blockvault.volume.v1.DeleteVolumeResponse
+	(*ExtendVolumeRequest)(nil),       // 21: blockvault.volume.v1.ExtendVolumeRequest
+	(*ExtendVolumeResponse)(nil),      // 22: blockvault.volume.v1.ExtendVolumeResponse
+	(*ExtendAction)(nil),              // 23: blockvault.volume.v1.ExtendAction
+	(*ResetStatusAction)(nil),         // 24: blockvault.volume.v1.ResetStatusAction
+	(*AttachAction)(nil),              // 25: blockvault.volume.v1.AttachAction
+	(*DetachAction)(nil),              // 26: blockvault.volume.v1.DetachAction
+	(*VolumeActionRequest)(nil),       // 27: blockvault.volume.v1.VolumeActionRequest
+	(*VolumeActionResponse)(nil),      // 28: blockvault.volume.v1.VolumeActionResponse
+	(*ResetVolumeStatusRequest)(nil),  // 29: blockvault.volume.v1.ResetVolumeStatusRequest
+	(*ResetVolumeStatusResponse)(nil), // 30: blockvault.volume.v1.ResetVolumeStatusResponse
+	(*AttachmentInput)(nil),           // 31: blockvault.volume.v1.AttachmentInput
+	(*AttachVolumeRequest)(nil),       // 32: blockvault.volume.v1.AttachVolumeRequest
+	(*AttachVolumeResponse)(nil),      // 33: blockvault.volume.v1.AttachVolumeResponse
+	(*DetachVolumeRequest)(nil),       // 34: blockvault.volume.v1.DetachVolumeRequest
+	(*DetachVolumeResponse)(nil),      // 35: blockvault.volume.v1.DetachVolumeResponse
+	(*SnapshotInput)(nil),             // 36: blockvault.volume.v1.SnapshotInput
+	(*CreateSnapshotRequest)(nil),     // 37: blockvault.volume.v1.CreateSnapshotRequest
+	(*CreateSnapshotResponse)(nil),    // 38: blockvault.volume.v1.CreateSnapshotResponse
+	(*GetSnapshotRequest)(nil),        // 39: blockvault.volume.v1.GetSnapshotRequest
+	(*GetSnapshotResponse)(nil),       // 40: blockvault.volume.v1.GetSnapshotResponse
+	(*ListSnapshotsRequest)(nil),      // 41: blockvault.volume.v1.ListSnapshotsRequest
+	(*ListSnapshotsResponse)(nil),     // 42: blockvault.volume.v1.ListSnapshotsResponse
+	(*DeleteSnapshotRequest)(nil),     // 43: blockvault.volume.v1.DeleteSnapshotRequest
+	(*DeleteSnapshotResponse)(nil),    // 44: blockvault.volume.v1.DeleteSnapshotResponse
+	(*GetCapabilitiesRequest)(nil),    // 45: blockvault.volume.v1.GetCapabilitiesRequest
+	(*GetCapabilitiesResponse)(nil),   // 46: blockvault.volume.v1.GetCapabilitiesResponse
+	(*QuotaUsage)(nil),                // 47: blockvault.volume.v1.QuotaUsage
+	(*GetQuotaSetRequest)(nil),        // 48: blockvault.volume.v1.GetQuotaSetRequest
+	(*GetQuotaSetResponse)(nil),       // 49: blockvault.volume.v1.GetQuotaSetResponse
+	(*UpdateQuotaSetRequest)(nil),     // 50: blockvault.volume.v1.UpdateQuotaSetRequest
+	(*UpdateQuotaSetResponse)(nil),    // 51: blockvault.volume.v1.UpdateQuotaSetResponse
+	nil,                               // 52: blockvault.volume.v1.Volume.MetadataEntry
+	nil,                               // 53: blockvault.volume.v1.Snapshot.MetadataEntry
+	nil,                               // 54: blockvault.volume.v1.VolumeInput.MetadataEntry
+	nil,                               // 55: blockvault.volume.v1.SnapshotInput.MetadataEntry
+	nil,                               // 56: blockvault.volume.v1.GetQuotaSetResponse.QuotaSetEntry
+	nil,                               // 57: blockvault.volume.v1.UpdateQuotaSetRequest.LimitsEntry
+	nil,                               // 58: blockvault.volume.v1.UpdateQuotaSetResponse.QuotaSetEntry
 }
 var file_blockvault_volume_v1_volume_manager_proto_depIdxs = []int32{
-	2,  // 0: blockvault.volume.v1.Volume.attachments:type_name -> blockvault.volume.v1.Attachment
-	51, // 1: blockvault.volume.v1.Volume.metadata:type_name -> blockvault.volume.v1.Volume.MetadataEntry
-	1,  // 2: blockvault.volume.v1.Volume.links:type_name -> blockvault.volume.v1.Link
-	3,  // 3: blockvault.volume.v1.Attachment.connection_info:type_name -> blockvault.volume.v1.ConnectionInfo
-	4,  // 4: blockvault.volume.v1.ConnectionInfo.data:type_name -> blockvault.volume.v1.ConnectionData
-	52, // 5: blockvault.volume.v1.Snapshot.metadata:type_name -> blockvault.volume.v1.Snapshot.MetadataEntry
-	53, // 6: blockvault.volume.v1.VolumeInput.metadata:type_name -> blockvault.volume.v1.VolumeInput.MetadataEntry
-	8,  // 7: blockvault.volume.v1.CreateVolumeRequest.volume:type_name -> blockvault.volume.v1.VolumeInput
-	0,  // 8: blockvault.volume.v1.CreateVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
-	12, // 9: blockvault.volume.v1.UpdateVolumeRequest.volume:type_name -> blockvault.volume.v1.VolumeUpdate
-	0,  // 10: blockvault.volume.v1.UpdateVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
-	0,  // 11: blockvault.volume.v1.GetVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
-	0,  // 12: blockvault.volume.v1.ListVolumesResponse.volumes:type_name -> blockvault.volume.v1.Volume
-	1,  // 13: blockvault.volume.v1.ListVolumesResponse.volumes_links:type_name -> blockvault.volume.v1.Link
-	0,  // 14: blockvault.volume.v1.ExtendVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
-	22, // 15: blockvault.volume.v1.VolumeActionRequest.os_extend:type_name -> blockvault.volume.v1.ExtendAction
-	23, // 16: blockvault.volume.v1.VolumeActionRequest.os_reset_status:type_name -> blockvault.volume.v1.ResetStatusAction
-	24, // 17: blockvault.volume.v1.VolumeActionRequest.os_attach:type_name -> blockvault.volume.v1.AttachAction
-	25, // 18: blockvault.volume.v1.VolumeActionRequest.os_detach:type_name -> blockvault.volume.v1.DetachAction
-	0,  // 19: blockvault.volume.v1.ResetVolumeStatusResponse.volume:type_name -> blockvault.volume.v1.Volume
-	5,  // 20: blockvault.volume.v1.AttachmentInput.connector:type_name -> blockvault.volume.v1.Connector
-	30, // 21: blockvault.volume.v1.AttachVolumeRequest.attachment:type_name -> blockvault.volume.v1.AttachmentInput
-	2,  // 22: blockvault.volume.v1.AttachVolumeResponse.attachment:type_name -> blockvault.volume.v1.Attachment
-	54, // 23: blockvault.volume.v1.SnapshotInput.metadata:type_name -> blockvault.volume.v1.SnapshotInput.MetadataEntry
-	35, // 24: blockvault.volume.v1.CreateSnapshotRequest.snapshot:type_name -> blockvault.volume.v1.SnapshotInput
-	6,  // 25: blockvault.volume.v1.CreateSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
-	6,  // 26: blockvault.volume.v1.GetSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
-	6,  // 27: blockvault.volume.v1.ListSnapshotsResponse.snapshots:type_name -> blockvault.volume.v1.Snapshot
-	1,  // 28: blockvault.volume.v1.ListSnapshotsResponse.snapshots_links:type_name -> blockvault.volume.v1.Link
-	7,  // 29: blockvault.volume.v1.GetCapabilitiesResponse.capabilities:type_name -> blockvault.volume.v1.Capabilities
-	55, // 30: blockvault.volume.v1.GetQuotaSetResponse.quota_set:type_name -> blockvault.volume.v1.GetQuotaSetResponse.QuotaSetEntry
-	56, // 31: blockvault.volume.v1.UpdateQuotaSetRequest.limits:type_name -> blockvault.volume.v1.UpdateQuotaSetRequest.LimitsEntry
-	57, // 32: blockvault.volume.v1.UpdateQuotaSetResponse.quota_set:type_name -> blockvault.volume.v1.UpdateQuotaSetResponse.QuotaSetEntry
-	46, // 33: blockvault.volume.v1.GetQuotaSetResponse.QuotaSetEntry.value:type_name -> blockvault.volume.v1.QuotaUsage
-	46, // 34: blockvault.volume.v1.UpdateQuotaSetResponse.QuotaSetEntry.value:type_name -> blockvault.volume.v1.QuotaUsage
-	9,  // 35: blockvault.volume.v1.VolumeManagerService.CreateVolume:input_type -> blockvault.volume.v1.CreateVolumeRequest
-	11, // 36: blockvault.volume.v1.VolumeManagerService.GetVolume:input_type -> blockvault.volume.v1.GetVolumeRequest
-	16, // 37: blockvault.volume.v1.VolumeManagerService.ListVolumes:input_type -> blockvault.volume.v1.ListVolumesRequest
-	18, // 38: blockvault.volume.v1.VolumeManagerService.DeleteVolume:input_type -> blockvault.volume.v1.DeleteVolumeRequest
-	13, // 39: blockvault.volume.v1.VolumeManagerService.UpdateVolume:input_type -> blockvault.volume.v1.UpdateVolumeRequest
-	20, // 40: blockvault.volume.v1.VolumeManagerService.ExtendVolume:input_type -> blockvault.volume.v1.ExtendVolumeRequest
-	26, // 41: blockvault.volume.v1.VolumeManagerService.VolumeAction:input_type -> blockvault.volume.v1.VolumeActionRequest
-	28, // 42: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:input_type -> blockvault.volume.v1.ResetVolumeStatusRequest
-	31, // 43: blockvault.volume.v1.VolumeManagerService.AttachVolume:input_type -> blockvault.volume.v1.AttachVolumeRequest
-	33, // 44: blockvault.volume.v1.VolumeManagerService.DetachVolume:input_type -> blockvault.volume.v1.DetachVolumeRequest
-	36, // 45: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:input_type -> blockvault.volume.v1.CreateSnapshotRequest
-	38, // 46: blockvault.volume.v1.VolumeManagerService.GetSnapshot:input_type -> blockvault.volume.v1.GetSnapshotRequest
-	40, // 47: blockvault.volume.v1.VolumeManagerService.ListSnapshots:input_type -> blockvault.volume.v1.ListSnapshotsRequest
-	42, // 48: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:input_type -> blockvault.volume.v1.DeleteSnapshotRequest
-	47, // 49: blockvault.volume.v1.VolumeManagerService.GetQuotaSet:input_type -> blockvault.volume.v1.GetQuotaSetRequest
-	49, // 50: blockvault.volume.v1.VolumeManagerService.UpdateQuotaSet:input_type -> blockvault.volume.v1.UpdateQuotaSetRequest
-	44, // 51: blockvault.volume.v1.VolumeManagerService.GetCapabilities:input_type -> blockvault.volume.v1.GetCapabilitiesRequest
-	10, // 52: blockvault.volume.v1.VolumeManagerService.CreateVolume:output_type -> blockvault.volume.v1.CreateVolumeResponse
-	15, // 53: blockvault.volume.v1.VolumeManagerService.GetVolume:output_type -> blockvault.volume.v1.GetVolumeResponse
-	17, // 54: blockvault.volume.v1.VolumeManagerService.ListVolumes:output_type -> blockvault.volume.v1.ListVolumesResponse
-	19, // 55: blockvault.volume.v1.VolumeManagerService.DeleteVolume:output_type -> blockvault.volume.v1.DeleteVolumeResponse
-	14, // 56: blockvault.volume.v1.VolumeManagerService.UpdateVolume:output_type -> blockvault.volume.v1.UpdateVolumeResponse
-	21, // 57: blockvault.volume.v1.VolumeManagerService.ExtendVolume:output_type -> blockvault.volume.v1.ExtendVolumeResponse
-	27, // 58: blockvault.volume.v1.VolumeManagerService.VolumeAction:output_type -> blockvault.volume.v1.VolumeActionResponse
-	29, // 59: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:output_type -> blockvault.volume.v1.ResetVolumeStatusResponse
-	32, // 60: blockvault.volume.v1.VolumeManagerService.AttachVolume:output_type -> blockvault.volume.v1.AttachVolumeResponse
-	34, // 61: blockvault.volume.v1.VolumeManagerService.DetachVolume:output_type -> blockvault.volume.v1.DetachVolumeResponse
-	37, // 62: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:output_type -> blockvault.volume.v1.CreateSnapshotResponse
-	39, // 63: blockvault.volume.v1.VolumeManagerService.GetSnapshot:output_type -> blockvault.volume.v1.GetSnapshotResponse
-	41, // 64: blockvault.volume.v1.VolumeManagerService.ListSnapshots:output_type -> blockvault.volume.v1.ListSnapshotsResponse
-	43, // 65: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:output_type -> blockvault.volume.v1.DeleteSnapshotResponse
-	48, // 66: blockvault.volume.v1.VolumeManagerService.GetQuotaSet:output_type -> blockvault.volume.v1.GetQuotaSetResponse
-	50, // 67: blockvault.volume.v1.VolumeManagerService.UpdateQuotaSet:output_type -> blockvault.volume.v1.UpdateQuotaSetResponse
-	45, // 68: blockvault.volume.v1.VolumeManagerService.GetCapabilities:output_type -> blockvault.volume.v1.GetCapabilitiesResponse
-	52, // [52:69] is the sub-list for method output_type
-	35, // [35:52] is the sub-list for method input_type
-	35, // [35:35] is the sub-list for extension type_name
-	35, // [35:35] is the sub-list for extension extendee
-	0,  // [0:35] is the sub-list for field type_name
+	3,  // 0: blockvault.volume.v1.Volume.attachments:type_name -> blockvault.volume.v1.Attachment
+	52, // 1: blockvault.volume.v1.Volume.metadata:type_name -> blockvault.volume.v1.Volume.MetadataEntry
+	2,  // 2: blockvault.volume.v1.Volume.links:type_name -> blockvault.volume.v1.Link
+	1,  // 3: blockvault.volume.v1.Volume.live_restore:type_name -> blockvault.volume.v1.LiveRestore
+	4,  // 4: blockvault.volume.v1.Attachment.connection_info:type_name -> blockvault.volume.v1.ConnectionInfo
+	5,  // 5: blockvault.volume.v1.ConnectionInfo.data:type_name -> blockvault.volume.v1.ConnectionData
+	53, // 6: blockvault.volume.v1.Snapshot.metadata:type_name -> blockvault.volume.v1.Snapshot.MetadataEntry
+	54, // 7: blockvault.volume.v1.VolumeInput.metadata:type_name -> blockvault.volume.v1.VolumeInput.MetadataEntry
+	9,  // 8: blockvault.volume.v1.CreateVolumeRequest.volume:type_name -> blockvault.volume.v1.VolumeInput
+	0,  // 9: blockvault.volume.v1.CreateVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
+	13, // 10: blockvault.volume.v1.UpdateVolumeRequest.volume:type_name -> blockvault.volume.v1.VolumeUpdate
+	0,  // 11: blockvault.volume.v1.UpdateVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
+	0,  // 12: blockvault.volume.v1.GetVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
+	0,  // 13: blockvault.volume.v1.ListVolumesResponse.volumes:type_name -> blockvault.volume.v1.Volume
+	2,  // 14: blockvault.volume.v1.ListVolumesResponse.volumes_links:type_name -> blockvault.volume.v1.Link
+	0,  // 15: blockvault.volume.v1.ExtendVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
+	23, // 16: blockvault.volume.v1.VolumeActionRequest.os_extend:type_name -> blockvault.volume.v1.ExtendAction
+	24, // 17: blockvault.volume.v1.VolumeActionRequest.os_reset_status:type_name -> blockvault.volume.v1.ResetStatusAction
+	25, // 18: blockvault.volume.v1.VolumeActionRequest.os_attach:type_name -> blockvault.volume.v1.AttachAction
+	26, // 19: blockvault.volume.v1.VolumeActionRequest.os_detach:type_name -> blockvault.volume.v1.DetachAction
+	0,  // 20: blockvault.volume.v1.ResetVolumeStatusResponse.volume:type_name -> blockvault.volume.v1.Volume
+	6,  // 21: blockvault.volume.v1.AttachmentInput.connector:type_name -> blockvault.volume.v1.Connector
+	31, // 22: blockvault.volume.v1.AttachVolumeRequest.attachment:type_name -> blockvault.volume.v1.AttachmentInput
+	3,  // 23: blockvault.volume.v1.AttachVolumeResponse.attachment:type_name -> blockvault.volume.v1.Attachment
+	55, // 24: blockvault.volume.v1.SnapshotInput.metadata:type_name -> blockvault.volume.v1.SnapshotInput.MetadataEntry
+	36, // 25: blockvault.volume.v1.CreateSnapshotRequest.snapshot:type_name -> blockvault.volume.v1.SnapshotInput
+	7,  // 26: blockvault.volume.v1.CreateSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
+	7,  // 27: blockvault.volume.v1.GetSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
+	7,  // 28: blockvault.volume.v1.ListSnapshotsResponse.snapshots:type_name -> blockvault.volume.v1.Snapshot
+	2,  // 29: blockvault.volume.v1.ListSnapshotsResponse.snapshots_links:type_name -> blockvault.volume.v1.Link
+	8,  // 30: blockvault.volume.v1.GetCapabilitiesResponse.capabilities:type_name -> blockvault.volume.v1.Capabilities
+	56, // 31: blockvault.volume.v1.GetQuotaSetResponse.quota_set:type_name -> blockvault.volume.v1.GetQuotaSetResponse.QuotaSetEntry
+	57, // 32: blockvault.volume.v1.UpdateQuotaSetRequest.limits:type_name -> blockvault.volume.v1.UpdateQuotaSetRequest.LimitsEntry
+	58, // 33: blockvault.volume.v1.UpdateQuotaSetResponse.quota_set:type_name -> blockvault.volume.v1.UpdateQuotaSetResponse.QuotaSetEntry
+	47, // 34: blockvault.volume.v1.GetQuotaSetResponse.QuotaSetEntry.value:type_name -> blockvault.volume.v1.QuotaUsage
+	47, // 35: blockvault.volume.v1.UpdateQuotaSetResponse.QuotaSetEntry.value:type_name -> blockvault.volume.v1.QuotaUsage
+	10, // 36: blockvault.volume.v1.VolumeManagerService.CreateVolume:input_type -> blockvault.volume.v1.CreateVolumeRequest
+	12, // 37: blockvault.volume.v1.VolumeManagerService.GetVolume:input_type -> blockvault.volume.v1.GetVolumeRequest
+	17, // 38: blockvault.volume.v1.VolumeManagerService.ListVolumes:input_type -> blockvault.volume.v1.ListVolumesRequest
+	19, // 39: blockvault.volume.v1.VolumeManagerService.DeleteVolume:input_type -> blockvault.volume.v1.DeleteVolumeRequest
+	14, // 40: blockvault.volume.v1.VolumeManagerService.UpdateVolume:input_type -> blockvault.volume.v1.UpdateVolumeRequest
+	21, // 41: blockvault.volume.v1.VolumeManagerService.ExtendVolume:input_type -> blockvault.volume.v1.ExtendVolumeRequest
+	27, // 42: blockvault.volume.v1.VolumeManagerService.VolumeAction:input_type -> blockvault.volume.v1.VolumeActionRequest
+	29, // 43: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:input_type -> blockvault.volume.v1.ResetVolumeStatusRequest
+	32, // 44: blockvault.volume.v1.VolumeManagerService.AttachVolume:input_type -> blockvault.volume.v1.AttachVolumeRequest
+	34, // 45: blockvault.volume.v1.VolumeManagerService.DetachVolume:input_type -> blockvault.volume.v1.DetachVolumeRequest
+	37, // 46: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:input_type -> blockvault.volume.v1.CreateSnapshotRequest
+	39, // 47: blockvault.volume.v1.VolumeManagerService.GetSnapshot:input_type -> blockvault.volume.v1.GetSnapshotRequest
+	41, // 48: blockvault.volume.v1.VolumeManagerService.ListSnapshots:input_type -> blockvault.volume.v1.ListSnapshotsRequest
+	43, // 49: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:input_type -> blockvault.volume.v1.DeleteSnapshotRequest
+	48, // 50: blockvault.volume.v1.VolumeManagerService.GetQuotaSet:input_type -> blockvault.volume.v1.GetQuotaSetRequest
+	50, // 51: blockvault.volume.v1.VolumeManagerService.UpdateQuotaSet:input_type -> blockvault.volume.v1.UpdateQuotaSetRequest
+	45, // 52: blockvault.volume.v1.VolumeManagerService.GetCapabilities:input_type -> blockvault.volume.v1.GetCapabilitiesRequest
+	11, // 53: blockvault.volume.v1.VolumeManagerService.CreateVolume:output_type -> blockvault.volume.v1.CreateVolumeResponse
+	16, // 54: blockvault.volume.v1.VolumeManagerService.GetVolume:output_type -> blockvault.volume.v1.GetVolumeResponse
+	18, // 55: blockvault.volume.v1.VolumeManagerService.ListVolumes:output_type -> blockvault.volume.v1.ListVolumesResponse
+	20, // 56: blockvault.volume.v1.VolumeManagerService.DeleteVolume:output_type -> blockvault.volume.v1.DeleteVolumeResponse
+	15, // 57: blockvault.volume.v1.VolumeManagerService.UpdateVolume:output_type -> blockvault.volume.v1.UpdateVolumeResponse
+	22, // 58: blockvault.volume.v1.VolumeManagerService.ExtendVolume:output_type -> blockvault.volume.v1.ExtendVolumeResponse
+	28, // 59: blockvault.volume.v1.VolumeManagerService.VolumeAction:output_type -> blockvault.volume.v1.VolumeActionResponse
+	30, // 60: blockvault.volume.v1.VolumeManagerService.ResetVolumeStatus:output_type -> blockvault.volume.v1.ResetVolumeStatusResponse
+	33, // 61: blockvault.volume.v1.VolumeManagerService.AttachVolume:output_type -> blockvault.volume.v1.AttachVolumeResponse
+	35, // 62: blockvault.volume.v1.VolumeManagerService.DetachVolume:output_type -> blockvault.volume.v1.DetachVolumeResponse
+	38, // 63: blockvault.volume.v1.VolumeManagerService.CreateSnapshot:output_type -> blockvault.volume.v1.CreateSnapshotResponse
+	40, // 64: blockvault.volume.v1.VolumeManagerService.GetSnapshot:output_type -> blockvault.volume.v1.GetSnapshotResponse
+	42, // 65: blockvault.volume.v1.VolumeManagerService.ListSnapshots:output_type -> blockvault.volume.v1.ListSnapshotsResponse
+	44, // 66: blockvault.volume.v1.VolumeManagerService.DeleteSnapshot:output_type -> blockvault.volume.v1.DeleteSnapshotResponse
+	49, // 67: blockvault.volume.v1.VolumeManagerService.GetQuotaSet:output_type -> blockvault.volume.v1.GetQuotaSetResponse
+	51, // 68: blockvault.volume.v1.VolumeManagerService.UpdateQuotaSet:output_type -> blockvault.volume.v1.UpdateQuotaSetResponse
+	46, // 69: blockvault.volume.v1.VolumeManagerService.GetCapabilities:output_type -> blockvault.volume.v1.GetCapabilitiesResponse
+	53, // [53:70] is the sub-list for method output_type
+	36, // [36:53] is the sub-list for method input_type
+	36, // [36:36] is the sub-list for extension type_name
+	36, // [36:36] is the sub-list for extension extendee
+	0,  // [0:36] is the sub-list for field type_name
 }
 
 func init() { file_blockvault_volume_v1_volume_manager_proto_init() }
@@ -3948,8 +4040,8 @@ func file_blockvault_volume_v1_volume_manager_proto_init() {
 	if File_blockvault_volume_v1_volume_manager_proto != nil {
 		return
 	}
-	file_blockvault_volume_v1_volume_manager_proto_msgTypes[12].OneofWrappers = []any{}
-	file_blockvault_volume_v1_volume_manager_proto_msgTypes[26].OneofWrappers = []any{
+	file_blockvault_volume_v1_volume_manager_proto_msgTypes[13].OneofWrappers = []any{}
+	file_blockvault_volume_v1_volume_manager_proto_msgTypes[27].OneofWrappers = []any{
 		(*VolumeActionRequest_OsExtend)(nil),
 		(*VolumeActionRequest_OsResetStatus)(nil),
 		(*VolumeActionRequest_OsAttach)(nil),
@@ -3961,7 +4053,7 @@ func file_blockvault_volume_v1_volume_manager_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_blockvault_volume_v1_volume_manager_proto_rawDesc), len(file_blockvault_volume_v1_volume_manager_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   58,
+			NumMessages:   59,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

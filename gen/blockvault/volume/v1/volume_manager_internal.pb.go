@@ -1204,6 +1204,132 @@ func (x *AttachForBackupResponse) GetAttachment() *Attachment {
 	return nil
 }
 
+// StartLiveRestoreRequest is the request of StartLiveRestore.
+type StartLiveRestoreRequest struct {
+	state     protoimpl.MessageState `protogen:"open.v1"`
+	ProjectId string                 `protobuf:"bytes,1,opt,name=project_id,json=projectId,proto3" json:"project_id,omitempty"`
+	VolumeId  string                 `protobuf:"bytes,2,opt,name=volume_id,json=volumeId,proto3" json:"volume_id,omitempty"`
+	// The backup restored: the fill's source identity (a resumed fill checks
+	// it).
+	BackupId string `protobuf:"bytes,3,opt,name=backup_id,json=backupId,proto3" json:"backup_id,omitempty"`
+	// The backup service's NBD export of the backup (read-only).
+	Source *ConnectionInfo `protobuf:"bytes,4,opt,name=source,proto3" json:"source,omitempty"`
+	// The backup's size in bytes (the volume may be larger).
+	SizeBytes     int64 `protobuf:"varint,5,opt,name=size_bytes,json=sizeBytes,proto3" json:"size_bytes,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartLiveRestoreRequest) Reset() {
+	*x = StartLiveRestoreRequest{}
+	mi := &file_blockvault_volume_v1_volume_manager_internal_proto_msgTypes[21]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartLiveRestoreRequest) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartLiveRestoreRequest) ProtoMessage() {}
+
+func (x *StartLiveRestoreRequest) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_volume_v1_volume_manager_internal_proto_msgTypes[21]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartLiveRestoreRequest.ProtoReflect.Descriptor instead.
+func (*StartLiveRestoreRequest) Descriptor() ([]byte, []int) {
+	return file_blockvault_volume_v1_volume_manager_internal_proto_rawDescGZIP(), []int{21}
+}
+
+func (x *StartLiveRestoreRequest) GetProjectId() string {
+	if x != nil {
+		return x.ProjectId
+	}
+	return ""
+}
+
+func (x *StartLiveRestoreRequest) GetVolumeId() string {
+	if x != nil {
+		return x.VolumeId
+	}
+	return ""
+}
+
+func (x *StartLiveRestoreRequest) GetBackupId() string {
+	if x != nil {
+		return x.BackupId
+	}
+	return ""
+}
+
+func (x *StartLiveRestoreRequest) GetSource() *ConnectionInfo {
+	if x != nil {
+		return x.Source
+	}
+	return nil
+}
+
+func (x *StartLiveRestoreRequest) GetSizeBytes() int64 {
+	if x != nil {
+		return x.SizeBytes
+	}
+	return 0
+}
+
+// StartLiveRestoreResponse is the response of StartLiveRestore.
+type StartLiveRestoreResponse struct {
+	state         protoimpl.MessageState `protogen:"open.v1"`
+	Volume        *Volume                `protobuf:"bytes,1,opt,name=volume,proto3" json:"volume,omitempty"`
+	unknownFields protoimpl.UnknownFields
+	sizeCache     protoimpl.SizeCache
+}
+
+func (x *StartLiveRestoreResponse) Reset() {
+	*x = StartLiveRestoreResponse{}
+	mi := &file_blockvault_volume_v1_volume_manager_internal_proto_msgTypes[22]
+	ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+	ms.StoreMessageInfo(mi)
+}
+
+func (x *StartLiveRestoreResponse) String() string {
+	return protoimpl.X.MessageStringOf(x)
+}
+
+func (*StartLiveRestoreResponse) ProtoMessage() {}
+
+func (x *StartLiveRestoreResponse) ProtoReflect() protoreflect.Message {
+	mi := &file_blockvault_volume_v1_volume_manager_internal_proto_msgTypes[22]
+	if x != nil {
+		ms := protoimpl.X.MessageStateOf(protoimpl.Pointer(x))
+		if ms.LoadMessageInfo() == nil {
+			ms.StoreMessageInfo(mi)
+		}
+		return ms
+	}
+	return mi.MessageOf(x)
+}
+
+// Deprecated: Use StartLiveRestoreResponse.ProtoReflect.Descriptor instead.
+func (*StartLiveRestoreResponse) Descriptor() ([]byte, []int) {
+	return file_blockvault_volume_v1_volume_manager_internal_proto_rawDescGZIP(), []int{22}
+}
+
+func (x *StartLiveRestoreResponse) GetVolume() *Volume {
+	if x != nil {
+		return x.Volume
+	}
+	return nil
+}
+
 var File_blockvault_volume_v1_volume_manager_internal_proto protoreflect.FileDescriptor
 
 const file_blockvault_volume_v1_volume_manager_internal_proto_rawDesc = "" +
@@ -1297,13 +1423,24 @@ const file_blockvault_volume_v1_volume_manager_internal_proto_rawDesc = "" +
 	"\x17AttachForBackupResponse\x12@\n" +
 	"\n" +
 	"attachment\x18\x01 \x01(\v2 .blockvault.volume.v1.AttachmentR\n" +
-	"attachment2\xf1\b\n" +
+	"attachment\"\xcf\x01\n" +
+	"\x17StartLiveRestoreRequest\x12\x1d\n" +
+	"\n" +
+	"project_id\x18\x01 \x01(\tR\tprojectId\x12\x1b\n" +
+	"\tvolume_id\x18\x02 \x01(\tR\bvolumeId\x12\x1b\n" +
+	"\tbackup_id\x18\x03 \x01(\tR\bbackupId\x12<\n" +
+	"\x06source\x18\x04 \x01(\v2$.blockvault.volume.v1.ConnectionInfoR\x06source\x12\x1d\n" +
+	"\n" +
+	"size_bytes\x18\x05 \x01(\x03R\tsizeBytes\"P\n" +
+	"\x18StartLiveRestoreResponse\x124\n" +
+	"\x06volume\x18\x01 \x01(\v2\x1c.blockvault.volume.v1.VolumeR\x06volume2\xe4\t\n" +
 	"\x1cVolumeManagerInternalService\x12b\n" +
 	"\vBeginBackup\x12(.blockvault.volume.v1.BeginBackupRequest\x1a).blockvault.volume.v1.BeginBackupResponse\x12\\\n" +
 	"\tEndBackup\x12&.blockvault.volume.v1.EndBackupRequest\x1a'.blockvault.volume.v1.EndBackupResponse\x12e\n" +
 	"\fBeginRestore\x12).blockvault.volume.v1.BeginRestoreRequest\x1a*.blockvault.volume.v1.BeginRestoreResponse\x12_\n" +
 	"\n" +
-	"EndRestore\x12'.blockvault.volume.v1.EndRestoreRequest\x1a(.blockvault.volume.v1.EndRestoreResponse\x12k\n" +
+	"EndRestore\x12'.blockvault.volume.v1.EndRestoreRequest\x1a(.blockvault.volume.v1.EndRestoreResponse\x12q\n" +
+	"\x10StartLiveRestore\x12-.blockvault.volume.v1.StartLiveRestoreRequest\x1a..blockvault.volume.v1.StartLiveRestoreResponse\x12k\n" +
 	"\x0eAttachSnapshot\x12+.blockvault.volume.v1.AttachSnapshotRequest\x1a,.blockvault.volume.v1.AttachSnapshotResponse\x12k\n" +
 	"\x0eDetachSnapshot\x12+.blockvault.volume.v1.DetachSnapshotRequest\x1a,.blockvault.volume.v1.DetachSnapshotResponse\x12q\n" +
 	"\x10GetChangedRanges\x12-.blockvault.volume.v1.GetChangedRangesRequest\x1a..blockvault.volume.v1.GetChangedRangesResponse\x12n\n" +
@@ -1323,7 +1460,7 @@ func file_blockvault_volume_v1_volume_manager_internal_proto_rawDescGZIP() []byt
 	return file_blockvault_volume_v1_volume_manager_internal_proto_rawDescData
 }
 
-var file_blockvault_volume_v1_volume_manager_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 21)
+var file_blockvault_volume_v1_volume_manager_internal_proto_msgTypes = make([]protoimpl.MessageInfo, 23)
 var file_blockvault_volume_v1_volume_manager_internal_proto_goTypes = []any{
 	(*BeginBackupRequest)(nil),              // 0: blockvault.volume.v1.BeginBackupRequest
 	(*BeginBackupResponse)(nil),             // 1: blockvault.volume.v1.BeginBackupResponse
@@ -1346,53 +1483,59 @@ var file_blockvault_volume_v1_volume_manager_internal_proto_goTypes = []any{
 	(*CreateTemporaryVolumeResponse)(nil),   // 18: blockvault.volume.v1.CreateTemporaryVolumeResponse
 	(*AttachForBackupRequest)(nil),          // 19: blockvault.volume.v1.AttachForBackupRequest
 	(*AttachForBackupResponse)(nil),         // 20: blockvault.volume.v1.AttachForBackupResponse
-	(*Volume)(nil),                          // 21: blockvault.volume.v1.Volume
-	(*Snapshot)(nil),                        // 22: blockvault.volume.v1.Snapshot
-	(*Connector)(nil),                       // 23: blockvault.volume.v1.Connector
-	(*ConnectionInfo)(nil),                  // 24: blockvault.volume.v1.ConnectionInfo
-	(*AttachmentInput)(nil),                 // 25: blockvault.volume.v1.AttachmentInput
-	(*Attachment)(nil),                      // 26: blockvault.volume.v1.Attachment
+	(*StartLiveRestoreRequest)(nil),         // 21: blockvault.volume.v1.StartLiveRestoreRequest
+	(*StartLiveRestoreResponse)(nil),        // 22: blockvault.volume.v1.StartLiveRestoreResponse
+	(*Volume)(nil),                          // 23: blockvault.volume.v1.Volume
+	(*Snapshot)(nil),                        // 24: blockvault.volume.v1.Snapshot
+	(*Connector)(nil),                       // 25: blockvault.volume.v1.Connector
+	(*ConnectionInfo)(nil),                  // 26: blockvault.volume.v1.ConnectionInfo
+	(*AttachmentInput)(nil),                 // 27: blockvault.volume.v1.AttachmentInput
+	(*Attachment)(nil),                      // 28: blockvault.volume.v1.Attachment
 }
 var file_blockvault_volume_v1_volume_manager_internal_proto_depIdxs = []int32{
-	21, // 0: blockvault.volume.v1.BeginBackupResponse.volume:type_name -> blockvault.volume.v1.Volume
-	22, // 1: blockvault.volume.v1.BeginBackupResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
-	21, // 2: blockvault.volume.v1.EndBackupResponse.volume:type_name -> blockvault.volume.v1.Volume
-	22, // 3: blockvault.volume.v1.EndBackupResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
-	21, // 4: blockvault.volume.v1.BeginRestoreResponse.volume:type_name -> blockvault.volume.v1.Volume
-	21, // 5: blockvault.volume.v1.EndRestoreResponse.volume:type_name -> blockvault.volume.v1.Volume
-	23, // 6: blockvault.volume.v1.AttachSnapshotRequest.connector:type_name -> blockvault.volume.v1.Connector
-	24, // 7: blockvault.volume.v1.AttachSnapshotResponse.connection_info:type_name -> blockvault.volume.v1.ConnectionInfo
-	22, // 8: blockvault.volume.v1.AttachSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
+	23, // 0: blockvault.volume.v1.BeginBackupResponse.volume:type_name -> blockvault.volume.v1.Volume
+	24, // 1: blockvault.volume.v1.BeginBackupResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
+	23, // 2: blockvault.volume.v1.EndBackupResponse.volume:type_name -> blockvault.volume.v1.Volume
+	24, // 3: blockvault.volume.v1.EndBackupResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
+	23, // 4: blockvault.volume.v1.BeginRestoreResponse.volume:type_name -> blockvault.volume.v1.Volume
+	23, // 5: blockvault.volume.v1.EndRestoreResponse.volume:type_name -> blockvault.volume.v1.Volume
+	25, // 6: blockvault.volume.v1.AttachSnapshotRequest.connector:type_name -> blockvault.volume.v1.Connector
+	26, // 7: blockvault.volume.v1.AttachSnapshotResponse.connection_info:type_name -> blockvault.volume.v1.ConnectionInfo
+	24, // 8: blockvault.volume.v1.AttachSnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
 	13, // 9: blockvault.volume.v1.GetChangedRangesResponse.ranges:type_name -> blockvault.volume.v1.ByteRange
-	22, // 10: blockvault.volume.v1.CreateTemporarySnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
-	21, // 11: blockvault.volume.v1.CreateTemporaryVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
-	25, // 12: blockvault.volume.v1.AttachForBackupRequest.attachment:type_name -> blockvault.volume.v1.AttachmentInput
-	26, // 13: blockvault.volume.v1.AttachForBackupResponse.attachment:type_name -> blockvault.volume.v1.Attachment
-	0,  // 14: blockvault.volume.v1.VolumeManagerInternalService.BeginBackup:input_type -> blockvault.volume.v1.BeginBackupRequest
-	2,  // 15: blockvault.volume.v1.VolumeManagerInternalService.EndBackup:input_type -> blockvault.volume.v1.EndBackupRequest
-	4,  // 16: blockvault.volume.v1.VolumeManagerInternalService.BeginRestore:input_type -> blockvault.volume.v1.BeginRestoreRequest
-	6,  // 17: blockvault.volume.v1.VolumeManagerInternalService.EndRestore:input_type -> blockvault.volume.v1.EndRestoreRequest
-	8,  // 18: blockvault.volume.v1.VolumeManagerInternalService.AttachSnapshot:input_type -> blockvault.volume.v1.AttachSnapshotRequest
-	10, // 19: blockvault.volume.v1.VolumeManagerInternalService.DetachSnapshot:input_type -> blockvault.volume.v1.DetachSnapshotRequest
-	12, // 20: blockvault.volume.v1.VolumeManagerInternalService.GetChangedRanges:input_type -> blockvault.volume.v1.GetChangedRangesRequest
-	19, // 21: blockvault.volume.v1.VolumeManagerInternalService.AttachForBackup:input_type -> blockvault.volume.v1.AttachForBackupRequest
-	15, // 22: blockvault.volume.v1.VolumeManagerInternalService.CreateTemporarySnapshot:input_type -> blockvault.volume.v1.CreateTemporarySnapshotRequest
-	17, // 23: blockvault.volume.v1.VolumeManagerInternalService.CreateTemporaryVolume:input_type -> blockvault.volume.v1.CreateTemporaryVolumeRequest
-	1,  // 24: blockvault.volume.v1.VolumeManagerInternalService.BeginBackup:output_type -> blockvault.volume.v1.BeginBackupResponse
-	3,  // 25: blockvault.volume.v1.VolumeManagerInternalService.EndBackup:output_type -> blockvault.volume.v1.EndBackupResponse
-	5,  // 26: blockvault.volume.v1.VolumeManagerInternalService.BeginRestore:output_type -> blockvault.volume.v1.BeginRestoreResponse
-	7,  // 27: blockvault.volume.v1.VolumeManagerInternalService.EndRestore:output_type -> blockvault.volume.v1.EndRestoreResponse
-	9,  // 28: blockvault.volume.v1.VolumeManagerInternalService.AttachSnapshot:output_type -> blockvault.volume.v1.AttachSnapshotResponse
-	11, // 29: blockvault.volume.v1.VolumeManagerInternalService.DetachSnapshot:output_type -> blockvault.volume.v1.DetachSnapshotResponse
-	14, // 30: blockvault.volume.v1.VolumeManagerInternalService.GetChangedRanges:output_type -> blockvault.volume.v1.GetChangedRangesResponse
-	20, // 31: blockvault.volume.v1.VolumeManagerInternalService.AttachForBackup:output_type -> blockvault.volume.v1.AttachForBackupResponse
-	16, // 32: blockvault.volume.v1.VolumeManagerInternalService.CreateTemporarySnapshot:output_type -> blockvault.volume.v1.CreateTemporarySnapshotResponse
-	18, // 33: blockvault.volume.v1.VolumeManagerInternalService.CreateTemporaryVolume:output_type -> blockvault.volume.v1.CreateTemporaryVolumeResponse
-	24, // [24:34] is the sub-list for method output_type
-	14, // [14:24] is the sub-list for method input_type
-	14, // [14:14] is the sub-list for extension type_name
-	14, // [14:14] is the sub-list for extension extendee
-	0,  // [0:14] is the sub-list for field type_name
+	24, // 10: blockvault.volume.v1.CreateTemporarySnapshotResponse.snapshot:type_name -> blockvault.volume.v1.Snapshot
+	23, // 11: blockvault.volume.v1.CreateTemporaryVolumeResponse.volume:type_name -> blockvault.volume.v1.Volume
+	27, // 12: blockvault.volume.v1.AttachForBackupRequest.attachment:type_name -> blockvault.volume.v1.AttachmentInput
+	28, // 13: blockvault.volume.v1.AttachForBackupResponse.attachment:type_name -> blockvault.volume.v1.Attachment
+	26, // 14: blockvault.volume.v1.StartLiveRestoreRequest.source:type_name -> blockvault.volume.v1.ConnectionInfo
+	23, // 15: blockvault.volume.v1.StartLiveRestoreResponse.volume:type_name -> blockvault.volume.v1.Volume
+	0,  // 16: blockvault.volume.v1.VolumeManagerInternalService.BeginBackup:input_type -> blockvault.volume.v1.BeginBackupRequest
+	2,  // 17: blockvault.volume.v1.VolumeManagerInternalService.EndBackup:input_type -> blockvault.volume.v1.EndBackupRequest
+	4,  // 18: blockvault.volume.v1.VolumeManagerInternalService.BeginRestore:input_type -> blockvault.volume.v1.BeginRestoreRequest
+	6,  // 19: blockvault.volume.v1.VolumeManagerInternalService.EndRestore:input_type -> blockvault.volume.v1.EndRestoreRequest
+	21, // 20: blockvault.volume.v1.VolumeManagerInternalService.StartLiveRestore:input_type -> blockvault.volume.v1.StartLiveRestoreRequest
+	8,  // 21: blockvault.volume.v1.VolumeManagerInternalService.AttachSnapshot:input_type -> blockvault.volume.v1.AttachSnapshotRequest
+	10, // 22: blockvault.volume.v1.VolumeManagerInternalService.DetachSnapshot:input_type -> blockvault.volume.v1.DetachSnapshotRequest
+	12, // 23: blockvault.volume.v1.VolumeManagerInternalService.GetChangedRanges:input_type -> blockvault.volume.v1.GetChangedRangesRequest
+	19, // 24: blockvault.volume.v1.VolumeManagerInternalService.AttachForBackup:input_type -> blockvault.volume.v1.AttachForBackupRequest
+	15, // 25: blockvault.volume.v1.VolumeManagerInternalService.CreateTemporarySnapshot:input_type -> blockvault.volume.v1.CreateTemporarySnapshotRequest
+	17, // 26: blockvault.volume.v1.VolumeManagerInternalService.CreateTemporaryVolume:input_type -> blockvault.volume.v1.CreateTemporaryVolumeRequest
+	1,  // 27: blockvault.volume.v1.VolumeManagerInternalService.BeginBackup:output_type -> blockvault.volume.v1.BeginBackupResponse
+	3,  // 28: blockvault.volume.v1.VolumeManagerInternalService.EndBackup:output_type -> blockvault.volume.v1.EndBackupResponse
+	5,  // 29: blockvault.volume.v1.VolumeManagerInternalService.BeginRestore:output_type -> blockvault.volume.v1.BeginRestoreResponse
+	7,  // 30: blockvault.volume.v1.VolumeManagerInternalService.EndRestore:output_type -> blockvault.volume.v1.EndRestoreResponse
+	22, // 31: blockvault.volume.v1.VolumeManagerInternalService.StartLiveRestore:output_type -> blockvault.volume.v1.StartLiveRestoreResponse
+	9,  // 32: blockvault.volume.v1.VolumeManagerInternalService.AttachSnapshot:output_type -> blockvault.volume.v1.AttachSnapshotResponse
+	11, // 33: blockvault.volume.v1.VolumeManagerInternalService.DetachSnapshot:output_type -> blockvault.volume.v1.DetachSnapshotResponse
+	14, // 34: blockvault.volume.v1.VolumeManagerInternalService.GetChangedRanges:output_type -> blockvault.volume.v1.GetChangedRangesResponse
+	20, // 35: blockvault.volume.v1.VolumeManagerInternalService.AttachForBackup:output_type -> blockvault.volume.v1.AttachForBackupResponse
+	16, // 36: blockvault.volume.v1.VolumeManagerInternalService.CreateTemporarySnapshot:output_type -> blockvault.volume.v1.CreateTemporarySnapshotResponse
+	18, // 37: blockvault.volume.v1.VolumeManagerInternalService.CreateTemporaryVolume:output_type -> blockvault.volume.v1.CreateTemporaryVolumeResponse
+	27, // [27:38] is the sub-list for method output_type
+	16, // [16:27] is the sub-list for method input_type
+	16, // [16:16] is the sub-list for extension type_name
+	16, // [16:16] is the sub-list for extension extendee
+	0,  // [0:16] is the sub-list for field type_name
 }
 
 func init() { file_blockvault_volume_v1_volume_manager_internal_proto_init() }
@@ -1407,7 +1550,7 @@ func file_blockvault_volume_v1_volume_manager_internal_proto_init() {
 			GoPackagePath: reflect.TypeOf(x{}).PkgPath(),
 			RawDescriptor: unsafe.Slice(unsafe.StringData(file_blockvault_volume_v1_volume_manager_internal_proto_rawDesc), len(file_blockvault_volume_v1_volume_manager_internal_proto_rawDesc)),
 			NumEnums:      0,
-			NumMessages:   21,
+			NumMessages:   23,
 			NumExtensions: 0,
 			NumServices:   1,
 		},

@@ -29,6 +29,7 @@ const (
 	VolumeManagerInternalService_EndBackup_FullMethodName               = "/blockvault.volume.v1.VolumeManagerInternalService/EndBackup"
 	VolumeManagerInternalService_BeginRestore_FullMethodName            = "/blockvault.volume.v1.VolumeManagerInternalService/BeginRestore"
 	VolumeManagerInternalService_EndRestore_FullMethodName              = "/blockvault.volume.v1.VolumeManagerInternalService/EndRestore"
+	VolumeManagerInternalService_StartLiveRestore_FullMethodName        = "/blockvault.volume.v1.VolumeManagerInternalService/StartLiveRestore"
 	VolumeManagerInternalService_AttachSnapshot_FullMethodName          = "/blockvault.volume.v1.VolumeManagerInternalService/AttachSnapshot"
 	VolumeManagerInternalService_DetachSnapshot_FullMethodName          = "/blockvault.volume.v1.VolumeManagerInternalService/DetachSnapshot"
 	VolumeManagerInternalService_GetChangedRanges_FullMethodName        = "/blockvault.volume.v1.VolumeManagerInternalService/GetChangedRanges"
@@ -54,6 +55,15 @@ type VolumeManagerInternalServiceClient interface {
 	BeginRestore(ctx context.Context, in *BeginRestoreRequest, opts ...grpc.CallOption) (*BeginRestoreResponse, error)
 	// EndRestore moves a restoring volume to available, or error_restoring.
 	EndRestore(ctx context.Context, in *EndRestoreRequest, opts ...grpc.CallOption) (*EndRestoreResponse, error)
+	// StartLiveRestore makes a restoring-backup volume usable at once (a live
+	// restore): it becomes available with live_restore set, and every export
+	// of it is served through a fill device, reads of what is not filled yet
+	// from source (the backup service's read-only NBD export of the backup),
+	// while a background fill copies the rest; writes are kept, never
+	// overwritten by the fill. Called again for the same volume and backup
+	// (the backup service restarted and exports the backup anew), it only
+	// points the fill at the new source.
+	StartLiveRestore(ctx context.Context, in *StartLiveRestoreRequest, opts ...grpc.CallOption) (*StartLiveRestoreResponse, error)
 	// AttachSnapshot is the seed's create_export_snapshot +
 	// initialize_connection_snapshot: a read-only export of a snapshot, with
 	// its credentials kept in provider_auth.
@@ -120,6 +130,16 @@ func (c *volumeManagerInternalServiceClient) EndRestore(ctx context.Context, in 
 	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
 	out := new(EndRestoreResponse)
 	err := c.cc.Invoke(ctx, VolumeManagerInternalService_EndRestore_FullMethodName, in, out, cOpts...)
+	if err != nil {
+		return nil, err
+	}
+	return out, nil
+}
+
+func (c *volumeManagerInternalServiceClient) StartLiveRestore(ctx context.Context, in *StartLiveRestoreRequest, opts ...grpc.CallOption) (*StartLiveRestoreResponse, error) {
+	cOpts := append([]grpc.CallOption{grpc.StaticMethod()}, opts...)
+	out := new(StartLiveRestoreResponse)
+	err := c.cc.Invoke(ctx, VolumeManagerInternalService_StartLiveRestore_FullMethodName, in, out, cOpts...)
 	if err != nil {
 		return nil, err
 	}
@@ -203,6 +223,15 @@ type VolumeManagerInternalServiceServer interface {
 	BeginRestore(context.Context, *BeginRestoreRequest) (*BeginRestoreResponse, error)
 	// EndRestore moves a restoring volume to available, or error_restoring.
 	EndRestore(context.Context, *EndRestoreRequest) (*EndRestoreResponse, error)
+	// StartLiveRestore makes a restoring-backup volume usable at once (a live
+	// restore): it becomes available with live_restore set, and every export
+	// of it is served through a fill device, reads of what is not filled yet
+	// from source (the backup service's read-only NBD export of the backup),
+	// while a background fill copies the rest; writes are kept, never
+	// overwritten by the fill. Called again for the same volume and backup
+	// (the backup service restarted and exports the backup anew), it only
+	// points the fill at the new source.
+	StartLiveRestore(context.Context, *StartLiveRestoreRequest) (*StartLiveRestoreResponse, error)
 	// AttachSnapshot is the seed's create_export_snapshot +
 	// initialize_connection_snapshot: a read-only export of a snapshot, with
 	// its credentials kept in provider_auth.
@@ -246,6 +275,9 @@ func (UnimplementedVolumeManagerInternalServiceServer) BeginRestore(context.Cont
 }
 func (UnimplementedVolumeManagerInternalServiceServer) EndRestore(context.Context, *EndRestoreRequest) (*EndRestoreResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method EndRestore not implemented")
+}
+func (UnimplementedVolumeManagerInternalServiceServer) StartLiveRestore(context.Context, *StartLiveRestoreRequest) (*StartLiveRestoreResponse, error) {
+	return nil, status.Error(codes.Unimplemented, "method StartLiveRestore not implemented")
 }
 func (UnimplementedVolumeManagerInternalServiceServer) AttachSnapshot(context.Context, *AttachSnapshotRequest) (*AttachSnapshotResponse, error) {
 	return nil, status.Error(codes.Unimplemented, "method AttachSnapshot not implemented")
@@ -355,6 +387,24 @@ func _VolumeManagerInternalService_EndRestore_Handler(srv interface{}, ctx conte
 	}
 	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
 		return srv.(VolumeManagerInternalServiceServer).EndRestore(ctx, req.(*EndRestoreRequest))
+	}
+	return interceptor(ctx, in, info, handler)
+}
+
+func _VolumeManagerInternalService_StartLiveRestore_Handler(srv interface{}, ctx context.Context, dec func(interface{}) error, interceptor grpc.UnaryServerInterceptor) (interface{}, error) {
+	in := new(StartLiveRestoreRequest)
+	if err := dec(in); err != nil {
+		return nil, err
+	}
+	if interceptor == nil {
+		return srv.(VolumeManagerInternalServiceServer).StartLiveRestore(ctx, in)
+	}
+	info := &grpc.UnaryServerInfo{
+		Server:     srv,
+		FullMethod: VolumeManagerInternalService_StartLiveRestore_FullMethodName,
+	}
+	handler := func(ctx context.Context, req interface{}) (interface{}, error) {
+		return srv.(VolumeManagerInternalServiceServer).StartLiveRestore(ctx, req.(*StartLiveRestoreRequest))
 	}
 	return interceptor(ctx, in, info, handler)
 }
@@ -489,6 +539,10 @@ var VolumeManagerInternalService_ServiceDesc = grpc.ServiceDesc{
 		{
 			MethodName: "EndRestore",
 			Handler:    _VolumeManagerInternalService_EndRestore_Handler,
+		},
+		{
+			MethodName: "StartLiveRestore",
+			Handler:    _VolumeManagerInternalService_StartLiveRestore_Handler,
 		},
 		{
 			MethodName: "AttachSnapshot",
