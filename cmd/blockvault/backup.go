@@ -135,6 +135,9 @@ func backupRestoreCmd(g *globals) *cobra.Command {
 			if g.output == "table" {
 				fields(stdout, "backup_id", r.GetRestore().GetBackupId(), "volume_id", r.GetRestore().GetVolumeId(),
 					"volume_name", r.GetRestore().GetVolumeName())
+				if in.Live {
+					fmt.Fprintln(stdout, "live: the volume is usable now; it fills from the backup in the background")
+				}
 			}
 			if !wait {
 				return nil
@@ -148,6 +151,7 @@ func backupRestoreCmd(g *globals) *cobra.Command {
 	f.StringVar(&in.VolumeId, "volume", "", "an existing available volume to restore into")
 	f.StringVar(&in.Name, "name", "", "name of the new volume")
 	f.BoolVar(&wait, "wait", false, "show progress until the restore ends")
+	f.BoolVar(&in.Live, "live", false, "live restore: the new volume is usable (attach it) as soon as this returns, served from the backup while a background fill copies it; --wait follows the fill")
 	return cmd
 }
 

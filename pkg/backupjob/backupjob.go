@@ -120,6 +120,7 @@ type Runner struct {
 	vm       VolumeManager
 	engine   Engine
 	imported Imported
+	exporter Exporter
 	log      *slog.Logger
 
 	baseCtx context.Context
@@ -149,6 +150,10 @@ func New(cfg Config, db *backupdb.Store, vm VolumeManager, eng Engine, log *slog
 // starts.
 func (r *Runner) RestoreImportedWith(imported Imported) { r.imported = imported }
 
+// ServeLiveRestoresWith makes live restores export their backups with e;
+// without it they fail, saying so. Call it before any job starts.
+func (r *Runner) ServeLiveRestoresWith(e Exporter) { r.exporter = e }
+
 // Close cancels the running jobs and waits for their cleanup.
 func (r *Runner) Close() {
 	r.stop()
@@ -169,6 +174,18 @@ func (r *Runner) Backup(reqCtx context.Context, id, previousStatus string) {
 // already restoring) in the background.
 func (r *Runner) Restore(reqCtx context.Context, backupID, volumeID string) {
 	r.start(reqCtx, backupID, func(ctx context.Context) { r.runRestore(ctx, backupID, volumeID) })
+}
+
+// LiveRestore starts the live restore of backup backupID into the new
+// volume volumeID (both already restoring) in the background: the volume
+// is usable once the volume manager took it over, and the job follows its
+// fill to the end.
+// The channel returned gets nil once the volume is usable, or the error
+// that ended the restore before.
+func (r *Runner) LiveRestore(reqCtx context.Context, backupID, volumeID string) <-chan error {
+	ready := make(chan error, 1)
+	r.start(reqCtx, backupID, func(ctx context.Context) { r.runLiveRestore(ctx, backupID, volumeID, ready) })
+	return ready
 }
 
 // Delete starts the delete of backup b (already deleting) in the background.

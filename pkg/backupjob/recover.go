@@ -12,7 +12,7 @@ import (
 // is accepted: a backup left creating becomes error and its temporary
 // snapshot or volume is removed and the volume returns to its previous
 // status; a restore left restoring makes the backup available again and the
-// target volume error_restoring; a delete left deleting is resumed.
+// target volume error_restoring; a live restore and a delete are resumed.
 func (r *Runner) Recover(ctx context.Context) error {
 	rows, err := r.db.List(ctx, backupdb.Filter{Statuses: unfinished})
 	if err != nil {
@@ -48,6 +48,12 @@ func (r *Runner) recoverJob(ctx context.Context, b *backupdb.Backup, backupReaso
 		}
 		log.Warn("interrupted backup reset to error", "reason", backupReason)
 	case lifecycle.BackupRestoring:
+		if b.RestoreLive && b.RestoreVolumeID != "" {
+			// The volume is (or was about to be) in use: the restore goes on.
+			log.Info("resuming an interrupted live restore", "target", b.RestoreVolumeID)
+			r.LiveRestore(ctx, b.ID, b.RestoreVolumeID)
+			return nil
+		}
 		if b.RestoreVolumeID != "" {
 			r.detachOwn(ctx, b.ProjectID, b.RestoreVolumeID, "restore-"+b.ID)
 			r.vm.EndRestore(ctx, b.ProjectID, b.RestoreVolumeID, false, restoreReason)

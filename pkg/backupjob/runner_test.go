@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"io"
 	"log/slog"
+	"net"
 	"path/filepath"
 	"slices"
 	"strings"
@@ -16,6 +17,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/blockdev"
 	"github.com/blockvault/blockvault/pkg/engine"
 	"github.com/blockvault/blockvault/pkg/lifecycle"
+	"github.com/blockvault/blockvault/pkg/nbd"
 	"github.com/blockvault/blockvault/pkg/repository/posix"
 	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/store/backupdb"
@@ -493,4 +495,94 @@ func TestTakeOverLapsedLease(t *testing.T) {
 		t.Fatalf("the volume is %s", st)
 	}
 	e.checkNothingLeft(vol)
+}
+
+// serveLive gives the runner a real NBD server to export backups from.
+func (e *env) serveLive() *nbd.Server {
+	e.t.Helper()
+	srv := nbd.NewServer(nbd.ServerOptions{})
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		e.t.Fatal(err)
+	}
+	go srv.Serve(ln)
+	e.t.Cleanup(func() { srv.Shutdown(context.Background()) })
+	addr := ln.Addr().(*net.TCPAddr)
+	e.r.ServeLiveRestoresWith(&NBDExporter{Engine: e.eng, Server: srv, Host: "127.0.0.1", Port: addr.Port})
+	return srv
+}
+
+// liveTarget makes a fresh volume restoring from backup id, live, as the
+// service's handler does.
+func (e *env) liveTarget(id string) string {
+	e.t.Helper()
+	vol := uuid.NewString()
+	if err := e.vm.d.CreateVolume(context.Background(), vol, volSize); err != nil {
+		e.t.Fatal(err)
+	}
+	e.vm.setStatus(vol, "restoring-backup")
+	if _, err := e.db.Transition(context.Background(), id, lifecycle.BeginRestore,
+		map[string]any{"restore_volume_id": vol, "restore_live": true}); err != nil {
+		e.t.Fatal(err)
+	}
+	return vol
+}
+
+// TestLiveRestore: a live restore exports the backup over real NBD, the
+// volume manager fills the volume from it (livefill), and the job follows
+// the fill (through a volume manager out of reach for a while) to its end:
+// the backup available again, its progress whole, the volume available
+// with the backup's bytes, the export gone. A restore a crash interrupted
+// before the volume manager took the volume over is resumed by Recover.
+func TestLiveRestore(t *testing.T) {
+	e := newEnv(t, Config{LocalReads: true}, nil)
+	srv := e.serveLive()
+	vol := uuid.NewString()
+	want := e.vm.createVolume(vol, volSize, "available")
+	id := e.backup(vol, "")
+	if b := e.wait(id); b.Status != lifecycle.BackupAvailable {
+		t.Fatalf("backup %s (%q)", b.Status, b.FailReason)
+	}
+
+	target := e.liveTarget(id)
+	down := fmt.Errorf("connection refused: %w", ErrUnavailable)
+	e.vm.failNext("LiveRestore", down, down, down)
+	e.r.LiveRestore(context.Background(), id, target)
+	b := e.wait(id)
+	if b.Status != lifecycle.BackupAvailable || b.FailReason != "" || b.RestoreLive || b.RestoreVolumeID != "" || b.BytesDone != volSize {
+		t.Fatalf("after the live restore: %s (%q), live %v, target %q, %d bytes done", b.Status, b.FailReason, b.RestoreLive, b.RestoreVolumeID, b.BytesDone)
+	}
+	if st := e.vm.statusOf(target); st != "available" {
+		t.Fatalf("the volume is %s", st)
+	}
+	if err := sameBytes(e.vm.read(target), want); err != nil {
+		t.Fatalf("the live-restored volume: %v", err)
+	}
+	if x := srv.Exports(); len(x) != 0 {
+		t.Fatalf("exports left: %v", x)
+	}
+
+	// A crash between the handler and the volume manager's take-over.
+	second := e.liveTarget(id)
+	if err := e.r.Recover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if b := e.wait(id); b.Status != lifecycle.BackupAvailable || b.FailReason != "" {
+		t.Fatalf("the resumed live restore: %s (%q)", b.Status, b.FailReason)
+	}
+	if err := sameBytes(e.vm.read(second), want); err != nil {
+		t.Fatalf("the resumed live restore: %v", err)
+	}
+
+	// A live restore the volume manager refuses ends, saying why, and the
+	// volume, never usable, is error_restoring.
+	third := e.liveTarget(id)
+	e.vm.failNext("StartLiveRestore", errors.New("the volume manager refuses"))
+	e.r.LiveRestore(context.Background(), id, third)
+	if b := e.wait(id); b.Status != lifecycle.BackupAvailable || !strings.Contains(b.FailReason, "the volume manager refuses") {
+		t.Fatalf("a refused live restore: %s (%q)", b.Status, b.FailReason)
+	}
+	if st := e.vm.statusOf(third); st != "error_restoring" {
+		t.Fatalf("the target of a refused live restore is %s, want error_restoring", st)
+	}
 }

@@ -7,13 +7,17 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"path/filepath"
 	"sort"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
+	"time"
 
 	"github.com/blockvault/blockvault/pkg/blockdev"
 	"github.com/blockvault/blockvault/pkg/engine"
+	"github.com/blockvault/blockvault/pkg/livefill"
 	"github.com/blockvault/blockvault/pkg/nbd"
 	"github.com/blockvault/blockvault/pkg/volume"
 	"github.com/blockvault/blockvault/pkg/volume/file"
@@ -44,6 +48,7 @@ type testVM struct {
 	// afterPointInTime runs once a temporary snapshot or volume is taken.
 	afterPointInTime func(volumeID string)
 	n                int
+	lives            map[string]*live
 }
 
 type export struct {
@@ -450,6 +455,83 @@ func (vm *testVM) EndRestore(ctx context.Context, project, volumeID string, succ
 		vm.status[volumeID] = "error_restoring"
 	}
 	return nil
+}
+
+// live is a live restore the test volume manager runs: the real livefill
+// device over the driver's volume, filled from the backup's NBD export.
+type live struct {
+	dev           *livefill.Device
+	target        blockdev.Device
+	source        blockdev.Device
+	done          chan struct{}
+	err           error
+	backupID      string
+	filled, total atomic.Int64
+}
+
+func (vm *testVM) StartLiveRestore(ctx context.Context, project, volumeID, backupID string, source Connection, size int64) error {
+	if err := vm.enter("StartLiveRestore"); err != nil {
+		return err
+	}
+	vm.mu.Lock()
+	st := vm.status[volumeID]
+	vm.mu.Unlock()
+	if st != "restoring-backup" {
+		return fmt.Errorf("volume %s is %s, not restoring-backup: %w", volumeID, st, volume.ErrInUse)
+	}
+	src, err := nbd.DialReconnecting(ctx, "tcp", net.JoinHostPort(source.Host, strconv.Itoa(source.Port)), nbd.DialOptions{ExportName: source.ExportName}, time.Minute)
+	if err != nil {
+		return err
+	}
+	target, err := vm.d.OpenVolume(ctx, volumeID, false)
+	if err != nil {
+		return err
+	}
+	dev, err := livefill.Open(target, src, filepath.Join(vm.t.TempDir(), volumeID+".state"), livefill.Options{SourceID: backupID, TargetZeroed: true})
+	if err != nil {
+		return err
+	}
+	l := &live{dev: dev, target: target, source: src, done: make(chan struct{}), backupID: backupID}
+	vm.mu.Lock()
+	vm.status[volumeID] = "available"
+	if vm.lives == nil {
+		vm.lives = map[string]*live{}
+	}
+	vm.lives[volumeID] = l
+	vm.mu.Unlock()
+	go func() {
+		defer close(l.done)
+		l.err = dev.Fill(context.Background(), func(done, total int64) { l.filled.Store(done); l.total.Store(total) })
+		dev.Close()
+		target.Close()
+		src.Close()
+	}()
+	return nil
+}
+
+func (vm *testVM) LiveRestore(ctx context.Context, project, volumeID string) (LiveRestore, error) {
+	if err := vm.enter("LiveRestore"); err != nil {
+		return LiveRestore{}, err
+	}
+	vm.mu.Lock()
+	l, ok := vm.lives[volumeID]
+	_, exists := vm.status[volumeID]
+	vm.mu.Unlock()
+	if !exists {
+		return LiveRestore{}, notFound("volume", volumeID)
+	}
+	if !ok {
+		return LiveRestore{Done: true}, nil
+	}
+	select {
+	case <-l.done:
+		if l.err != nil {
+			return LiveRestore{Failed: true, Reason: l.err.Error()}, nil
+		}
+		return LiveRestore{Done: true, Filled: l.total.Load(), Total: l.total.Load()}, nil
+	default:
+		return LiveRestore{Filled: l.filled.Load(), Total: l.total.Load()}, nil
+	}
 }
 
 var _ VolumeManager = (*testVM)(nil)

@@ -46,6 +46,32 @@ type VolumeManager interface {
 	// EndRestore ends a restore into volumeID: available on success, else
 	// error_restoring with failReason.
 	EndRestore(ctx context.Context, project, volumeID string, success bool, failReason string) error
+	// StartLiveRestore makes the restoring volume usable at once, filled
+	// from source (the backup's export) in the background; called again for
+	// the same volume and backup, it points the fill at a new source.
+	StartLiveRestore(ctx context.Context, project, volumeID, backupID string, source Connection, size int64) error
+	// LiveRestore says how far the live restore into volumeID got;
+	// ErrNotFound when the volume is gone.
+	LiveRestore(ctx context.Context, project, volumeID string) (LiveRestore, error)
+}
+
+// LiveRestore is the state of a live restore on the volume manager.
+type LiveRestore struct {
+	// Done: the volume is an ordinary one now (the fill ended).
+	Done bool
+	// Failed: the fill stopped for good, for Reason.
+	Failed bool
+	Reason string
+	// Filled of Total bytes are on the volume.
+	Filled, Total int64
+}
+
+// Exporter serves a backup read-only over NBD, for the volume manager to
+// fill a live restore from.
+type Exporter interface {
+	// Export serves backupID of container and says how to reach it; stop
+	// ends the export.
+	Export(ctx context.Context, container, backupID string) (conn Connection, stop func(), err error)
 }
 
 // Sentinels a VolumeManager's errors wrap.

@@ -81,6 +81,10 @@ type Options struct {
 	// (with backoff) before it gives up and returns the error (default one
 	// minute).
 	RetryFor time.Duration
+	// Rate caps the fill at Rate bytes a second (0: full speed), to leave
+	// the source and the target to the volume's users. Reads and writes
+	// are not paced.
+	Rate int64
 }
 
 func (o *Options) setDefaults() error {
@@ -643,6 +647,7 @@ func (d *Device) Fill(ctx context.Context, progress func(done, total int64)) err
 	d.fillMu.Unlock()
 	var sinceSync atomic.Int64
 	var lastReport atomic.Int64
+	started, paced := time.Now(), &atomic.Int64{}
 	jobs := make(chan int64)
 	g, gctx := errgroup.WithContext(ctx)
 	g.Go(func() error {
@@ -657,6 +662,9 @@ func (d *Device) Fill(ctx context.Context, progress func(done, total int64)) err
 				}
 				n, err := d.fillRegion(gctx, i)
 				if err != nil {
+					return err
+				}
+				if err := d.pace(gctx, started, paced.Add(n)); err != nil {
 					return err
 				}
 				if sinceSync.Add(n) >= d.opts.SyncEvery {
@@ -693,6 +701,23 @@ func (d *Device) Fill(ctx context.Context, progress func(done, total int64)) err
 	if !d.complete.Load() {
 		done, total := d.Progress()
 		return fmt.Errorf("livefill: the fill ended with %d of %d bytes filled", done, total)
+	}
+	return nil
+}
+
+// pace waits until filling copied bytes since started keeps to
+// Options.Rate.
+func (d *Device) pace(ctx context.Context, started time.Time, copied int64) error {
+	if d.opts.Rate <= 0 {
+		return nil
+	}
+	due := started.Add(time.Duration(float64(copied) / float64(d.opts.Rate) * float64(time.Second)))
+	if w := time.Until(due); w > 0 {
+		select {
+		case <-ctx.Done():
+			return ctx.Err()
+		case <-time.After(w):
+		}
 	}
 	return nil
 }

@@ -268,3 +268,23 @@ func TestStateChecks(t *testing.T) {
 	}
 	_ = blockdev.ErrReadOnly
 }
+
+// TestFillRate: a fill paced at 8 MiB a second has not copied a 24 MiB
+// backup half a second after it started (it cannot be faster than its
+// pace), and it still completes with the backup's bytes.
+func TestFillRate(t *testing.T) {
+	const size = 24 * mib
+	fx := newFixture(t, size, nil)
+	target := emptyFile(t, filepath.Join(fx.dir, "target.img"), size)
+	d := open(t, target, fx.reader(t), filepath.Join(fx.dir, "state"), livefill.Options{SourceID: "b", TargetZeroed: true, Rate: 8 * mib})
+	done := make(chan error, 1)
+	go func() { done <- d.Fill(context.Background(), nil) }()
+	time.Sleep(500 * time.Millisecond)
+	if filled, _ := d.Progress(); filled >= size || d.Complete() {
+		t.Fatalf("half a second into a fill paced at 8 MiB/s, %d of %d bytes filled", filled, int64(size))
+	}
+	if err := <-done; err != nil {
+		t.Fatal(err)
+	}
+	same(t, "the paced fill", readAll(t, d), fx.want(t))
+}

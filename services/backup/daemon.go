@@ -9,6 +9,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"strconv"
 	"time"
 
 	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
@@ -19,6 +20,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/engine"
 	"github.com/blockvault/blockvault/pkg/metrics"
 	"github.com/blockvault/blockvault/pkg/mtls"
+	"github.com/blockvault/blockvault/pkg/nbd"
 	"github.com/blockvault/blockvault/pkg/quota"
 	"github.com/blockvault/blockvault/pkg/repository/location"
 	"github.com/blockvault/blockvault/pkg/requestid"
@@ -48,6 +50,13 @@ type DaemonConfig struct {
 	// mounted) or s3://host:port (its S3 bucket; the credentials are
 	// Repository's).
 	CinderRepository string
+	// NBDListen is where backups are served read-only over NBD to the
+	// volume manager's live restores (default 127.0.0.1 on any free port:
+	// the volume manager is told the address each time).
+	NBDListen string
+	// NBDAdvertise is the host the volume manager dials (default: the host
+	// of NBDListen).
+	NBDAdvertise string
 	// KeyFile holds the repository key (32 bytes or more) that encrypts new
 	// containers; empty leaves them unencrypted.
 	KeyFile string
@@ -208,6 +217,11 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 		Strategy: cfg.Strategy, MaxConcurrent: cfg.MaxConcurrent, LeaseDuration: cfg.LeaseDuration,
 		ChangedBlockTracking: cfg.ChangedBlockTracking, NBDTLS: nbdTLS}}, bdb, conn, eng, log)
 	defer srv.Close()
+	stopNBD, err := serveLiveRestores(cfg, srv, eng, log)
+	if err != nil {
+		return err
+	}
+	defer stopNBD()
 	if err := srv.Recover(ctx); err != nil {
 		// Recovery is retried at the next start; new work is still accepted.
 		log.Error("recovery after restart left work undone", "err", err)
@@ -278,4 +292,33 @@ func openEngine(ctx context.Context, cfg DaemonConfig) (*engine.Engine, error) {
 		}
 	}
 	return engine.New(repo, engine.Options{Key: key, ChunkSize: cfg.ChunkSize})
+}
+
+// serveLiveRestores starts the NBD server that live restores export their
+// backups on (TLS when the daemon has certificates) and hands the service
+// the exporter; stop shuts it down.
+func serveLiveRestores(cfg DaemonConfig, srv *Server, eng *engine.Engine, log *slog.Logger) (stop func(), err error) {
+	addr := cfg.NBDListen
+	if addr == "" {
+		addr = "127.0.0.1:0"
+	}
+	ln, err := net.Listen("tcp", addr)
+	if err != nil {
+		return nil, fmt.Errorf("nbd-listen %s: %w", addr, err)
+	}
+	host, portStr, _ := net.SplitHostPort(ln.Addr().String())
+	if cfg.NBDAdvertise != "" {
+		host = cfg.NBDAdvertise
+	}
+	port, _ := strconv.Atoi(portStr)
+	tlsCfg, err := mtls.ServerConfig(cfg.TLS)
+	if err != nil {
+		ln.Close()
+		return nil, err
+	}
+	nbdSrv := nbd.NewServer(nbd.ServerOptions{Logger: log, TLSConfig: tlsCfg})
+	go nbdSrv.Serve(ln)
+	srv.ServeLiveRestores(&backupjob.NBDExporter{Engine: eng, Server: nbdSrv, Host: host, Port: port, TLS: tlsCfg != nil})
+	log.Info("serving backups to live restores over NBD", "nbd", ln.Addr().String(), "advertised", net.JoinHostPort(host, portStr))
+	return func() { nbdSrv.Shutdown(context.Background()) }, nil
 }

@@ -33,6 +33,15 @@ func (s *Server) RestoreBackup(ctx context.Context, req *backupv1.RestoreBackupR
 	if b.Status != lifecycle.BackupAvailable {
 		return nil, rpcerr.Invalid("Invalid backup: backup %s is %s; only an available backup can be restored.", b.ID, b.Status)
 	}
+	live := in.GetLive()
+	switch {
+	case live && in.GetVolumeId() != "":
+		return nil, rpcerr.Invalid("a live restore makes a new volume: leave volume_id out (an existing volume is restored the ordinary way)")
+	case live && b.Origin != "":
+		return nil, rpcerr.Invalid("backup %s was imported from Cinder (%s): it restores the ordinary way, not live", b.ID, b.Origin)
+	case live && !s.live:
+		return nil, rpcerr.Invalid("this backup service serves no live restores (it has no NBD listener for them)")
+	}
 
 	// The target: an existing volume is checked (available, large enough)
 	// by the volume manager's conditional update; a new one is made first.
@@ -55,7 +64,7 @@ func (s *Server) RestoreBackup(ctx context.Context, req *backupv1.RestoreBackupR
 	}
 	// The backup first: a second restore or a delete racing this one loses.
 	if cur, err := s.db.Transition(ctx, b.ID, lifecycle.BeginRestore,
-		map[string]any{"restore_volume_id": volID, "owner_node": s.cfg.Jobs.NodeID, "lease_expires_at": s.jobs.Lease()}); err != nil {
+		map[string]any{"restore_volume_id": volID, "restore_live": live, "owner_node": s.cfg.Jobs.NodeID, "lease_expires_at": s.jobs.Lease()}); err != nil {
 		undoVolume()
 		if errors.Is(err, store.ErrConflict) {
 			return nil, rpcerr.Invalid("Invalid backup: backup %s is %s; only an available backup can be restored.", b.ID, cur)
@@ -74,8 +83,21 @@ func (s *Server) RestoreBackup(ctx context.Context, req *backupv1.RestoreBackupR
 	now := time.Now().UTC()
 	s.db.Update(ctx, b.ID, map[string]any{"progress_op": "restore", "bytes_done": 0, "bytes_total": b.SizeBytes,
 		"bytes_read": 0, "bytes_stored": 0, "started_at": now})
-	s.log.InfoContext(ctx, "restore accepted", "backup_id", b.ID, "volume_id", volID)
-	s.jobs.Restore(ctx, b.ID, volID)
+	s.log.InfoContext(ctx, "restore accepted", "backup_id", b.ID, "volume_id", volID, "live", live)
+	if live {
+		// The answer waits until the volume is usable (the volume manager
+		// took it over), or says why it never will be.
+		select {
+		case err := <-s.jobs.LiveRestore(ctx, b.ID, volID):
+			if err != nil {
+				return nil, fmt.Errorf("live restore of backup %s: %w", b.ID, err)
+			}
+		case <-ctx.Done():
+			return nil, ctx.Err()
+		}
+	} else {
+		s.jobs.Restore(ctx, b.ID, volID)
+	}
 	return &backupv1.RestoreBackupResponse{Restore: &backupv1.RestoreResult{BackupId: b.ID, VolumeId: volID, VolumeName: volName}}, nil
 }
 

@@ -55,7 +55,9 @@ type Server struct {
 	engine *engine.Engine
 	jobs   *backupjob.Runner
 	cinder *cinderRepos
-	log    *slog.Logger
+	// live: live restores are served (ServeLiveRestores).
+	live bool
+	log  *slog.Logger
 }
 
 // New returns a Server calling the volume manager on vm (both its public
@@ -70,6 +72,13 @@ func New(cfg Config, db *backupdb.Store, vm grpc.ClientConnInterface, eng *engin
 		cinder: newCinderRepos(db, cfg.Cinder.URL, cfg.Cinder), log: log}
 	s.jobs.RestoreImportedWith(s.cinder)
 	return s
+}
+
+// ServeLiveRestores lets live restores export their backups with x. Call
+// it before Recover, which resumes interrupted live restores.
+func (s *Server) ServeLiveRestores(x backupjob.Exporter) {
+	s.live = true
+	s.jobs.ServeLiveRestoresWith(x)
 }
 
 // Recover finishes what a crash of this node interrupted (see

@@ -160,3 +160,23 @@ func (c vmClient) EndRestore(ctx context.Context, project, volumeID string, succ
 		Success: success, FailReason: failReason})
 	return vmErr(err)
 }
+
+func (c vmClient) StartLiveRestore(ctx context.Context, project, volumeID, backupID string, src backupjob.Connection, size int64) error {
+	_, err := c.internal.StartLiveRestore(ctx, &volumev1.StartLiveRestoreRequest{ProjectId: project, VolumeId: volumeID, BackupId: backupID,
+		SizeBytes: size, Source: &volumev1.ConnectionInfo{DriverVolumeType: src.Type, Data: &volumev1.ConnectionData{
+			Host: src.Host, Port: int32(src.Port), ExportName: src.ExportName, Tls: src.TLS, ReadOnly: true, SizeBytes: size}}})
+	return vmErr(err)
+}
+
+func (c vmClient) LiveRestore(ctx context.Context, project, volumeID string) (backupjob.LiveRestore, error) {
+	v, err := c.volumes.GetVolume(ctx, &volumev1.GetVolumeRequest{ProjectId: project, VolumeId: volumeID})
+	if err != nil {
+		return backupjob.LiveRestore{}, vmErr(err)
+	}
+	l := v.GetVolume().GetLiveRestore()
+	if l == nil {
+		return backupjob.LiveRestore{Done: true}, nil
+	}
+	return backupjob.LiveRestore{Failed: l.GetStatus() == "failed", Reason: v.GetVolume().GetFailReason(),
+		Filled: l.GetBytesFilled(), Total: l.GetBytesTotal()}, nil
+}

@@ -60,8 +60,12 @@ type Backup struct {
 	Origin       string `gorm:"size:32"`
 	SourceURL    string `gorm:"size:1024"`
 	SourcePrefix string `gorm:"size:512"`
-	CreatedAt    time.Time
-	UpdatedAt    time.Time
+	// RestoreLive marks the running restore (restoring) as a live one: the
+	// target volume is in use while it fills, so a restart resumes the
+	// restore instead of failing it.
+	RestoreLive bool
+	CreatedAt   time.Time
+	UpdatedAt   time.Time
 }
 
 // Owner names the backup service's migration table.
@@ -143,6 +147,12 @@ var Migrations = []store.Migration{
 			}
 		}
 		return nil
+	}},
+	{Version: 6, Name: "live restores", Up: func(tx *gorm.DB) error {
+		type backup struct {
+			RestoreLive bool
+		}
+		return tx.Table("backups").Migrator().AddColumn(&backup{}, "RestoreLive")
 	}},
 }
 
