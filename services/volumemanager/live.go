@@ -352,14 +352,19 @@ func (s *Server) endLive(l *liveFill) {
 func (s *Server) failLive(l *liveFill, cause error) {
 	l.source.fail(fmt.Errorf("the live restore from backup %s failed: %w", l.backupID, cause))
 	reason := fmt.Sprintf("live restore from backup %s failed: %v", l.backupID, cause)
-	if len(reason) > 1000 {
-		reason = reason[:1000]
-	}
 	if err := s.db.UpdateVolume(context.WithoutCancel(s.liveCtx), l.volumeID, map[string]any{
-		"live_status": volumedb.LiveFailed, "fail_reason": strings.ToValidUTF8(reason, "?")}); err != nil {
+		"live_status": volumedb.LiveFailed, "fail_reason": truncate(reason)}); err != nil {
 		s.log.Error("live restore: mark failed", "volume_id", l.volumeID, "err", err)
 	}
 	s.log.Error("live restore failed", "volume_id", l.volumeID, "backup_id", l.backupID, "err", cause)
+}
+
+// truncate fits a reason into fail_reason.
+func truncate(reason string) string {
+	if len(reason) > 1000 {
+		reason = reason[:1000]
+	}
+	return strings.ToValidUTF8(reason, "?")
 }
 
 // dropLive stops the live restore of volume id (being deleted): the fill
@@ -420,6 +425,12 @@ func (s *Server) resumeLive(ctx context.Context) error {
 			s.liveMu.Lock()
 			s.broken[v.ID] = err
 			s.liveMu.Unlock()
+			if v.LiveStatus == volumedb.LiveFilling {
+				reason := fmt.Sprintf("live restore from backup %s cannot resume: %v", v.LiveBackupID, err)
+				if err := s.db.UpdateVolume(ctx, v.ID, map[string]any{"live_status": volumedb.LiveFailed, "fail_reason": truncate(reason)}); err != nil {
+					return err
+				}
+			}
 			continue
 		}
 		s.liveMu.Lock()

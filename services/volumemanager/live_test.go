@@ -91,11 +91,13 @@ func (b *backupExport) export(t *testing.T, name string) *volumev1.ConnectionInf
 		Host: "127.0.0.1", Port: int32(b.port), ExportName: name, ReadOnly: true, SizeBytes: backupSize}}
 }
 
-func liveOptions(dir string) vmtest.Options {
+// liveOptions: regions of 64 KiB, progress recorded every 100 ms, and a
+// fill that gives up after retryFor without the backup's export.
+func liveOptions(dir string, retryFor time.Duration) vmtest.Options {
 	return vmtest.Options{Driver: file.Config{Mode: "copy-before-write"}, Dir: dir, Config: func(c *volumemanager.Config) {
 		c.LiveRegionSize = 64 << 10
 		c.LiveProgressEvery = 100 * time.Millisecond
-		c.LiveRetryFor = 2 * time.Second
+		c.LiveRetryFor = retryFor
 	}}
 }
 
@@ -178,7 +180,7 @@ func sameBytes(t *testing.T, what string, got, want []byte) {
 // export; when the fill ends live_restore is gone, the state file too, and
 // the volume is an ordinary one.
 func TestLiveRestore(t *testing.T) {
-	e := vmtest.Start(t, liveOptions(""))
+	e := vmtest.Start(t, liveOptions("", time.Minute))
 	ctx := context.Background()
 	b := newBackupExport(t)
 	backupID := uuid.NewString()
@@ -266,6 +268,11 @@ func TestLiveRestore(t *testing.T) {
 	if err := b.srv.RemoveExport("backup-1"); err != nil {
 		t.Fatal(err)
 	}
+	lr = getVolume(t, e, v.GetId()).GetLiveRestore()
+	if lr == nil || lr.GetBytesFilled() >= backupSize {
+		t.Fatalf("the fill ended before the old export went: %v", lr)
+	}
+	t.Logf("%d of %d bytes filled when the old export went", lr.GetBytesFilled(), lr.GetBytesTotal())
 
 	b.dev.delay.Store(0)
 	done := waitVolume(t, e, v.GetId(), "the end of the fill", func(v *volumev1.Volume) bool {
@@ -303,7 +310,7 @@ func TestLiveRestore(t *testing.T) {
 // StartLiveRestore names the new one, and finishes the fill.
 func TestLiveRestoreResumesAfterRestart(t *testing.T) {
 	dir := t.TempDir()
-	e := vmtest.Start(t, liveOptions(dir))
+	e := vmtest.Start(t, liveOptions(dir, time.Minute))
 	ctx := context.Background()
 	b := newBackupExport(t)
 	backupID := uuid.NewString()
@@ -327,7 +334,7 @@ func TestLiveRestoreResumesAfterRestart(t *testing.T) {
 		t.Fatal(err)
 	}
 
-	e = vmtest.Start(t, liveOptions(dir))
+	e = vmtest.Start(t, liveOptions(dir, time.Minute))
 	got := getVolume(t, e, v.GetId())
 	if lr := got.GetLiveRestore(); lr.GetStatus() != "filling" || lr.GetBytesFilled() >= backupSize || got.GetStatus() != "in-use" {
 		t.Fatalf("after the restart: %v", got)
@@ -340,9 +347,12 @@ func TestLiveRestoreResumesAfterRestart(t *testing.T) {
 	n, _ := strconv.Atoi(port)
 	ci.GetData().Port = int32(n)
 	c = dialExport(t, ci)
+	if _, err := c.ReadAt(make([]byte, backupSize), 0); err == nil {
+		t.Fatal("a read of what is not filled succeeded with the backup's export away")
+	}
 	buf := make([]byte, len(p))
 	if _, err := c.ReadAt(buf, 3<<20+1000); err != nil || !bytes.Equal(buf, p) {
-		t.Fatalf("the write made before the restart: %v", err)
+		t.Fatalf("the write made before the restart, after a failed read: %v", err)
 	}
 
 	b.dev.delay.Store(0)
@@ -370,7 +380,7 @@ func TestLiveRestoreResumesAfterRestart(t *testing.T) {
 // stays up, the written data still reads back; the volume is deleted, its
 // state file with it.
 func TestLiveRestoreFailsThenDelete(t *testing.T) {
-	e := vmtest.Start(t, liveOptions(""))
+	e := vmtest.Start(t, liveOptions("", 2*time.Second))
 	ctx := context.Background()
 	b := newBackupExport(t)
 	backupID := uuid.NewString()
