@@ -68,12 +68,16 @@ const (
 	RestoreDone      Event = "restore-done"
 	RestoreFailed    Event = "restore-failed"
 	EndRestore       Event = "end-restore"
-	BeginExtend      Event = "begin-extend"
-	EndExtend        Event = "end-extend"
-	ExtendFailed     Event = "extend-failed"
-	Delete           Event = "delete"
-	DeleteFailed     Event = "delete-failed"
-	ForceDelete      Event = "force-delete"
+	// LiveRestoreStarted: a restoring-backup volume is usable at once while
+	// a background fill copies the backup (a live restore; the volume's
+	// live_* columns say so until the fill ends).
+	LiveRestoreStarted Event = "live-restore-started"
+	BeginExtend        Event = "begin-extend"
+	EndExtend          Event = "end-extend"
+	ExtendFailed       Event = "extend-failed"
+	Delete             Event = "delete"
+	DeleteFailed       Event = "delete-failed"
+	ForceDelete        Event = "force-delete"
 )
 
 // ResetStatus is an operator's os-reset_status to status to. Each target a
@@ -192,6 +196,8 @@ var Volumes = Machine{Kind: "volume", Statuses: volumeStatuses, Rules: append([]
 	{Event: BeginRestore, From: from(VolumeAvailable), To: VolumeRestoringBackup},
 	{Event: RestoreDone, From: from(VolumeRestoringBackup), To: VolumeAvailable},
 	{Event: RestoreFailed, From: from(VolumeRestoringBackup), To: VolumeErrorRestoring},
+	// A live restore: available at once, the fill goes on behind it.
+	{Event: LiveRestoreStarted, From: from(VolumeRestoringBackup), To: VolumeAvailable},
 	{Event: BeginExtend, From: from(VolumeAvailable), To: VolumeExtending},
 	// Extended, or the driver failed and the data is as it was.
 	{Event: EndExtend, From: from(VolumeExtending), To: VolumeAvailable},

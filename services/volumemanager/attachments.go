@@ -6,7 +6,6 @@ import (
 	"fmt"
 
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
-	"github.com/blockvault/blockvault/pkg/blockdev"
 	"github.com/blockvault/blockvault/pkg/lifecycle"
 	"github.com/blockvault/blockvault/pkg/rpcerr"
 	"github.com/blockvault/blockvault/pkg/store"
@@ -14,6 +13,7 @@ import (
 	"github.com/blockvault/blockvault/pkg/validate"
 	"github.com/blockvault/blockvault/pkg/volume"
 	"github.com/google/uuid"
+	"google.golang.org/protobuf/proto"
 )
 
 // connection decides how a consumer reaches a volume or snapshot: a local
@@ -91,6 +91,20 @@ func (s *Server) attach(ctx context.Context, req *volumev1.AttachVolumeRequest, 
 	if err != nil {
 		return nil, err
 	}
+	if forBackup {
+		if err := liveRefusal(v, "the backup service's attachment"); err != nil {
+			return nil, err
+		}
+	}
+	conn := in.GetConnector()
+	if conn.GetLocal() && v.LiveStatus != "" {
+		// A local path would bypass the fill (reads of what is not
+		// restored yet would see zeros, the fill would overwrite writes):
+		// a live volume is attached over NBD instead, through its fill;
+		// the connection info says so (driver_volume_type "nbd").
+		conn = proto.Clone(conn).(*volumev1.Connector)
+		conn.Local = false
+	}
 
 	// Attaching makes an available volume in-use. The backup service's own
 	// attachments leave the status alone: it reads a backing-up volume
@@ -122,7 +136,7 @@ func (s *Server) attach(ctx context.Context, req *volumev1.AttachVolumeRequest, 
 		exportName string
 	)
 	if export {
-		if info, exportName, err = s.connection(ctx, in.GetConnector(), v.ID, "", readOnly, v.SizeBytes); err != nil {
+		if info, exportName, err = s.connection(ctx, conn, v.ID, "", readOnly, v.SizeBytes); err != nil {
 			undo()
 			return nil, err
 		}
@@ -132,12 +146,7 @@ func (s *Server) attach(ctx context.Context, req *volumev1.AttachVolumeRequest, 
 	var e *volumedb.Export
 	if exportName != "" {
 		e = &volumedb.Export{Name: exportName, ProjectID: v.ProjectID, VolumeID: v.ID, AttachmentID: a.ID, ReadOnly: readOnly}
-		var dev blockdev.Device
-		if bo, ok := s.driver.(volume.BulkOpener); ok && !readOnly && in.GetConnector().GetDirectIo() {
-			dev, err = bo.OpenVolumeForBulkWrites(ctx, v.ID)
-		} else {
-			dev, err = s.driver.OpenVolume(ctx, v.ID, readOnly)
-		}
+		dev, err := s.openVolume(ctx, v.ID, readOnly, in.GetConnector().GetDirectIo())
 		if err != nil {
 			undo()
 			return nil, fmt.Errorf("open volume %s: %w", v.ID, err)

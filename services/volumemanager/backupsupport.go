@@ -30,6 +30,9 @@ func (s *Server) BeginBackup(ctx context.Context, req *volumev1.BeginBackupReque
 	if err != nil {
 		return nil, err
 	}
+	if err := liveRefusal(v, "a backup"); err != nil {
+		return nil, err
+	}
 	if req.GetSnapshotId() != "" {
 		sn, err := s.db.GetSnapshot(ctx, req.GetProjectId(), req.GetSnapshotId())
 		if err != nil {

@@ -166,7 +166,14 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 	if err := LoadQuotaLimits(ctx, vdb, quotas); err != nil {
 		return err
 	}
-	srv := New(Config{NodeID: cfg.NodeID, ExportHost: host, ExportPort: port, ExportTLS: nbdTLS != nil, Quotas: quotas}, vdb, driver, nbdSrv, log)
+	// Live restores dial the backup service's exports with the daemons'
+	// client certificate.
+	sourceTLS, err := mtls.ClientConfig(cfg.TLS)
+	if err != nil {
+		return err
+	}
+	srv := New(Config{NodeID: cfg.NodeID, ExportHost: host, ExportPort: port, ExportTLS: nbdTLS != nil, Quotas: quotas,
+		LiveDir: filepath.Join(cfg.DataDir, "live"), SourceTLS: sourceTLS}, vdb, driver, nbdSrv, log)
 	if err := srv.Restore(ctx); err != nil {
 		return err
 	}

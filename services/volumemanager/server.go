@@ -6,10 +6,12 @@ package volumemanager
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
 	"encoding/hex"
 	"fmt"
 	"log/slog"
 	"sync"
+	"time"
 
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/blockdev"
@@ -37,6 +39,22 @@ type Config struct {
 	// Quotas limits each project's volumes, gigabytes and snapshots (nil:
 	// no limits).
 	Quotas *quota.Quotas
+
+	// LiveDir holds the state files of live restores (<data-dir>/live; ""
+	// refuses live restores).
+	LiveDir string
+	// LiveRegionSize is a new live restore's unit of fill (0: livefill's
+	// default, 1 MiB; tests make it small).
+	LiveRegionSize int64
+	// LiveRetryFor is how long a live fill retries a backup's export that
+	// fails or is away before the restore fails for good (0: 10 minutes).
+	LiveRetryFor time.Duration
+	// LiveProgressEvery is how often a fill's progress is written to the
+	// volume's row (0: 5 s; the view shows the live progress anyway).
+	LiveProgressEvery time.Duration
+	// SourceTLS is the client TLS configuration for a backup's export that
+	// requires TLS (nil: only plaintext exports can be restored live).
+	SourceTLS *tls.Config
 }
 
 // Server implements VolumeManagerService and VolumeManagerInternalService.
@@ -52,6 +70,15 @@ type Server struct {
 
 	mu      sync.Mutex
 	devices map[string]blockdev.Device // open devices by export name
+
+	// Live restores (live.go).
+	liveStartMu sync.Mutex // one StartLiveRestore at a time
+	liveMu      sync.Mutex
+	lives       map[string]*liveFill // by volume id
+	broken      map[string]error     // volumes whose live restore could not resume
+	liveCtx     context.Context
+	liveStop    context.CancelFunc
+	liveWG      sync.WaitGroup
 }
 
 // New returns a Server. Call Restore before serving to publish the exports
@@ -60,7 +87,9 @@ func New(cfg Config, db *volumedb.Store, driver volume.Driver, exporter Exporter
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &Server{cfg: cfg, db: db, driver: driver, exporter: exporter, log: log, devices: map[string]blockdev.Device{}}
+	liveCtx, liveStop := context.WithCancel(context.Background())
+	return &Server{cfg: cfg, db: db, driver: driver, exporter: exporter, log: log, devices: map[string]blockdev.Device{},
+		lives: map[string]*liveFill{}, broken: map[string]error{}, liveCtx: liveCtx, liveStop: liveStop}
 }
 
 // checkQuota refuses a new volume (volumes = 1) or snapshot (snapshots = 1)
@@ -90,11 +119,15 @@ func (s *Server) checkQuota(ctx context.Context, project string, volumes, snapsh
 	return unlock, nil
 }
 
-// Restore publishes again every export recorded in the database (after a
-// restart), and drops those whose data is gone. An export asked with
-// direct_io comes back buffered (the flag is not recorded): the same data,
-// only through the page cache.
+// Restore resumes the live restores recorded in the database and
+// publishes again every export recorded there (after a restart), those of
+// live volumes through their fill, and drops those whose data is gone. An
+// export asked with direct_io comes back buffered (the flag is not
+// recorded): the same data, only through the page cache.
 func (s *Server) Restore(ctx context.Context) error {
+	if err := s.resumeLive(ctx); err != nil {
+		return err
+	}
 	exports, err := s.db.ListExports(ctx)
 	if err != nil {
 		return err
@@ -115,8 +148,10 @@ func (s *Server) Restore(ctx context.Context) error {
 }
 
 // Close removes every export this process serves (the rows stay, so the
-// next start serves them again).
+// next start serves them again) and stops the live restores' fills (their
+// state stays, so the next start resumes them).
 func (s *Server) Close() {
+	defer s.stopLive()
 	s.mu.Lock()
 	names := make([]string, 0, len(s.devices))
 	for n := range s.devices {
@@ -137,13 +172,26 @@ func (s *Server) ExportCount() int {
 
 func (s *Server) openForExport(ctx context.Context, volumeID, snapshotID string, readOnly bool) (blockdev.Device, error) {
 	if snapshotID == "" {
-		return s.driver.OpenVolume(ctx, volumeID, readOnly)
+		return s.openVolume(ctx, volumeID, readOnly, false)
 	}
 	op, ok := s.driver.(volume.SnapshotOpener)
 	if !ok || !s.driver.Capabilities().SnapshotExport {
 		return nil, fmt.Errorf("driver %s cannot attach snapshots: %w", s.driver.Name(), volume.ErrUnsupported)
 	}
 	return op.OpenSnapshot(ctx, volumeID, snapshotID)
+}
+
+// openVolume opens volume id for an export: through its fill while a live
+// restore fills it, else the driver's volume (bulk: around the page cache,
+// for a bulk writer, where the driver can).
+func (s *Server) openVolume(ctx context.Context, id string, readOnly, bulk bool) (blockdev.Device, error) {
+	if dev, err := s.liveExportOf(id, readOnly); dev != nil || err != nil {
+		return dev, err
+	}
+	if bo, ok := s.driver.(volume.BulkOpener); ok && !readOnly && bulk {
+		return bo.OpenVolumeForBulkWrites(ctx, id)
+	}
+	return s.driver.OpenVolume(ctx, id, readOnly)
 }
 
 func (s *Server) publish(name string, dev blockdev.Device, readOnly bool) error {

@@ -67,6 +67,9 @@ func (s *Server) createSnapshot(ctx context.Context, req *volumev1.CreateSnapsho
 	if err != nil {
 		return nil, err
 	}
+	if err := liveRefusal(v, "a snapshot"); err != nil {
+		return nil, err
+	}
 	switch {
 	case v.Status == lifecycle.VolumeAvailable:
 	case v.Status == lifecycle.VolumeInUse && in.GetForce():

@@ -134,6 +134,9 @@ func (s *Server) createVolume(ctx context.Context, req *volumev1.CreateVolumeReq
 		if fromVolume, err = s.db.GetVolume(ctx, req.GetProjectId(), in.GetSourceVolid()); err != nil {
 			return nil, err
 		}
+		if err := liveRefusal(fromVolume, "a clone"); err != nil {
+			return nil, err
+		}
 		switch fromVolume.Status {
 		case lifecycle.VolumeAvailable, lifecycle.VolumeInUse, lifecycle.VolumeBackingUp:
 		default:
@@ -362,6 +365,8 @@ func (s *Server) DeleteVolume(ctx context.Context, req *volumev1.DeleteVolumeReq
 		}
 		return nil, err
 	}
+	// A live restore stops here: its fill, its device, its state file.
+	s.dropLive(v.ID)
 	for _, sn := range temps {
 		if err := s.removeSnapshot(ctx, &sn); err != nil {
 			s.db.TransitionVolume(context.WithoutCancel(ctx), v.ID, lifecycle.DeleteFailed, map[string]any{"fail_reason": err.Error()})
@@ -394,6 +399,9 @@ func (s *Server) ExtendVolume(ctx context.Context, req *volumev1.ExtendVolumeReq
 	}
 	v, err := s.db.GetVolume(ctx, req.GetProjectId(), req.GetVolumeId())
 	if err != nil {
+		return nil, err
+	}
+	if err := liveRefusal(v, "extending it"); err != nil {
 		return nil, err
 	}
 	if size <= v.SizeBytes {
@@ -500,7 +508,7 @@ func (s *Server) toVolume(ctx context.Context, v *volumedb.Volume) (*volumev1.Vo
 		SnapshotId: v.SnapshotID, SourceVolid: v.SourceVolID, AvailabilityZone: v.AvailabilityZone,
 		VolumeType: v.VolumeType, Bootable: "false", Multiattach: v.Multiattach, Metadata: store.DecodeMap(v.Metadata),
 		CreatedAt: store.Timestamp(v.CreatedAt), UpdatedAt: store.Timestamp(v.UpdatedAt), FailReason: v.FailReason,
-		Temporary: v.Temporary,
+		Temporary: v.Temporary, LiveRestore: s.liveView(v),
 		Links: []*volumev1.Link{
 			{Rel: "self", Href: fmt.Sprintf("/v3/%s/volumes/%s", v.ProjectID, v.ID)},
 			{Rel: "bookmark", Href: fmt.Sprintf("/%s/volumes/%s", v.ProjectID, v.ID)},

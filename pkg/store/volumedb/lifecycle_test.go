@@ -138,3 +138,36 @@ func TestEndBackupReturnsToPreviousStatus(t *testing.T) {
 		}
 	})
 }
+
+// TestLiveRestoreColumns: live-restore-started moves a restoring-backup
+// volume to available with its live columns in the same update; the live
+// volumes are listed; EndLive clears them all at once.
+func TestLiveRestoreColumns(t *testing.T) {
+	storetest.Each(t, func(t *testing.T, url string) {
+		ctx := context.Background()
+		s := open(t, url)
+		v := newVolume(t, s, "p", lifecycle.VolumeRestoringBackup)
+		plain := newVolume(t, s, "p", lifecycle.VolumeAvailable)
+		live := map[string]any{"live_backup_id": "b1", "live_source": `{"x":1}`, "live_status": volumedb.LiveFilling, "live_size": int64(4 << 20)}
+		if got, err := s.TransitionVolume(ctx, v.ID, lifecycle.LiveRestoreStarted, live); err != nil || got != lifecycle.VolumeAvailable {
+			t.Fatalf("live-restore-started: %q %v", got, err)
+		}
+		if _, err := s.TransitionVolume(ctx, plain.ID, lifecycle.LiveRestoreStarted, live); !errors.Is(err, store.ErrConflict) {
+			t.Fatalf("live-restore-started of an available volume: %v, want ErrConflict", err)
+		}
+		rows, err := s.ListLiveVolumes(ctx)
+		if err != nil || len(rows) != 1 || rows[0].ID != v.ID || rows[0].LiveBackupID != "b1" || rows[0].LiveSize != 4<<20 || rows[0].LiveStatus != volumedb.LiveFilling {
+			t.Fatalf("live volumes: %+v %v", rows, err)
+		}
+		if err := s.EndLive(ctx, v.ID); err != nil {
+			t.Fatal(err)
+		}
+		row, _ := s.GetVolume(ctx, "", v.ID)
+		if row.LiveBackupID != "" || row.LiveSource != "" || row.LiveStatus != "" || row.LiveSize != 0 || row.LiveFilled != 0 || row.Status != lifecycle.VolumeAvailable {
+			t.Fatalf("after EndLive: %+v", row)
+		}
+		if rows, err := s.ListLiveVolumes(ctx); err != nil || len(rows) != 0 {
+			t.Fatalf("live volumes after EndLive: %+v %v", rows, err)
+		}
+	})
+}

@@ -90,4 +90,20 @@ var Migrations = []store.Migration{
 	{Version: 2, Name: "quota limits set through the API", Up: func(tx *gorm.DB) error {
 		return store.CreateQuotaLimitsTable(tx, QuotaLimitsTable)
 	}},
+	{Version: 3, Name: "live restores", Up: func(tx *gorm.DB) error {
+		type volume struct {
+			LiveBackupID string `gorm:"size:36"`
+			LiveSource   string `gorm:"type:text"`
+			LiveStatus   string `gorm:"size:16;index:idx_volumes_live_status"`
+			LiveSize     int64  `gorm:"not null;default:0"`
+			LiveFilled   int64  `gorm:"not null;default:0"`
+		}
+		m := tx.Table("volumes").Migrator()
+		for _, c := range []string{"LiveBackupID", "LiveSource", "LiveStatus", "LiveSize", "LiveFilled"} {
+			if err := m.AddColumn(&volume{}, c); err != nil {
+				return err
+			}
+		}
+		return m.CreateIndex(&volume{}, "LiveStatus")
+	}},
 }

@@ -23,9 +23,25 @@ type Volume struct {
 	Temporary        bool   `gorm:"not null;default:false"`
 	FailReason       string `gorm:"size:1024"`
 	Metadata         string `gorm:"type:text"`
-	CreatedAt        time.Time
-	UpdatedAt        time.Time
+	// The live_* columns are set while a live restore fills the volume
+	// (LiveStatus "filling" or "failed"), and cleared together when the
+	// fill ends: the backup restored, the source (the backup service's NBD
+	// export, a ConnectionInfo as JSON), the bytes the fill copies, and
+	// about how many are filled (written every few seconds).
+	LiveBackupID string `gorm:"size:36"`
+	LiveSource   string `gorm:"type:text"`
+	LiveStatus   string `gorm:"size:16;index"`
+	LiveSize     int64  `gorm:"not null;default:0"`
+	LiveFilled   int64  `gorm:"not null;default:0"`
+	CreatedAt    time.Time
+	UpdatedAt    time.Time
 }
+
+// Live restore statuses (volumes.live_status).
+const (
+	LiveFilling = "filling"
+	LiveFailed  = "failed"
+)
 
 // Snapshot is a row of snapshots. provider_id and provider_location say
 // where the backend keeps it; provider_auth (the blueprint's column) holds the

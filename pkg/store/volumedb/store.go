@@ -123,6 +123,20 @@ func (s *Store) DetachedDuringBackup(ctx context.Context, id string) error {
 	return store.Translate(err, "update volume "+id)
 }
 
+// ListLiveVolumes lists the volumes a live restore fills (or failed to).
+func (s *Store) ListLiveVolumes(ctx context.Context) ([]Volume, error) {
+	var out []Volume
+	err := s.db.WithContext(ctx).Where("live_status <> ?", "").Order("created_at").Find(&out).Error
+	return out, store.Translate(err, "list live volumes")
+}
+
+// EndLive makes volume id an ordinary volume again: its live columns are
+// cleared in one update.
+func (s *Store) EndLive(ctx context.Context, id string) error {
+	return s.UpdateVolume(ctx, id, map[string]any{"live_backup_id": "", "live_source": "", "live_status": "",
+		"live_size": 0, "live_filled": 0})
+}
+
 // UpdateVolume sets columns of volume id other than its status (which only
 // TransitionVolume writes).
 func (s *Store) UpdateVolume(ctx context.Context, id string, cols map[string]any) error {
