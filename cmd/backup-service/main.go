@@ -40,7 +40,7 @@ func run() error {
 	fs.StringVar(&cfg.DatabaseURL, "database-url", cfg.DatabaseURL, "database URL (postgres://...); default: SQLite in data-dir")
 	fs.StringVar(&cfg.NodeID, "node-id", cfg.NodeID, "name of this node (the volume manager's node id allows local-path reads)")
 	location.Flags(fs, &cfg.Repository, "<data-dir>/repository")
-	fs.StringVar(&cfg.NBDListen, "nbd-listen", cfg.NBDListen, "address backups are served on over NBD to the volume manager's live restores (default 127.0.0.1 on a free port; it is told the address each time)")
+	fs.StringVar(&cfg.NBDListen, "nbd-listen", cfg.NBDListen, "address backups are served on over NBD to the volume manager's live restores (port 0: a free one; the volume manager is told the address with each live restore)")
 	fs.StringVar(&cfg.NBDAdvertise, "nbd-advertise", cfg.NBDAdvertise, "host the volume manager dials for live restores (default: the host of --nbd-listen)")
 	fs.StringVar(&cfg.CinderRepository, "cinder-repository", cfg.CinderRepository,
 		"where Cinder's backup drivers wrote the backups imported from Cinder records that name no repository: a directory (backup_posix_path, or the NFS share mounted) or s3://host:port (s3s:// for TLS; the S3 credentials are --s3-access-key/--s3-secret-key); read only")

@@ -37,6 +37,7 @@ func run() error {
 	fs.StringVar(&cfg.Listen, "listen", cfg.Listen, "gRPC listen address")
 	fs.StringVar(&cfg.NBDListen, "nbd-listen", cfg.NBDListen, "NBD server listen address (the data plane)")
 	fs.BoolVar(&cfg.NBDPlaintext, "nbd-plaintext", cfg.NBDPlaintext, "serve NBD exports without TLS even with --tls-cert/--tls-key/--tls-ca (by default they then require mutual TLS too)")
+	fs.Int64Var(&cfg.LiveFillRate, "live-fill-rate", cfg.LiveFillRate, "cap on each live restore's background fill, in bytes a second (0: full speed); reads and writes of the volume are not paced")
 	fs.StringVar(&cfg.NBDAdvertise, "nbd-advertise", cfg.NBDAdvertise, "host consumers dial for NBD exports (default: the nbd-listen host)")
 	fs.StringVar(&cfg.DataDir, "data-dir", cfg.DataDir, "directory for the volume pool and the SQLite database")
 	fs.StringVar(&cfg.DatabaseURL, "database-url", cfg.DatabaseURL, "database URL (postgres://...); default: SQLite in data-dir")

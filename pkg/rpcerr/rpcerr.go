@@ -12,6 +12,7 @@
 //	engine.ErrNoBackup                             NotFound
 //	engine.ErrCorrupt                              DataLoss
 //	engine.ErrWrongKey                             FailedPrecondition
+//	engine.ErrClosed (a backup reader read after Close)   FailedPrecondition
 //	cinder.ErrCorrupt                              DataLoss
 //	cinder.ErrMissing                              NotFound
 //	cinder.ErrInvalidRecord, ErrUnsupported        InvalidArgument
@@ -90,6 +91,7 @@ var domain = []struct {
 	{engine.ErrNoBackup, codes.NotFound},
 	{engine.ErrCorrupt, codes.DataLoss},
 	{engine.ErrWrongKey, codes.FailedPrecondition},
+	{engine.ErrClosed, codes.FailedPrecondition},
 
 	{cinder.ErrCorrupt, codes.DataLoss},
 	{cinder.ErrMissing, codes.NotFound},

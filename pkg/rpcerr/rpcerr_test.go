@@ -49,6 +49,7 @@ var sentinels = map[string]struct {
 	"backupjob.ErrUnavailable":       {backupjob.ErrUnavailable, codes.Unavailable},
 	"engine.ErrCorrupt":              {engine.ErrCorrupt, codes.DataLoss},
 	"engine.ErrWrongKey":             {engine.ErrWrongKey, codes.FailedPrecondition},
+	"engine.ErrClosed":               {engine.ErrClosed, codes.FailedPrecondition},
 	"repository.ErrNotFound":         {repository.ErrNotFound, codes.NotFound},
 	"repository.ErrInvalidName":      {repository.ErrInvalidName, codes.InvalidArgument},
 	"repository.ErrNoSpace":          {repository.ErrNoSpace, codes.ResourceExhausted},

@@ -51,8 +51,9 @@ type DaemonConfig struct {
 	// Repository's).
 	CinderRepository string
 	// NBDListen is where backups are served read-only over NBD to the
-	// volume manager's live restores (default 127.0.0.1 on any free port:
-	// the volume manager is told the address each time).
+	// volume manager's live restores (default 127.0.0.1:0, a free port: the
+	// volume manager is told the address with each live restore; empty:
+	// no live restores).
 	NBDListen string
 	// NBDAdvertise is the host the volume manager dials (default: the host
 	// of NBDListen).
@@ -99,7 +100,7 @@ type DaemonConfig struct {
 func DefaultDaemonConfig() DaemonConfig {
 	host, _ := os.Hostname()
 	return DaemonConfig{Listen: "127.0.0.1:7200", VolumeManager: "127.0.0.1:7100", DataDir: "data/backup-service", NodeID: host,
-		MaxConcurrent: 4, Container: DefaultContainer, Nice: 10, HTTPListen: "127.0.0.1:7201", LeaseDuration: 30 * time.Second, Auth: auth.Config{Mode: auth.ModeToken},
+		MaxConcurrent: 4, Container: DefaultContainer, Nice: 10, HTTPListen: "127.0.0.1:7201", NBDListen: "127.0.0.1:0", LeaseDuration: 30 * time.Second, Auth: auth.Config{Mode: auth.ModeToken},
 		Quota: quota.Config{Defaults: quota.DefaultLimits()}}
 }
 
@@ -300,7 +301,8 @@ func openEngine(ctx context.Context, cfg DaemonConfig) (*engine.Engine, error) {
 func serveLiveRestores(cfg DaemonConfig, srv *Server, eng *engine.Engine, log *slog.Logger) (stop func(), err error) {
 	addr := cfg.NBDListen
 	if addr == "" {
-		addr = "127.0.0.1:0"
+		log.Info("no --nbd-listen: live restores are refused")
+		return func() {}, nil
 	}
 	ln, err := net.Listen("tcp", addr)
 	if err != nil {

@@ -676,7 +676,7 @@ func TestDocsMatchBinaries(t *testing.T) {
 		if n := len(facts.checkDocument(texts["README.md"], true)); n != 0 {
 			t.Errorf("the README itself has %d problems", n)
 		}
-		if got := portTable(texts["README.md"]); len(got["volume-manager"]) != 3 || len(got["backup-service"]) != 2 || len(got["api-gateway"]) != 1 {
+		if got := portTable(texts["README.md"]); len(got["volume-manager"]) != 3 || len(got["backup-service"]) != 3 || len(got["api-gateway"]) != 1 {
 			t.Errorf("the README's \"What runs\" table reads as %v", got)
 		}
 	})
@@ -851,8 +851,9 @@ func TestDocsMatchBinaries(t *testing.T) {
 				t.Errorf("the gateway's /metrics lacks %s:\n%s", series, m)
 			}
 		}
-		// --http-listen "" turns the backup service's HTTP port off.
-		bsOff := &Daemon{Name: "backup-service", Args: []string{"--listen", FreeAddr(t), "--http-listen", "", "--data-dir", filepath.Join(dir, "bs-off"),
+		// --http-listen "" and --nbd-listen "" turn the backup service's
+		// HTTP port and its NBD port (live restores) off.
+		bsOff := &Daemon{Name: "backup-service", Args: []string{"--listen", FreeAddr(t), "--http-listen", "", "--nbd-listen", "", "--data-dir", filepath.Join(dir, "bs-off"),
 			"--auth", "noauth", "--volume-manager", addrs["volume-manager"]["--listen"]}, Log: filepath.Join(dir, "backup-service-off.log"), t: t}
 		bsOff.Start()
 		t.Cleanup(bsOff.Stop)

@@ -36,6 +36,9 @@ type DaemonConfig struct {
 	// (by default, with TLS the exports require it too, with the same
 	// certificates: mutual TLS).
 	NBDPlaintext bool
+	// LiveFillRate caps a live restore's background fill, in bytes a
+	// second (0: full speed).
+	LiveFillRate int64
 	// NBDAdvertise is the host consumers dial for exports (default: the
 	// host of NBDListen).
 	NBDAdvertise string
@@ -173,7 +176,7 @@ func RunDaemon(ctx context.Context, cfg DaemonConfig, log *slog.Logger) error {
 		return err
 	}
 	srv := New(Config{NodeID: cfg.NodeID, ExportHost: host, ExportPort: port, ExportTLS: nbdTLS != nil, Quotas: quotas,
-		LiveDir: filepath.Join(cfg.DataDir, "live"), SourceTLS: sourceTLS}, vdb, driver, nbdSrv, log)
+		LiveDir: filepath.Join(cfg.DataDir, "live"), LiveFillRate: cfg.LiveFillRate, SourceTLS: sourceTLS}, vdb, driver, nbdSrv, log)
 	if err := srv.Restore(ctx); err != nil {
 		return err
 	}

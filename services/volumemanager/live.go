@@ -230,7 +230,7 @@ func (s *Server) swapLiveSource(ctx context.Context, v *volumedb.Volume, src *vo
 // a fresh fill (fresh), or the one its state file records.
 func (s *Server) openLive(ctx context.Context, id, backupID string, source *liveSource, fresh bool) (*liveFill, error) {
 	path := s.statePath(id)
-	opts := livefill.Options{SourceID: backupID, RegionSize: s.cfg.LiveRegionSize, RetryFor: s.cfg.LiveRetryFor}
+	opts := livefill.Options{SourceID: backupID, RegionSize: s.cfg.LiveRegionSize, RetryFor: s.cfg.LiveRetryFor, Rate: s.cfg.LiveFillRate}
 	if opts.RetryFor == 0 {
 		opts.RetryFor = defaultLiveRetryFor
 	}

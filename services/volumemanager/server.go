@@ -49,6 +49,10 @@ type Config struct {
 	// LiveRetryFor is how long a live fill retries a backup's export that
 	// fails or is away before the restore fails for good (0: 10 minutes).
 	LiveRetryFor time.Duration
+	// LiveFillRate caps each live restore's background fill at this many
+	// bytes a second (0: full speed); reads and writes of the volume are
+	// not paced.
+	LiveFillRate int64
 	// LiveProgressEvery is how often a fill's progress is written to the
 	// volume's row (0: 5 s; the view shows the live progress anyway).
 	LiveProgressEvery time.Duration

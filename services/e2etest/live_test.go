@@ -1,0 +1,172 @@
+package e2etest
+
+import (
+	"context"
+	"crypto/rand"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"testing"
+	"time"
+
+	backupv1 "github.com/blockvault/blockvault/gen/blockvault/backup/v1"
+	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
+	"github.com/blockvault/blockvault/pkg/testenv"
+)
+
+// liveFillRate paces the volume manager's live-restore fills in these
+// tests (--live-fill-rate) so that the checks below run while the fill
+// still goes on: 128 MiB at 8 MiB/s is 16 s.
+const liveFillRate = 8 << 20
+
+// TestLiveRestore: backup restore --live of a 128 MiB backup (data and a
+// hole) gives a volume that is usable at once. While its fill still runs,
+// nbdcopy reads it byte for byte equal to the backup, qemu-io writes into
+// filled, unfilled and unaligned ranges, the volume manager and then the
+// backup service are killed with SIGKILL and started again; the fill
+// resumes and ends, the volume becomes an ordinary one, the backup is
+// available with its progress whole, and the volume holds the backup with
+// every write on top.
+func TestLiveRestore(t *testing.T) {
+	nbdcopy := testenv.LookPath(t, "nbdcopy")
+	qemuIO := testenv.LookPath(t, "qemu-io")
+	const size = 128 << 20
+	s := Start(t, Options{VolumeManagerArgs: []string{"--live-fill-rate", fmt.Sprint(liveFillRate)}})
+	relLogOnFailure(t, s)
+	ctx := context.Background()
+
+	src, _, dev := attached(t, s, size)
+	want := make([]byte, size)
+	rand.Read(want[:size/2]) // the second half stays a hole
+	if _, err := dev.WriteAt(want[:size/2], 0); err != nil {
+		t.Fatal(err)
+	}
+	if err := dev.Flush(); err != nil {
+		t.Fatal(err)
+	}
+	cr, err := s.Backups.CreateBackup(ctx, &backupv1.CreateBackupRequest{ProjectId: project, Backup: &backupv1.BackupInput{VolumeId: src.GetId(), Force: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := cr.GetBackup().GetId()
+	if b := waitBackup(t, s, id, testenv.Patience); b.GetStatus() != "available" {
+		t.Fatalf("backup %s: %s", b.GetStatus(), b.GetFailReason())
+	}
+
+	// The live restore answers once the volume is usable.
+	rr, err := s.Backups.RestoreBackup(ctx, &backupv1.RestoreBackupRequest{ProjectId: project, BackupId: id, Restore: &backupv1.RestoreInput{Live: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vid := rr.GetRestore().GetVolumeId()
+	filling := func(what string) *volumev1.LiveRestore {
+		t.Helper()
+		v := volumeStatus(t, s, vid)
+		l := v.GetLiveRestore()
+		if v.GetStatus() != "available" && v.GetStatus() != "in-use" || l == nil || l.GetStatus() != "filling" || l.GetBytesFilled() >= l.GetBytesTotal() {
+			t.Fatalf("%s: the volume is %s, live restore %v: want usable and still filling (slow the fill down?)", what, v.GetStatus(), l)
+		}
+		return l
+	}
+	filling("right after the restore answered")
+	ar, err := s.Volumes.AttachVolume(ctx, &volumev1.AttachVolumeRequest{ProjectId: project, Attachment: &volumev1.AttachmentInput{
+		VolumeUuid: vid, InstanceUuid: "vm-live", Connector: &volumev1.Connector{Host: "compute-1"}}})
+	if err != nil {
+		t.Fatalf("attach the live volume: %v", err)
+	}
+	uri := nbdURI(ar.GetAttachment().GetConnectionInfo())
+	if g, err := s.Backups.GetBackup(ctx, &backupv1.GetBackupRequest{ProjectId: project, BackupId: id}); err != nil ||
+		g.GetBackup().GetStatus() != "restoring" || g.GetBackup().GetProgress().GetOperation() != "restore" {
+		t.Fatalf("during the live restore the backup is %v (%v)", g.GetBackup(), err)
+	}
+
+	// A client reads it all, byte for byte, before the fill ends.
+	dir := t.TempDir()
+	copyOf := func(name string) string {
+		t.Helper()
+		p := filepath.Join(dir, name)
+		nbdtRun(t, nbdcopy, uri, p)
+		return p
+	}
+	p := copyOf("before.img")
+	nbdtSameBytes(t, p, want)
+	if got, _ := os.ReadFile(p); nbdtFirstDiff(got, want) >= 0 {
+		t.Fatalf("read during the fill: differs from the backup at byte %d", nbdtFirstDiff(got, want))
+	}
+	l := filling("after a whole read")
+	t.Logf("nbdcopy read the whole volume while %d of %d bytes were filled", l.GetBytesFilled(), l.GetBytesTotal())
+
+	// Writes during the fill: into what is filled (the start), what is
+	// not (the hole at the end), and unaligned across a region's edge.
+	writes := []struct {
+		pattern byte
+		off, n  int64
+	}{{0xab, 1 << 20, 64 << 10}, {0xcd, size - 3<<20, 4096}, {0xef, 2<<20 - 3000, 7000}, {0x17, size / 2, 1 << 20}}
+	qemuWrite := func(pattern byte, off, n int64) {
+		t.Helper()
+		out, err := exec.Command(qemuIO, "-f", "raw", "-c", fmt.Sprintf("write -P %#x %d %d", pattern, off, n), uri).CombinedOutput()
+		if err != nil {
+			t.Fatalf("qemu-io write: %v\n%s", err, out)
+		}
+		for i := off; i < off+n; i++ {
+			want[i] = pattern
+		}
+	}
+	qemuRead := func(pattern byte, off, n int64, when string) {
+		t.Helper()
+		out, err := exec.Command(qemuIO, "-f", "raw", "-c", fmt.Sprintf("read -P %#x %d %d", pattern, off, n), uri).CombinedOutput()
+		if err != nil {
+			t.Fatalf("%s: qemu-io read -P %#x %d %d: %v\n%s", when, pattern, off, n, err, out)
+		}
+	}
+	for _, w := range writes[:3] {
+		qemuWrite(w.pattern, w.off, w.n)
+	}
+	filling("after the writes")
+
+	// kill -9 of the volume manager during the fill: its export comes back
+	// under the same name, the writes are there, the fill resumes.
+	s.VolumeManager.Kill()
+	s.VolumeManager.Start()
+	s.WaitHealthy(s.VolumeManager)
+	for _, w := range writes[:3] {
+		qemuRead(w.pattern, w.off, w.n, "after the volume manager's restart")
+	}
+	qemuWrite(writes[3].pattern, writes[3].off, writes[3].n)
+	filling("after the volume manager's restart")
+
+	// kill -9 of the backup service during the fill: it exports the backup
+	// again and points the fill at it.
+	s.Backup.Kill()
+	s.Backup.Start()
+	s.WaitHealthy(s.Backup)
+	filling("after the backup service's restart")
+
+	// The fill ends: an ordinary volume, the backup available.
+	deadline := time.Now().Add(testenv.Patience)
+	for {
+		v := volumeStatus(t, s, vid)
+		if v.GetLiveRestore() == nil {
+			if v.GetStatus() != "in-use" {
+				t.Fatalf("after the fill the volume is %s (%s)", v.GetStatus(), v.GetFailReason())
+			}
+			break
+		}
+		if v.GetLiveRestore().GetStatus() != "filling" || time.Now().After(deadline) {
+			t.Fatalf("the live restore: %v (%s)", v.GetLiveRestore(), v.GetFailReason())
+		}
+		time.Sleep(200 * time.Millisecond)
+	}
+	b := waitBackup(t, s, id, testenv.Patience)
+	if b.GetStatus() != "available" || b.GetFailReason() != "" || b.GetProgress().GetBytesDone() != b.GetProgress().GetBytesTotal() {
+		t.Fatalf("after the live restore the backup is %s (%q), progress %v", b.GetStatus(), b.GetFailReason(), b.GetProgress())
+	}
+	for _, w := range writes {
+		qemuRead(w.pattern, w.off, w.n, "after the fill")
+	}
+	got, _ := os.ReadFile(copyOf("after.img"))
+	if i := nbdtFirstDiff(got, want); i >= 0 || len(got) != size {
+		t.Fatalf("after the fill the volume differs from the backup with the writes at byte %d", i)
+	}
+}
