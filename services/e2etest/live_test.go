@@ -1,12 +1,14 @@
 package e2etest
 
 import (
+	"bytes"
 	"context"
 	"crypto/rand"
 	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
+	"strings"
 	"testing"
 	"time"
 
@@ -168,5 +170,103 @@ func TestLiveRestore(t *testing.T) {
 	got, _ := os.ReadFile(copyOf("after.img"))
 	if i := nbdtFirstDiff(got, want); i >= 0 || len(got) != size {
 		t.Fatalf("after the fill the volume differs from the backup with the writes at byte %d", i)
+	}
+}
+
+// TestLiveRestoreRepositoryError: while the backup's chunks are away from
+// the repository, a read of what is not filled yet fails with an NBD error
+// (qemu-io says so) and the export stays up: a whole-region write and its
+// read back work, the volume stays marked filling and the backup
+// restoring; once the chunks are back the fill resumes and ends with the
+// backup's bytes and the write. The CLI's restore --live --wait follows a
+// second live restore to its end.
+func TestLiveRestoreRepositoryError(t *testing.T) {
+	nbdcopy := testenv.LookPath(t, "nbdcopy")
+	qemuIO := testenv.LookPath(t, "qemu-io")
+	const size = 32 << 20
+	repo := filepath.Join(t.TempDir(), "repository")
+	s := Start(t, Options{RepositoryDir: repo, VolumeManagerArgs: []string{"--live-fill-rate", fmt.Sprint(liveFillRate)}})
+	relLogOnFailure(t, s)
+	ctx := context.Background()
+	src, _, dev := attached(t, s, size)
+	want := make([]byte, size)
+	rand.Read(want)
+	if _, err := dev.WriteAt(want, 0); err != nil {
+		t.Fatal(err)
+	}
+	dev.Flush()
+	cr, err := s.Backups.CreateBackup(ctx, &backupv1.CreateBackupRequest{ProjectId: project, Backup: &backupv1.BackupInput{VolumeId: src.GetId(), Force: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	id := cr.GetBackup().GetId()
+	if b := waitBackup(t, s, id, testenv.Patience); b.GetStatus() != "available" {
+		t.Fatalf("backup %s: %s", b.GetStatus(), b.GetFailReason())
+	}
+
+	chunks := filepath.Join(repo, "backups", "chunks")
+	if err := os.Rename(chunks, chunks+".away"); err != nil {
+		t.Fatal(err)
+	}
+	rr, err := s.Backups.RestoreBackup(ctx, &backupv1.RestoreBackupRequest{ProjectId: project, BackupId: id, Restore: &backupv1.RestoreInput{Live: true}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	vid := rr.GetRestore().GetVolumeId()
+	ar, err := s.Volumes.AttachVolume(ctx, &volumev1.AttachVolumeRequest{ProjectId: project, Attachment: &volumev1.AttachmentInput{
+		VolumeUuid: vid, InstanceUuid: "vm-live", Connector: &volumev1.Connector{Host: "compute-1"}}})
+	if err != nil {
+		t.Fatal(err)
+	}
+	uri := nbdURI(ar.GetAttachment().GetConnectionInfo())
+	qemu := func(cmd string) error {
+		out, err := exec.Command(qemuIO, "-f", "raw", "-c", cmd, uri).CombinedOutput()
+		if err == nil && strings.Contains(string(out), "failed") {
+			err = fmt.Errorf("%s", out)
+		}
+		if err != nil {
+			return fmt.Errorf("qemu-io %q: %v: %s", cmd, err, out)
+		}
+		return nil
+	}
+	if err := qemu("read 20M 4k"); err == nil || !strings.Contains(err.Error(), "Input/output error") {
+		t.Fatalf("a read of an unfilled region with the chunks away: %v, want an I/O error", err)
+	}
+	if err := qemu("write -P 0x42 4M 1M"); err != nil {
+		t.Fatalf("a whole-region write with the chunks away: %v", err)
+	}
+	if err := qemu("read -P 0x42 4M 1M"); err != nil {
+		t.Fatalf("the export after a failed read: %v", err)
+	}
+	copy(want[4<<20:5<<20], bytes.Repeat([]byte{0x42}, 1<<20))
+	v := volumeStatus(t, s, vid)
+	if v.GetLiveRestore().GetStatus() != "filling" {
+		t.Fatalf("with the chunks away the volume is %s, live restore %v: want still filling, not healthy", v.GetStatus(), v.GetLiveRestore())
+	}
+	if g, err := s.Backups.GetBackup(ctx, &backupv1.GetBackupRequest{ProjectId: project, BackupId: id}); err != nil || g.GetBackup().GetStatus() != "restoring" {
+		t.Fatalf("the backup: %v %v", g.GetBackup(), err)
+	}
+
+	if err := os.Rename(chunks+".away", chunks); err != nil {
+		t.Fatal(err)
+	}
+	if b := waitBackup(t, s, id, testenv.Patience); b.GetStatus() != "available" || b.GetFailReason() != "" {
+		t.Fatalf("after the chunks came back the backup is %s (%q)", b.GetStatus(), b.GetFailReason())
+	}
+	if v := volumeStatus(t, s, vid); v.GetLiveRestore() != nil {
+		t.Fatalf("the live restore ended with the volume still marked: %v", v.GetLiveRestore())
+	}
+	p := filepath.Join(t.TempDir(), "after.img")
+	nbdtRun(t, nbdcopy, uri, p)
+	if got, _ := os.ReadFile(p); nbdtFirstDiff(got, want) >= 0 {
+		t.Fatalf("after the fill the volume differs at byte %d", nbdtFirstDiff(got, want))
+	}
+
+	// The CLI: --live answers with the volume usable, --wait follows the
+	// fill with the progress bar to the end.
+	flags := []string{"--volume-manager", s.VolumeManager.Addr, "--backup-service", s.Backup.Addr, "--project", project}
+	out, errOut, code := runCLI(t, append(flags, "backup", "restore", id, "--live", "--wait")...)
+	if code != 0 || !strings.Contains(out, "live: the volume is usable now") || !strings.Contains(out, "100%") || !strings.Contains(out, "available") {
+		t.Fatalf("backup restore --live --wait: exit %d\n%s%s", code, out, errOut)
 	}
 }
