@@ -3,6 +3,7 @@ package e2etest
 import (
 	"context"
 	"encoding/json"
+	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -22,7 +23,8 @@ import (
 // incremental backups that read only what RBD's diff reports changed; and a
 // backup service killed during a backup and during a restore, and the
 // volume manager killed during a backup (its images' exclusive locks are
-// taken over by the next one). After each,
+// taken over by the next one); and a live restore through both daemons'
+// crashes (liveRestore). After each,
 // the pool holds only the user's images and snapshots (rbd ls and rbd snap
 // ls agree with the volume manager's records).
 func TestRBD(t *testing.T) {
@@ -44,6 +46,9 @@ func TestRBD(t *testing.T) {
 	})
 	t.Run("VolumeManagerKilledMidBackup", func(t *testing.T) {
 		volumeManagerKilledMidBackup(t, Start(t, Options{Ceph: c, NoGateway: true}))
+	})
+	t.Run("LiveRestore", func(t *testing.T) {
+		liveRestore(t, Start(t, Options{Ceph: c, VolumeManagerArgs: []string{"--live-fill-rate", fmt.Sprint(liveFillRate)}}))
 	})
 }
 
