@@ -6,6 +6,7 @@ import (
 	"math/rand/v2"
 	"os"
 	"path/filepath"
+	"strings"
 	"sync"
 	"syscall"
 	"testing"
@@ -72,14 +73,20 @@ func benchVolume(b *testing.B, size int64) string {
 // size (one object: no parallelism to be had) and of the S3 driver's
 // (50 MiB), into a sparse file. Making the backup (Cinder, in Python) takes
 // a while and is not timed. BENCH_CINDER_SIZE (bytes) changes the volume's
-// size. Besides MB/s it reports the CPU time (user and system) of the
+// size; BENCH_CINDER_DIR, a directory, keeps the backups there for the
+// next run, even of another build (to compare two builds on the same
+// backups). Besides MB/s it reports the CPU time (user and system) of the
 // restores, which other work on a shared machine changes less than MB/s.
 func BenchmarkRestore(b *testing.B) {
-	dir, err := os.MkdirTemp("", "cinder-bench-")
-	if err != nil {
-		b.Fatal(err)
+	dir := os.Getenv("BENCH_CINDER_DIR")
+	if dir == "" {
+		d, err := os.MkdirTemp("", "cinder-bench-")
+		if err != nil {
+			b.Fatal(err)
+		}
+		defer os.RemoveAll(d)
+		dir = d
 	}
-	defer os.RemoveAll(dir)
 	benchDir = dir
 	size := int64(1 << 30)
 	if s := os.Getenv("BENCH_CINDER_SIZE"); s != "" {
@@ -102,14 +109,22 @@ func BenchmarkRestore(b *testing.B) {
 		)
 		b.Run(fmt.Sprintf("%s/%dMiB-objects", bc.compression, bc.objectSize>>20), func(b *testing.B) {
 			once.Do(func() {
-				vol := benchVolume(b, size)
-				c := cindertest.Backup(b, cindertest.Options{Driver: cindertest.Posix, PosixPath: filepath.Join(benchDir, "repo"), Compression: bc.compression, ObjectSize: bc.objectSize, Backups: []cindertest.Step{{Volume: vol}}})
-				os.Remove(vol)
-				r, err := cinder.ParseExportRecord(c.Records[0].BackupService, c.Records[0].BackupURL)
+				posixPath := filepath.Join(benchDir, "repo")
+				saved := filepath.Join(benchDir, fmt.Sprintf("%s-%d-%d.record", bc.compression, bc.objectSize, size))
+				rec, err := os.ReadFile(saved)
+				if err != nil {
+					vol := benchVolume(b, size)
+					c := cindertest.Backup(b, cindertest.Options{Driver: cindertest.Posix, PosixPath: posixPath, Compression: bc.compression, ObjectSize: bc.objectSize, Backups: []cindertest.Step{{Volume: vol}}})
+					os.Remove(vol)
+					rec = []byte(c.Records[0].BackupService + "\n" + c.Records[0].BackupURL)
+					os.WriteFile(saved, rec, 0o644)
+				}
+				service, url, _ := strings.Cut(string(rec), "\n")
+				r, err := cinder.ParseExportRecord(service, url)
 				if err != nil {
 					b.Fatal(err)
 				}
-				repo = openPosix(b, c.PosixPath)
+				repo = openPosix(b, posixPath)
 				chain = []cinder.Link{r.Link()}
 			})
 			if repo == nil {
