@@ -3,7 +3,6 @@ package cinder
 import (
 	"bytes"
 	"context"
-	"crypto/md5"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -11,32 +10,39 @@ import (
 	"sync"
 	"sync/atomic"
 
+	md5simd "github.com/minio/md5-simd"
+
 	"github.com/blockvault/blockvault/pkg/repository"
 )
 
-// objectBuffer is the decompressed data of an object in one buffer (a
-// whole number of blocks, rounded up from this): objects are streamed,
-// never held whole (Cinder's posix objects are near 2 GB).
+// objectBuffer is the size of a worker's buffers (whole blocks, at least
+// one) where a restore or a verify has 3 workers or fewer; with more, they
+// are smaller, so that all stay near 3*workerBuffers*objectBuffer: objects
+// are streamed, never held whole (Cinder's posix objects are near 2 GB).
 const objectBuffer = 4 << 20
 
-// objectBuffers is how many buffers a worker has: one being filled by the
+// workerBuffers is how many buffers a worker has: one being filled by the
 // decompressor, one being hashed by md5, one being checked and written, so
 // that one object keeps more than one CPU busy (a posix backup of a volume
 // under 1.9 GB is a single object).
-const objectBuffers = 3
+const workerBuffers = 3
 
-// objectReader streams objects for one worker: its buffers and decoders.
+// objectReader streams objects for one worker: its buffers, decoders and
+// md5.
 type objectReader struct {
-	repo repository.Repository
-	free chan []byte
-	dec  decoders
+	repo   repository.Repository
+	free   chan []byte
+	dec    decoders
+	newMD5 func() md5simd.Hasher
 }
 
-func newObjectReader(repo repository.Repository, blockSize int64) *objectReader {
-	n := max(1, objectBuffer/blockSize) * blockSize
-	r := &objectReader{repo: repo, free: make(chan []byte, objectBuffers)}
-	for range objectBuffers {
-		r.free <- make([]byte, n)
+// newObjectReader returns the reader of one of n workers, whose buffers
+// hold whole blocks of blockSize.
+func newObjectReader(repo repository.Repository, blockSize int64, n int, newMD5 func() md5simd.Hasher) *objectReader {
+	size := max(1, objectBuffer*3/int64(max(n, 3))/blockSize) * blockSize
+	r := &objectReader{repo: repo, free: make(chan []byte, workerBuffers), newMD5: newMD5}
+	for range workerBuffers {
+		r.free <- make([]byte, size)
 	}
 	return r
 }
@@ -93,10 +99,11 @@ func (r *objectReader) read(ctx context.Context, l Link, o *object, check, use f
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	hashes := make(chan run, objectBuffers)
-	uses := make(chan run, objectBuffers)
+	hashes := make(chan run, workerBuffers)
+	uses := make(chan run, workerBuffers)
 	var wg sync.WaitGroup
-	sum := md5.New()
+	sum := r.newMD5()
+	defer sum.Close()
 	wg.Go(func() {
 		for x := range hashes {
 			sum.Write(x.data)

@@ -4,7 +4,6 @@ import (
 	"bytes"
 	"context"
 	"fmt"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -14,11 +13,6 @@ import (
 	"github.com/blockvault/blockvault/pkg/blockdev"
 	"github.com/blockvault/blockvault/pkg/repository"
 )
-
-// workers is how many objects a restore or a verify reads at once: one per
-// CPU (decompressing is the work), and one more to keep the CPUs busy
-// while a worker waits on the repository or the target.
-func workers() int { return max(runtime.GOMAXPROCS(0), 2) + 1 }
 
 // Restore writes the newest backup of chain (oldest first, as Links of the
 // imported records) onto dst, which must hold at least the volume's bytes
@@ -41,6 +35,8 @@ func Restore(ctx context.Context, repo repository.Repository, chain []Link, dst 
 	report := throttle(progress, p.size)
 	var done atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
+	n, md5s := planMD5(len(p.pieces))
+	defer md5s.close()
 	jobs := make(chan *piece)
 	g.Go(func() error {
 		defer close(jobs)
@@ -53,9 +49,9 @@ func Restore(ctx context.Context, repo repository.Repository, chain []Link, dst 
 		}
 		return nil
 	})
-	for range workers() {
+	for w := range n {
 		g.Go(func() error {
-			r := newObjectReader(repo, sums.BlockSize)
+			r := newObjectReader(repo, sums.BlockSize, n, md5s.forWorker(w))
 			defer r.close()
 			for pc := range jobs {
 				check := func(off int64, run []byte) error { return checkBlocks(sums, pc.parts, off, run) }
