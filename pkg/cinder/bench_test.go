@@ -78,6 +78,60 @@ func benchVolume(b *testing.B, size int64) string {
 // backups). Besides MB/s it reports the CPU time (user and system) of the
 // restores, which other work on a shared machine changes less than MB/s.
 func BenchmarkRestore(b *testing.B) {
+	benchBackups(b, func(b *testing.B, repo repository.Repository, chain []cinder.Link, size int64) {
+		dstPath := filepath.Join(b.TempDir(), "dst")
+		var cpu time.Duration
+		b.ResetTimer()
+		for range b.N {
+			b.StopTimer()
+			os.Remove(dstPath)
+			if err := os.WriteFile(dstPath, nil, 0o644); err != nil {
+				b.Fatal(err)
+			}
+			os.Truncate(dstPath, size)
+			dst, err := blockdev.OpenFileForBulkWrites(dstPath)
+			if err != nil {
+				b.Fatal(err)
+			}
+			b.StartTimer()
+			t0 := cpuTime()
+			if err := cinder.Restore(context.Background(), repo, chain, dst, nil); err != nil {
+				b.Fatal(err)
+			}
+			cpu += cpuTime() - t0
+			b.StopTimer()
+			dst.Close()
+			b.StartTimer()
+		}
+		b.StopTimer()
+		b.ReportMetric(cpu.Seconds()/float64(b.N), "cpu-s/op")
+	})
+}
+
+// BenchmarkVerify verifies the backups of BenchmarkRestore.
+func BenchmarkVerify(b *testing.B) {
+	benchBackups(b, func(b *testing.B, repo repository.Repository, chain []cinder.Link, size int64) {
+		var cpu time.Duration
+		b.ResetTimer()
+		for range b.N {
+			t0 := cpuTime()
+			rep, err := cinder.Verify(context.Background(), repo, chain, nil)
+			if err != nil {
+				b.Fatal(err)
+			}
+			if len(rep.Damaged) > 0 {
+				b.Fatalf("damaged: %v", rep.Damaged)
+			}
+			cpu += cpuTime() - t0
+		}
+		b.StopTimer()
+		b.ReportMetric(cpu.Seconds()/float64(b.N), "cpu-s/op")
+	})
+}
+
+// benchBackups runs bench on each of BenchmarkRestore's backups, as a
+// sub-benchmark, with the bytes of the volume set.
+func benchBackups(b *testing.B, bench func(b *testing.B, repo repository.Repository, chain []cinder.Link, size int64)) {
 	dir := os.Getenv("BENCH_CINDER_DIR")
 	if dir == "" {
 		d, err := os.MkdirTemp("", "cinder-bench-")
@@ -130,36 +184,11 @@ func BenchmarkRestore(b *testing.B) {
 			if repo == nil {
 				b.Fatal("no backup")
 			}
-			dstPath := filepath.Join(b.TempDir(), "dst")
 			b.SetBytes(size)
-			var cpu time.Duration
-			b.ResetTimer()
-			for range b.N {
-				b.StopTimer()
-				os.Remove(dstPath)
-				if err := os.WriteFile(dstPath, nil, 0o644); err != nil {
-					b.Fatal(err)
-				}
-				os.Truncate(dstPath, size)
-				dst, err := blockdev.OpenFileForBulkWrites(dstPath)
-				if err != nil {
-					b.Fatal(err)
-				}
-				b.StartTimer()
-				t0 := cpuTime()
-				if err := cinder.Restore(context.Background(), repo, chain, dst, nil); err != nil {
-					b.Fatal(err)
-				}
-				cpu += cpuTime() - t0
-				b.StopTimer()
-				dst.Close()
-				b.StartTimer()
-			}
-			b.StopTimer()
+			bench(b, repo, chain, size)
 			var ru syscall.Rusage
 			syscall.Getrusage(syscall.RUSAGE_SELF, &ru)
 			b.ReportMetric(float64(ru.Maxrss)/1024, "maxrss-MiB")
-			b.ReportMetric(cpu.Seconds()/float64(b.N), "cpu-s/op")
 		})
 	}
 }
