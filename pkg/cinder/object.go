@@ -1,6 +1,7 @@
 package cinder
 
 import (
+	"bufio"
 	"bytes"
 	"context"
 	"crypto/sha256"
@@ -32,9 +33,15 @@ const workerBuffers = 3
 type objectReader struct {
 	repo   repository.Repository
 	free   chan []byte
+	in     *bufio.Reader
 	dec    decoders
 	newMD5 func() md5simd.Hasher
 }
+
+// readBuffer is the size of a worker's reads of an object: zlib's decoder
+// would otherwise read 4 KiB at a time, a system call each from a posix
+// repository.
+const readBuffer = 256 << 10
 
 // newObjectReader returns the reader of one of n workers, whose buffers
 // hold whole blocks of blockSize.
@@ -92,7 +99,12 @@ func (r *objectReader) read(ctx context.Context, l Link, o *object, check, use f
 		}
 		return fail(fmt.Errorf("%w: %s data: %w", ErrCorrupt, o.Compression, err))
 	}
-	data, err := r.dec.open(c, src)
+	if r.in == nil {
+		r.in = bufio.NewReaderSize(src, readBuffer)
+	} else {
+		r.in.Reset(src)
+	}
+	data, err := r.dec.open(c, r.in)
 	if err != nil {
 		return damaged(err)
 	}
