@@ -1,9 +1,9 @@
 package cinder
 
 import (
+	"bufio"
 	"bytes"
 	"context"
-	"crypto/md5"
 	"crypto/sha256"
 	"errors"
 	"fmt"
@@ -11,32 +11,45 @@ import (
 	"sync"
 	"sync/atomic"
 
+	md5simd "github.com/minio/md5-simd"
+
 	"github.com/blockvault/blockvault/pkg/repository"
 )
 
-// objectBuffer is the decompressed data of an object in one buffer (a
-// whole number of blocks, rounded up from this): objects are streamed,
-// never held whole (Cinder's posix objects are near 2 GB).
+// objectBuffer is the size of a worker's buffers (whole blocks, at least
+// one) where a restore or a verify has 3 workers or fewer; with more, they
+// are smaller, so that all stay near 3*workerBuffers*objectBuffer: objects
+// are streamed, never held whole (Cinder's posix objects are near 2 GB).
 const objectBuffer = 4 << 20
 
-// objectBuffers is how many buffers a worker has: one being filled by the
+// workerBuffers is how many buffers a worker has: one being filled by the
 // decompressor, one being hashed by md5, one being checked and written, so
 // that one object keeps more than one CPU busy (a posix backup of a volume
 // under 1.9 GB is a single object).
-const objectBuffers = 3
+const workerBuffers = 3
 
-// objectReader streams objects for one worker: its buffers and decoders.
+// objectReader streams objects for one worker: its buffers, decoders and
+// md5.
 type objectReader struct {
-	repo repository.Repository
-	free chan []byte
-	dec  decoders
+	repo   repository.Repository
+	free   chan []byte
+	in     *bufio.Reader
+	dec    decoders
+	newMD5 func() md5simd.Hasher
 }
 
-func newObjectReader(repo repository.Repository, blockSize int64) *objectReader {
-	n := max(1, objectBuffer/blockSize) * blockSize
-	r := &objectReader{repo: repo, free: make(chan []byte, objectBuffers)}
-	for range objectBuffers {
-		r.free <- make([]byte, n)
+// readBuffer is the size of a worker's reads of an object: zlib's decoder
+// would otherwise read 4 KiB at a time, a system call each from a posix
+// repository.
+const readBuffer = 256 << 10
+
+// newObjectReader returns the reader of one of n workers, whose buffers
+// hold whole blocks of blockSize.
+func newObjectReader(repo repository.Repository, blockSize int64, n int, newMD5 func() md5simd.Hasher) *objectReader {
+	size := max(1, objectBuffer*3/int64(max(n, 3))/blockSize) * blockSize
+	r := &objectReader{repo: repo, free: make(chan []byte, workerBuffers), newMD5: newMD5}
+	for range workerBuffers {
+		r.free <- make([]byte, size)
 	}
 	return r
 }
@@ -86,17 +99,23 @@ func (r *objectReader) read(ctx context.Context, l Link, o *object, check, use f
 		}
 		return fail(fmt.Errorf("%w: %s data: %w", ErrCorrupt, o.Compression, err))
 	}
-	data, err := r.dec.open(c, src)
+	if r.in == nil {
+		r.in = bufio.NewReaderSize(src, readBuffer)
+	} else {
+		r.in.Reset(src)
+	}
+	data, err := r.dec.open(c, r.in)
 	if err != nil {
 		return damaged(err)
 	}
 
 	ctx, cancel := context.WithCancelCause(ctx)
 	defer cancel(nil)
-	hashes := make(chan run, objectBuffers)
-	uses := make(chan run, objectBuffers)
+	hashes := make(chan run, workerBuffers)
+	uses := make(chan run, workerBuffers)
 	var wg sync.WaitGroup
-	sum := md5.New()
+	sum := r.newMD5()
+	defer sum.Close()
 	wg.Go(func() {
 		for x := range hashes {
 			sum.Write(x.data)
@@ -213,11 +232,29 @@ func checkBlocks(sums *sha256File, parts []span, off int64, run []byte) error {
 		if i >= int64(len(sums.Sums)) {
 			return fmt.Errorf("%w: block %d (volume offset %d) is past the %d blocks of %s", ErrCorrupt, i, b, len(sums.Sums), sums.Name)
 		}
-		if sha256.Sum256(run[b-off:min(b+bs, end)-off]) != sums.Sums[i] {
+		if blockSum(run[b-off:min(b+bs, end)-off]) != sums.Sums[i] {
 			return &blockMismatch{file: sums, block: i}
 		}
 	}
 	return nil
+}
+
+// zeroSums holds the sha256 of a block of zeros of each length it has met
+// (in practice the block size alone): a third or more of a volume's blocks
+// are often zeros, and telling them is a fraction of hashing them.
+var zeroSums sync.Map // int -> [32]byte
+
+// blockSum is sha256.Sum256(b): the same sum, looked up where b is zeros.
+func blockSum(b []byte) [32]byte {
+	if !isZero(b) {
+		return sha256.Sum256(b)
+	}
+	if s, ok := zeroSums.Load(len(b)); ok {
+		return s.([32]byte)
+	}
+	s := sha256.Sum256(b)
+	zeroSums.Store(len(b), s)
+	return s
 }
 
 // damaged reports whether err is about a backup's data (an object missing

@@ -1,9 +1,9 @@
 package cinder
 
 import (
+	"bytes"
 	"context"
 	"fmt"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -13,11 +13,6 @@ import (
 	"github.com/blockvault/blockvault/pkg/blockdev"
 	"github.com/blockvault/blockvault/pkg/repository"
 )
-
-// workers is how many objects a restore or a verify reads at once: one per
-// CPU (decompressing is the work), and one more to keep the CPUs busy
-// while a worker waits on the repository or the target.
-func workers() int { return max(runtime.GOMAXPROCS(0), 2) + 1 }
 
 // Restore writes the newest backup of chain (oldest first, as Links of the
 // imported records) onto dst, which must hold at least the volume's bytes
@@ -40,6 +35,8 @@ func Restore(ctx context.Context, repo repository.Repository, chain []Link, dst 
 	report := throttle(progress, p.size)
 	var done atomic.Int64
 	g, gctx := errgroup.WithContext(ctx)
+	n, md5s := planMD5(len(p.pieces))
+	defer md5s.close()
 	jobs := make(chan *piece)
 	g.Go(func() error {
 		defer close(jobs)
@@ -52,9 +49,9 @@ func Restore(ctx context.Context, repo repository.Repository, chain []Link, dst 
 		}
 		return nil
 	})
-	for range workers() {
+	for w := range n {
 		g.Go(func() error {
-			r := newObjectReader(repo, sums.BlockSize)
+			r := newObjectReader(repo, sums.BlockSize, n, md5s.forWorker(w))
 			defer r.close()
 			for pc := range jobs {
 				check := func(off int64, run []byte) error { return checkBlocks(sums, pc.parts, off, run) }
@@ -108,17 +105,18 @@ func writeParts(dst blockdev.Device, parts []span, bs, off int64, run []byte) (i
 	return written, nil
 }
 
+// zeros is compared against by isZero.
+var zeros [64 << 10]byte
+
+// isZero reports whether b is all zeros, comparing it against zeros with
+// bytes.Equal (vectorised), 64 KiB at a time.
 func isZero(b []byte) bool {
-	for len(b) >= 8 {
-		if b[0]|b[1]|b[2]|b[3]|b[4]|b[5]|b[6]|b[7] != 0 {
+	for len(b) > 0 {
+		n := min(len(b), len(zeros))
+		if !bytes.Equal(b[:n], zeros[:n]) {
 			return false
 		}
-		b = b[8:]
-	}
-	for _, c := range b {
-		if c != 0 {
-			return false
-		}
+		b = b[n:]
 	}
 	return true
 }

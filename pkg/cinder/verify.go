@@ -152,13 +152,15 @@ func Verify(ctx context.Context, repo repository.Repository, chain []Link, progr
 		}
 		return nil
 	})
-	for range workers() {
+	n, md5s := planMD5(len(jobs))
+	defer md5s.close()
+	for w := range n {
 		g.Go(func() error {
 			bs := int64(32 << 10)
 			if newest != nil {
 				bs = newest.BlockSize
 			}
-			r := newObjectReader(repo, bs)
+			r := newObjectReader(repo, bs, n, md5s.forWorker(w))
 			defer r.close()
 			for j := range next {
 				// Where a sha256file is damaged (and listed), the md5
