@@ -37,26 +37,14 @@ func TestLiveRestore(t *testing.T) {
 	paced := []string{"--live-fill-rate", fmt.Sprint(liveFillRate)}
 	t.Run("copy-before-write", func(t *testing.T) {
 		s := Start(t, Options{VolumeManagerArgs: paced})
-		checkMode(t, s, "copy-before-write")
+		checkDriver(t, s, "file", "copy-before-write")
 		liveRestore(t, s)
 	})
 	t.Run("reflink", func(t *testing.T) {
 		s := Start(t, Options{VolumeManagerArgs: paced, VolumeManagerDir: testenv.XFSDir(t, 2<<30)})
-		checkMode(t, s, "reflink")
+		checkDriver(t, s, "file", "reflink")
 		liveRestore(t, s)
 	})
-}
-
-// checkMode fails the test unless the file driver runs in mode.
-func checkMode(t *testing.T, s *Stack, mode string) {
-	t.Helper()
-	r, err := s.Volumes.GetCapabilities(context.Background(), &volumev1.GetCapabilitiesRequest{})
-	if err != nil {
-		t.Fatal(err)
-	}
-	if c := r.GetCapabilities(); c.GetMode() != mode {
-		t.Fatalf("the volume manager runs driver %q in mode %q, want %q", c.GetDriver(), c.GetMode(), mode)
-	}
 }
 
 // liveRestore is TestLiveRestore on one stack, whose volume manager paces

@@ -31,7 +31,7 @@ func TestRBD(t *testing.T) {
 	c := testenv.StartCeph(t)
 	t.Run("NonDisruptiveBackup/attached-snapshot", func(t *testing.T) {
 		s := Start(t, Options{Ceph: c})
-		checkDriver(t, s, "rbd")
+		checkDriver(t, s, "rbd", "")
 		nonDisruptiveBackup(t, s, backupjob.StrategyAttachedSnapshot)
 	})
 	t.Run("NonDisruptiveBackup/temporary-volume", func(t *testing.T) {
@@ -52,15 +52,16 @@ func TestRBD(t *testing.T) {
 	})
 }
 
-// checkDriver fails the test unless the volume manager reports driver.
-func checkDriver(t *testing.T, s *Stack, driver string) {
+// checkDriver fails the test unless the volume manager reports driver (in
+// mode, unless "").
+func checkDriver(t *testing.T, s *Stack, driver, mode string) {
 	t.Helper()
 	r, err := s.Volumes.GetCapabilities(context.Background(), &volumev1.GetCapabilitiesRequest{})
 	if err != nil {
 		t.Fatal(err)
 	}
-	if c := r.GetCapabilities(); c.GetDriver() != driver {
-		t.Fatalf("the volume manager runs driver %q (mode %q), want %q", c.GetDriver(), c.GetMode(), driver)
+	if c := r.GetCapabilities(); c.GetDriver() != driver || mode != "" && c.GetMode() != mode {
+		t.Fatalf("the volume manager runs driver %q in mode %q, want %q in %q", c.GetDriver(), c.GetMode(), driver, mode)
 	}
 }
 
