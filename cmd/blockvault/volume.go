@@ -58,7 +58,7 @@ func volumeCmd(g *globals) *cobra.Command {
 			}
 			var rows [][]string
 			for _, v := range r.GetVolumes() {
-				rows = append(rows, []string{v.GetId(), v.GetName(), v.GetStatus(), humanBytes(v.GetSizeBytes()), strconv.Itoa(len(v.GetAttachments()))})
+				rows = append(rows, []string{v.GetId(), v.GetName(), volumeStatus(v), humanBytes(v.GetSizeBytes()), strconv.Itoa(len(v.GetAttachments()))})
 			}
 			table(stdout, []string{"ID", "NAME", "STATUS", "SIZE", "ATTACHMENTS"}, rows)
 			return nil
@@ -180,7 +180,24 @@ func (g *globals) showVolume(v *volumev1.Volume) error {
 	}
 	fields(stdout, "id", v.GetId(), "name", v.GetName(), "status", v.GetStatus(), "size", humanBytes(v.GetSizeBytes()),
 		"previous_status", v.GetPreviousStatus(), "attachments", strconv.Itoa(len(v.GetAttachments())), "created_at", v.GetCreatedAt())
+	if l := v.GetLiveRestore(); l != nil {
+		fields(stdout, "live_restore", l.GetStatus()+" from backup "+l.GetBackupId(),
+			"filled", fmt.Sprintf("%s of %s", humanBytes(l.GetBytesFilled()), humanBytes(l.GetBytesTotal())), "fail_reason", v.GetFailReason())
+	}
 	return nil
+}
+
+// volumeStatus is a volume's status, with how far a live restore filled it.
+func volumeStatus(v *volumev1.Volume) string {
+	l := v.GetLiveRestore()
+	if l == nil {
+		return v.GetStatus()
+	}
+	pct := 0.0
+	if l.GetBytesTotal() > 0 {
+		pct = 100 * float64(l.GetBytesFilled()) / float64(l.GetBytesTotal())
+	}
+	return fmt.Sprintf("%s (live restore %s, %.0f%%)", v.GetStatus(), l.GetStatus(), pct)
 }
 
 // connectionURI renders connection info as an NBD URI or a path.

@@ -264,6 +264,13 @@ func TestLiveRestoreRepositoryError(t *testing.T) {
 	if g, err := s.Backups.GetBackup(ctx, &backupv1.GetBackupRequest{ProjectId: project, BackupId: id}); err != nil || g.GetBackup().GetStatus() != "restoring" {
 		t.Fatalf("the backup: %v %v", g.GetBackup(), err)
 	}
+	flags := []string{"--volume-manager", s.VolumeManager.Addr, "--backup-service", s.Backup.Addr, "--project", project}
+	if out, errOut, code := runCLI(t, append(flags, "volume", "show", vid)...); code != 0 || !strings.Contains(out, "filling from backup "+id) {
+		t.Fatalf("volume show of a live volume: exit %d\n%s%s", code, out, errOut)
+	}
+	if out, _, code := runCLI(t, append(flags, "volume", "list")...); code != 0 || !strings.Contains(out, "in-use (live restore filling, ") {
+		t.Fatalf("volume list with a live volume: exit %d\n%s", code, out)
+	}
 
 	if err := os.Rename(chunks+".away", chunks); err != nil {
 		t.Fatal(err)
@@ -282,7 +289,6 @@ func TestLiveRestoreRepositoryError(t *testing.T) {
 
 	// The CLI: --live answers with the volume usable, --wait follows the
 	// fill with the progress bar to the end.
-	flags := []string{"--volume-manager", s.VolumeManager.Addr, "--backup-service", s.Backup.Addr, "--project", project}
 	out, errOut, code := runCLI(t, append(flags, "backup", "restore", id, "--live", "--wait")...)
 	if code != 0 || !strings.Contains(out, "live: the volume is usable now") || !strings.Contains(out, "100%") || !strings.Contains(out, "available") {
 		t.Fatalf("backup restore --live --wait: exit %d\n%s%s", code, out, errOut)
