@@ -66,6 +66,7 @@ var roleDecisions = map[string][]string{
 	"/blockvault.volume.v1.VolumeManagerInternalService/EndBackup":               daemonsOnly,
 	"/blockvault.volume.v1.VolumeManagerInternalService/BeginRestore":            daemonsOnly,
 	"/blockvault.volume.v1.VolumeManagerInternalService/EndRestore":              daemonsOnly,
+	"/blockvault.volume.v1.VolumeManagerInternalService/StartLiveRestore":        daemonsOnly,
 	"/blockvault.volume.v1.VolumeManagerInternalService/AttachSnapshot":          daemonsOnly,
 	"/blockvault.volume.v1.VolumeManagerInternalService/DetachSnapshot":          daemonsOnly,
 	"/blockvault.volume.v1.VolumeManagerInternalService/GetChangedRanges":        daemonsOnly,
@@ -248,6 +249,11 @@ func TestMemberCannotCallInternalMethods(t *testing.T) {
 		},
 		"EndRestore": func() error {
 			_, err := in.EndRestore(ctx, &volumev1.EndRestoreRequest{ProjectId: project, VolumeId: vol, Success: false, FailReason: "member"})
+			return err
+		},
+		"StartLiveRestore": func() error {
+			_, err := in.StartLiveRestore(ctx, &volumev1.StartLiveRestoreRequest{ProjectId: project, VolumeId: vol, BackupId: tempID,
+				SizeBytes: 1 << 20, Source: &volumev1.ConnectionInfo{DriverVolumeType: "nbd", Data: &volumev1.ConnectionData{Host: "127.0.0.1", Port: 1, ExportName: "x"}}})
 			return err
 		},
 		"BeginBackup": func() error {
