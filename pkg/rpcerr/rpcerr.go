@@ -30,7 +30,7 @@
 //	  lifecycle.ErrInvalidTransition, blockdev.ErrReadOnly   FailedPrecondition
 //	volume.ErrNoSpace, repository.ErrNoSpace       ResourceExhausted
 //	volume.ErrUnsupported                          Unimplemented
-//	repository.ErrUnavailable, store.ErrUnavailable,
+//	ErrUnavailable, repository.ErrUnavailable, store.ErrUnavailable,
 //	  backupjob.ErrUnavailable                     Unavailable
 //	auth.ErrNoSource, anything else                Internal
 //
@@ -77,6 +77,9 @@ var (
 	ErrFailedPrecondition = errors.New("failed precondition")
 	// ErrAlreadyExists: what the request would create is there already (AlreadyExists, 409).
 	ErrAlreadyExists = errors.New("already exists")
+	// ErrUnavailable: something the request needs cannot be reached for
+	// now; retrying later may work (Unavailable, 503).
+	ErrUnavailable = errors.New("unavailable")
 )
 
 // domain is every domain error with its code, in the order Code tries them:
@@ -132,6 +135,7 @@ var domain = []struct {
 
 	{volume.ErrUnsupported, codes.Unimplemented},
 
+	{ErrUnavailable, codes.Unavailable},
 	{repository.ErrUnavailable, codes.Unavailable},
 	{store.ErrUnavailable, codes.Unavailable},
 	{backupjob.ErrUnavailable, codes.Unavailable},
@@ -150,6 +154,11 @@ func Precondition(format string, args ...any) error {
 // Exists returns an AlreadyExists error with the formatted message.
 func Exists(format string, args ...any) error {
 	return &userError{msg: fmt.Sprintf(format, args...), kind: ErrAlreadyExists}
+}
+
+// Unavailable returns an Unavailable error with the formatted message.
+func Unavailable(format string, args ...any) error {
+	return &userError{msg: fmt.Sprintf(format, args...), kind: ErrUnavailable}
 }
 
 // userError carries a complete user-facing message.

@@ -69,6 +69,7 @@ var sentinels = map[string]struct {
 	"rpcerr.ErrInvalidArgument":      {ErrInvalidArgument, codes.InvalidArgument},
 	"rpcerr.ErrFailedPrecondition":   {ErrFailedPrecondition, codes.FailedPrecondition},
 	"rpcerr.ErrAlreadyExists":        {ErrAlreadyExists, codes.AlreadyExists},
+	"rpcerr.ErrUnavailable":          {ErrUnavailable, codes.Unavailable},
 }
 
 // domainPackages are the packages whose errors reach the daemons' handlers

@@ -20,8 +20,6 @@ import (
 	"github.com/blockvault/blockvault/pkg/store"
 	"github.com/blockvault/blockvault/pkg/store/volumedb"
 	"github.com/blockvault/blockvault/pkg/validate"
-	"google.golang.org/grpc/codes"
-	"google.golang.org/grpc/status"
 	"google.golang.org/protobuf/encoding/protojson"
 )
 
@@ -135,7 +133,7 @@ func (s *Server) StartLiveRestore(ctx context.Context, req *volumev1.StartLiveRe
 }
 
 func sourceUnavailable(err error) error {
-	return status.Errorf(codes.Unavailable, "live restore: %v", err)
+	return rpcerr.Unavailable("live restore: %v", err)
 }
 
 // startLive begins the live restore of restoring-backup volume v: the fill
