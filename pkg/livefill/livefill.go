@@ -619,7 +619,8 @@ func (d *Device) Close() error {
 // Fill copies every region not yet filled from the source to the target,
 // Workers at a time (the regions reads asked for first), and persists its
 // progress every SyncEvery bytes; progress, when not nil, is called with
-// the bytes filled (at most every 200 ms, and at the end). Regions the
+// the bytes filled (at most every 200 ms, and at the end), one call at a
+// time. Regions the
 // source reports as holes are zeroed, or only marked on a fresh fill with
 // TargetZeroed. A source read that fails is retried with backoff for
 // RetryFor, then Fill returns its error, having committed what it filled.
@@ -647,6 +648,7 @@ func (d *Device) Fill(ctx context.Context, progress func(done, total int64)) err
 	d.fillMu.Unlock()
 	var sinceSync atomic.Int64
 	var lastReport atomic.Int64
+	var reportMu sync.Mutex // workers report one at a time
 	started, paced := time.Now(), &atomic.Int64{}
 	jobs := make(chan int64)
 	g, gctx := errgroup.WithContext(ctx)
@@ -678,7 +680,9 @@ func (d *Device) Fill(ctx context.Context, progress func(done, total int64)) err
 				}
 				if now := time.Now().UnixNano(); now-lastReport.Load() >= int64(200*time.Millisecond) {
 					lastReport.Store(now)
+					reportMu.Lock()
 					report(progress, d)
+					reportMu.Unlock()
 				}
 			}
 			return nil

@@ -288,3 +288,29 @@ func TestFillRate(t *testing.T) {
 	}
 	same(t, "the paced fill", readAll(t, d), fx.want(t))
 }
+
+// TestProgressOneCallAtATime: the workers of a fill never call progress at
+// once, however slow it is (the volume manager's callback keeps state).
+func TestProgressOneCallAtATime(t *testing.T) {
+	const size = 24 * mib
+	fx := newFixture(t, size, nil)
+	target := emptyFile(t, filepath.Join(fx.dir, "target.img"), size)
+	d := open(t, target, fx.reader(t), filepath.Join(fx.dir, "state"), livefill.Options{SourceID: "b", TargetZeroed: true, Rate: 16 * mib})
+	var inside atomic.Bool
+	var calls, overlaps atomic.Int64
+	err := d.Fill(context.Background(), func(done, total int64) {
+		calls.Add(1)
+		if !inside.CompareAndSwap(false, true) {
+			overlaps.Add(1)
+			return
+		}
+		time.Sleep(300 * time.Millisecond) // longer than the 200 ms between reports
+		inside.Store(false)
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if overlaps.Load() != 0 || calls.Load() < 2 {
+		t.Fatalf("%d of %d progress calls overlapped another", overlaps.Load(), calls.Load())
+	}
+}
