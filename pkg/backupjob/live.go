@@ -50,9 +50,21 @@ func (r *Runner) runLiveRestore(ctx context.Context, backupID, volID string, rea
 	}
 	if err == nil {
 		defer stop()
-		err = r.persist(ctx, func(ctx context.Context) error {
-			return r.vm.StartLiveRestore(ctx, b.ProjectID, volID, b.ID, conn, b.SizeBytes)
+		// Resumed after a restart, the fill may have ended meanwhile (or
+		// the volume gone): then there is nothing to start.
+		var st LiveRestore
+		err = r.persist(ctx, func(ctx context.Context) (err error) {
+			st, err = r.vm.LiveRestore(ctx, b.ProjectID, volID)
+			return err
 		})
+		switch {
+		case errors.Is(err, ErrNotFound):
+			err = errVolumeGone
+		case err == nil && !st.Done:
+			err = r.persist(ctx, func(ctx context.Context) error {
+				return r.vm.StartLiveRestore(ctx, b.ProjectID, volID, b.ID, conn, b.SizeBytes)
+			})
+		}
 		handedOver = err == nil
 	}
 	ready <- err
@@ -71,7 +83,7 @@ func (r *Runner) runLiveRestore(ctx context.Context, backupID, volID string, rea
 	} else {
 		log.Info("live restore finished: the volume is an ordinary one")
 	}
-	if err != nil && !handedOver {
+	if err != nil && !handedOver && !errors.Is(err, errVolumeGone) {
 		// The volume never became usable: it ends like a failed restore.
 		if eerr := r.persist(cleanupCtx, func(ctx context.Context) error {
 			return r.vm.EndRestore(ctx, b.ProjectID, volID, false, reason)

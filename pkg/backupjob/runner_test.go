@@ -574,6 +574,21 @@ func TestLiveRestore(t *testing.T) {
 		t.Fatalf("the resumed live restore: %v", err)
 	}
 
+	// The fill ended while the backup service was down: the resumed job
+	// finds the volume ordinary and ends the restore, starting nothing.
+	fourth := e.liveTarget(id)
+	e.vm.setStatus(fourth, "in-use")
+	starts := e.vm.calls["StartLiveRestore"]
+	if err := e.r.Recover(context.Background()); err != nil {
+		t.Fatal(err)
+	}
+	if b := e.wait(id); b.Status != lifecycle.BackupAvailable || b.FailReason != "" || b.RestoreLive {
+		t.Fatalf("a live restore whose fill ended meanwhile: %s (%q)", b.Status, b.FailReason)
+	}
+	if e.vm.calls["StartLiveRestore"] != starts || e.vm.statusOf(fourth) != "in-use" {
+		t.Fatalf("the resumed job started the fill again (%d starts) or touched the volume (%s)", e.vm.calls["StartLiveRestore"]-starts, e.vm.statusOf(fourth))
+	}
+
 	// A live restore the volume manager refuses ends, saying why, and the
 	// volume, never usable, is error_restoring.
 	third := e.liveTarget(id)

@@ -521,6 +521,9 @@ func (vm *testVM) LiveRestore(ctx context.Context, project, volumeID string) (Li
 		return LiveRestore{}, notFound("volume", volumeID)
 	}
 	if !ok {
+		if vm.statusOf(volumeID) == "restoring-backup" {
+			return LiveRestore{Pending: true}, nil
+		}
 		return LiveRestore{Done: true}, nil
 	}
 	select {

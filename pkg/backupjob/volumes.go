@@ -57,6 +57,9 @@ type VolumeManager interface {
 
 // LiveRestore is the state of a live restore on the volume manager.
 type LiveRestore struct {
+	// Pending: the volume still waits for StartLiveRestore
+	// (restoring-backup).
+	Pending bool
 	// Done: the volume is an ordinary one now (the fill ended).
 	Done bool
 	// Failed: the fill stopped for good, for Reason.

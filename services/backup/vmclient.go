@@ -6,6 +6,7 @@ import (
 	volumev1 "github.com/blockvault/blockvault/gen/blockvault/volume/v1"
 	"github.com/blockvault/blockvault/pkg/backupjob"
 	"github.com/blockvault/blockvault/pkg/engine"
+	"github.com/blockvault/blockvault/pkg/lifecycle"
 	"google.golang.org/grpc"
 	"google.golang.org/grpc/codes"
 	"google.golang.org/grpc/status"
@@ -175,6 +176,9 @@ func (c vmClient) LiveRestore(ctx context.Context, project, volumeID string) (ba
 	}
 	l := v.GetVolume().GetLiveRestore()
 	if l == nil {
+		if v.GetVolume().GetStatus() == lifecycle.VolumeRestoringBackup {
+			return backupjob.LiveRestore{Pending: true}, nil
+		}
 		return backupjob.LiveRestore{Done: true}, nil
 	}
 	return backupjob.LiveRestore{Failed: l.GetStatus() == "failed", Reason: v.GetVolume().GetFailReason(),
