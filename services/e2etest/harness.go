@@ -105,6 +105,10 @@ func (d *Daemon) Start() {
 	d.cmd = exec.Command(bin, d.Args...)
 	d.cmd.Env = append(os.Environ(), d.Env...)
 	d.cmd.Stdout, d.cmd.Stderr = logf, logf
+	// The daemon dies with the test process, also when that is killed
+	// (Pdeathsig fires when the starting thread exits, which Go threads
+	// do only with the process here; see testenv's Ceph daemons).
+	d.cmd.SysProcAttr = &syscall.SysProcAttr{Pdeathsig: syscall.SIGKILL}
 	if err := d.cmd.Start(); err != nil {
 		d.t.Fatalf("start %s: %v", d.Name, err)
 	}
