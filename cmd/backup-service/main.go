@@ -45,7 +45,7 @@ func run() error {
 	fs.StringVar(&cfg.CinderRepository, "cinder-repository", cfg.CinderRepository,
 		"where Cinder's backup drivers wrote the backups imported from Cinder records that name no repository: a directory (backup_posix_path, or the NFS share mounted) or s3://host:port (s3s:// for TLS; the S3 credentials are --s3-access-key/--s3-secret-key); read only")
 	fs.StringVar(&cfg.KeyFile, "encryption-key-file", cfg.KeyFile, "file holding the repository key (at least 32 bytes); new containers are encrypted with it")
-	fs.IntVar(&cfg.MaxConcurrent, "max-concurrent", cfg.MaxConcurrent, "backups and restores running at once (more wait in a queue)")
+	fs.IntVar(&cfg.MaxConcurrent, "max-concurrent", cfg.MaxConcurrent, "backups, restores and deletes running at once (more wait in a queue; live restores are not counted: their users are waiting)")
 	fs.StringVar(&cfg.Strategy, "strategy", cfg.Strategy, "force how in-use volumes are read: local-snapshot, attached-snapshot, temporary-volume (default: chosen from the backend's capabilities)")
 	fs.StringVar(&cfg.Container, "container", cfg.Container, "default repository container")
 	fs.IntVar(&cfg.ChunkSize, "chunk-size", cfg.ChunkSize,

@@ -80,7 +80,9 @@ type Config struct {
 	// backend's capabilities), local-snapshot, attached-snapshot or
 	// temporary-volume.
 	Strategy string
-	// MaxConcurrent caps the jobs running at once; more wait (default 4).
+	// MaxConcurrent caps the backups, restores and deletes running at
+	// once; more wait (default 4). Live restores do not count: their data
+	// moves at the volume manager's pace and their users are waiting.
 	MaxConcurrent int
 	// CleanupTimeout bounds the retries of cleanup steps while the volume
 	// manager or the database is unreachable (default 2 minutes).
@@ -167,13 +169,13 @@ func (r *Runner) Lease() time.Time { return time.Now().UTC().Add(r.cfg.leaseDura
 // backing-up, in the background. The job's calls and logs carry the
 // request id of reqCtx.
 func (r *Runner) Backup(reqCtx context.Context, id, previousStatus string) {
-	r.start(reqCtx, id, func(ctx context.Context) { r.runBackup(ctx, id, previousStatus) })
+	r.start(reqCtx, id, true, func(ctx context.Context) { r.runBackup(ctx, id, previousStatus) })
 }
 
 // Restore starts the restore of backup backupID into volume volumeID (both
 // already restoring) in the background.
 func (r *Runner) Restore(reqCtx context.Context, backupID, volumeID string) {
-	r.start(reqCtx, backupID, func(ctx context.Context) { r.runRestore(ctx, backupID, volumeID) })
+	r.start(reqCtx, backupID, true, func(ctx context.Context) { r.runRestore(ctx, backupID, volumeID) })
 }
 
 // LiveRestore starts the live restore of backup backupID into the new
@@ -184,18 +186,21 @@ func (r *Runner) Restore(reqCtx context.Context, backupID, volumeID string) {
 // that ended the restore before.
 func (r *Runner) LiveRestore(reqCtx context.Context, backupID, volumeID string) <-chan error {
 	ready := make(chan error, 1)
-	r.start(reqCtx, backupID, func(ctx context.Context) { r.runLiveRestore(ctx, backupID, volumeID, ready) })
+	// Not queued behind MaxConcurrent: the volume is in use and its user
+	// waits; the data moves at the volume manager's pace, and the job
+	// itself only follows the fill.
+	r.start(reqCtx, backupID, false, func(ctx context.Context) { r.runLiveRestore(ctx, backupID, volumeID, ready) })
 	return ready
 }
 
 // Delete starts the delete of backup b (already deleting) in the background.
 func (r *Runner) Delete(reqCtx context.Context, b *backupdb.Backup) {
-	r.start(reqCtx, b.ID, func(ctx context.Context) { r.runDelete(ctx, b) })
+	r.start(reqCtx, b.ID, true, func(ctx context.Context) { r.runDelete(ctx, b) })
 }
 
-// start runs job in the background, at most MaxConcurrent at once; the job
-// can be cancelled through Cancel(id).
-func (r *Runner) start(reqCtx context.Context, id string, job func(ctx context.Context)) {
+// start runs job in the background, a queued one at most MaxConcurrent at
+// once; the job can be cancelled through Cancel(id).
+func (r *Runner) start(reqCtx context.Context, id string, queued bool, job func(ctx context.Context)) {
 	rid := requestid.From(reqCtx)
 	if rid == "" {
 		rid = requestid.New()
@@ -213,6 +218,12 @@ func (r *Runner) start(reqCtx context.Context, id string, job func(ctx context.C
 			r.mu.Unlock()
 			cancel()
 		}()
+		if !queued {
+			metrics.Running.Inc()
+			defer metrics.Running.Dec()
+			job(ctx)
+			return
+		}
 		metrics.Queued.Inc()
 		select {
 		case r.slots <- struct{}{}:

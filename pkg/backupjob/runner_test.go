@@ -11,6 +11,7 @@ import (
 	"path/filepath"
 	"slices"
 	"strings"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -599,5 +600,61 @@ func TestLiveRestore(t *testing.T) {
 	}
 	if st := e.vm.statusOf(third); st != "error_restoring" {
 		t.Fatalf("the target of a refused live restore is %s, want error_restoring", st)
+	}
+}
+
+// heldEngine holds backups while hold is set, until their context ends (a
+// fault: a backup that keeps its job slot).
+type heldEngine struct {
+	*engine.Engine
+	hold    atomic.Bool
+	started chan struct{}
+}
+
+func (h *heldEngine) Backup(ctx context.Context, container string, src blockdev.Device, spec engine.BackupSpec) (*engine.Manifest, error) {
+	if h.hold.Load() {
+		close(h.started)
+		<-ctx.Done()
+	}
+	return h.Engine.Backup(ctx, container, src, spec)
+}
+
+// TestLiveRestoreIsNotQueued: with the only job slot taken by a backup, a
+// live restore still makes its volume usable and runs to its end: its
+// user is waiting, and its data moves at the volume manager's pace.
+func TestLiveRestoreIsNotQueued(t *testing.T) {
+	held := &heldEngine{started: make(chan struct{})}
+	e := newEnv(t, Config{LocalReads: true, MaxConcurrent: 1}, func(eng *engine.Engine) Engine { held.Engine = eng; return held })
+	e.serveLive()
+	vol := uuid.NewString()
+	want := e.vm.createVolume(vol, volSize, "available")
+	id := e.backup(vol, "")
+	if b := e.wait(id); b.Status != lifecycle.BackupAvailable {
+		t.Fatalf("backup %s (%q)", b.Status, b.FailReason)
+	}
+	held.hold.Store(true)
+	other := uuid.NewString()
+	e.vm.createVolume(other, volSize, "available")
+	blocking := e.backup(other, "")
+	<-held.started
+
+	target := e.liveTarget(id)
+	select {
+	case err := <-e.r.LiveRestore(context.Background(), id, target):
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(testenv.Patience):
+		t.Fatalf("the live restore waited %v behind the backup holding the only job slot", testenv.Patience)
+	}
+	if b := e.wait(id); b.Status != lifecycle.BackupAvailable || b.FailReason != "" {
+		t.Fatalf("the live restore: %s (%q)", b.Status, b.FailReason)
+	}
+	if err := sameBytes(e.vm.read(target), want); err != nil {
+		t.Fatal(err)
+	}
+	e.r.Cancel(blocking)
+	if b := e.wait(blocking); b.Status != lifecycle.BackupError {
+		t.Fatalf("the held backup: %s", b.Status)
 	}
 }
